@@ -1,0 +1,173 @@
+"""Typed configs: OmegaConf structured configs over dataclasses.
+
+Every config in the project (model, data, run) is a dataclass. `load_config` builds one
+from defaults, YAML files and ``key=value`` overrides, and fails with one line naming the
+offending key when a key is unknown or a value has the wrong type or is out of range.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence, Type, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what is wrong."""
+
+
+def _explain(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    msg = str(err).splitlines()[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -> T:
+    """Merge `sources` (YAML paths, dicts or dataclass instances) and ``key=value``
+    `overrides` onto the defaults of `schema`; return a validated `schema` instance.
+
+    Raises ConfigError with the offending key on an unknown key, a wrong type, or a value
+    that the dataclass's own ``validate()`` rejects.
+    """
+    try:
+        cfg = OmegaConf.structured(schema)
+        for src in sources:
+            if isinstance(src, (str, Path)):
+                if not Path(src).is_file():
+                    raise ConfigError(f"config file {src}: no such file")
+                src = OmegaConf.load(src)
+            cfg = OmegaConf.merge(cfg, src)
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key=value")
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from None
+    _validate_tree(obj)
+    return obj
+
+
+def _validate_tree(obj: Any, prefix: str = "") -> None:
+    """Call ``validate()`` on every nested dataclass, children first."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        _validate_tree(getattr(obj, f.name), f"{prefix}{f.name}.")
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError as err:
+            raise ConfigError(f"{prefix}{err}") from None
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (stored in checkpoints and logged to TensorBoard)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def check(cond: bool, key: str, msg: str) -> None:
+    """Raise ConfigError('key: msg') unless `cond`; used inside ``validate()`` methods."""
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+__all__ = ["ConfigError", "load_config", "to_yaml", "to_dict", "check", "DictConfig"]
+
+
+# ----------------------------------------------------------------------------- model
+
+from dataclasses import dataclass, field  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+
+@dataclass
+class VideoConfig:
+    """ViViT video tower. Input video is (B, T, H, W, C), T == frames, H == W == image_size."""
+
+    frames: int = 16
+    image_size: int = 224
+    tubelet: List[int] = field(default_factory=lambda: [2, 16, 16])  # (t, p, p)
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    attention: str = "joint"  # joint | factorized
+    pool: str = "mean"  # mean | cls
+    mask_ratio: float = 0.0  # fraction of tubelet tokens dropped before the encoder (training)
+    mask_scheme: str = "random"  # random | tube
+    grad_checkpointing: int = 0  # number of blocks (from the first) with activation checkpointing
+    trainable_last_k: Optional[int] = None  # None: all blocks train; k: only the last k blocks
+
+    def validate(self) -> None:
+        t, p, p2 = (self.tubelet + [0, 0, 0])[:3]
+        check(len(self.tubelet) == 3 and p == p2 and t > 0 and p > 0, "tubelet",
+              f"expected [t, p, p] with positive ints, got {self.tubelet}")
+        check(self.frames > 0 and self.frames % t == 0, "frames",
+              f"{self.frames} is not a positive multiple of the tubelet's {t} frames")
+        check(self.image_size % p == 0, "image_size",
+              f"{self.image_size} is not a multiple of the patch size {p}")
+        check(self.width % self.heads == 0, "width", f"{self.width} not divisible by heads={self.heads}")
+        check(self.attention in ("joint", "factorized"), "attention",
+              f"{self.attention!r} is not one of joint, factorized")
+        check(self.pool in ("mean", "cls"), "pool", f"{self.pool!r} is not one of mean, cls")
+        check(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"{self.mask_ratio} is outside [0, 1)")
+        check(self.mask_scheme in ("random", "tube"), "mask_scheme",
+              f"{self.mask_scheme!r} is not one of random, tube")
+        check(not (self.attention == "factorized" and self.mask_scheme != "tube"
+                   and self.mask_ratio > 0), "mask_scheme",
+              "factorized attention needs mask_scheme=tube (every temporal slice must keep "
+              "the same spatial positions)")
+        check(0 <= self.grad_checkpointing <= self.depth, "grad_checkpointing",
+              f"{self.grad_checkpointing} is outside [0, depth={self.depth}]")
+        check(self.trainable_last_k is None or 0 < self.trainable_last_k <= self.depth,
+              "trainable_last_k", f"{self.trainable_last_k} is outside [1, depth={self.depth}]")
+
+    @property
+    def tokens(self) -> int:
+        """Tubelet tokens per clip before masking: (T/t) * (H/p) * (W/p)."""
+        t, p, _ = self.tubelet
+        return (self.frames // t) * (self.image_size // p) ** 2
+
+
+@dataclass
+class TextConfig:
+    """BERT-style bidirectional text tower over sentencepiece ids (pad id 0)."""
+
+    vocab_size: int = 32000
+    context_length: int = 64
+    width: int = 512
+    depth: int = 8
+    heads: int = 8
+    mlp_ratio: float = 4.0
+
+    def validate(self) -> None:
+        check(self.vocab_size > 1, "vocab_size", f"{self.vocab_size} must be > 1")
+        check(self.context_length > 0, "context_length", f"{self.context_length} must be > 0")
+        check(self.width % self.heads == 0, "width", f"{self.width} not divisible by heads={self.heads}")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "B"  # informational: the preset the config started from
+    embed_dim: int = 512  # joint video-text space
+    init_logit_scale: float = 2.6592600369644043  # ln(1 / 0.07)
+    max_logit_scale: float = 4.605170185988092  # ln(100)
+    gather: str = "gather_with_grad"  # gather_with_grad | local_loss (cross-rank contrastive loss)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def validate(self) -> None:
+        check(self.gather in ("gather_with_grad", "local_loss"), "gather",
+              f"{self.gather!r} is not one of gather_with_grad, local_loss")
+        check(self.embed_dim > 0, "embed_dim", f"{self.embed_dim} must be > 0")
