@@ -103,11 +103,17 @@ class VideoConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     attention: str = "joint"  # joint | factorized
-    pool: str = "mean"  # mean | cls
+    pool: str = "mean"  # mean (over visible patch tokens, the paper's) | cls
+    cls_token: bool = False  # a CLS token in the sequence (needed by pool=cls; kept by open_clip inits)
+    ln_pre: bool = True  # LayerNorm on the tokens before the first block (CLIP ViTs have one)
+    activation: str = "gelu"  # gelu | quick_gelu (OpenAI CLIP weights use quick_gelu)
     mask_ratio: float = 0.0  # fraction of tubelet tokens dropped before the encoder (training)
     mask_scheme: str = "random"  # random | tube
     grad_checkpointing: int = 0  # number of blocks (from the first) with activation checkpointing
     trainable_last_k: Optional[int] = None  # None: all blocks train; k: only the last k blocks
+    train_stem: bool = True  # with trainable_last_k: tubelet/position embeddings keep training.
+    # False freezes them too, so nothing below the last k blocks needs a backward pass
+    # (the paper's extra memory cut for the short-to-long stage).
 
     def validate(self) -> None:
         t, p, p2 = (self.tubelet + [0, 0, 0])[:3]
@@ -121,6 +127,10 @@ class VideoConfig:
         check(self.attention in ("joint", "factorized"), "attention",
               f"{self.attention!r} is not one of joint, factorized")
         check(self.pool in ("mean", "cls"), "pool", f"{self.pool!r} is not one of mean, cls")
+        check(self.pool != "cls" or self.cls_token, "pool",
+              "pool=cls needs cls_token=true")
+        check(self.activation in ("gelu", "quick_gelu"), "activation",
+              f"{self.activation!r} is not one of gelu, quick_gelu")
         check(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"{self.mask_ratio} is outside [0, 1)")
         check(self.mask_scheme in ("random", "tube"), "mask_scheme",
               f"{self.mask_scheme!r} is not one of random, tube")

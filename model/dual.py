@@ -1,0 +1,80 @@
+"""DualEncoder: video tower + text tower + learnable temperature + contrastive loss.
+
+One nn.Module holds everything the engine trains, so DeepSpeed wraps a single module and
+`forward(video, text_ids, text_mask)` returns the loss and a metrics dict.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .loss import ContrastiveLoss
+from .text import TextEncoder
+from .video import VideoEncoder
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.video = VideoEncoder(cfg.video, cfg.embed_dim)
+        self.text = TextEncoder(cfg.text, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.loss = ContrastiveLoss(cfg.gather)
+
+    def encode_video(self, video: torch.Tensor, mask_ratio: Optional[float] = None,
+                     mask_scheme: Optional[str] = None, generator: Optional[torch.Generator] = None,
+                     normalize: bool = False) -> torch.Tensor:
+        """video (B, T, H, W, C), uint8 or normalised float -> (B, E).
+        mask_ratio None: the config's ratio while training, 0 in eval mode."""
+        if mask_ratio is None:
+            mask_ratio = self.cfg.video.mask_ratio if self.training else 0.0
+        x = self.video(video, mask_ratio, mask_scheme or self.cfg.video.mask_scheme, generator)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """ids (B, L) int64, mask (B, L) bool True = real token -> (B, E)."""
+        x = self.text(ids, mask)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, video: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None):
+        """-> (loss, metrics). The loss is InfoNCE over the global batch when a process
+        group with more than one rank is initialised (see loss.py)."""
+        v = self.encode_video(video, mask_ratio, generator=generator, normalize=True)  # (B, E)
+        t = self.encode_text(text_ids, text_mask, normalize=True)  # (B, E)
+        scale = self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
+        loss, logits, labels = self.loss(v, t, scale)
+        metrics = {
+            "loss": loss.detach(),
+            "logit_scale": scale.detach(),
+            "v2t_acc": (logits.argmax(1) == labels).float().mean().detach(),  # local rows, global batch
+        }
+        return loss, metrics
+
+    # ------------------------------------------------------------------ trainer hooks
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def set_grad_checkpointing(self, blocks: int | bool = True) -> None:
+        """int n: checkpoint the first n video blocks. True: every block of both towers.
+        False / 0: none."""
+        self.video.set_grad_checkpointing(blocks)
+        self.text.set_grad_checkpointing(blocks is True)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay: biases, norms, position and CLS
+        embeddings, the temporal gates and the temperature."""
+        named = ("pos_embed", "cls_token", "logit_scale", "temporal_gate")
+        return {name for name, p in self.named_parameters()
+                if p.ndim <= 1 or any(part in name for part in named)}
+
+
+def build_model(cfg: ModelConfig) -> DualEncoder:
+    """A model from a typed config, with the config's grad checkpointing and freezing."""
+    return DualEncoder(cfg)

@@ -1,0 +1,61 @@
+"""Which tubelet tokens survive masking.
+
+Tokens of a clip are numbered t * S + s over the (T', S) grid of temporal slices T' and
+spatial positions S = (H/p) * (W/p). Masking returns, per sample, the sorted indices of the
+tokens to keep; the encoder gathers those and never sees the others (they are removed, not
+zeroed), so the transformer runs on fewer tokens.
+
+  random: each sample keeps round((1 - r) * N) tokens drawn uniformly (argsort of noise).
+  tube:   each sample keeps round((1 - r) * S) spatial positions, the same in every temporal
+          slice, so it keeps T' * round((1 - r) * S) tokens (equal to round((1 - r) * N)
+          whenever (1 - r) * S is a whole number, e.g. 75% of a 14x14 or 4x4 grid).
+
+Passing a torch.Generator makes the masks reproducible; the noise is drawn on the
+generator's device and moved, so a seed gives the same mask on CPU and GPU.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+SCHEMES = ("random", "tube")
+
+
+def visible_count(slices: int, spatial: int, mask_ratio: float, scheme: str = "random") -> int:
+    """Tokens per sample after masking a (slices, spatial) token grid."""
+    _check(mask_ratio, scheme)
+    if scheme == "tube":
+        return slices * max(1, round((1.0 - mask_ratio) * spatial))
+    return max(1, round((1.0 - mask_ratio) * slices * spatial))
+
+
+def sample_visible(batch: int, slices: int, spatial: int, mask_ratio: float, scheme: str = "random",
+                   generator: Optional[torch.Generator] = None,
+                   device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+    """Sorted indices of the kept tokens, (batch, visible_count) int64; None when nothing
+    is masked (mask_ratio 0), so callers take the dense path."""
+    _check(mask_ratio, scheme)
+    if mask_ratio == 0:
+        return None
+    if scheme == "tube":
+        keep = _keep_lowest_noise(batch, spatial, mask_ratio, generator, device)  # (B, s)
+        offsets = torch.arange(slices, device=keep.device) * spatial  # (T',)
+        return (offsets[None, :, None] + keep[:, None, :]).flatten(1)  # (B, T' * s), sorted
+    return _keep_lowest_noise(batch, slices * spatial, mask_ratio, generator, device)  # (B, n)
+
+
+def _keep_lowest_noise(batch: int, n: int, mask_ratio: float, generator: Optional[torch.Generator],
+                       device: Optional[torch.device]) -> torch.Tensor:
+    keep = max(1, round((1.0 - mask_ratio) * n))
+    noise_device = generator.device if generator is not None else device
+    noise = torch.rand(batch, n, generator=generator, device=noise_device)  # (B, n)
+    index = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, keep)
+    return index.to(device) if device is not None else index
+
+
+def _check(mask_ratio: float, scheme: str) -> None:
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio {mask_ratio} is outside [0, 1)")
+    if scheme not in SCHEMES:
+        raise ValueError(f"mask_scheme {scheme!r} is not one of {', '.join(SCHEMES)}")

@@ -1,0 +1,275 @@
+"""ViViT video tower: tubelets -> + positions -> drop masked tokens -> transformer -> embedding.
+
+Input: video (B, T, H, W, C), one layout everywhere. uint8 (0..255) is normalised here with
+CLIP's mean/std; a floating-point video is taken as already normalised. T must be a
+multiple of the tubelet's t and H, W of its p; another T or H, W than the config's works
+(the position tables are resized on the fly), but a checkpoint for it is better loaded
+into a model built for it (load_state_dict resizes the tables once).
+
+Token t * S + s is the tubelet at temporal slice t and spatial position s (row-major over
+the (H/p, W/p) grid). Every token carries spatial[s] + temporal[t] before masking, so the
+kept ones still know where they came from.
+
+attention: joint      one sequence of all visible tokens (ViViT model 2; no parameters
+                      beyond an image ViT's), random or tube masking.
+           factorized spatial attention inside each temporal slice, then temporal attention
+                      across slices at each spatial position, gated by tanh(a), a = 0.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import masking
+from .config import VideoConfig
+from .transformer import Attention, Block, init_weights, run_blocks
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# ----------------------------------------------------------------------------- tubelets
+
+
+def patchify(x: torch.Tensor, tubelet) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, N, C*t*p*p): each tubelet's pixels in Conv3d weight order."""
+    t, p, _ = tubelet
+    B, C, T, H, W = x.shape
+    x = x.view(B, C, T // t, t, H // p, p, W // p, p)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, -1, C * t * p * p)
+
+
+class TubeletEmbed(nn.Module):
+    """A Conv3d with kernel = stride = tubelet (t, p, p). No bias: a bias would be a constant
+    added to every token, which the learnable position tables already represent."""
+
+    def __init__(self, tubelet, width: int, channels: int = 3):
+        super().__init__()
+        self.tubelet = tuple(tubelet)
+        self.proj = nn.Conv3d(channels, width, kernel_size=self.tubelet, stride=self.tubelet, bias=False)
+
+    def forward(self, x: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, C, T, H, W); index (B, n) of the kept tokens or None for all -> (B, n, D)."""
+        if index is None:
+            return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        # The same Conv3d, applied only to the kept tubelets: the result equals
+        # conv -> gather, but masked tubelets cost no FLOPs and only the kept pixels are
+        # saved for the backward pass (the full float video would be, through the conv).
+        patches = patchify(x, self.tubelet)  # (B, N, K)
+        patches = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))  # (B, n, K)
+        return F.linear(patches, self.proj.weight.flatten(1))  # (B, n, D)
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def resize_spatial(table: torch.Tensor, grid: int) -> torch.Tensor:
+    """(g*g, D) -> (grid*grid, D), bicubic over the square grid."""
+    g = math.isqrt(table.shape[0])
+    if g == grid:
+        return table
+    x = table.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()  # (1, D, g, g)
+    x = F.interpolate(x, size=(grid, grid), mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(table.dtype)
+
+
+def resize_temporal(table: torch.Tensor, slices: int) -> torch.Tensor:
+    """(T', D) -> (slices, D), linear over time (16 -> 256 frames stretches the table)."""
+    if table.shape[0] == slices:
+        return table
+    x = table.t()[None].float()  # (1, D, T')
+    x = F.interpolate(x, size=slices, mode="linear", align_corners=False)
+    return x[0].t().to(table.dtype)
+
+
+class PositionEmbedding(nn.Module):
+    """pos[t, s] = temporal[t] + spatial[s]; a state dict from another number of frames or
+    another resolution is interpolated when loaded (plain load_state_dict works)."""
+
+    def __init__(self, slices: int, grid: int, width: int):
+        super().__init__()
+        self.spatial = nn.Parameter(torch.empty(grid * grid, width))
+        self.temporal = nn.Parameter(torch.empty(slices, width))
+
+    def forward(self, slices: int, grid: int, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Embeddings of the tokens `index` (B, n) -> (B, n, D); all N tokens -> (1, N, D)."""
+        spatial = resize_spatial(self.spatial, grid)  # (S, D)
+        temporal = resize_temporal(self.temporal, slices)  # (T', D)
+        if index is None:
+            return (temporal[:, None] + spatial[None]).flatten(0, 1)[None]  # (1, N, D)
+        S = grid * grid
+        return temporal[index // S] + spatial[index % S]  # (B, n, D)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, resize, size in (("spatial", resize_spatial, math.isqrt(self.spatial.shape[0])),
+                                   ("temporal", resize_temporal, self.temporal.shape[0])):
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+                state_dict[key] = resize(state_dict[key], size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- factorized
+
+
+class FactorizedBlock(Block):
+    """Spatial block (attention within each temporal slice, then MLP) followed by temporal
+    attention across slices: h = h + tanh(a) * temporal(h), a = 0 at init, so a fresh or
+    image-initialised model starts as the image ViT applied frame by frame.
+
+    Input (B, T', S, D): every slice must hold the same spatial positions, which is why
+    only tube masking applies here. Random masking leaves each slice a different number
+    of tokens at different positions: there is no (B*T', S) batch for spatial attention
+    and no column of one spatial position across time for temporal attention.
+    The parameter names of the spatial part are those of Block, so joint and factorized
+    checkpoints share them.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu"):
+        super().__init__(width, heads, mlp_ratio, activation)
+        self.temporal_norm = nn.LayerNorm(width)
+        self.temporal_attn = Attention(width, heads)
+        self.temporal_gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, T, S, D = x.shape
+        x = super().forward(x.reshape(B * T, S, D)).view(B, T, S, D)  # spatial, per slice
+        h = x.transpose(1, 2).reshape(B * S, T, D)  # one sequence over time per position
+        h = self.temporal_attn(self.temporal_norm(h)).view(B, S, T, D).transpose(1, 2)
+        return x + torch.tanh(self.temporal_gate) * h  # (B, T', S, D)
+
+    @torch.no_grad()
+    def copy_spatial_to_temporal(self) -> None:
+        """Temporal attention starts from the spatial attention's weights (the paper's init)."""
+        self.temporal_norm.load_state_dict(self.norm1.state_dict())
+        self.temporal_attn.load_state_dict(self.attn.state_dict())
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+class VideoEncoder(nn.Module):
+    def __init__(self, cfg: VideoConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        t, p, _ = cfg.tubelet
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD) * 255, persistent=False)
+        self.patch_embed = TubeletEmbed(cfg.tubelet, cfg.width)
+        self.pos_embed = PositionEmbedding(cfg.frames // t, cfg.image_size // p, cfg.width)
+        self.cls_token = nn.Parameter(torch.empty(cfg.width)) if cfg.cls_token else None
+        self.ln_pre = nn.LayerNorm(cfg.width) if cfg.ln_pre else nn.Identity()
+        block = FactorizedBlock if cfg.attention == "factorized" else Block
+        self.blocks = nn.ModuleList(
+            block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, embed_dim, bias=False)
+        self.checkpointed = cfg.grad_checkpointing
+        self.frozen_prefix = 0  # leading blocks run without autograd (see freeze)
+        self.init_parameters()
+        if cfg.trainable_last_k is not None:
+            self.freeze(cfg.trainable_last_k, cfg.train_stem)
+
+    def init_parameters(self) -> None:
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.pos_embed.spatial, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed.temporal, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for block in self.blocks:
+            if isinstance(block, FactorizedBlock):
+                block.copy_spatial_to_temporal()
+
+    def freeze(self, last_k: int, train_stem: bool = True) -> None:
+        """Train only the last `last_k` blocks (plus final norm and head, and the stem:
+        tubelet and position embeddings, CLS, ln_pre, unless train_stem is False).
+        Frozen weights get requires_grad False, so they never hold a gradient. With a
+        frozen stem nothing below the trainable blocks needs a backward pass: those
+        blocks then run under no_grad and save no activations."""
+        for block in self.blocks[: len(self.blocks) - last_k]:
+            block.requires_grad_(False)
+        if not train_stem:
+            for part in (self.patch_embed, self.pos_embed, self.ln_pre):
+                part.requires_grad_(False)
+            if self.cls_token is not None:
+                self.cls_token.requires_grad_(False)
+            self.frozen_prefix = len(self.blocks) - last_k
+
+    def set_grad_checkpointing(self, blocks: int | bool = True) -> None:
+        """Checkpoint the first `blocks` blocks (True: all, False: none)."""
+        self.checkpointed = len(self.blocks) if blocks is True else int(blocks)
+
+    def forward(self, video: torch.Tensor, mask_ratio: float = 0.0, mask_scheme: str = "random",
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """video (B, T, H, W, C) -> (B, E) unnormalised embedding."""
+        x = self.normalize(video)  # (B, C, T, H, W)
+        slices, grid = self.token_grid(x)
+        if self.cfg.attention == "factorized" and mask_scheme != "tube" and mask_ratio > 0:
+            raise ValueError("factorized attention needs mask_scheme='tube' "
+                             "(every temporal slice must keep the same spatial positions)")
+        index = masking.sample_visible(x.shape[0], slices, grid * grid, mask_ratio, mask_scheme,
+                                       generator, x.device)  # (B, n) or None
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and self.frozen_prefix == 0):
+            x = self.patch_embed(x, index) + self.pos_embed(slices, grid, index)  # (B, n, D)
+            x = self.ln_pre(self.with_cls(x, slices))  # (B, 1+n, D) | (B, T', 1+s, D)
+            bias = self.cls_bias(x, slices)
+            x = run_blocks(self.blocks[: self.frozen_prefix], x, bias)
+        x = run_blocks(self.blocks[self.frozen_prefix:], x, bias,
+                       max(0, self.checkpointed - self.frozen_prefix))
+        return self.head(self.pool(self.norm(x)))  # (B, E)
+
+    def normalize(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, C) uint8 or normalised float -> (B, C, T, H, W) in the weights' dtype."""
+        if video.dtype == torch.uint8:
+            video = (video.float() - self.pixel_mean) / self.pixel_std
+        return video.to(self.patch_embed.proj.weight.dtype).permute(0, 4, 1, 2, 3)
+
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """(temporal slices T', spatial grid side) of a (B, C, T, H, W) video."""
+        t, p, _ = self.cfg.tubelet
+        _, _, T, H, W = x.shape
+        if T % t or H % p or H != W:
+            raise ValueError(f"video (T={T}, H={H}, W={W}) does not tile into square "
+                             f"{self.cfg.tubelet} tubelets")
+        return T // t, H // p
+
+    def with_cls(self, x: torch.Tensor, slices: int) -> torch.Tensor:
+        """Joint: (B, n, D) -> (B, 1+n, D). Factorized: (B, n, D) -> (B, T', 1+s, D), one CLS
+        copy per slice (each slice then attends like the image it came from)."""
+        B, n, D = x.shape
+        if self.cfg.attention == "factorized":
+            x = x.view(B, slices, n // slices, D)
+        if self.cls_token is None:
+            return x
+        cls = self.cls_token.to(x.dtype).expand(*x.shape[:-2], 1, D)
+        return torch.cat([cls, x], dim=-2)
+
+    def cls_bias(self, x: torch.Tensor, slices: int) -> Optional[torch.Tensor]:
+        """Additive attention bias of ln(T') on the CLS key, joint attention only.
+
+        A static video (one frame repeated) holds every patch key T' times but the CLS key
+        once; the bias gives the CLS key the weight of T' copies, so every softmax equals
+        the image tower's and a static video embeds exactly like its frame (design.md).
+        Trained CLIP CLS tokens act as attention sinks, so without it the equivalence
+        breaks on real weights. The bias is a constant of the clip length, independent of
+        the mask."""
+        if self.cls_token is None or self.cfg.attention == "factorized" or slices == 1:
+            return None
+        bias = torch.zeros(1, 1, 1, x.shape[1], dtype=x.dtype, device=x.device)  # (1, 1, 1, 1+n)
+        bias[..., 0] = math.log(slices)
+        return bias
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over the visible patch tokens (default) or the CLS token -> (B, D).
+        x: joint (B, [1+]n, D) or factorized (B, T', [1+]s, D)."""
+        if self.cls_token is not None:
+            cls, x = x[..., 0, :], x[..., 1:, :]  # (B, [T',] D), (B, [T',] n, D)
+            if self.cfg.pool == "cls":
+                return cls.mean(1) if cls.dim() == 3 else cls  # factorized: mean of the copies
+        return x.flatten(1, -2).mean(1)
