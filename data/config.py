@@ -1,0 +1,44 @@
+"""DataConfig: where the shards are and how clips become frame batches.
+
+Loaded through longvivit.model.config.load_config like every other config; `validate()`
+names the offending key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from longvivit.model.config import check
+
+SAMPLING = ("uniform", "fps")
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # shard folder or a remote URL that streaming supports (s3://, gs://, ...)
+    val: str = ""
+    tokenizer: str = ""  # sentencepiece .model (longvivit tokenizer)
+    frames: int = 16  # frames per clip fed to the model (T)
+    # uniform: `frames` frames spread over the whole clip; fps: `frames` consecutive frames
+    # at the shard FPS (a random window when training, the centred one otherwise)
+    sampling: str = "uniform"
+    image_size: int = 224  # square crop side fed to the model (H == W)
+    batch_size: int = 8  # per device
+    text_length: int = 64  # tokens per caption, bos/eos and padding included
+    flip: bool = True  # random horizontal flip when training
+    num_workers: int = 2  # DataLoader processes reading shards (decoding is DALI's)
+    prefetch: int = 2  # decoded batches kept ready ahead of the training step
+    shuffle: bool = True  # training split only; val is never shuffled
+    seed: int = 0  # shuffle order, caption draws, crops and flips
+    local_cache: str = ""  # local folder for a remote split ("" : a folder under /tmp)
+
+    def validate(self) -> None:
+        check(self.frames > 0, "frames", f"{self.frames} must be > 0")
+        check(self.sampling in SAMPLING, "sampling",
+              f"{self.sampling!r} is not one of {', '.join(SAMPLING)}")
+        check(self.image_size > 0, "image_size", f"{self.image_size} must be > 0")
+        check(self.batch_size > 0, "batch_size", f"{self.batch_size} must be > 0")
+        check(self.text_length >= 3, "text_length", f"{self.text_length} must be >= 3 "
+              "(bos, one token, eos)")
+        check(self.num_workers >= 0, "num_workers", f"{self.num_workers} must be >= 0")
+        check(self.prefetch >= 1, "prefetch", f"{self.prefetch} must be >= 1")
+        check(self.seed >= 0, "seed", f"{self.seed} must be >= 0 (streaming's shuffle seed)")

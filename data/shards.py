@@ -1,0 +1,182 @@
+"""Manifest -> MDS shards: every clip cut, resampled, resized and re-encoded once.
+
+    longvivit shards MANIFEST --out DIR [--fps 1] [--size 256] [--codec vp9|h264]
+                     [--keyframe-interval 8] [--crf 20] [--workers N]
+                     [--shard-size 64mb] [--compression zstd] [--overwrite]
+
+Each manifest row (see manifest.py) becomes one sample: the clip [start, end) at `fps`,
+short side `size` (aspect kept), encoded as VP9 in webm (DALI decodes it on CPU and GPU)
+or H.264 in mp4 (DALI decodes it only on GPU), with a keyframe at least every
+`keyframe-interval` frames so that decoding a few frames deep in a long clip is cheap.
+
+Columns: video (encoded bytes), captions (list of str), duration_s, fps, num_frames,
+width, height, id, codec.
+
+A row that cannot be used (missing, unreadable, empty or corrupt file, no video stream, no
+frames in range, empty or undecodable caption, malformed row) is skipped and listed with
+its reason in DIR/rejects.jsonl; it never stops the run. DIR/summary.json holds the
+counts, and the last line of stdout is the same summary as one JSON line. The exit status
+is non-zero only when nothing could be written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .manifest import Reject, Row, read_manifest, write_jsonl
+from .video import CODECS, VideoError, encode, read_resampled
+
+COLUMNS = {
+    "video": "bytes", "captions": "json", "duration_s": "float64", "fps": "float64",
+    "num_frames": "int32", "width": "int32", "height": "int32", "id": "str", "codec": "str",
+}
+SUMMARY, REJECTS = "summary.json", "rejects.jsonl"
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    fps: float = 1.0
+    size: int = 256  # short side in pixels; 0 keeps the source size
+    codec: str = "vp9"  # vp9 | h264
+    keyframe_interval: int = 8  # frames
+    crf: int = 20  # constant-quality level (lower: better and bigger)
+
+    def validate(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"--fps must be > 0, got {self.fps}")
+        if self.size < 0 or self.size % 2:
+            raise ValueError(f"--size must be an even number >= 0, got {self.size}")
+        if self.codec not in CODECS:
+            raise ValueError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.keyframe_interval < 1:
+            raise ValueError(f"--keyframe-interval must be >= 1, got {self.keyframe_interval}")
+
+
+def transcode(row: Row, opts: ShardOptions) -> dict | Reject:
+    """One manifest row -> one shard sample, or a Reject saying why not. Runs in a worker."""
+    try:
+        if not os.path.exists(row.video):
+            raise VideoError("missing file", "no such file")
+        if os.path.isfile(row.video) and os.path.getsize(row.video) == 0:
+            raise VideoError("empty file", "zero bytes")
+        frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, row.end)
+        data, info = encode(frames, opts.fps, opts.codec, opts.keyframe_interval, opts.crf)
+    except VideoError as err:
+        return Reject(row.line, row.video, err.reason, str(err))
+    except Exception as err:  # noqa: BLE001 -- one bad input must never stop the run
+        return Reject(row.line, row.video, "failed", f"{type(err).__name__}: {err}")
+    return {"video": data, "captions": row.captions, "duration_s": info.duration_s,
+            "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
+            "height": info.height, "id": row.id, "codec": opts.codec}
+
+
+def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = ShardOptions(),
+                 workers: int = 0, shard_size: str | int = "64mb",
+                 compression: str | None = None, overwrite: bool = False,
+                 progress: bool | None = None) -> dict:
+    """Transcode every row of `manifest` into MDS shards in `out`; returns the summary.
+    workers=0 transcodes in this process; progress=None shows a bar only on a terminal."""
+    from streaming import MDSWriter  # imports torch + transformers: only when writing
+    from tqdm import tqdm
+
+    opts.validate()
+    out = _prepare_out(Path(out), overwrite)
+    entries = list(read_manifest(manifest))
+    written, rejects, hours, video_bytes = 0, [], 0.0, 0
+    with MDSWriter(out=str(out), columns=COLUMNS, compression=compression,
+                   size_limit=shard_size) as writer:
+        results = _transcode_all(entries, opts, workers)
+        bar = tqdm(results, total=len(entries), unit="video", desc="shards",
+                   disable=None if progress is None else not progress)
+        for result in bar:
+            if isinstance(result, Reject):
+                rejects.append(result.to_json())
+                continue
+            writer.write(result)
+            written += 1
+            hours += result["duration_s"] / 3600
+            video_bytes += len(result["video"])
+    write_jsonl(out / REJECTS, rejects)
+    summary = {
+        "written": written, "skipped": len(rejects),
+        "reasons": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        "hours": round(hours, 6), "video_bytes": video_bytes,
+        "shard_bytes": sum(p.stat().st_size for p in out.glob("shard.*")),
+        "shards": len(list(out.glob("shard.*"))), "out": str(out), "rejects": str(out / REJECTS),
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _transcode_all(entries: list[Row | Reject], opts: ShardOptions,
+                   workers: int) -> Iterator[dict | Reject]:
+    """Results in manifest order; rows go through a pool of `workers` processes."""
+    rows = [e for e in entries if isinstance(e, Row)]
+    work = partial(transcode, opts=opts)
+    if workers > 0 and len(rows) > 1:
+        # spawn, not fork: the parent has torch (via streaming) loaded, and a forked copy of
+        # its thread pools can deadlock. Workers import only PyAV and numpy.
+        with mp.get_context("spawn").Pool(min(workers, len(rows))) as pool:
+            yield from _merge(entries, pool.imap(work, rows, chunksize=1))
+    else:
+        yield from _merge(entries, map(work, rows))
+
+
+def _merge(entries: list[Row | Reject], done: Iterable[dict | Reject]) -> Iterator[dict | Reject]:
+    done = iter(done)
+    for entry in entries:
+        yield entry if isinstance(entry, Reject) else next(done)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """An empty output folder. With overwrite, only files this command writes are removed:
+    a folder holding anything else is refused rather than wiped."""
+    if out.exists() and any(out.iterdir()):
+        ours = lambda p: p.name in ("index.json", SUMMARY, REJECTS) or p.name.startswith("shard.")  # noqa: E731
+        others = sorted(p.name for p in out.iterdir() if not ours(p))
+        if not overwrite:
+            raise FileExistsError(f"output {out} is not empty; pass --overwrite to replace "
+                                  "the shards in it")
+        if others:
+            raise FileExistsError(f"output {out} holds files that are not shards "
+                                  f"({', '.join(others[:5])}); refusing to overwrite")
+        for p in out.iterdir():
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="longvivit shards", description=__doc__.split("\n\n")[0])
+    p.add_argument("manifest", help="JSONL or CSV manifest")
+    p.add_argument("--out", required=True, help="output directory for the MDS shards")
+    p.add_argument("--fps", type=float, default=ShardOptions.fps)
+    p.add_argument("--size", type=int, default=ShardOptions.size,
+                   help="short side in pixels (0: keep the source size)")
+    p.add_argument("--codec", choices=list(CODECS), default=ShardOptions.codec)
+    p.add_argument("--keyframe-interval", type=int, default=ShardOptions.keyframe_interval)
+    p.add_argument("--crf", type=int, default=ShardOptions.crf)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="transcoding processes (0: in this process)")
+    p.add_argument("--shard-size", default="64mb", help="shard size limit, e.g. 64mb")
+    p.add_argument("--compression", default=None, help="e.g. zstd (video bytes are already "
+                   "compressed: this mostly helps the captions)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    a = p.parse_args(argv)
+    opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf)
+    try:
+        summary = write_shards(a.manifest, a.out, opts, a.workers, a.shard_size,
+                               a.compression, a.overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"longvivit shards: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0 if summary["written"] else 1

@@ -1,0 +1,260 @@
+"""The synthetic long-video benchmark: captions that only the whole clip can match.
+
+    longvivit synth --out DIR [--videos N] [--frames F] [--seed S] [--size 64]
+
+Each video is K events (default 3-4), each in its own time segment of the clip: an object
+of one of 6 colours and 4 shapes appears, moves up or down, grows or shrinks, and leaves,
+over a slowly drifting textured background with per-frame noise. Its caption names the
+events in order ("a red circle moves up, then a blue square grows, then ..."), so a model
+that sees only part of the clip cannot tell a caption from one that differs in a later
+event. Hard negatives make that explicit: a fraction of the videos come in families of
+three whose event lists differ in one attribute of one event, or only in their order.
+
+The motions are vertical and the shapes left-right symmetric on purpose: the loader's
+horizontal flip must not change what a caption says.
+
+Output: DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl manifests for
+`longvivit shards` (whole families go to one split), DIR/benchmark.json (the arguments).
+Everything is a function of the arguments: the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import write_jsonl
+from .video import encode
+
+COLOURS = {
+    "red": (235, 30, 30), "green": (30, 210, 50), "blue": (40, 90, 255),
+    "yellow": (250, 230, 20), "purple": (175, 40, 225), "white": (250, 250, 250),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+ACTIONS = ("moves up", "moves down", "grows", "shrinks")
+Event = tuple[str, str, str]  # (colour, shape, action)
+
+
+@dataclass
+class SynthConfig:
+    videos: int = 200
+    frames: int = 64  # frames of the longest video (1 FPS: seconds)
+    min_frames: int = 0  # 0: every video has `frames` frames; else lengths in [min_frames, frames]
+    size: int = 64  # square frames, pixels
+    min_events: int = 3
+    max_events: int = 4
+    hard_negatives: float = 0.5  # fraction of videos that belong to a 3-video hard-negative family
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def validate(self) -> None:
+        lo = self.min_frames or self.frames
+        if not 1 <= self.min_events <= self.max_events:
+            raise ValueError(f"events: need 1 <= min_events <= max_events, got "
+                             f"{self.min_events}..{self.max_events}")
+        if lo < 2 * self.max_events or lo > self.frames:
+            raise ValueError(f"frames: need 2*max_events={2 * self.max_events} <= min_frames "
+                             f"<= frames, got min_frames={lo}, frames={self.frames}")
+        if self.size < 16 or self.size % 2:
+            raise ValueError(f"size: need an even number >= 16, got {self.size}")
+        if self.videos < 2 or not 0 < self.val_fraction < 1 or not 0 <= self.hard_negatives <= 1:
+            raise ValueError("videos >= 2, 0 < val_fraction < 1 and 0 <= hard_negatives <= 1")
+
+
+# ----------------------------------------------------------------------------- event lists
+
+def _random_event(rng: np.random.Generator) -> Event:
+    return (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), str(rng.choice(ACTIONS)))
+
+
+def _random_events(rng: np.random.Generator, k: int) -> list[Event]:
+    events: list[Event] = []
+    while len(events) < k:
+        e = _random_event(rng)
+        if e not in events:
+            events.append(e)
+    return events
+
+
+def _change_one(rng: np.random.Generator, events: list[Event]) -> list[Event]:
+    """The same list with one attribute of one event changed (a one-event hard negative)."""
+    out = list(events)
+    i, attr = int(rng.integers(len(out))), int(rng.integers(3))
+    choices = [tuple(COLOURS), SHAPES, ACTIONS][attr]
+    event = list(out[i])
+    event[attr] = str(rng.choice([c for c in choices if c != event[attr]]))
+    out[i] = tuple(event)
+    return out
+
+
+def _reorder(rng: np.random.Generator, events: list[Event]) -> list[Event]:
+    """The same events in another order (an order-only hard negative)."""
+    while True:
+        out = [events[i] for i in rng.permutation(len(events))]
+        if out != events:
+            return out
+
+
+def event_lists(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[int, list[Event]]]:
+    """(family id, events) for every video; all event lists distinct, families adjacent."""
+    seen: set[tuple[Event, ...]] = set()
+    videos: list[tuple[int, list[Event]]] = []
+    family = 0
+    while len(videos) < cfg.videos:
+        base = _random_events(rng, int(rng.integers(cfg.min_events, cfg.max_events + 1)))
+        members = [base]
+        if cfg.videos - len(videos) >= 3 and rng.random() < cfg.hard_negatives:
+            members += [_change_one(rng, base), _reorder(rng, base)]
+        keys = [tuple(m) for m in members]
+        if len(set(keys)) < len(keys) or seen.intersection(keys):
+            continue  # a repeated caption would make retrieval ambiguous: draw again
+        seen.update(keys)
+        videos += [(family, m) for m in members]
+        family += 1
+    return videos
+
+
+def captions(events: list[Event]) -> list[str]:
+    """Two phrasings of the same event sequence (the loader draws one per visit)."""
+    parts = [f"a {c} {s} {a}" for c, s, a in events]
+    first = ", then ".join(parts)
+    second = f"first {parts[0]}, " + ", ".join(f"next {p}" for p in parts[1:-1])
+    second = (second + ", " if len(parts) > 2 else second) + f"finally {parts[-1]}"
+    return [first, second]
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _background(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
+    """(T, H, W, 3) float: a dim, desaturated texture of a few sinusoids drifting slowly,
+    plus per-frame noise. Dim and grey so that the saturated objects stand out."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    tint = 70 + rng.uniform(-15, 15, size=3)
+    out = np.empty((frames, size, size, 3), np.float32)
+    waves = [(rng.uniform(2, 6, 2), rng.uniform(0, 2 * np.pi), rng.uniform(-0.05, 0.05, 2))
+             for _ in range(3)]
+    for t in range(frames):
+        tex = sum(np.sin(2 * np.pi * (f[0] * (xx + v[0] * t) + f[1] * (yy + v[1] * t)) + ph)
+                  for f, ph, v in waves) / 3
+        out[t] = tint + 25 * tex[..., None] + rng.normal(0, 6, (size, size, 3))
+    return out
+
+
+def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
+    """(H, W) bool mask of `shape` centred at (cx, cy) with half-extent r (pixels)."""
+    y, x = np.mgrid[0:size, 0:size] + 0.5
+    dx, dy = np.abs(x - cx), y - cy
+    if shape == "circle":
+        return dx ** 2 + dy ** 2 <= r ** 2
+    if shape == "square":
+        return (dx <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+    if shape == "triangle":  # apex up: width grows linearly from the top edge
+        return (dy >= -r) & (dy <= 0.8 * r) & (dx <= (dy + r) * 0.6)
+    return ((dx <= r / 3) & (np.abs(dy) <= r)) | ((np.abs(dy) <= r / 3) & (dx <= r))  # cross
+
+
+def _event_track(action: str, size: int, n: int, x: float) -> list[tuple[float, float, float]]:
+    """(cx, cy, r) in pixels for each of the event's n frames."""
+    s = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    r_move, small, big = 0.18 * size, 0.1 * size, 0.3 * size
+    if action == "moves up":
+        return [(x, size * (0.75 - 0.5 * u), r_move) for u in s]
+    if action == "moves down":
+        return [(x, size * (0.25 + 0.5 * u), r_move) for u in s]
+    if action == "grows":
+        return [(x, size * 0.5, small + (big - small) * u) for u in s]
+    return [(x, size * 0.5, big - (big - small) * u) for u in s]  # shrinks
+
+
+def render(events: list[Event], frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames: event i fills segment i of K equal time segments; the
+    object appears at the segment's first frame and leaves after its last."""
+    video = _background(rng, size, frames)
+    bounds = np.linspace(0, frames, len(events) + 1).round().astype(int)
+    for (colour, shape, action), t0, t1 in zip(events, bounds[:-1], bounds[1:]):
+        x = size * rng.uniform(0.35, 0.65)
+        for t, (cx, cy, r) in zip(range(t0, t1), _event_track(action, size, t1 - t0, x)):
+            video[t][_shape_mask(shape, size, cx, cy, r)] = COLOURS[colour]
+    return video.clip(0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: int = 0,
+                    overwrite: bool = False, **options) -> dict:
+    """Write the benchmark into `out` (see the module docstring); returns the summary."""
+    cfg = SynthConfig(videos=videos, frames=frames, seed=seed, **options)
+    cfg.validate()
+    out = _prepare_out(Path(out), overwrite)
+    rng = np.random.default_rng(cfg.seed)
+    listing = event_lists(cfg, rng)
+    n_val = _val_count(listing, cfg.val_fraction)
+    rows = {"train": [], "val": []}
+    for i, (family, events) in enumerate(listing):
+        video_rng = np.random.default_rng([cfg.seed, i])
+        n = int(video_rng.integers(cfg.min_frames or cfg.frames, cfg.frames + 1))
+        data, _ = encode(render(events, n, cfg.size, video_rng), fps=1.0, codec="vp9")
+        name = f"videos/{i:06d}.webm"
+        (out / name).write_bytes(data)
+        split = "val" if i >= len(listing) - n_val else "train"
+        rows[split].append({"video": name, "caption": captions(events), "id": f"synth-{i:06d}",
+                            "family": family, "events": [list(e) for e in events]})
+    for split, split_rows in rows.items():
+        write_jsonl(out / f"{split}.jsonl", split_rows)
+    (out / "benchmark.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return {"out": str(out), "train": len(rows["train"]), "val": len(rows["val"]),
+            "families": listing[-1][0] + 1, "frames": cfg.frames, "size": cfg.size}
+
+
+def _val_count(listing: list[tuple[int, list[Event]]], fraction: float) -> int:
+    """About `fraction` of the videos, taken from the end without splitting a family."""
+    n = max(1, int(round(fraction * len(listing))))
+    while n < len(listing) and listing[-n][0] == listing[-n - 1][0]:
+        n += 1
+    return n
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    ours = [out / "videos", out / "train.jsonl", out / "val.jsonl", out / "benchmark.json"]
+    if out.exists() and any(out.iterdir()):
+        others = sorted(p.name for p in out.iterdir() if p not in ours)
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
+        if others:
+            raise FileExistsError(f"{out} holds files synth did not write ({', '.join(others[:5])});"
+                                  " refusing to overwrite")
+        shutil.rmtree(out / "videos", ignore_errors=True)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="longvivit synth", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--videos", type=int, default=SynthConfig.videos)
+    p.add_argument("--frames", type=int, default=SynthConfig.frames,
+                   help="frames per video at 1 FPS (16 to 256+)")
+    p.add_argument("--min-frames", type=int, default=0,
+                   help="if set, video lengths vary uniformly in [min-frames, frames]")
+    p.add_argument("--size", type=int, default=SynthConfig.size, help="frame side, pixels")
+    p.add_argument("--events", type=int, nargs=2, default=[3, 4], metavar=("MIN", "MAX"))
+    p.add_argument("--hard-negatives", type=float, default=SynthConfig.hard_negatives)
+    p.add_argument("--val-fraction", type=float, default=SynthConfig.val_fraction)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        summary = write_benchmark(a.out, a.videos, a.frames, a.seed, overwrite=a.overwrite,
+                                  min_frames=a.min_frames, size=a.size, min_events=a.events[0],
+                                  max_events=a.events[1], hard_negatives=a.hard_negatives,
+                                  val_fraction=a.val_fraction)
+    except (ValueError, FileExistsError) as err:
+        print(f"longvivit synth: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,114 @@
+"""Tiny test data for the tests/test_data_*.py files, made once per session.
+
+The fixtures are imported by each test module (no shared conftest.py); the results are
+cached in this module, so the synthetic benchmark, its shards and its tokenizer are built
+once per pytest session however many modules use them.
+"""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from longvivit.data.shards import ShardOptions, write_shards
+from longvivit.data.synth import write_benchmark
+from longvivit.data.tokenizer import train_tokenizer
+
+# 12 videos x 16 frames at 48 px: big enough for 2 ranks x 2 workers x batch 2, small enough
+# to build in a few seconds on a busy 2-core machine.
+SYNTH = dict(videos=12, frames=16, seed=3, size=48)
+SHARD_SIZE = 48  # short side of the shards (== synth size: no resize in the writer)
+
+_cache: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> dict:
+    """{"dir", "train", "val", "shards_train", "shards_val", "tokenizer"}: paths."""
+    if "synth" not in _cache:
+        root = tmp_path_factory.mktemp("synth")
+        write_benchmark(root / "bench", **SYNTH)
+        opts = ShardOptions(size=SHARD_SIZE)
+        for split in ("train", "val"):
+            summary = write_shards(root / "bench" / f"{split}.jsonl", root / f"shards_{split}",
+                                   opts, progress=False, shard_size="200kb")
+            assert summary["skipped"] == 0, summary
+        model = train_tokenizer([root / "bench" / "train.jsonl"], root / "tok" / "spm")
+        _cache["synth"] = {
+            "dir": root / "bench", "train": root / "bench" / "train.jsonl",
+            "val": root / "bench" / "val.jsonl", "shards_train": root / "shards_train",
+            "shards_val": root / "shards_val", "tokenizer": model,
+        }
+    return _cache["synth"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def moving_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """(n, H, W, 3) uint8: a noisy background and a bright square moving right."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(30, 90, (n, height, width, 3), dtype=np.uint8)
+    side = max(4, height // 3)
+    for t in range(n):
+        x = (t * 3) % max(1, width - side)
+        frames[t, height // 3: height // 3 + side, x: x + side] = (240, 40, 40)
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, codec: str, fmt: str) -> Path:
+    """Encode RGB frames with PyAV into any container/codec (sources for the writer tests)."""
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
+    """An .ogg with one Opus audio stream and no video."""
+    rate = 48000
+    with av.open(str(path), "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=rate)
+        samples = (np.sin(np.arange(int(rate * seconds)) / 20) * 8000).astype(np.int16)
+        for i in range(0, len(samples), 960):
+            chunk = samples[None, i:i + 960]
+            if chunk.shape[1] < 960:
+                break
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            frame.sample_rate = rate
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def garble_sample(shard_dir: Path, sample: int) -> bytes:
+    """Overwrite sample `sample`'s video bytes inside its .mds shard file with random bytes
+    (all but the 4-byte container magic, so that the loader's cheap header check passes and
+    the bytes reach the decoder). The shard stays readable; the video does not decode.
+    Returns the original video bytes."""
+    from streaming import LocalDataset
+    video = LocalDataset(str(shard_dir))[sample]["video"]
+    for path in sorted(shard_dir.glob("shard.*.mds")):
+        data = bytearray(path.read_bytes())
+        at = data.find(video)
+        if at >= 0:
+            break
+    else:
+        raise AssertionError(f"sample {sample}'s video not found in {shard_dir}")
+    rng = np.random.default_rng(sample)
+    data[at + 4: at + len(video)] = rng.integers(0, 256, len(video) - 4, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return video
