@@ -1,0 +1,196 @@
+"""Checkpoints: DeepSpeed's sharded save plus what an exact resume needs.
+
+Layout under the run's output directory:
+
+    checkpoints/
+      step00000100/                 one tag per save
+        zero_pp_rank_*_...pt        DeepSpeed's files (model, optimizer, scheduler shards)
+        rank00000.pt ...            per rank: data loader state, torch/numpy/python RNG
+        run_config.yaml             the resolved run config
+        complete                    written last, by rank 0, after every rank has finished
+      latest                        the newest complete tag (DeepSpeed's own pointer file)
+
+A tag counts only once `complete` exists: it is written atomically (tmp + os.replace)
+after a barrier that every rank reaches only when its own files are on disk, so a run
+killed mid-save leaves a tag without it, which resume skips and deletes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from longvivit.model.config import ConfigError
+
+from . import dist
+
+MARKER = "complete"
+CONFIG_FILE = "run_config.yaml"
+# Model config keys that training may change between runs without changing the weights' shapes.
+NOT_ARCHITECTURE = {"preset", "gather", "init_logit_scale", "max_logit_scale", "video.mask_ratio",
+                    "video.mask_scheme", "video.grad_checkpointing"}
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def ckpt_root(out: str | Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def is_complete(tag_dir: Path) -> bool:
+    return (tag_dir / MARKER).is_file()
+
+
+def list_tags(root: Path) -> list[Path]:
+    """Tag directories, oldest first (the tag names sort by step)."""
+    return sorted(p for p in root.glob("step*") if p.is_dir()) if root.is_dir() else []
+
+
+def newest_complete(root: Path) -> Path | None:
+    done = [t for t in list_tags(root) if is_complete(t)]
+    return done[-1] if done else None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A tag directory from a run dir, a checkpoints/ dir or a tag dir (newest complete)."""
+    path = Path(path)
+    for root in (ckpt_root(path), path):
+        tag = newest_complete(root)
+        if tag is not None:
+            return tag
+    if is_complete(path):
+        return path
+    raise FileNotFoundError(f"{path}: no complete checkpoint (a tag directory with a '{MARKER}' file)")
+
+
+# ---------------------------------------------------------------------------- RNG
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- save
+
+def save(engine, out: str | Path, step: int, loader, config_yaml: str, keep_last: int) -> Path:
+    """Save on every rank; the tag becomes complete after all ranks are done."""
+    root = ckpt_root(out)
+    tag = tag_for(step)
+    tag_dir = root / tag
+    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
+    rank = engine.global_rank
+    torch.save({"step": step, "loader": loader.state_dict(), "rng": rng_state()},
+               tag_dir / f"rank{rank:05d}.pt")
+    if rank == 0:
+        _write_atomic(tag_dir / CONFIG_FILE, config_yaml)
+    dist.barrier()  # every rank's files are on disk past this point
+    if rank == 0:
+        meta = {"step": step, "world_size": engine.world_size, "time": time.time()}
+        _write_atomic(tag_dir / MARKER, json.dumps(meta))
+        _write_atomic(root / "latest", tag)
+        prune(root, keep_last)
+    dist.barrier()
+    return tag_dir
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete tags; drop older ones and any incomplete tag."""
+    tags = list_tags(root)
+    complete = [t for t in tags if is_complete(t)]
+    keep = set(complete[-keep_last:])
+    for t in tags:
+        if t not in keep:
+            shutil.rmtree(t, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- resume
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def stored_config(tag_dir: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(tag_dir / CONFIG_FILE), resolve=True)
+
+
+def check_compatible(tag_dir: Path, model_cfg: dict, world_size: int) -> None:
+    """Refuse to resume a checkpoint whose model architecture or world size differs."""
+    old = _flatten(stored_config(tag_dir)["model"])
+    new = _flatten(model_cfg)
+    for key in sorted(set(old) | set(new)):
+        if key in NOT_ARCHITECTURE:
+            continue
+        if old.get(key) != new.get(key):
+            raise ConfigError(
+                f"model.{key}: the checkpoint {tag_dir} was trained with {old.get(key)!r}, this run "
+                f"has {new.get(key)!r}; refusing to resume another architecture (use another out= "
+                f"or resume=never with init=checkpoint:{tag_dir})")
+    meta = json.loads((tag_dir / MARKER).read_text())
+    if meta["world_size"] != world_size:
+        raise ConfigError(
+            f"resume: the checkpoint {tag_dir} was written by {meta['world_size']} ranks, this run has "
+            f"{world_size}; ZeRO shards and data loader positions are per rank")
+
+
+def resume_tag(out: str | Path, resume: str) -> Path | None:
+    """The checkpoint to resume from: resume=auto -> newest complete in out/, never -> None."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return newest_complete(ckpt_root(out))
+    return find_checkpoint(resume)
+
+
+def load(engine, tag_dir: Path, loader) -> int:
+    """Restore model, optimizer, schedule, this rank's loader position and RNG; return step."""
+    _, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                       load_optimizer_states=True, load_lr_scheduler_states=True)
+    if client is None:
+        raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
+    own = torch.load(tag_dir / f"rank{engine.global_rank:05d}.pt", weights_only=False)
+    loader.load_state_dict(own["loader"])
+    set_rng_state(own["rng"])
+    return int(own["step"])
+
+
+def remove_incomplete(out: str | Path) -> list[Path]:
+    """Delete tags a killed run left half-written (call on rank 0 before training starts)."""
+    removed = [t for t in list_tags(ckpt_root(out)) if not is_complete(t)]
+    for t in removed:
+        shutil.rmtree(t, ignore_errors=True)
+    return removed
+
+
+__all__ = ["save", "load", "prune", "resume_tag", "find_checkpoint", "check_compatible",
+           "remove_incomplete", "newest_complete", "tag_for", "ckpt_root"]

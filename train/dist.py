@@ -1,0 +1,104 @@
+"""Where this process sits in the job: rank, world size, local rank, rendezvous address.
+
+The same `longvivit train` runs as one plain process, under the deepspeed launcher, under
+torchrun and under srun. The first three export RANK / WORLD_SIZE / LOCAL_RANK; srun
+exports SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. `setup_env` normalises both into the
+torch.distributed variables (plus LOCAL_WORLD_SIZE, which mosaicml-streaming reads and the
+deepspeed launcher does not set) before any process group exists.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for single-process runs and tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_local_world(env: dict) -> int:
+    # SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE look like "4" or "4(x2)" or "4,2".
+    spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1"
+    return int(spec.split(",")[0].split("(")[0])
+
+
+def read_env(env: dict | None = None) -> DistEnv:
+    """Rank, world and rendezvous from the environment; a lone process is rank 0 of 1."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        local_world = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local_rank = int(env.get("SLURM_LOCALID", 0))
+        local_world = _slurm_local_world(env)
+    else:
+        rank, world, local_rank, local_world = 0, 1, 0, 1
+    addr = env.get("MASTER_ADDR", "127.0.0.1")
+    port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (29500 if world > 1 else free_port())
+    return DistEnv(rank, world, local_rank, local_world, addr, port)
+
+
+def setup_env(d: DistEnv) -> None:
+    """Export the torch.distributed / streaming variables for `d` (no process group yet)."""
+    os.environ.update(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
+                      LOCAL_WORLD_SIZE=str(d.local_world_size), MASTER_ADDR=d.master_addr,
+                      MASTER_PORT=str(d.master_port))
+    # The CPU accelerator counts its "devices" from LOCAL_SIZE (the deepspeed launcher sets it).
+    os.environ.setdefault("LOCAL_SIZE", str(d.local_world_size))
+
+
+def init_process_group(timeout) -> None:
+    """The process group for the variables setup_env exported (gloo on CPU)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    # The CPU accelerator asks for ccl; gloo is what a CPU-only torch always has.
+    backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def shm_buffers(d: DistEnv) -> list[Path]:
+    """The shared-memory buffers DeepSpeed's CPU all-reduce leaves in /dev/shm for this job."""
+    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_{d.master_addr}_{d.master_port}_"
+    shm = Path("/dev/shm")
+    return sorted(shm.glob(prefix + "*")) if shm.is_dir() else []
+
+
+def shutdown(d: DistEnv) -> None:
+    """Tear the process group down and remove this rank's /dev/shm buffer."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+    for path in shm_buffers(d):
+        if path.name.endswith(f"_{d.rank}"):
+            path.unlink(missing_ok=True)

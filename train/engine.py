@@ -1,0 +1,76 @@
+"""The DeepSpeed engine around the model: optimizer groups, schedule, initialize.
+
+The engine wraps one nn.Module, the DualEncoder, whose forward returns the contrastive
+loss (the loss owns the cross-rank gather). ZeRO stage, offload and precision come from the
+ds_config dict (see config.resolve_ds_config); nothing here branches on them.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed matrices, and everything that must not decay.
+
+    No decay on the names the model lists in no_weight_decay() (position embeddings, the
+    logit scale) nor on any parameter with fewer than 2 dims (norms, biases). Frozen
+    parameters (trainable_last_k) are left out.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup from 1/warmup to 1, then cosine down to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, object]:
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
+                                  betas=tuple(o.betas), eps=o.eps)
+    schedule = functools.partial(warmup_cosine, warmup=o.warmup_steps, total=cfg.steps,
+                                 min_ratio=o.min_lr_ratio)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def build_engine(model: nn.Module, cfg: RunConfig, ds_config: dict):
+    """deepspeed.initialize on (model, AdamW, warmup-cosine); DeepSpeed steps the schedule
+    once per optimizer step (after gradient accumulation)."""
+    import deepspeed
+
+    optimizer, scheduler = build_optimizer(model, cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, dist_init_required=False)
+    return engine
+
+
+def partitioned_numel(engine) -> tuple[int, int]:
+    """(parameters this rank holds, parameters of the whole model) under any ZeRO stage."""
+    local = total = 0
+    for p in engine.module.parameters():
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: the partition lives in ds_tensor
+            local += p.ds_tensor.numel()
+            total += p.ds_numel
+        else:
+            local += p.numel()
+            total += p.numel()
+    return local, total
