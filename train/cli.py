@@ -30,6 +30,9 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # The deepspeed launcher puts --local_rank=N before the user's arguments
+    # (`deepspeed --module longvivit.train.cli train ...`); the rank is read from the env.
+    argv = [a for a in argv if not a.startswith("--local_rank")]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0

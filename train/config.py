@@ -1,0 +1,202 @@
+"""The run config: one typed structure for everything `longvivit train` needs.
+
+    RunConfig
+      model: ModelConfig   (starts from the preset named by model.preset, then YAML, then CLI)
+      data:  DataConfig    (shards, tokenizer, frames/sampling/resolution, batch size per device)
+      optim: OptimConfig   (AdamW + warmup/cosine + clipping)
+      ... steps, grad_accum, ds_config, precision, intervals, out, seed, init, resume
+
+`load_run_config(path, overrides)` returns it validated, or raises ConfigError naming the
+key, before anything heavy happens (no process group, no model, no output directory).
+`resolve_ds_config` fills the DeepSpeed JSON's "auto" entries from the run config and
+rejects explicit entries that disagree with it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from omegaconf import OmegaConf
+
+from longvivit.data.config import DataConfig
+from longvivit.model import model_config
+from longvivit.model.config import ConfigError, ModelConfig, check, load_config, to_dict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # peak learning rate, reached after warmup_steps
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # not applied to norms, biases, position embeddings, logit scale
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    clip: float = 1.0  # global grad-norm clipping (DeepSpeed's gradient_clipping); 0 disables
+
+    def validate(self) -> None:
+        check(self.lr > 0, "lr", f"{self.lr} must be > 0")
+        check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"{self.min_lr_ratio} is outside [0, 1]")
+        check(self.warmup_steps >= 0, "warmup_steps", f"{self.warmup_steps} must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", f"{self.weight_decay} must be >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+              f"expected two values in [0, 1), got {self.betas}")
+        check(self.clip >= 0, "clip", f"{self.clip} must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000  # optimizer steps
+    grad_accum: int = 1  # micro-batches per optimizer step
+    ds_config: str = "ds_configs/zero3_cpu.json"  # relative paths resolve against the repo root
+    precision: str = "fp32"  # fp32 | bf16 | fp16; must agree with the ds_config
+    out: str = "runs/default"  # checkpoints, TensorBoard logs, metrics.jsonl
+    seed: int = 0
+    init: str = ""  # "" (random) | open_clip:PATH | checkpoint:PATH (a run dir, DS checkpoint or export)
+    resume: str = "auto"  # auto (newest complete checkpoint in out/) | never | PATH to a checkpoint
+    log_every: int = 1
+    eval_every: int = 0  # 0: only at the end
+    eval_mask_ratio: float = 0.0  # eval is unmasked by default
+    eval_max_batches: int = 0  # 0: the whole val split
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_last: int = 3
+    peak_tflops: float = 0.0  # MFU denominator per device; 0: measured (CPU) or spec table (GPU)
+    progress: bool = True  # tqdm bar on rank 0
+    save_eval_embeddings: bool = False  # rank 0 writes out/eval_embeddings.pt (export checks)
+
+    def validate(self) -> None:
+        check(self.steps > 0, "steps", f"{self.steps} must be > 0")
+        check(self.grad_accum > 0, "grad_accum", f"{self.grad_accum} must be > 0")
+        check(self.precision in ("fp32", "bf16", "fp16"), "precision",
+              f"{self.precision!r} is not one of fp32, bf16, fp16")
+        check(0.0 <= self.eval_mask_ratio < 1.0, "eval_mask_ratio", f"{self.eval_mask_ratio} is outside [0, 1)")
+        for key in ("log_every", "eval_every", "checkpoint_every", "eval_max_batches"):
+            check(getattr(self, key) >= 0, key, f"{getattr(self, key)} must be >= 0")
+        check(self.keep_last >= 1, "keep_last", f"{self.keep_last} must be >= 1")
+        check(self.init == "" or self.init.split(":", 1)[0] in ("open_clip", "checkpoint"), "init",
+              f"{self.init!r}: expected '', open_clip:PATH or checkpoint:PATH")
+        check(self.data.frames == self.model.video.frames, "data.frames",
+              f"{self.data.frames} differs from model.video.frames={self.model.video.frames}")
+        check(self.data.image_size == self.model.video.image_size, "data.image_size",
+              f"{self.data.image_size} differs from model.video.image_size={self.model.video.image_size}")
+        check(self.data.text_length <= self.model.text.context_length, "data.text_length",
+              f"{self.data.text_length} exceeds model.text.context_length={self.model.text.context_length}")
+
+
+def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
+    """model.preset as the YAML files and overrides set it (last one wins)."""
+    name = "B"
+    for src in sources:
+        node = OmegaConf.load(src) if isinstance(src, (str, Path)) and Path(src).is_file() else src
+        if isinstance(node, dict) or OmegaConf.is_config(node):
+            name = OmegaConf.select(OmegaConf.create(node), "model.preset", default=name)
+    for item in overrides:
+        if item.startswith("model.preset="):
+            name = item.split("=", 1)[1]
+    return name
+
+
+def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
+    """Preset defaults, then `sources` (YAML paths or dicts), then ``key=value`` overrides."""
+    preset = _preset_name(sources, overrides)
+    try:
+        base = {"model": to_dict(model_config(preset))}
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"model.preset: {preset!r} is not a known preset ({err})") from None
+    return load_config(RunConfig, base, *sources, overrides=overrides)
+
+
+def repo_path(path: str) -> Path:
+    """A path from a config: absolute, relative to the working dir, else to the repo root."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO_ROOT / p
+
+
+def check_data(cfg: RunConfig) -> None:
+    """Shards and tokenizer exist (local paths only; remote URLs are the loader's to check)."""
+    for key in ("train", "val"):
+        path = getattr(cfg.data, key)
+        if "://" in path:
+            continue
+        check(bool(path) and (Path(path) / "index.json").is_file(), f"data.{key}",
+              f"no MDS shards at {path!r} (missing index.json)")
+    check(Path(cfg.data.tokenizer).is_file(), "data.tokenizer", f"no tokenizer model at {cfg.data.tokenizer!r}")
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """Refuse a precision this device cannot train in."""
+    import torch
+
+    if device_type == "cpu":
+        check(precision != "fp16", "precision", "fp16 is not supported on CPU (use fp32 or bf16)")
+    elif precision == "bf16":
+        check(torch.cuda.is_bf16_supported(), "precision", "this GPU does not support bf16")
+
+
+# ---------------------------------------------------------------------------- ds_config
+
+_PRECISION_KEYS = {"bf16": "bf16", "fp16": "fp16"}
+
+
+def load_ds_json(path: str) -> dict:
+    p = repo_path(path)
+    check(p.is_file(), "ds_config", f"no such file {path!r}")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"ds_config: {path} is not valid JSON ({err})") from None
+
+
+def _fill(ds: dict, key: str, want: Any, run_key: str, name: str) -> None:
+    """ds[key] = want when absent or "auto"; otherwise it must already equal want."""
+    have = ds.get(key, "auto")
+    if have == "auto":
+        ds[key] = want
+    else:
+        check(have == want, f"ds_config.{key}",
+              f"{have} in {name} disagrees with {run_key}={want} (set it to \"auto\" or match)")
+
+
+def _fill_precision(ds: dict, precision: str, name: str) -> None:
+    for key in ("bf16", "fp16"):
+        section = ds.setdefault(key, {})
+        want = precision == key
+        if section.get("enabled", "auto") == "auto":
+            section["enabled"] = want
+        check(section["enabled"] == want, f"ds_config.{key}.enabled",
+              f"{section['enabled']} in {name} disagrees with precision={precision}")
+
+
+def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict:
+    """The DeepSpeed config dict for this run: "auto" filled in, disagreements rejected."""
+    ds = {k: v for k, v in load_ds_json(cfg.ds_config).items() if not k.startswith("_")}  # "_comment"
+    name = cfg.ds_config
+    _fill(ds, "train_micro_batch_size_per_gpu", cfg.data.batch_size, "data.batch_size", name)
+    _fill(ds, "gradient_accumulation_steps", cfg.grad_accum, "grad_accum", name)
+    _fill(ds, "train_batch_size", cfg.data.batch_size * cfg.grad_accum * world_size,
+          "data.batch_size*grad_accum*world_size", name)
+    _fill(ds, "gradient_clipping", float(cfg.optim.clip), "optim.clip", name)
+    _fill_precision(ds, cfg.precision, name)
+    check("optimizer" not in ds and "scheduler" not in ds, "ds_config.optimizer",
+          f"{name} defines an optimizer/scheduler; the run config's optim section owns them")
+    zero = ds.get("zero_optimization", {})
+    check(zero.get("stage", 0) in (0, 1, 2, 3), "ds_config.zero_optimization.stage",
+          f"{zero.get('stage')} is not one of 0, 1, 2, 3")
+    return ds
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+__all__ = ["RunConfig", "OptimConfig", "load_run_config", "resolve_ds_config", "check_data",
+           "check_precision", "repo_path", "zero_stage", "ConfigError"]

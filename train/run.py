@@ -1,0 +1,349 @@
+"""`longvivit train CONFIG.yaml [key=value ...]`: the training entry point and loop.
+
+Runs the same way as one plain process, under the deepspeed launcher, torchrun or srun
+(rank and world size from the environment, see dist.py):
+
+    longvivit train train/configs/demo.yaml
+    deepspeed --num_gpus 2 --master_port 29600 --module longvivit.train.cli train CONFIG.yaml
+    torchrun --nproc_per_node 8 -m longvivit.train.cli train CONFIG.yaml
+    srun slurm/task-env longvivit train CONFIG.yaml
+
+Phases: validate (config, shards, precision, ds_config, resume target; exit 2 on any
+error, before a process group exists) -> setup (process group, model, engine, loaders,
+resume) -> loop (step, log, checkpoint, eval, stop on request) -> finish (checkpoint,
+eval, summary.json).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from longvivit.model.config import ConfigError, to_dict, to_yaml
+
+from . import checkpoint, dist
+from .config import (RunConfig, check_data, check_precision, load_run_config, repo_path,
+                     resolve_ds_config)
+
+EXIT_CONFIG = 2
+
+
+# ---------------------------------------------------------------------------- validate
+
+def split_argv(argv: list[str]) -> tuple[str, list[str]]:
+    """CONFIG and key=value overrides; drops the --local_rank the deepspeed launcher appends."""
+    args = [a for a in argv if not a.startswith("--local_rank")]
+    if not args or args[0] in ("-h", "--help"):
+        raise ConfigError("usage: longvivit train CONFIG.yaml [key=value ...]")
+    return args[0], args[1:]
+
+
+def device_for(d: dist.DistEnv) -> torch.device:
+    return torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def check_tokenizer(cfg: RunConfig) -> None:
+    from longvivit.data import Tokenizer
+
+    vocab = Tokenizer(cfg.data.tokenizer).vocab_size
+    if vocab != cfg.model.text.vocab_size:
+        raise ConfigError(f"model.text.vocab_size: {cfg.model.text.vocab_size} differs from the "
+                          f"tokenizer's {vocab} ({cfg.data.tokenizer})")
+
+
+def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | None]:
+    """Everything that can be wrong with a run, checked before any heavy work."""
+    path, overrides = split_argv(argv)
+    cfg = load_run_config(repo_path(path), overrides=overrides)
+    check_precision(cfg.precision, device_for(d).type)
+    ds_config = resolve_ds_config(cfg, d.world_size)
+    check_data(cfg)
+    check_tokenizer(cfg)
+    tag = checkpoint.resume_tag(cfg.out, cfg.resume)
+    if tag is not None:
+        checkpoint.check_compatible(tag, to_dict(cfg.model), d.world_size)
+    return cfg, ds_config, tag
+
+
+# ---------------------------------------------------------------------------- setup
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    d: dist.DistEnv
+    device: torch.device
+    engine: object
+    loader: object
+    log: object
+    config_yaml: str
+    step: int = 0
+    flops_per_sample: float = 0.0
+    visible_tokens: int = 0
+    peak: float = 0.0
+    history: dict = field(default_factory=dict)
+    saved: Path | None = None  # the newest checkpoint this run wrote
+    saved_step: int = -1
+
+
+def init_weights(model, init: str) -> None:
+    if not init:
+        return
+    kind, path = init.split(":", 1)
+    if kind == "open_clip":
+        from longvivit.model import init_from_open_clip
+
+        init_from_open_clip(model, path)
+    else:
+        from .export import load_state_dict_any
+
+        model.load_state_dict(load_state_dict_any(path))  # interpolates position embeddings
+
+
+def build_model(cfg: RunConfig, resuming: bool):
+    from longvivit.model import build_model as build
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build(cfg.model)
+    if not resuming:
+        init_weights(model, cfg.init)
+    if cfg.model.video.grad_checkpointing:
+        model.set_grad_checkpointing(cfg.model.video.grad_checkpointing)
+    return model
+
+
+def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
+    from longvivit.data import build_loader
+    from longvivit.model import flops_per_sample, visible_count
+
+    from .engine import build_engine
+    from .logging import RunLogger, peak_tflops
+
+    device = device_for(d)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    if d.is_main:
+        checkpoint.remove_incomplete(cfg.out)
+    engine = build_engine(build_model(cfg, tag is not None), cfg, ds_config)
+    loader = build_loader(cfg.data, "train", device=device, rank=d.rank, world_size=d.world_size,
+                          training=True)
+    step = checkpoint.load(engine, tag, loader) if tag is not None else 0
+    torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
+    v = cfg.model.video
+    t, p, _ = v.tubelet
+    run = Run(cfg, d, device, engine, loader,
+              RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main), to_yaml(cfg), step)
+    run.flops_per_sample = flops_per_sample(cfg.model, v.mask_ratio)
+    run.visible_tokens = visible_count(v.frames // t, (v.image_size // p) ** 2, v.mask_ratio, v.mask_scheme)
+    run.peak = peak_tflops(device, cfg.peak_tflops)
+    return run
+
+
+def announce(run: Run, tag: Path | None) -> None:
+    from .engine import partitioned_numel
+
+    local, total = partitioned_numel(run.engine)
+    line = {"event": "start", "rank": run.d.rank, "world_size": run.d.world_size,
+            "params_local": local, "params_total": total, "step": run.step,
+            "resumed_from": str(tag) if tag else None, "peak_tflops_per_device": run.peak}
+    print(json.dumps(line), flush=True)
+    run.log.config(run.config_yaml)
+    if run.d.is_main:
+        (Path(run.cfg.out) / "run_config.yaml").write_text(run.config_yaml)
+
+
+# ---------------------------------------------------------------------------- loop
+
+def batches(loader, timer):
+    """Batches forever (epoch after epoch), timing how long each one was waited for."""
+    while True:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            timer.data_ready(time.perf_counter() - t0)
+            if batch is None:
+                break
+            yield batch
+
+
+def mask_generator(run: Run, micro: int) -> torch.Generator:
+    """Masks are a function of (seed, rank, step, micro-batch): resume replays them exactly."""
+    key = ((run.cfg.seed * 1_000_003 + run.d.rank) * 1_000_003 + run.step) * 131 + micro
+    return torch.Generator().manual_seed(key % (2**63 - 1))
+
+
+def train_step(run: Run, stream) -> dict:
+    """One optimizer step over grad_accum micro-batches."""
+    engine, losses, scales, indices = run.engine, [], [], []
+    for micro in range(run.cfg.grad_accum):
+        batch = next(stream)
+        loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"],
+                               generator=mask_generator(run, micro))
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.detach().float())
+        scales.append(float(metrics["logit_scale"]))
+        indices += batch["index"].tolist()
+    return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices}
+
+
+def reduce_mean(values: list[float], d: dist.DistEnv) -> list[float]:
+    """Mean over ranks of a few floats (one all-reduce)."""
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if d.world_size > 1:
+        tdist.all_reduce(t)
+        t /= d.world_size
+    return t.tolist()
+
+
+def grad_norm(engine) -> float:
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+def log_step(run: Run, out: dict, timer, window: dict) -> None:
+    from .logging import memory_gb, throughput
+
+    loss, failures, data_wait = reduce_mean(
+        [out["loss"].item(), getattr(run.loader, "decode_failures", 0), timer.data], run.d)
+    seconds, _ = timer.lap()
+    window["samples"] += run.cfg.data.batch_size * run.cfg.grad_accum * run.d.world_size
+    window["seconds"] += seconds
+    window["data"] += data_wait
+    run.log.record(run.step, kind="step", loss=loss, lr=run.engine.get_lr()[0], indices=out["indices"])
+    run.log.progress(run.step, loss, window["samples"] / max(window["seconds"], 1e-9))
+    if run.step % max(1, run.cfg.log_every) and run.step != run.cfg.steps:
+        return
+    samples = window["samples"]
+    scalars = {"loss": loss, "lr": run.engine.get_lr()[0], "logit_scale": out["logit_scale"],
+               "grad_norm": grad_norm(run.engine), "data_wait": window["data"] / max(window["seconds"], 1e-9),
+               "decode_failures": failures * run.d.world_size, "memory_gb": memory_gb(run.device),
+               **throughput(samples, samples * run.visible_tokens, window["seconds"], run.flops_per_sample,
+                            run.peak, run.d.world_size)}
+    run.log.scalars(run.step, scalars)
+    run.history["samples"] = run.history.get("samples", 0) + samples
+    run.history["seconds"] = run.history.get("seconds", 0.0) + window["seconds"]
+    window.update(samples=0, seconds=0.0, data=0.0)
+
+
+def run_eval(run: Run) -> dict:
+    from longvivit.data import build_loader
+
+    from .evaluate import embed_split, gather_embeddings, retrieval_metrics
+
+    loader = build_loader(run.cfg.data, "val", device=run.device, rank=run.d.rank,
+                          world_size=run.d.world_size, training=False)
+    model = run.engine.module
+    model.eval()
+    try:
+        local = embed_split(model, loader, run.device, run.cfg.eval_mask_ratio, run.cfg.eval_max_batches)
+    finally:
+        model.train()
+    index, video, text = gather_embeddings(local)
+    metrics = retrieval_metrics(text @ video.t())
+    if run.cfg.save_eval_embeddings and run.d.is_main:  # for tests comparing against an export
+        torch.save({"index": index, "video": video, "text": text}, Path(run.cfg.out) / "eval_embeddings.pt")
+    run.log.scalars(run.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
+    run.history["eval"] = metrics
+    return metrics
+
+
+def save(run: Run) -> Path:
+    run.saved = checkpoint.save(run.engine, run.cfg.out, run.step, run.loader, run.config_yaml,
+                                run.cfg.keep_last)
+    run.saved_step = run.step
+    return run.saved
+
+
+def every(n: int, step: int, last: int) -> bool:
+    return n > 0 and step % n == 0 and step != last
+
+
+def loop(run: Run, stop) -> bool:
+    """Train to cfg.steps; False if a stop request ended it early (after a checkpoint)."""
+    from .logging import StepTimer
+
+    cfg, timer = run.cfg, StepTimer()
+    window = {"samples": 0, "seconds": 0.0, "data": 0.0}
+    stream = batches(run.loader, timer)
+    while run.step < cfg.steps:
+        out = train_step(run, stream)
+        run.step += 1
+        log_step(run, out, timer, window)
+        if every(cfg.checkpoint_every, run.step, cfg.steps):
+            save(run)
+        if every(cfg.eval_every, run.step, cfg.steps):
+            run_eval(run)
+        if stop.agreed():
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------- finish
+
+def finish(run: Run, completed: bool, t_start: float) -> int:
+    from .preemption import EXIT_REQUEUE, report_stop
+
+    tag = run.saved if run.saved_step == run.step else save(run)
+    if not completed:
+        if run.d.is_main:
+            report_stop(run.step, str(tag))
+        return EXIT_REQUEUE
+    metrics = run_eval(run)
+    if run.d.is_main:
+        write_summary(run, tag, metrics, time.time() - t_start)
+    return 0
+
+
+def write_summary(run: Run, tag: Path, metrics: dict, seconds: float) -> None:
+    h = run.history
+    summary = {"steps": run.step, "seconds": seconds,
+               "samples_per_s": h.get("samples", 0) / max(h.get("seconds", 0.0), 1e-9),
+               "checkpoint": str(tag), "checkpoints": str(checkpoint.ckpt_root(run.cfg.out)),
+               "tensorboard": str(Path(run.cfg.out) / "tb"), "eval": metrics}
+    (Path(run.cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({"event": "done", **summary}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    d = dist.read_env()
+    try:
+        cfg, ds_config, tag = validate(argv, d)
+    except ConfigError as err:
+        print(f"longvivit train: {err}".splitlines()[0], file=sys.stderr)
+        return EXIT_CONFIG
+    return train(cfg, ds_config, tag, d)
+
+
+def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> int:
+    from .preemption import StopRequest
+
+    t_start = time.time()
+    dist.setup_env(d)
+    stop = StopRequest()
+    timeout = timedelta(seconds=int(os.environ.get("LONGVIVIT_DIST_TIMEOUT", "1800")))
+    run = None
+    try:
+        dist.init_process_group(timeout)
+        run = setup(cfg, ds_config, tag, d)
+        announce(run, tag)
+        completed = loop(run, stop)
+        return finish(run, completed, t_start)
+    finally:
+        if run is not None:
+            run.log.close()
+        stop.restore()
+        dist.shutdown(d)
+
+
+__all__ = ["main", "validate", "train"]
