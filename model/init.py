@@ -65,7 +65,7 @@ def video_state_from_image(image: dict[str, torch.Tensor], video: VideoEncoder) 
     pos = image.pop("positional_embedding")  # (1 + S, D)
     cls = image.pop("class_embedding")  # (D,)
     out = {
-        "patch_embed.proj.weight": conv[:, :, None].repeat(1, 1, t, 1, 1) / t,  # (D, 3, t, p, p)
+        "patch_embed.weight": conv[:, :, None].repeat(1, 1, t, 1, 1) / t,  # (D, 3, t, p, p)
         "pos_embed.spatial": resize_spatial(pos[1:], cfg.image_size // p),
         "pos_embed.temporal": torch.zeros_like(video.pos_embed.temporal, device="cpu"),
         "norm.weight": image.pop("ln_post.weight"), "norm.bias": image.pop("ln_post.bias"),

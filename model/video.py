@@ -44,25 +44,25 @@ def patchify(x: torch.Tensor, tubelet) -> torch.Tensor:
     return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, -1, C * t * p * p)
 
 
-class TubeletEmbed(nn.Module):
+class TubeletEmbed(nn.Conv3d):
     """A Conv3d with kernel = stride = tubelet (t, p, p). No bias: a bias would be a constant
-    added to every token, which the learnable position tables already represent."""
+    added to every token, which the learnable position tables already represent.
+    (Subclassing rather than wrapping keeps the weight this module's own parameter, which
+    ZeRO-3 gathers when this module's forward runs.)"""
 
     def __init__(self, tubelet, width: int, channels: int = 3):
-        super().__init__()
-        self.tubelet = tuple(tubelet)
-        self.proj = nn.Conv3d(channels, width, kernel_size=self.tubelet, stride=self.tubelet, bias=False)
+        super().__init__(channels, width, kernel_size=tuple(tubelet), stride=tuple(tubelet), bias=False)
 
     def forward(self, x: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, C, T, H, W); index (B, n) of the kept tokens or None for all -> (B, n, D)."""
         if index is None:
-            return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        # The same Conv3d, applied only to the kept tubelets: the result equals
-        # conv -> gather, but masked tubelets cost no FLOPs and only the kept pixels are
-        # saved for the backward pass (the full float video would be, through the conv).
-        patches = patchify(x, self.tubelet)  # (B, N, K)
+            return super().forward(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        # The same convolution applied only to the kept tubelets: equal to conv -> gather,
+        # but masked tubelets cost no FLOPs and only the kept pixels are saved for the
+        # backward pass (through the conv it would be the whole float video).
+        patches = patchify(x, self.kernel_size)  # (B, N, K)
         patches = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))  # (B, n, K)
-        return F.linear(patches, self.proj.weight.flatten(1))  # (B, n, D)
+        return F.linear(patches, self.weight.flatten(1))  # (B, n, D)
 
 
 # ----------------------------------------------------------------------------- positions
@@ -106,10 +106,11 @@ class PositionEmbedding(nn.Module):
         return temporal[index // S] + spatial[index % S]  # (B, n, D)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name, resize, size in (("spatial", resize_spatial, math.isqrt(self.spatial.shape[0])),
-                                   ("temporal", resize_temporal, self.temporal.shape[0])):
-            key = prefix + name
-            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+        for name, resize in (("spatial", resize_spatial), ("temporal", resize_temporal)):
+            key, param = prefix + name, getattr(self, name)
+            shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the full shape here
+            size = math.isqrt(shape[0]) if name == "spatial" else shape[0]
+            if key in state_dict and state_dict[key].shape != shape:
                 state_dict[key] = resize(state_dict[key], size)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -228,7 +229,7 @@ class VideoEncoder(nn.Module):
         """(B, T, H, W, C) uint8 or normalised float -> (B, C, T, H, W) in the weights' dtype."""
         if video.dtype == torch.uint8:
             video = (video.float() - self.pixel_mean) / self.pixel_std
-        return video.to(self.patch_embed.proj.weight.dtype).permute(0, 4, 1, 2, 3)
+        return video.to(self.patch_embed.weight.dtype).permute(0, 4, 1, 2, 3)
 
     def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
         """(temporal slices T', spatial grid side) of a (B, C, T, H, W) video."""
