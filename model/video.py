@@ -17,7 +17,6 @@ attention: joint      one sequence of all visible tokens (ViViT model 2; no para
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Optional
 
