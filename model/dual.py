@@ -48,7 +48,8 @@ class DualEncoder(nn.Module):
         v = self.encode_video(video, mask_ratio, generator=generator, normalize=True)  # (B, E)
         t = self.encode_text(text_ids, text_mask, normalize=True)  # (B, E)
         scale = self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
-        loss, logits, labels = self.loss(v, t, scale)
+        # logits and softmax in float32 even when the towers run in bf16/fp16
+        loss, logits, labels = self.loss(v.float(), t.float(), scale.float())
         metrics = {
             "loss": loss.detach(),
             "logit_scale": scale.detach(),
