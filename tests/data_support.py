@@ -18,9 +18,9 @@ from longvivit.data.shards import ShardOptions, write_shards
 from longvivit.data.synth import write_benchmark
 from longvivit.data.tokenizer import train_tokenizer
 
-# 12 videos x 16 frames at 48 px: big enough for 2 ranks x 2 workers x batch 2, small enough
-# to build in a few seconds on a busy 2-core machine.
-SYNTH = dict(videos=12, frames=16, seed=3, size=48)
+# 16 videos x 16 frames at 48 px: "all" (train + val, 16 samples) fills 2 ranks x 2 workers x
+# 2 batches x batch 2 exactly; small enough to build in seconds on a busy 2-core machine.
+SYNTH = dict(videos=16, frames=16, seed=3, size=48)
 SHARD_SIZE = 48  # short side of the shards (== synth size: no resize in the writer)
 
 _cache: dict[str, object] = {}
@@ -28,12 +28,16 @@ _cache: dict[str, object] = {}
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> dict:
-    """{"dir", "train", "val", "shards_train", "shards_val", "tokenizer"}: paths."""
+    """{"dir", "train", "val", "shards_train", "shards_val", "shards_all", "tokenizer"}:
+    paths; "all" is train + val in one shard set."""
     if "synth" not in _cache:
         root = tmp_path_factory.mktemp("synth")
-        write_benchmark(root / "bench", **SYNTH)
+        bench = root / "bench"
+        write_benchmark(bench, **SYNTH)
+        (bench / "all.jsonl").write_text((bench / "train.jsonl").read_text() +
+                                         (bench / "val.jsonl").read_text())
         opts = ShardOptions(size=SHARD_SIZE)
-        for split in ("train", "val"):
+        for split in ("train", "val", "all"):
             summary = write_shards(root / "bench" / f"{split}.jsonl", root / f"shards_{split}",
                                    opts, progress=False, shard_size="200kb")
             assert summary["skipped"] == 0, summary
@@ -41,7 +45,8 @@ def synth_data(tmp_path_factory) -> dict:
         _cache["synth"] = {
             "dir": root / "bench", "train": root / "bench" / "train.jsonl",
             "val": root / "bench" / "val.jsonl", "shards_train": root / "shards_train",
-            "shards_val": root / "shards_val", "tokenizer": model,
+            "shards_val": root / "shards_val", "shards_all": root / "shards_all",
+            "tokenizer": model,
         }
     return _cache["synth"]
 

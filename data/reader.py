@@ -1,0 +1,141 @@
+"""Reading shards with MosaicML streaming: launcher environment, shared memory, dataset.
+
+streaming learns the process layout from RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE.
+torchrun sets all four; the deepspeed launcher sets no LOCAL_WORLD_SIZE (it sets LOCAL_SIZE),
+and srun sets only SLURM_* variables. Without LOCAL_WORLD_SIZE every rank believes it is the
+node's leader, and the second one dies with FileExistsError on '/000000_locals'.
+`set_launcher_env` fills the gaps before any dataset is made.
+
+streaming keeps its coordination state in POSIX shared memory named '<prefix>_<name>'. A
+crashed run leaves those segments behind, and a later run with a remote whose local cache
+folder matches refuses to start ("Reused local directory"). streaming's own
+clean_stale_shared_memory() unlinks every segment, including those of datasets that are
+alive: a second loader in the same process (val after train) or another job on the node
+would lose its state. `clean_stale_shared_memory` here removes only segments that no
+process has mapped or open (Linux /proc), which is exactly what a crash leaves.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from streaming import StreamingDataset
+from streaming.base.constant import SHM_TO_CLEAN
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- environment
+
+def local_world_size(world_size: int) -> int:
+    """Processes per node, from whichever launcher started us."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    tasks = os.environ.get("SLURM_TASKS_PER_NODE", "")  # e.g. "4(x2)" or "4,3"
+    if re.match(r"^\d+", tasks):
+        return int(re.match(r"^\d+", tasks).group())
+    if world_size > 1:
+        log.warning("no LOCAL_WORLD_SIZE, LOCAL_SIZE or SLURM task count in the environment: "
+                    "assuming all %d ranks run on this node", world_size)
+    return world_size
+
+
+def set_launcher_env(rank: int, world_size: int) -> None:
+    """Make RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE agree with (rank, world_size)
+    for streaming, filling what the launcher left out."""
+    local_size = local_world_size(world_size)
+    if world_size % local_size:
+        raise ValueError(f"world size {world_size} is not a multiple of the {local_size} "
+                         "processes per node the launcher reports")
+    local_rank = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or \
+        str(rank % local_size)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=local_rank,
+                      LOCAL_WORLD_SIZE=str(local_size))
+
+
+# ----------------------------------------------------------------------------- shared memory
+
+_SHM_DIR = Path("/dev/shm")
+
+
+def _streaming_shm_names() -> list[str]:
+    pattern = re.compile(r"^\d{6}_(" + "|".join(SHM_TO_CLEAN) + ")$")
+    return [p.name for p in _SHM_DIR.iterdir() if pattern.match(p.name)]
+
+
+def _shm_in_use() -> set[str]:
+    """Names under /dev/shm that some process has mapped or holds open."""
+    used: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                used.update(m.group(1) for m in re.finditer(r"/dev/shm/(\S+)", f.read()))
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/dev/shm/"):
+                    used.add(target[len("/dev/shm/"):].split(" ")[0])
+        except OSError:  # the process ended, or is not ours to inspect
+            continue
+    return used
+
+
+def clean_stale_shared_memory() -> list[str]:
+    """Unlink streaming's shared-memory segments that no live process uses; returns them.
+    Where /proc or /dev/shm is missing (not Linux), does nothing."""
+    if not (_SHM_DIR.is_dir() and os.path.isdir("/proc/self/fd")):
+        return []
+    stale = [n for n in _streaming_shm_names() if n not in _shm_in_use()]
+    for name in stale:
+        try:
+            (_SHM_DIR / name).unlink()
+        except FileNotFoundError:  # another rank on this node got there first
+            pass
+    if stale:
+        log.info("removed %d stale streaming shared-memory segments: %s", len(stale),
+                 ", ".join(stale[:8]))
+    return stale
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def cache_dir(source: str, local_cache: str) -> str:
+    """Where a remote split is cached: `local_cache` per split, or a folder under /tmp
+    named after the source (stable across runs so that the cache is reused)."""
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    root = Path(local_cache) if local_cache else Path(tempfile.gettempdir()) / "longvivit-cache"
+    return str(root / digest)
+
+
+class ClipDataset(StreamingDataset):
+    """Samples carry their global index (for resume checks, dedup and seeding)."""
+
+    def __getitem__(self, index):
+        sample = super().__getitem__(index)
+        sample["index"] = int(index)
+        return sample
+
+
+def open_split(source: str, batch_size: int, shuffle: bool, seed: int,
+               local_cache: str = "") -> ClipDataset:
+    """A StreamingDataset over a shard folder, or over a remote (or, with `local_cache`,
+    any folder, e.g. on a network file system) copied shard by shard into a local cache."""
+    if not source:
+        raise ValueError("no shard location given (data.train / data.val)")
+    if is_remote(source) or local_cache:
+        remote, local = source, cache_dir(source, local_cache)
+    else:
+        if not (Path(source) / "index.json").is_file():
+            raise FileNotFoundError(f"shards {source}: no index.json (write shards with "
+                                    "`longvivit shards`)")
+        remote, local = None, source
+    return ClipDataset(remote=remote, local=local, batch_size=batch_size, shuffle=shuffle,
+                       shuffle_seed=seed)
