@@ -23,7 +23,8 @@ class DualEncoder(nn.Module):
         self.cfg = cfg
         self.video = VideoEncoder(cfg.video, cfg.embed_dim)
         self.text = TextEncoder(cfg.text, cfg.embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        # 1-D, not 0-dim: DeepSpeed (and FSDP) cannot broadcast or partition 0-dim parameters
+        self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.init_logit_scale)))
         self.loss = ContrastiveLoss(cfg.gather)
 
     def encode_video(self, video: torch.Tensor, mask_ratio: Optional[float] = None,
@@ -52,7 +53,7 @@ class DualEncoder(nn.Module):
         loss, logits, labels = self.loss(v.float(), t.float(), scale.float())
         metrics = {
             "loss": loss.detach(),
-            "logit_scale": scale.detach(),
+            "logit_scale": scale.detach().squeeze(0),
             "v2t_acc": (logits.argmax(1) == labels).float().mean().detach(),  # local rows, global batch
         }
         return loss, metrics

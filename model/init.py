@@ -104,7 +104,7 @@ def _blocks(image: dict[str, torch.Tensor], video: VideoEncoder) -> dict[str, to
             for a, b in (("norm1", "temporal_norm"), ("attn", "temporal_attn")):
                 for key in [k for k in out if k.startswith(f"blocks.{i}.{a}.")]:
                     out[key.replace(f".{a}.", f".{b}.", 1)] = out[key].clone()
-            out[f"blocks.{i}.temporal_gate"] = torch.zeros(())
+            out[f"blocks.{i}.temporal_gate"] = torch.zeros(1)
     return out
 
 

@@ -134,7 +134,7 @@ class FactorizedBlock(Block):
         super().__init__(width, heads, mlp_ratio, activation)
         self.temporal_norm = nn.LayerNorm(width)
         self.temporal_attn = Attention(width, heads)
-        self.temporal_gate = nn.Parameter(torch.zeros(()))
+        self.temporal_gate = nn.Parameter(torch.zeros(1))  # 1-D: DeepSpeed cannot partition 0-dim
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, S, D = x.shape
