@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from streaming import StreamingDataset
-from streaming.base.constant import SHM_TO_CLEAN
+from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
 
 log = logging.getLogger(__name__)
 
@@ -61,44 +61,53 @@ def set_launcher_env(rank: int, world_size: int) -> None:
 # ----------------------------------------------------------------------------- shared memory
 
 _SHM_DIR = Path("/dev/shm")
+_SHM_NAME = re.compile(r"^\d{6}_(" + "|".join(SHM_TO_CLEAN) + ")$")
+_FILELOCK = re.compile(r"^\d{6}_(" + "|".join((BARRIER_FILELOCK, CACHE_FILELOCK)) + ")$")
 
 
-def _streaming_shm_names() -> list[str]:
-    pattern = re.compile(r"^\d{6}_(" + "|".join(SHM_TO_CLEAN) + ")$")
-    return [p.name for p in _SHM_DIR.iterdir() if pattern.match(p.name)]
-
-
-def _shm_in_use() -> set[str]:
-    """Names under /dev/shm that some process has mapped or holds open."""
+def _open_paths() -> set[str]:
+    """Paths that some process has mapped or holds open (Linux /proc)."""
     used: set[str] = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/maps") as f:
-                used.update(m.group(1) for m in re.finditer(r"/dev/shm/(\S+)", f.read()))
+                used.update(re.findall(r"(/\S+)", f.read()))
             for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("/dev/shm/"):
-                    used.add(target[len("/dev/shm/"):].split(" ")[0])
+                used.add(os.readlink(f"/proc/{pid}/fd/{fd}").split(" (deleted)")[0])
         except OSError:  # the process ended, or is not ours to inspect
             continue
     return used
 
 
-def clean_stale_shared_memory() -> list[str]:
-    """Unlink streaming's shared-memory segments that no live process uses; returns them.
-    Where /proc or /dev/shm is missing (not Linux), does nothing."""
-    if not (_SHM_DIR.is_dir() and os.path.isdir("/proc/self/fd")):
-        return []
-    stale = [n for n in _streaming_shm_names() if n not in _shm_in_use()]
-    for name in stale:
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
         try:
-            (_SHM_DIR / name).unlink()
+            path.unlink()
         except FileNotFoundError:  # another rank on this node got there first
             pass
+
+
+def clean_stale_shared_memory() -> list[str]:
+    """Remove streaming's shared-memory segments that no live process uses, and the file
+    locks of prefixes left without segments (streaming never deletes them, and skips every
+    prefix that has one, so they pile up run after run). Returns the names removed. Does
+    nothing where /proc or /dev/shm is missing (not Linux)."""
+    if not (_SHM_DIR.is_dir() and os.path.isdir("/proc/self/fd")):
+        return []
+    in_use = _open_paths()
+    segments = [p for p in _SHM_DIR.iterdir() if _SHM_NAME.match(p.name)]
+    stale = [p for p in segments if str(p) not in in_use]
+    _unlink_all(stale)
+    # Locks first, segments second: a live dataset makes its segments before its locks, so
+    # any lock listed here that is live has its segments in the listing below.
+    locks = [p for p in Path(tempfile.gettempdir()).iterdir() if _FILELOCK.match(p.name)]
+    live_prefixes = {p.name[:6] for p in _SHM_DIR.iterdir() if _SHM_NAME.match(p.name)}
+    locks = [p for p in locks if p.name[:6] not in live_prefixes and str(p) not in in_use]
+    _unlink_all(locks)
     if stale:
         log.info("removed %d stale streaming shared-memory segments: %s", len(stale),
-                 ", ".join(stale[:8]))
-    return stale
+                 ", ".join(p.name for p in stale[:8]))
+    return [p.name for p in stale + locks]
 
 
 # ----------------------------------------------------------------------------- dataset

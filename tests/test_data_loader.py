@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import tempfile
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -179,33 +180,61 @@ def test_state_at_end_of_epoch_resumes_at_next_epoch(synth_data):
 
 
 def _crash_holding_shared_memory(cache: str, source: str) -> None:
-    """A run that dies without cleaning up: streaming's segments stay in /dev/shm."""
+    """A run killed together with its resource tracker (a job step killed as a whole)
+    while its dataset is alive: streaming's segments stay behind, still claiming `cache`."""
+    from multiprocessing import resource_tracker
+
     from streaming import StreamingDataset
-    StreamingDataset(remote=source, local=cache, batch_size=2)
+    resource_tracker.register = lambda *args: None  # as if the tracker died with us
+    dataset = StreamingDataset(remote=source, local=cache, batch_size=2)  # noqa: F841
+    os._exit(1)
+
+
+def _expect_reused_local_dir(cache: str, source: str) -> None:
+    from streaming import StreamingDataset
+    try:
+        StreamingDataset(remote=source, local=cache, batch_size=2)
+    except ValueError as err:
+        os._exit(0 if "Reused local directory" in str(err) else 2)
     os._exit(1)
 
 
 def test_stale_shared_memory_from_a_crashed_run_is_cleaned(synth_data, tmp_path):
-    cfg = data_cfg(synth_data, local_cache=str(tmp_path / "cache"), num_workers=0)
     from longvivit.data.reader import cache_dir, set_launcher_env
+    cfg = data_cfg(synth_data, local_cache=str(tmp_path / "cache"), num_workers=0)
+    cache = cache_dir(cfg.train, cfg.local_cache)
     set_launcher_env(0, 1)
     before = set(os.listdir("/dev/shm"))
     child = mp.get_context("fork").Process(target=_crash_holding_shared_memory,
-                                           args=(cache_dir(cfg.train, cfg.local_cache), cfg.train))
+                                           args=(cache, cfg.train))
     child.start()
     child.join(60)
     leaked = set(os.listdir("/dev/shm")) - before
     assert any(name.endswith("_locals") for name in leaked), leaked
-    # A live segment (ours) must survive the cleaning; the crashed run's must not.
+    # streaming alone refuses the same remote + cache now (checked in a child: streaming
+    # keeps every segment it looked at mapped until exit, which would make it look live)
+    check = mp.get_context("fork").Process(target=_expect_reused_local_dir,
+                                           args=(cache, cfg.train))
+    check.start()
+    check.join(60)
+    assert check.exitcode == 0
+
+    # A live segment must survive the cleaning, and so must its prefix's file lock;
+    # the crashed run's segments and a lock without segments must not.
     live = shared_memory.SharedMemory(name="999999_locals", create=True, size=16)
+    locks = [os.path.join(tempfile.gettempdir(), f"99999{i}_barrier_filelock") for i in (8, 9)]
     try:
+        for lock in locks:
+            open(lock, "w").close()
         removed = clean_stale_shared_memory()
         assert leaked <= set(removed) and "999999_locals" not in removed
         assert os.path.exists("/dev/shm/999999_locals")
+        assert not os.path.exists(locks[0]) and os.path.exists(locks[1])
     finally:
         live.close()
         live.unlink()
-    # the same remote + cache now opens (streaming alone would refuse: reused local dir)
+        os.remove(locks[1])
+    # the same remote + cache now opens
     batch = next(iter(build_loader(cfg, "train", CPU, 0, 1, training=True)))
     assert batch["video"].shape[0] == 2
 
