@@ -109,8 +109,11 @@ class PositionEmbedding(nn.Module):
             key, param = prefix + name, getattr(self, name)
             shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the full shape here
             size = math.isqrt(shape[0]) if name == "spatial" else shape[0]
-            if key in state_dict and state_dict[key].shape != shape:
-                state_dict[key] = resize(state_dict[key], size)
+            incoming = state_dict.get(key)
+            # numel 0: DeepSpeed's ZeRO-3 checkpoints hold empty placeholders in the module
+            # state dict (the real values come from the partitioned optimizer files).
+            if incoming is not None and incoming.numel() > 0 and incoming.shape != shape:
+                state_dict[key] = resize(incoming, size)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
