@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def save(engine, out: str | Path, step: int, loader, config_yaml: str, keep_last
                tag_dir / f"rank{rank:05d}.pt")
     if rank == 0:
         _write_atomic(tag_dir / CONFIG_FILE, config_yaml)
+        _fault_point("kill_during_save", step)
     dist.barrier()  # every rank's files are on disk past this point
     if rank == 0:
         meta = {"step": step, "world_size": engine.world_size, "time": time.time()}
@@ -116,6 +118,13 @@ def save(engine, out: str | Path, step: int, loader, config_yaml: str, keep_last
         prune(root, keep_last)
     dist.barrier()
     return tag_dir
+
+
+def _fault_point(name: str, step: int) -> None:
+    """Fault injection for the tests: LONGVIVIT_FAULT=kill_during_save:STEP makes rank 0
+    SIGKILL itself after its shard files for STEP are written, before the tag is complete."""
+    if os.environ.get("LONGVIVIT_FAULT") == f"{name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -174,8 +183,12 @@ def resume_tag(out: str | Path, resume: str) -> Path | None:
 
 def load(engine, tag_dir: Path, loader) -> int:
     """Restore model, optimizer, schedule, this rank's loader position and RNG; return step."""
-    _, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                       load_optimizer_states=True, load_lr_scheduler_states=True)
+    # Under ZeRO-3 the module file holds empty placeholders and the weights come back from
+    # the optimizer's fp32 partitions; skip the module load so no load_state_dict hook
+    # (e.g. position-table interpolation) sees a placeholder as a different shape.
+    skip = (lambda src, dst: None) if engine.zero_optimization_partition_weights() else None
+    _, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True, custom_load_fn=skip)
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
     own = torch.load(tag_dir / f"rank{engine.global_rank:05d}.pt", weights_only=False)

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from longvivit.model.config import ModelConfig, load_config
 
 from . import checkpoint
+from .engine import fit_shapes
 
 WEIGHTS = "model.safetensors"
 
@@ -75,7 +76,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu"):
 
     path = Path(path)
     model = build_model(load_config(ModelConfig, path / "config.yaml"))
-    model.load_state_dict(load_file(str(path / WEIGHTS), device=str(device)))
+    model.load_state_dict(fit_shapes(load_file(str(path / WEIGHTS), device=str(device)), model))
     return model.to(device).eval()
 
 
@@ -94,7 +95,7 @@ def load_any(path: str | Path):
     tag = checkpoint.find_checkpoint(path)
     run = load_config(RunConfig, tag / checkpoint.CONFIG_FILE)
     model = build_model(run.model)
-    model.load_state_dict(consolidated_state_dict(tag))
+    model.load_state_dict(fit_shapes(consolidated_state_dict(tag), model))
     return model.eval(), run
 
 

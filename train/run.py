@@ -52,9 +52,9 @@ def check_tokenizer(cfg: RunConfig) -> None:
     from longvivit.data import Tokenizer
 
     vocab = Tokenizer(cfg.data.tokenizer).vocab_size
-    if vocab != cfg.model.text.vocab_size:
-        raise ConfigError(f"model.text.vocab_size: {cfg.model.text.vocab_size} differs from the "
-                          f"tokenizer's {vocab} ({cfg.data.tokenizer})")
+    if vocab > cfg.model.text.vocab_size:  # larger embedding tables are harmless
+        raise ConfigError(f"model.text.vocab_size: {cfg.model.text.vocab_size} is smaller than the "
+                          f"tokenizer's {vocab} pieces ({cfg.data.tokenizer})")
 
 
 def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | None]:
@@ -100,9 +100,10 @@ def init_weights(model, init: str) -> None:
 
         init_from_open_clip(model, path)
     else:
+        from .engine import fit_shapes
         from .export import load_state_dict_any
 
-        model.load_state_dict(load_state_dict_any(path))  # interpolates position embeddings
+        model.load_state_dict(fit_shapes(load_state_dict_any(path), model))  # interpolates pos. emb.
 
 
 def build_model(cfg: RunConfig, resuming: bool):
@@ -115,6 +116,18 @@ def build_model(cfg: RunConfig, resuming: bool):
     if cfg.model.video.grad_checkpointing:
         model.set_grad_checkpointing(cfg.model.video.grad_checkpointing)
     return model
+
+
+def clean_streaming_shm() -> None:
+    """Drop shared memory a killed run left behind, on every rank, before any rank creates
+    its own: the loader's per-rank cleaning can race with the leader's fresh segments
+    (reported to data/; until fixed we clean here, then tell the loader it is done)."""
+    from longvivit.data import loader as data_loader
+    from longvivit.data.reader import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    dist.barrier()
+    data_loader._shm_cleaned = True
 
 
 def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
@@ -131,6 +144,7 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     if d.is_main:
         checkpoint.remove_incomplete(cfg.out)
     engine = build_engine(build_model(cfg, tag is not None), cfg, ds_config)
+    clean_streaming_shm()
     loader = build_loader(cfg.data, "train", device=device, rank=d.rank, world_size=d.world_size,
                           training=True)
     step = checkpoint.load(engine, tag, loader) if tag is not None else 0
@@ -182,6 +196,7 @@ def mask_generator(run: Run, micro: int) -> torch.Generator:
 def train_step(run: Run, stream) -> dict:
     """One optimizer step over grad_accum micro-batches."""
     engine, losses, scales, indices = run.engine, [], [], []
+    lr = engine.get_lr()[0]  # the rate this step uses (DeepSpeed steps the schedule after it)
     for micro in range(run.cfg.grad_accum):
         batch = next(stream)
         loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"],
@@ -191,7 +206,7 @@ def train_step(run: Run, stream) -> dict:
         losses.append(loss.detach().float())
         scales.append(float(metrics["logit_scale"]))
         indices += batch["index"].tolist()
-    return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices}
+    return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices, "lr": lr}
 
 
 def reduce_mean(values: list[float], d: dist.DistEnv) -> list[float]:
@@ -211,6 +226,7 @@ def grad_norm(engine) -> float:
 
 
 def log_step(run: Run, out: dict, timer, window: dict) -> None:
+    """metrics.jsonl every step (loss, lr, batch indices); TensorBoard every log_every."""
     from .logging import memory_gb, throughput
 
     loss, failures, data_wait = reduce_mean(
@@ -219,12 +235,12 @@ def log_step(run: Run, out: dict, timer, window: dict) -> None:
     window["samples"] += run.cfg.data.batch_size * run.cfg.grad_accum * run.d.world_size
     window["seconds"] += seconds
     window["data"] += data_wait
-    run.log.record(run.step, kind="step", loss=loss, lr=run.engine.get_lr()[0], indices=out["indices"])
+    run.log.record(run.step, kind="step", loss=loss, lr=out["lr"], indices=out["indices"])
     run.log.progress(run.step, loss, window["samples"] / max(window["seconds"], 1e-9))
     if run.step % max(1, run.cfg.log_every) and run.step != run.cfg.steps:
         return
     samples = window["samples"]
-    scalars = {"loss": loss, "lr": run.engine.get_lr()[0], "logit_scale": out["logit_scale"],
+    scalars = {"loss": loss, "lr": out["lr"], "logit_scale": out["logit_scale"],
                "grad_norm": grad_norm(run.engine), "data_wait": window["data"] / max(window["seconds"], 1e-9),
                "decode_failures": failures * run.d.world_size, "memory_gb": memory_gb(run.device),
                **throughput(samples, samples * run.visible_tokens, window["seconds"], run.flops_per_sample,
@@ -248,6 +264,7 @@ def run_eval(run: Run) -> dict:
         local = embed_split(model, loader, run.device, run.cfg.eval_mask_ratio, run.cfg.eval_max_batches)
     finally:
         model.train()
+        close(loader)
     index, video, text = gather_embeddings(local)
     metrics = retrieval_metrics(text @ video.t())
     if run.cfg.save_eval_embeddings and run.d.is_main:  # for tests comparing against an export
@@ -255,6 +272,11 @@ def run_eval(run: Run) -> dict:
     run.log.scalars(run.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
     run.history["eval"] = metrics
     return metrics
+
+
+def close(loader) -> None:
+    if hasattr(loader, "close"):
+        loader.close()
 
 
 def save(run: Run) -> Path:
@@ -342,6 +364,7 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     finally:
         if run is not None:
             run.log.close()
+            close(run.loader)
         stop.restore()
         dist.shutdown(d)
 

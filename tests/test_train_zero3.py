@@ -1,0 +1,186 @@
+"""Two ZeRO-3 ranks on CPU through the real deepspeed launcher.
+
+One straight run (6 steps, checkpoints at 3 and 6) is checked for: each rank holding half
+the parameters, the loss falling, every TensorBoard scalar, `longvivit eval` JSON, and
+export -> plain-PyTorch load giving the engine's embeddings. A second run of the same
+config is SIGKILLed while writing its step-6 checkpoint; restarting it must resume from
+step 3 (the newest complete checkpoint) and reproduce the straight run: the same loss and
+batch indices at every step, the same final parameters.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from longvivit.train.dist import free_port
+
+pytestmark = pytest.mark.multiproc
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "train" / "configs" / "demo.yaml"
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+STEPS = 6
+SCALARS = ["loss", "lr", "logit_scale", "grad_norm", "samples_per_s", "tokens_per_s", "tflops", "mfu",
+           "data_wait", "decode_failures", "memory_gb"]
+EVAL_KEYS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "t2v_median_rank",
+             "v2t_median_rank", "pairs"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from longvivit.data import train_tokenizer, write_benchmark, write_shards
+    from longvivit.data.shards import ShardOptions
+
+    root = tmp_path_factory.mktemp("zero3data")
+    write_benchmark(root / "synth", videos=40, frames=16, seed=1, size=32, min_events=2, max_events=2)
+    for split in ("train", "val"):
+        write_shards(root / "synth" / f"{split}.jsonl", root / split, ShardOptions(size=32), progress=False)
+    tok = train_tokenizer([root / "train"], root / "spm")
+    return [f"data.train={root / 'train'}", f"data.val={root / 'val'}", f"data.tokenizer={tok}"]
+
+
+def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: int = 300):
+    """`deepspeed --num_gpus 2 ... longvivit train`; kills its process group and removes its
+    /dev/shm buffers whatever happens."""
+    port = free_port()
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "longvivit.train.cli",
+           "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
+           "data.batch_size=4", "checkpoint_every=3", "log_every=1", "optim.warmup_steps=2",
+           "progress=false", "data.num_workers=0", *extra]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+            p.unlink(missing_ok=True)
+
+
+def step_lines(out: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if x.get("kind") == "step"]
+
+
+def events(output: str, name: str) -> list[dict]:
+    found = []
+    for line in output.splitlines():
+        if line.startswith("{") and f'"event": "{name}"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+def export(run: Path, dest: Path) -> Path:
+    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "export", str(run), "--out", str(dest)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dest
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    rc, output = launch(out, data, "save_eval_embeddings=true")
+    assert rc == 0, output[-4000:]
+    return out, output
+
+
+def test_each_rank_holds_half_the_parameters_and_loss_falls(straight):
+    out, output = straight
+    starts = events(output, "start")
+    assert sorted(s["rank"] for s in starts) == [0, 1]
+    for s in starts:
+        assert abs(s["params_local"] - s["params_total"] / 2) <= 0.01 * s["params_total"], s
+    losses = [x["loss"] for x in step_lines(out)]
+    assert len(losses) == STEPS
+    assert sum(losses[-2:]) / 2 < losses[0] - 0.05, losses
+
+
+def test_tensorboard_holds_every_scalar(straight):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = straight
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    missing = [t for t in [f"train/{k}" for k in SCALARS] + [f"eval/{k}" for k in EVAL_KEYS] if t not in tags]
+    assert not missing, (missing, sorted(tags))
+    assert len(acc.Scalars("train/loss")) == STEPS
+    assert all(0 < e.value < 10 for e in acc.Scalars("train/mfu"))
+    assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_eval_cli_prints_one_json_line(straight, data):
+    out, _ = straight
+    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "eval", str(out), "--data",
+                           data[1].split("=", 1)[1]], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(k in result for k in EVAL_KEYS)
+    summary = json.loads((out / "summary.json").read_text())
+    for k in ("t2v_r1", "v2t_r1", "t2v_median_rank", "pairs"):
+        assert result[k] == pytest.approx(summary["eval"][k]), k  # one process == two ZeRO-3 ranks
+
+
+def test_export_loads_in_plain_pytorch_with_the_engines_embeddings(straight, data, tmp_path):
+    from longvivit.data import DataConfig, build_loader
+    from longvivit.model.config import load_config
+    from longvivit.train.export import load_exported
+
+    out, _ = straight
+    dest = export(out, tmp_path / "export")
+    assert (dest / "model.safetensors").is_file() and (dest / "config.yaml").is_file()
+    model = load_exported(dest)
+    engine_emb = torch.load(out / "eval_embeddings.pt")
+    run_cfg = load_config(DataConfig, {k.split("=")[0][5:]: k.split("=", 1)[1] for k in data},
+                          {"frames": 16, "image_size": 32, "batch_size": 4, "text_length": 32, "num_workers": 0})
+    loader = build_loader(run_cfg, "val", torch.device("cpu"), 0, 1, training=False)
+    video, text, index = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            video.append(model.encode_video(batch["video"], mask_ratio=0.0, normalize=True))
+            text.append(model.encode_text(batch["text_ids"], batch["text_mask"], normalize=True))
+            index.append(batch["index"])
+    order = torch.cat(index).argsort()
+    assert torch.equal(torch.cat(index)[order], engine_emb["index"])
+    torch.testing.assert_close(torch.cat(video)[order], engine_emb["video"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(text)[order], engine_emb["text"], atol=1e-5, rtol=1e-4)
+
+
+def test_kill_during_checkpoint_then_resume_equals_straight_run(straight, data, tmp_path):
+    from safetensors.torch import load_file
+
+    ref_out, _ = straight
+    out = tmp_path / "run"
+    rc, output = launch(out, data, fault=f"kill_during_save:{STEPS}")
+    assert rc != 0, output[-3000:]
+    ckpts = out / "checkpoints"
+    assert (ckpts / "step00000006").is_dir(), output[-3000:]
+    assert not (ckpts / "step00000006" / "complete").exists()
+    assert (ckpts / "step00000003" / "complete").is_file()
+
+    rc, output = launch(out, data)  # resume: auto
+    assert rc == 0, output[-4000:]
+    assert all(s["resumed_from"].endswith("step00000003") and s["step"] == 3 for s in events(output, "start"))
+
+    ref = {x["step"]: x for x in step_lines(ref_out)}
+    lines = step_lines(out)
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # 4-6 ran twice: killed, then resumed
+    worst = max(abs(x["loss"] - ref[x["step"]]["loss"]) for x in lines)
+    assert worst <= 1e-6, worst
+    assert all(x["indices"] == ref[x["step"]]["indices"] for x in lines)
+
+    a = load_file(str(export(ref_out, tmp_path / "a") / "model.safetensors"))
+    b = load_file(str(export(out, tmp_path / "b") / "model.safetensors"))
+    assert a.keys() == b.keys()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= 1e-6, diff
