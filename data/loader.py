@@ -31,7 +31,7 @@ from streaming import StreamingDataLoader
 
 from .config import DataConfig
 from .decode import DecodeError, VideoDecoder, plan_clip
-from .reader import clean_stale_shared_memory, open_split, set_launcher_env
+from .reader import clean_stale_shared_memory, launcher_env, open_split
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,13 @@ class VideoLoader:
                  world_size: int, training: bool):
         global _shm_cleaned
         self.cfg, self.device, self.training, self.world_size = cfg, device, training, world_size
-        set_launcher_env(rank, world_size)
         if not _shm_cleaned:  # once per process: later loaders would only find live ones
             clean_stale_shared_memory()
             _shm_cleaned = True
         source = cfg.train if split == "train" else cfg.val
-        self.dataset = open_split(source, cfg.batch_size, cfg.shuffle and training and
-                                  split == "train", cfg.seed, cfg.local_cache)
+        with launcher_env(rank, world_size):
+            self.dataset = open_split(source, cfg.batch_size, cfg.shuffle and training and
+                                      split == "train", cfg.seed, cfg.local_cache)
         self.tokenizer = Tokenizer(cfg.tokenizer)
         self.decoder = VideoDecoder(cfg.batch_size, cfg.image_size, device)
         self.samples = StreamingDataLoader(

@@ -4,7 +4,7 @@ streaming learns the process layout from RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_
 torchrun sets all four; the deepspeed launcher sets no LOCAL_WORLD_SIZE (it sets LOCAL_SIZE),
 and srun sets only SLURM_* variables. Without LOCAL_WORLD_SIZE every rank believes it is the
 node's leader, and the second one dies with FileExistsError on '/000000_locals'.
-`set_launcher_env` fills the gaps before any dataset is made.
+`launcher_env` fills the gaps while a dataset is made.
 
 streaming keeps its coordination state in POSIX shared memory named '<prefix>_<name>'. A
 crashed run leaves those segments behind, and a later run with a remote whose local cache
@@ -21,7 +21,9 @@ import logging
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from streaming import StreamingDataset
 from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
@@ -45,17 +47,30 @@ def local_world_size(world_size: int) -> int:
     return world_size
 
 
-def set_launcher_env(rank: int, world_size: int) -> None:
-    """Make RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE agree with (rank, world_size)
-    for streaming, filling what the launcher left out."""
+@contextmanager
+def launcher_env(rank: int, world_size: int) -> Iterator[None]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE set for (rank, world_size), filling
+    what the launcher left out, while a StreamingDataset is made (streaming reads them only
+    then); the environment is restored afterwards, so building a loader changes nothing
+    else in the process."""
     local_size = local_world_size(world_size)
     if world_size % local_size:
         raise ValueError(f"world size {world_size} is not a multiple of the {local_size} "
                          "processes per node the launcher reports")
     local_rank = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or \
         str(rank % local_size)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=local_rank,
-                      LOCAL_WORLD_SIZE=str(local_size))
+    wanted = dict(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=local_rank,
+                  LOCAL_WORLD_SIZE=str(local_size))
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ----------------------------------------------------------------------------- shared memory
@@ -87,21 +102,28 @@ def _unlink_all(paths: list[Path]) -> None:
             pass
 
 
+def _segments() -> list[Path]:
+    return [p for p in _SHM_DIR.iterdir() if _SHM_NAME.match(p.name)]
+
+
 def clean_stale_shared_memory() -> list[str]:
     """Remove streaming's shared-memory segments that no live process uses, and the file
     locks of prefixes left without segments (streaming never deletes them, and skips every
     prefix that has one, so they pile up run after run). Returns the names removed. Does
-    nothing where /proc or /dev/shm is missing (not Linux)."""
+    nothing where /proc or /dev/shm is missing (not Linux).
+
+    Safe while other processes (other ranks of this node, other jobs) create datasets:
+    names are listed *before* looking for users, so a segment made meanwhile is either not
+    listed or already held by its maker; and a dataset makes its segments before its
+    locks, so a listed lock whose dataset is alive has segments at the second listing."""
     if not (_SHM_DIR.is_dir() and os.path.isdir("/proc/self/fd")):
         return []
+    segments = _segments()
+    locks = [p for p in Path(tempfile.gettempdir()).iterdir() if _FILELOCK.match(p.name)]
     in_use = _open_paths()
-    segments = [p for p in _SHM_DIR.iterdir() if _SHM_NAME.match(p.name)]
     stale = [p for p in segments if str(p) not in in_use]
     _unlink_all(stale)
-    # Locks first, segments second: a live dataset makes its segments before its locks, so
-    # any lock listed here that is live has its segments in the listing below.
-    locks = [p for p in Path(tempfile.gettempdir()).iterdir() if _FILELOCK.match(p.name)]
-    live_prefixes = {p.name[:6] for p in _SHM_DIR.iterdir() if _SHM_NAME.match(p.name)}
+    live_prefixes = {p.name[:6] for p in _segments()}
     locks = [p for p in locks if p.name[:6] not in live_prefixes and str(p) not in in_use]
     _unlink_all(locks)
     if stale:

@@ -200,10 +200,9 @@ def _expect_reused_local_dir(cache: str, source: str) -> None:
 
 
 def test_stale_shared_memory_from_a_crashed_run_is_cleaned(synth_data, tmp_path):
-    from longvivit.data.reader import cache_dir, set_launcher_env
+    from longvivit.data.reader import cache_dir
     cfg = data_cfg(synth_data, local_cache=str(tmp_path / "cache"), num_workers=0)
     cache = cache_dir(cfg.train, cfg.local_cache)
-    set_launcher_env(0, 1)
     before = set(os.listdir("/dev/shm"))
     child = mp.get_context("fork").Process(target=_crash_holding_shared_memory,
                                            args=(cache, cfg.train))
@@ -270,3 +269,26 @@ def test_config_errors_name_the_key(synth_data):
     cfg = data_cfg(synth_data, train=str(synth_data["dir"]))
     with pytest.raises(FileNotFoundError, match="index.json"):
         build_loader(cfg, "train", CPU, 0, 1, training=True)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"LOCAL_SIZE": "2"}, ("1", "2")),  # deepspeed launcher: RANK/LOCAL_RANK, no LOCAL_WORLD_SIZE
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, ("1", "2")),  # torchrun
+    ({"SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "2(x2)"}, ("1", "2")),  # srun
+    ({"SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "2"}, ("1", "2")),  # srun --ntasks-per-node
+])
+def test_launcher_env_fills_local_world_size_and_restores(monkeypatch, env, expected):
+    from longvivit.data.reader import launcher_env
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE",
+                "SLURM_LOCALID", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = dict(os.environ)
+    with launcher_env(3, 4):
+        got = (os.environ["LOCAL_RANK"], os.environ["LOCAL_WORLD_SIZE"])
+        assert (os.environ["RANK"], os.environ["WORLD_SIZE"]) == ("3", "4")
+    assert got == expected and dict(os.environ) == before
+    with pytest.raises(ValueError, match="not a multiple"):
+        with launcher_env(0, 3):
+            pass

@@ -39,7 +39,9 @@ def main() -> None:
                                        frames=4, image_size=24, batch_size=2, num_workers=2))
     device = torch.device("cpu")
 
-    full = indices(build_loader(cfg, "train", device, rank, world, training=True))
+    whole = build_loader(cfg, "train", device, rank, world, training=True)
+    full = indices(whole)
+    ranks_per_node = whole.dataset._unique_rank_world.ranks_per_node  # what streaming saw
 
     first = build_loader(cfg, "train", device, rank, world, training=True)
     it = iter(first)
@@ -53,7 +55,8 @@ def main() -> None:
     tail = indices(resumed)
 
     Path(a.out, f"rank{rank}.json").write_text(json.dumps(
-        {"rank": rank, "world": world, "local_world_size": os.environ["LOCAL_WORLD_SIZE"],
+        {"rank": rank, "world": world, "ranks_per_node": ranks_per_node,
+         "launcher_local_world_size": os.environ.get("LOCAL_WORLD_SIZE"),
          "full": full, "head": head, "tail": tail, "state": state[0]}))
     dist.barrier()
     dist.destroy_process_group()
