@@ -1,0 +1,143 @@
+"""`longvivit plan`: activations measured on FakeTensors agree with a real CPU run, model
+states follow the ZeRO paper's accounting, and the CLI's verdicts are self-consistent."""
+import json
+
+import pytest
+import torch
+
+from longvivit.model import saved_bytes
+from longvivit.train import plan
+from longvivit.train.config import load_run_config
+from longvivit.train.plan import ParamCounts, make_plan, parse_bytes, state_bytes
+
+GiB = 2**30
+
+
+def write_config(tmp_path, preset="tiny", frames=16, ratio=0.0, batch=2, extra="", precision="fp32"):
+    """A run config with placeholder data paths (plan never reads the data)."""
+    size = 32 if preset == "tiny" else 224
+    path = tmp_path / f"{preset}_{frames}_{ratio}_{batch}.yaml"
+    path.write_text(f"""
+model:
+  preset: {preset}
+  video: {{frames: {frames}, image_size: {size}, mask_ratio: {ratio}{extra}}}
+data:
+  train: unused
+  val: unused
+  tokenizer: unused
+  frames: ${{model.video.frames}}
+  image_size: ${{model.video.image_size}}
+  batch_size: {batch}
+  text_length: 32
+ds_config: ds_configs/zero3_cpu.json
+precision: {precision}
+""")
+    return str(path)
+
+
+def real_saved_bytes(config: str) -> int:
+    """Bytes saved for backward by one training forward of the model the trainer builds,
+    on real CPU tensors."""
+    from longvivit.train.run import build_model
+
+    cfg = load_run_config(config)
+    v, batch = cfg.model.video, cfg.data.batch_size
+    model = build_model(cfg, resuming=False).to(plan.compute_dtype(cfg.precision)).train()
+    g = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 256, (batch, v.frames, v.image_size, v.image_size, 3), dtype=torch.uint8, generator=g)
+    ids = torch.randint(1, cfg.model.text.vocab_size, (batch, cfg.data.text_length), generator=g)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    return saved_bytes(lambda: model(video, ids, mask, generator=g), ignore=model.parameters())
+
+
+def assert_within_10_percent(config):
+    predicted = make_plan(config, [], gpus=1, gpu_mem=80 * GiB, search=False).bytes["activations"]
+    measured = real_saved_bytes(config)
+    print(f"{config}: plan {predicted} B, real run {measured} B, ratio {predicted / measured:.4f}")
+    assert abs(predicted - measured) <= 0.10 * measured, (predicted, measured)
+
+
+@pytest.mark.parametrize("frames", [16, 64])
+@pytest.mark.parametrize("ratio", [0.0, 0.75])
+def test_plan_activations_match_a_real_cpu_run_tiny(tmp_path, frames, ratio):
+    assert_within_10_percent(write_config(tmp_path, "tiny", frames, ratio, batch=3))
+
+
+@pytest.mark.parametrize("extra", [", grad_checkpointing: 2", ", trainable_last_k: 1, train_stem: false",
+                                   ", attention: factorized, mask_scheme: tube"])
+def test_plan_activations_match_with_checkpointing_freezing_factorized_bf16(tmp_path, extra):
+    assert_within_10_percent(write_config(tmp_path, "tiny", 32, 0.5, batch=2, extra=extra, precision="bf16"))
+
+
+@pytest.mark.parametrize("frames,ratio", [
+    (16, 0.75), (64, 0.75),
+    pytest.param(16, 0.0, marks=pytest.mark.slow),
+    pytest.param(64, 0.0, marks=pytest.mark.slow),  # 6,272 tokens through ViT-B: minutes on CPU
+])
+def test_plan_activations_match_a_real_cpu_run_B(tmp_path, frames, ratio):
+    assert_within_10_percent(write_config(tmp_path, "B", frames, ratio, batch=1))
+
+
+def test_model_states_follow_the_zero_paper():
+    n, N = ParamCounts(total=8000, trainable=8000, persistent=0, persistent_trainable=0), 8
+    zero = plan.zero_settings({"zero_optimization": {"stage": 0}})
+    expected = {0: (2, 2, 12), 1: (2, 2, 12 / N), 2: (2, 2 / N, 12 / N), 3: (2 / N, 2 / N, 12 / N)}
+    for stage, (p, g, o) in expected.items():
+        zero["stage"] = stage
+        b = state_bytes(n, "bf16", zero, N)
+        assert (b["params"], b["grads"], b["optimizer"]) == (p * 8000, g * 8000, o * 8000), stage
+    zero["stage"] = 0
+    b = state_bytes(n, "fp32", zero, N)
+    assert (b["params"], b["grads"], b["optimizer"]) == (4 * 8000, 4 * 8000, 8 * 8000)
+
+
+def test_frozen_persistent_and_offloaded_bytes():
+    n = ParamCounts(total=10_000, trainable=1_000, persistent=800, persistent_trainable=100)
+    zero = plan.zero_settings({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}})
+    b = state_bytes(n, "bf16", zero, 4)
+    assert b["params"] == 2 * (800 + 9_200 / 4)  # small parameters stay whole on every GPU
+    assert b["grads"] == 2 * 1_000 / 4  # frozen parameters have no gradient
+    assert b["optimizer"] == 0 and b["host"] == 12 * 1_000 / 4
+
+
+def test_zero_stage_and_offload_read_from_the_ds_config():
+    z = plan.zero_settings(json.loads(open(plan.repo_path("ds_configs/zero3_offload.json")).read()))
+    assert (z["stage"], z["offload_optimizer"], z["offload_param"]) == (3, True, True)
+    assert z["stage3_param_persistence_threshold"] == 100_000
+
+
+def test_parse_bytes():
+    assert parse_bytes("80GiB") == 80 * GiB
+    assert parse_bytes("16GB") == 16 * 10**9
+    assert parse_bytes("1.5 GiB") == int(1.5 * GiB)
+    with pytest.raises(plan.ConfigError):
+        parse_bytes("lots")
+
+
+def test_cli_prints_a_table_then_one_json_line_and_its_limits_are_tight(tmp_path, capsys):
+    config = write_config(tmp_path, "tiny", 16, 0.5, batch=4)
+    assert plan.main([config, "--gpus", "2", "--gpu-mem", "1.5GiB"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("total") for line in out)
+    result = json.loads(out[-1])
+    for key in ("params", "bytes", "total", "gpu_mem", "fits", "max_micro_batch", "max_frames"):
+        assert key in result, key
+    for part in ("params", "grads", "optimizer", "activations"):
+        assert result["bytes"][part] > 0, part
+    assert result["total"] == pytest.approx(sum(result["bytes"].values()), abs=10)
+    assert result["fits"] and result["gpu_mem"] == int(1.5 * GiB)
+
+    at = lambda *o: make_plan(config, list(o), gpus=2, gpu_mem=int(1.5 * GiB), search=False)  # noqa: E731
+    b, f = result["max_micro_batch"], result["max_frames"]
+    assert at(f"data.batch_size={b}").fits and not at(f"data.batch_size={b + 1}").fits
+    # the search measured each frame count on the configured model (positions interpolated);
+    # a model built for that many frames differs by its temporal table only
+    assert at(f"model.video.frames={f}").total <= 1.001 * result["gpu_mem"]
+    assert not at(f"model.video.frames={f + 4}").fits
+
+
+def test_masking_lets_more_frames_fit(tmp_path):
+    budget = int(1.5 * GiB)
+    frames = {r: make_plan(write_config(tmp_path, "tiny", 16, r, batch=4), [], 1, budget).max_frames
+              for r in (0.0, 0.75)}
+    assert frames[0.75] > 3 * frames[0.0], frames
