@@ -183,12 +183,8 @@ def resume_tag(out: str | Path, resume: str) -> Path | None:
 
 def load(engine, tag_dir: Path, loader) -> int:
     """Restore model, optimizer, schedule, this rank's loader position and RNG; return step."""
-    # Under ZeRO-3 the module file holds empty placeholders and the weights come back from
-    # the optimizer's fp32 partitions; skip the module load so no load_state_dict hook
-    # (e.g. position-table interpolation) sees a placeholder as a different shape.
-    skip = (lambda src, dst: None) if engine.zero_optimization_partition_weights() else None
-    _, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
-                                       load_lr_scheduler_states=True, custom_load_fn=skip)
+    _, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                       load_optimizer_states=True, load_lr_scheduler_states=True)
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
     own = torch.load(tag_dir / f"rank{engine.global_rank:05d}.pt", weights_only=False)

@@ -52,34 +52,11 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optim
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def scalars_to_1d(model: nn.Module) -> list[str]:
-    """Give 0-dim parameters shape (1,): DeepSpeed 0.19's initial broadcast (and zero.Init)
-    views every parameter as bytes, which a 0-dim tensor cannot do. Returns their names;
-    `fit_shapes` undoes it on a state dict."""
-    names = []
-    for mod_name, module in model.named_modules():
-        for name, p in list(module.named_parameters(recurse=False)):
-            if p.ndim == 0:
-                setattr(module, name, nn.Parameter(p.data.reshape(1), requires_grad=p.requires_grad))
-                names.append(f"{mod_name}.{name}".lstrip("."))
-    return names
-
-
-def fit_shapes(state_dict: dict, model: nn.Module) -> dict:
-    """Reshape entries that differ from `model`'s only by a squeezed/unsqueezed scalar."""
-    own = dict(model.state_dict())
-    for k, v in state_dict.items():
-        if k in own and own[k].shape != v.shape and own[k].numel() == v.numel() == 1:
-            state_dict[k] = v.reshape(own[k].shape)
-    return state_dict
-
-
 def build_engine(model: nn.Module, cfg: RunConfig, ds_config: dict):
     """deepspeed.initialize on (model, AdamW, warmup-cosine); DeepSpeed steps the schedule
     once per optimizer step (after gradient accumulation)."""
     import deepspeed
 
-    scalars_to_1d(model)
     optimizer, scheduler = build_optimizer(model, cfg)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)

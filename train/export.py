@@ -25,7 +25,6 @@ from omegaconf import OmegaConf
 from longvivit.model.config import ModelConfig, load_config
 
 from . import checkpoint
-from .engine import fit_shapes
 
 WEIGHTS = "model.safetensors"
 
@@ -76,7 +75,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu"):
 
     path = Path(path)
     model = build_model(load_config(ModelConfig, path / "config.yaml"))
-    model.load_state_dict(fit_shapes(load_file(str(path / WEIGHTS), device=str(device)), model))
+    model.load_state_dict(load_file(str(path / WEIGHTS), device=str(device)))
     return model.to(device).eval()
 
 
@@ -95,7 +94,7 @@ def load_any(path: str | Path):
     tag = checkpoint.find_checkpoint(path)
     run = load_config(RunConfig, tag / checkpoint.CONFIG_FILE)
     model = build_model(run.model)
-    model.load_state_dict(fit_shapes(consolidated_state_dict(tag), model))
+    model.load_state_dict(consolidated_state_dict(tag))
     return model.eval(), run
 
 

@@ -100,10 +100,9 @@ def init_weights(model, init: str) -> None:
 
         init_from_open_clip(model, path)
     else:
-        from .engine import fit_shapes
         from .export import load_state_dict_any
 
-        model.load_state_dict(fit_shapes(load_state_dict_any(path), model))  # interpolates pos. emb.
+        model.load_state_dict(load_state_dict_any(path))  # interpolates position tables
 
 
 def build_model(cfg: RunConfig, resuming: bool):
