@@ -90,6 +90,10 @@ class VideoDecoder:
 
     def __init__(self, batch_size: int, image_size: int, device: torch.device,
                  num_threads: int | None = None):
+        if device.type == "cuda" and device.index is None:
+            # pin the index now: the pipeline may be rebuilt in the prefetch thread, whose
+            # current CUDA device is 0 whatever the main thread set
+            device = torch.device("cuda", torch.cuda.current_device())
         self.batch_size, self.image_size, self.device = batch_size, image_size, device
         # The one difference between the GPU and the CPU path: NVDEC ("mixed") on GPU.
         self.dali_device = "mixed" if device.type == "cuda" else "cpu"
@@ -101,8 +105,7 @@ class VideoDecoder:
 
         # prefetch_queue_depth=1: we feed one batch per run() ourselves (a deeper queue
         # would wait for inputs we have not fed); prefetching happens in the loader.
-        device_id = (self.device.index if self.device.index is not None
-                     else torch.cuda.current_device()) if self.dali_device == "mixed" else None
+        device_id = self.device.index if self.dali_device == "mixed" else None
 
         @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads,
                       device_id=device_id, exec_dynamic=True, prefetch_queue_depth=1)

@@ -108,25 +108,32 @@ class VideoLoader:
 
     def _decode_batch(self, raw: dict[str, list]) -> dict[str, torch.Tensor] | None:
         self._check_codec(raw)
-        epoch = self.dataset.next_epoch - 1  # set by the workers' __iter__ (streaming's)
-        rngs = [np.random.default_rng([self.cfg.seed, epoch, i]) if self.training else None
-                for i in raw["index"]]
-        captions = [c[int(r.integers(len(c)))] if r is not None else c[0]
-                    for c, r in zip(raw["captions"], rngs)]
-        plans = [plan_clip(s, self.cfg.frames, self.cfg.sampling, r, self.cfg.flip)
-                 for s, r in zip(_rows(raw, "num_frames", "width", "height"), rngs)]
+        captions, plans = self._plan(raw)
         video, good, error = self.decoder.decode(raw["video"], plans)
         rows = {pos: (video[k], plans[pos].real_frames, captions[pos], raw["index"][pos])
                 for k, pos in enumerate(good)}
         self._count_failures(raw["index"], good, error)
         # Prefer a clip from an earlier batch: a duplicate inside the batch would be a
         # second positive for the same caption in the contrastive loss.
-        fallback = self._reserve if self._reserve is not None else rows.get(good[0]) if good else None
+        fallback = self._reserve if self._reserve is not None else \
+            rows[good[0]] if good else None
         if good:
             self._reserve = tuple(x.clone() if torch.is_tensor(x) else x for x in rows[good[-1]])
         if fallback is None:
             return None
         return self._assemble([rows.get(pos, fallback) for pos in range(len(plans))])
+
+    def _plan(self, raw: dict[str, list]) -> tuple[list[str], list]:
+        """The caption and the frames/crop of each sample: drawn from (seed, epoch, index)
+        when training, so that a resumed run draws what an uninterrupted one would."""
+        epoch = self.dataset.next_epoch - 1  # streaming's epoch, set by its __iter__
+        rngs = [np.random.default_rng([self.cfg.seed, epoch, i]) if self.training else None
+                for i in raw["index"]]
+        captions = [c[int(r.integers(len(c)))] if r is not None else c[0]
+                    for c, r in zip(raw["captions"], rngs)]
+        plans = [plan_clip(s, self.cfg.frames, self.cfg.sampling, r, self.cfg.flip)
+                 for s, r in zip(_rows(raw, "num_frames", "width", "height"), rngs)]
+        return captions, plans
 
     def _assemble(self, rows: list[tuple]) -> dict[str, torch.Tensor]:
         video, real, captions, index = zip(*rows)

@@ -179,14 +179,16 @@ def test_state_at_end_of_epoch_resumes_at_next_epoch(synth_data):
     assert len([i for b in fresh for i in b["index"].tolist()]) == 16
 
 
-def _crash_holding_shared_memory(cache: str, source: str) -> None:
+def _crash_holding_shared_memory(cache: str, source: str, report) -> None:
     """A run killed together with its resource tracker (a job step killed as a whole)
-    while its dataset is alive: streaming's segments stay behind, still claiming `cache`."""
+    while its dataset is alive: streaming's segments stay behind, still claiming `cache`.
+    Sends the segments' prefix through `report`."""
     from multiprocessing import resource_tracker
 
     from streaming import StreamingDataset
     resource_tracker.register = lambda *args: None  # as if the tracker died with us
-    dataset = StreamingDataset(remote=source, local=cache, batch_size=2)  # noqa: F841
+    dataset = StreamingDataset(remote=source, local=cache, batch_size=2)
+    report.send(f"{dataset._shm_prefix_int:06d}_")
     os._exit(1)
 
 
@@ -203,12 +205,14 @@ def test_stale_shared_memory_from_a_crashed_run_is_cleaned(synth_data, tmp_path)
     from longvivit.data.reader import cache_dir
     cfg = data_cfg(synth_data, local_cache=str(tmp_path / "cache"), num_workers=0)
     cache = cache_dir(cfg.train, cfg.local_cache)
-    before = set(os.listdir("/dev/shm"))
-    child = mp.get_context("fork").Process(target=_crash_holding_shared_memory,
-                                           args=(cache, cfg.train))
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_crash_holding_shared_memory, args=(cache, cfg.train, send))
     child.start()
+    prefix = receive.recv() if receive.poll(60) else "none"
     child.join(60)
-    leaked = set(os.listdir("/dev/shm")) - before
+    # (other jobs on this machine may be making segments right now: look at ours only)
+    leaked = {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
     assert any(name.endswith("_locals") for name in leaked), leaked
     # streaming alone refuses the same remote + cache now (checked in a child: streaming
     # keeps every segment it looked at mapped until exit, which would make it look live)
