@@ -75,9 +75,11 @@ def _shard_captions(folder: Path) -> Iterator[str]:
     if not (folder / "index.json").is_file():
         raise FileNotFoundError(f"caption source {folder}: a folder without index.json "
                                 "(not MDS shards)")
-    from streaming import LocalDataset
-    dataset = LocalDataset(str(folder))
-    for i in range(len(dataset)):
+    # StreamingDataset, not LocalDataset: it also reads compressed shards (unpacking them
+    # beside the originals, as training would).
+    from streaming import StreamingDataset
+    dataset = StreamingDataset(local=str(folder), batch_size=1)
+    for i in range(dataset.num_samples):
         yield from dataset[i]["captions"]
 
 

@@ -103,16 +103,16 @@ def test_output_folder_rules_and_exit_status(awkward, tmp_path, capsys):
     assert summary["reasons"] == {"empty file": 1, "missing file": 1}
 
 
-def test_csv_manifest_with_caption_list_and_h264_output(awkward, tmp_path):
+def test_csv_manifest_with_caption_list_h264_and_compression(awkward, tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text('video,caption,start,end,id\n'
                    f'{awkward / "vp8.webm"},"[""one"", ""two""]",1,3,clip-1\n', encoding="utf-8")
     summary = write_shards(csv, tmp_path / "h", ShardOptions(size=32, codec="h264",
                                                                keyframe_interval=2),
-                           progress=False)
-    assert summary["written"] == 1
-    from streaming import LocalDataset
-    sample = LocalDataset(str(tmp_path / "h"))[0]
+                           compression="zstd", progress=False)
+    assert summary["written"] == 1 and list((tmp_path / "h").glob("shard.*.mds.zstd"))
+    from streaming import StreamingDataset  # (LocalDataset cannot read compressed shards)
+    sample = StreamingDataset(local=str(tmp_path / "h"), batch_size=1)[0]
     assert sample["captions"] == ["one", "two"] and sample["id"] == "clip-1"
     assert sample["codec"] == "h264" and sample["video"][4:8] == b"ftyp"
     assert sample["num_frames"] == 2 and probe(sample["video"]).num_frames == 2
