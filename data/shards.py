@@ -88,8 +88,8 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     from tqdm import tqdm
 
     opts.validate()
+    entries = list(read_manifest(manifest))  # a missing manifest fails before touching out
     out = _prepare_out(Path(out), overwrite)
-    entries = list(read_manifest(manifest))
     written, rejects, hours, video_bytes = 0, [], 0.0, 0
     with MDSWriter(out=str(out), columns=COLUMNS, compression=compression,
                    size_limit=shard_size) as writer:

@@ -130,9 +130,9 @@ def read_resampled(path: str | bytes, fps: float = 1.0, short_side: int | None =
         scaler = VideoReformatter()  # one swscale context for the clip (per frame: ~10x slower)
         timed = _timed_frames(container, stream, start)
         for frame in _resample(timed, start, end, fps, frame_dur):
-            if size is None:
+            if size is None:  # even sides either way: H.264 4:2:0 refuses odd ones
                 size = (scaled_size(frame.width, frame.height, short_side) if short_side
-                        else (frame.width, frame.height))
+                        else (frame.width // 2 * 2, frame.height // 2 * 2))
             yield scaler.reformat(frame, width=size[0], height=size[1], format=pix_fmt,
                                  interpolation=Interpolation.AREA | Interpolation.ACCURATE_RND)
 

@@ -296,3 +296,19 @@ def test_launcher_env_fills_local_world_size_and_restores(monkeypatch, env, expe
     with pytest.raises(ValueError, match="not a multiple"):
         with launcher_env(0, 3):
             pass
+
+
+def test_frame_selection_and_crop_boxes():
+    from longvivit.data.decode import crop_box, select_frames
+    idx, real = select_frames(16, 8, "uniform", None)
+    assert idx.tolist() == [1, 3, 5, 7, 9, 11, 13, 15] and real == 8
+    assert select_frames(16, 8, "fps", None)[0].tolist() == list(range(4, 12))
+    rng = np.random.default_rng(0)
+    starts = {int(select_frames(16, 8, "fps", rng)[0][0]) for _ in range(50)}
+    assert starts <= set(range(9)) and len(starts) > 4
+    assert select_frames(5, 8, "uniform", None)[0].tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+    assert select_frames(5, 8, "fps", rng)[1] == 5
+    start, end = crop_box(64, 48, None, flip=False)  # landscape: centred 48x48, (y, x)
+    assert start.tolist() == [0, 8] and end.tolist() == [48, 56]
+    start, end = crop_box(48, 64, None, flip=True)  # portrait, mirrored: x runs backwards
+    assert start.tolist() == [8, 48] and end.tolist() == [56, 0]
