@@ -8,6 +8,7 @@ step 3 (the newest complete checkpoint) and reproduce the straight run: the same
 batch indices at every step, the same final parameters.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.multiproc
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "train" / "configs" / "demo.yaml"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
-STEPS = 6
+STEPS = 16  # checkpoints at 8 and 16
 SCALARS = ["loss", "lr", "logit_scale", "grad_norm", "samples_per_s", "tokens_per_s", "tflops", "mfu",
            "data_wait", "decode_failures", "memory_gb"]
 EVAL_KEYS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "t2v_median_rank",
@@ -51,7 +52,7 @@ def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: in
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
     cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "longvivit.train.cli",
            "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
-           "data.batch_size=4", "checkpoint_every=3", "log_every=1", "optim.warmup_steps=2",
+           "data.batch_size=4", f"checkpoint_every={STEPS // 2}", "log_every=1", "optim.warmup_steps=2",
            "progress=false", "data.num_workers=0", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -102,7 +103,10 @@ def test_each_rank_holds_half_the_parameters_and_loss_falls(straight):
         assert abs(s["params_local"] - s["params_total"] / 2) <= 0.01 * s["params_total"], s
     losses = [x["loss"] for x in step_lines(out)]
     assert len(losses) == STEPS
-    assert sum(losses[-2:]) / 2 < losses[0] - 0.05, losses
+    # Starts above ln 8 (the loss of uninformative embeddings over a global batch of 8) and
+    # falls; 16 steps only just start to go below it. Learning well past chance is the demo's
+    # job (tests/test_train_demo.py: R@1 >= 10x chance).
+    assert losses[0] > math.log(8) and sum(losses[-4:]) / 4 < losses[0] - 0.15, losses
 
 
 def test_tensorboard_holds_every_scalar(straight):
@@ -164,17 +168,18 @@ def test_kill_during_checkpoint_then_resume_equals_straight_run(straight, data, 
     rc, output = launch(out, data, fault=f"kill_during_save:{STEPS}")
     assert rc != 0, output[-3000:]
     ckpts = out / "checkpoints"
-    assert (ckpts / "step00000006").is_dir(), output[-3000:]
-    assert not (ckpts / "step00000006" / "complete").exists()
-    assert (ckpts / "step00000003" / "complete").is_file()
+    last, half = ckpts / f"step{STEPS:08d}", ckpts / f"step{STEPS // 2:08d}"
+    assert last.is_dir(), output[-3000:]
+    assert not (last / "complete").exists() and (half / "complete").is_file()
 
     rc, output = launch(out, data)  # resume: auto
     assert rc == 0, output[-4000:]
-    assert all(s["resumed_from"].endswith("step00000003") and s["step"] == 3 for s in events(output, "start"))
+    assert all(s["resumed_from"] == str(half) and s["step"] == STEPS // 2 for s in events(output, "start"))
 
     ref = {x["step"]: x for x in step_lines(ref_out)}
     lines = step_lines(out)
-    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # 4-6 ran twice: killed, then resumed
+    second_half = list(range(STEPS // 2 + 1, STEPS + 1))
+    assert [x["step"] for x in lines] == list(range(1, STEPS + 1)) + second_half  # killed, then resumed
     worst = max(abs(x["loss"] - ref[x["step"]]["loss"]) for x in lines)
     assert worst <= 1e-6, worst
     assert all(x["indices"] == ref[x["step"]]["indices"] for x in lines)
@@ -184,3 +189,23 @@ def test_kill_during_checkpoint_then_resume_equals_straight_run(straight, data, 
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff <= 1e-6, diff
+
+
+def _train_one_process(data, *args):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "longvivit.train.cli", "train", str(DEMO), *data, "data.batch_size=4",
+           "progress=false", "data.num_workers=0", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_other_architecture_refused_new_stage_interpolates(straight, data, tmp_path):
+    out, _ = straight
+    proc = _train_one_process(data, f"out={out}", "model.video.frames=16", "model.video.width=96",
+                              "model.video.heads=4")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("longvivit train: model.video.width: the checkpoint"), proc.stderr
+    # A new stage from those weights: 32 frames, the temporal position table interpolated.
+    proc = _train_one_process(data, f"out={tmp_path / 'long'}", f"init=checkpoint:{out}",
+                              "model.video.frames=32", "steps=1", "checkpoint_every=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
