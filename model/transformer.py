@@ -41,16 +41,57 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
 
+class _ActivationLinear(torch.autograd.Function):
+    """y = linear(act(h), W, b) that saves h but not act(h): backward recomputes the
+    activation (one elementwise pass) instead of keeping a 4 x width tensor per token."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, act):
+        ctx.act = act
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(h, weight)
+        return F.linear(act(h), weight, bias)  # autograd is off here: act(h) is not kept
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        with torch.enable_grad():
+            h = h.detach().requires_grad_(ctx.needs_input_grad[0])
+            a = ctx.act(h)  # (..., hidden), recomputed
+        g2 = grad.reshape(-1, grad.shape[-1])  # (tokens, width)
+        grad_w = g2.t() @ a.detach().reshape(-1, a.shape[-1]) if ctx.needs_input_grad[1] else None
+        grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            (grad_h,) = torch.autograd.grad(a, h, grad @ weight)
+        return grad_h, grad_w, grad_b, None
+
+
+class ActivationLinear(nn.Linear):
+    """The MLP's output projection applied to the pre-activation: forward(h, act) =
+    linear(act(h)). Same parameters and result as Linear after the activation, but only h
+    is saved for backward: a transformer block then keeps 12 instead of 16 token-width
+    tensors per token (MAE-style encoders at 1-6k tokens are activation-bound). A Linear
+    subclass, so ZeRO-3 gathers its weight when this module runs."""
+
+    def forward(self, h: torch.Tensor, act: Optional[nn.Module] = None) -> torch.Tensor:
+        if act is None:
+            return super().forward(h)
+        if not torch.is_grad_enabled():
+            return super().forward(act(h))
+        return _ActivationLinear.apply(h, self.weight, self.bias, act)
+
+
 class MLP(nn.Module):
     def __init__(self, width: int, mlp_ratio: float, activation: str = "gelu"):
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.fc1 = nn.Linear(width, hidden)
         self.act = ACTIVATIONS[activation]()
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc2 = ActivationLinear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.fc1(x), self.act)  # = fc2(act(fc1(x))), act recomputed in backward
 
 
 class Block(nn.Module):
