@@ -30,6 +30,11 @@ class DataConfig:
     shuffle: bool = True  # training split only; val is never shuffled
     seed: int = 0  # shuffle order, caption draws, crops and flips
     local_cache: str = ""  # local folder for a remote split ("" : a folder under /tmp)
+    # streaming's num_canonical_nodes: the sample order is a function of it, not of the
+    # number of physical nodes. 0: the physical nodes of the first run (streaming's default;
+    # a resumed run keeps the value it started with). Fix it to get the same order on any
+    # node count.
+    canonical_nodes: int = 0
 
     def validate(self) -> None:
         check(self.frames > 0, "frames", f"{self.frames} must be > 0")
@@ -41,4 +46,5 @@ class DataConfig:
               "(bos, one token, eos)")
         check(self.num_workers >= 0, "num_workers", f"{self.num_workers} must be >= 0")
         check(self.prefetch >= 1, "prefetch", f"{self.prefetch} must be >= 1")
+        check(self.canonical_nodes >= 0, "canonical_nodes", f"{self.canonical_nodes} must be >= 0")
         check(self.seed >= 0, "seed", f"{self.seed} must be >= 0 (streaming's shuffle seed)")

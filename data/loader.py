@@ -64,7 +64,8 @@ class VideoLoader:
         source = cfg.train if split == "train" else cfg.val
         with launcher_env(rank, world_size):
             self.dataset = open_split(source, cfg.batch_size, cfg.shuffle and training and
-                                      split == "train", cfg.seed, cfg.local_cache)
+                                      split == "train", cfg.seed, cfg.local_cache,
+                                      cfg.canonical_nodes)
         self.tokenizer = Tokenizer(cfg.tokenizer)
         self.decoder = VideoDecoder(cfg.batch_size, cfg.image_size, device)
         self.samples = StreamingDataLoader(

@@ -156,7 +156,7 @@ class ClipDataset(StreamingDataset):
 
 
 def open_split(source: str, batch_size: int, shuffle: bool, seed: int,
-               local_cache: str = "") -> ClipDataset:
+               local_cache: str = "", canonical_nodes: int = 0) -> ClipDataset:
     """A StreamingDataset over a shard folder, or over a remote (or, with `local_cache`,
     any folder, e.g. on a network file system) copied shard by shard into a local cache."""
     if not source:
@@ -169,4 +169,4 @@ def open_split(source: str, batch_size: int, shuffle: bool, seed: int,
                                     "`longvivit shards`)")
         remote, local = None, source
     return ClipDataset(remote=remote, local=local, batch_size=batch_size, shuffle=shuffle,
-                       shuffle_seed=seed)
+                       shuffle_seed=seed, num_canonical_nodes=canonical_nodes or None)

@@ -4,6 +4,7 @@ namespaces) training like one."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -26,6 +27,7 @@ def overrides(data: dict, out: Path, steps: int, checkpoint_every: int) -> list[
             f"data.train={data['shards_train']}", f"data.val={data['shards_val']}",
             f"data.tokenizer={data['tokenizer']}", "model.video.frames=16", "data.batch_size=2",
             f"steps={steps}", f"checkpoint_every={checkpoint_every}", "eval_every=0",
+            "data.canonical_nodes=1",
             "eval_max_batches=1", "log_every=1", "progress=false", "optim.warmup_steps=2",
             f"out={out}"]
 
@@ -146,3 +148,87 @@ def test_killed_rank_ends_the_job_and_resubmission_resumes(cluster, synth_data, 
     assert state == "COMPLETED", batch_log(tmp_path, job2)
     start = events(logs2 / "rank-0.log", "start")[0]
     assert Path(start["resumed_from"]).name == complete[-1]
+
+
+# ------------------------------------------------------------------ two hosts, one job
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces joined by a veth pair: hosts 10.231.N.1 and 10.231.N.2."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("network namespaces need root and iproute2")
+    tag = f"{os.getpid() % 10000}"
+    hosts = [(f"lvh{tag}a", f"lvv{tag}a"), (f"lvh{tag}b", f"lvv{tag}b")]
+    net = f"10.231.{os.getpid() % 250}"
+    addrs = [f"{net}.1", f"{net}.2"]
+
+    def ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        for ns, _ in hosts:
+            ip("netns", "add", ns)
+        ip("link", "add", hosts[0][1], "type", "veth", "peer", "name", hosts[1][1])
+        for (ns, dev), addr in zip(hosts, addrs):
+            ip("link", "set", dev, "netns", ns)
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield [(ns, dev, addr) for (ns, dev), addr in zip(hosts, addrs)]
+    finally:
+        for ns, _ in hosts:  # deleting a namespace deletes its end of the veth pair too
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def slurm_task_env(rank: int, nodes: int, master: str, port: int) -> dict:
+    """What srun exports to rank `rank` of a 2-rank job on `nodes` nodes (1 or 2)."""
+    per_node = 2 // nodes
+    return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_NNODES": str(nodes),
+            "SLURM_LOCALID": str(rank % per_node), "SLURM_NODEID": str(rank // per_node),
+            "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nodes})" if nodes > 1 else "2",
+            "MASTER_ADDR": master, "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu",
+            "LONGVIVIT_DIST_TIMEOUT": "120", "OMP_NUM_THREADS": "1"}
+
+
+def run_ranks(commands: list[list[str]], envs: list[dict], logs: list[Path]) -> None:
+    procs = []
+    try:
+        for cmd, env, log in zip(commands, envs, logs):
+            with open(log, "w") as f:
+                procs.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=f,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        codes = [p.wait(timeout=600) for p in procs]
+        assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_two_hosts_train_like_one_host(two_hosts, synth_data, tmp_path, shm_clean):  # noqa: F811
+    from longvivit.train.dist import free_port
+
+    longvivit = str(ROOT / ".venv" / "bin" / "longvivit")
+    losses = {}
+    for nodes in (1, 2):
+        out = tmp_path / f"nodes{nodes}"
+        args = [longvivit, "train", *overrides(synth_data, out, steps=4, checkpoint_every=0)]
+        logs = [tmp_path / f"nodes{nodes}-rank{r}.log" for r in (0, 1)]
+        port = free_port()
+        if nodes == 1:
+            envs = [slurm_task_env(r, 1, "127.0.0.1", port) for r in (0, 1)]
+            run_ranks([args, args], envs, logs)
+        else:
+            envs = [{**slurm_task_env(r, 2, two_hosts[0][2], port), "GLOO_SOCKET_IFNAME": dev}
+                    for r, (_, dev, _) in enumerate(two_hosts)]
+            # each "host" gets its own network and its own /dev/shm, as separate machines do
+            commands = [["ip", "netns", "exec", ns, "unshare", "--mount", "sh", "-c",
+                         'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "sh", *args]
+                        for ns, _, _ in two_hosts]
+            run_ranks(commands, envs, logs)
+            starts = [events(log, "start")[0] for log in logs]
+            assert [s["world_size"] for s in starts] == [2, 2]
+        losses[nodes] = [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "step"]
+    assert len(losses[2]) == 4
+    assert losses[2] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
