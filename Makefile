@@ -1,6 +1,7 @@
 # make demo   set up .venv (first time) and run the demo
 # make test   run the default test suite
 # make test-all  also the slow tests
+# make bench  regenerate bench/RESULTS.md (hours on a 2-core CPU; see bench/run_all.sh)
 .PHONY: setup demo test test-all bench clean
 
 setup: .venv/.ready
@@ -16,3 +17,6 @@ test: setup
 
 test-all: setup
 	.venv/bin/python -m pytest -q -m "slow or not slow"
+
+bench: setup
+	bash bench/run_all.sh

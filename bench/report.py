@@ -1,0 +1,170 @@
+"""Render bench/results/*.json into the performance sections of bench/RESULTS.md.
+
+    .venv/bin/python bench/report.py [--results bench/results] [--out bench/RESULTS.md]
+
+Everything between the markers below is replaced; the rest of the file (the decode
+section, appended by bench/decode.py --record) is left as it is. Every number comes from
+a JSON file a benchmark wrote, shown with its command, date, machine and versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- perf:begin (bench/report.py) -->", "<!-- perf:end -->"
+MiB, GiB = 2**20, 2**30
+
+
+def load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    if not path.is_file() or not path.read_text().strip():
+        return None
+    return json.loads(path.read_text().strip().splitlines()[-1])
+
+
+def provenance(r: dict) -> list[str]:
+    m = r["machine"]
+    return [f"    {r['command']}", "",
+            f"{m['date']}; {m['nproc']} cores ({m['cpu']}), {m['torch_threads']} torch thread(s), "
+            f"1-min load average {m['load_avg_1m']} at the end; Python {m['python']}, torch {m['torch']}, "
+            f"deepspeed {m['deepspeed']}, transformers {m['transformers']}"
+            + (f", GPU {m['gpu']}" if "gpu" in m else "") + ".", ""]
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def plan_section(r: dict) -> list[str]:
+    lines = ["### Memory planner: the large configs on 8 x 80 GiB, ZeRO-3", ""] + provenance(r)
+    parts = list(r["plans"][0]["bytes"])
+    rows = []
+    for p in r["plans"]:
+        rows.append([f"`{p['command']}`", f"{p['params'] / 1e6:.0f}M ({p['trainable_params'] / 1e6:.0f}M trainable)",
+                     f"{p['micro_batch']} x {p['frames']}f @ {p['mask_ratio']:.0%}"]
+                    + [f"{p['bytes'][k] / GiB:.2f}" for k in parts]
+                    + [f"{p['total'] / GiB:.2f}", "**fits**" if p["fits"] else "**does not fit**",
+                       f"{p['headroom'] / GiB:.1f}", p["max_micro_batch"], p["max_frames"]])
+    lines += table(["command", "params", "micro-batch", *[f"{k} GiB" for k in parts], "total GiB",
+                    "verdict", "headroom GiB", "max micro-batch", "max frames"], rows)
+    lines += ["Assumptions (printed by the planner): " + "; ".join(r["plans"][0]["assumptions"]) + ".", ""]
+    return lines
+
+
+def merged(results: Path, name: str) -> dict | None:
+    """`name`.json, or the parts a split run wrote (`name`_*.json): cells concatenated,
+    each part's command and machine kept."""
+    parts = [load(results, p.stem) for p in sorted(results.glob(f"{name}*.json"))]
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    return {"parts": parts, "cells": [c for p in parts for c in p["cells"]]}
+
+
+def masking_section(r: dict) -> list[str]:
+    lines = ["### Masking: frames x mask ratio (video encoder train step)", ""]
+    for part in r["parts"]:
+        lines += provenance(part)
+    lines += ["Step = forward, scalar loss, backward, fused AdamW step of the video tower, fp32; "
+              "median of the rounds (all samples in bench/results/masking.json). B = ViT-B/16 at "
+              "224 px, micro-batch 1; tiny = 32 px, micro-batch 8. Saved bytes of cells not timed "
+              "(`fake`) are measured on FakeTensors.", ""]
+    rows = []
+    for c in r["cells"]:
+        rows.append([c["dims"], c["frames"], f"{c['mask_ratio']:.2f}", c["tokens"],
+                     f"{c['step_s']:.3f}" if "step_s" in c else "not timed",
+                     f"{c['saved_bytes'] / MiB:.1f}" + (" (fake)" if c["bytes_source"] == "fake" else ""),
+                     c.get("time_vs_unmasked", ""), c.get("bytes_vs_unmasked", "")])
+    lines += table(["dims", "frames", "mask", "tokens", "step s", "saved MiB", "time / unmasked",
+                    "bytes / unmasked"], rows)
+    key = {(c["dims"], c["frames"], c["mask_ratio"]): c for c in r["cells"]}
+    b = key.get(("B", 64, 0.75))
+    if b and "time_vs_unmasked" in b:
+        lines += [f"**B dims, 64 frames, 75% vs 0% masking: saved bytes {b['bytes_vs_unmasked']:.3f}x "
+                  f"(target <= 0.27), step time {b['time_vs_unmasked']:.3f}x (target <= 0.30).**", ""]
+    return lines
+
+
+def mfu_section(r: dict) -> list[str]:
+    lines = ["### MFU of the training step", ""] + provenance(r)
+    lines += [f"Device {r['device']}, {r['dtype']}. Step = DualEncoder forward (video + text + "
+              "InfoNCE), backward, fused AdamW over the trainer's parameter groups. Peak = best "
+              "n x n matmul in the same process, between the steps.", ""]
+    rows = [[x["dims"], f"{x['frames']}f @ {x['mask_ratio']:.0%}, {x['image_size']} px", x["batch"],
+             f"{x['model_flops_per_step'] / 1e9:.1f}", f"{x['step_s']:.3f}",
+             " / ".join(f"{k} {v:.3f}" for k, v in x["phases_s"].items()),
+             f"{x['achieved_flops_per_s'] / 1e9:.1f}", f"{x['matmul_peak_flops_per_s'] / 1e9:.1f}",
+             f"**{x['mfu']:.1%}**", f"{x['mfu_best_step']:.1%}"] for x in r["results"]]
+    lines += table(["dims", "clip", "batch", "model GFLOP/step", "step s (median)", "phases s",
+                    "achieved GFLOP/s", "matmul peak GFLOP/s", "MFU", "MFU (best step)"], rows)
+    return lines
+
+
+def peers_section(r: dict) -> list[str]:
+    lines = ["### Against the peers (ViT-B size, 224 px, tubelet 2x16x16)", ""] + provenance(r)
+    lines += [f"fp32, attention: {r['attention']}, micro-batch 1; step = encoder forward, mean "
+              "over output tokens, scalar loss, backward, fused AdamW step.", ""]
+    rows = [[c["model"], c["frames"], f"{c['mask_ratio']:.2f}", c["tokens"], f"{c['params'] / 1e6:.1f}M",
+             f"{c['step_s']:.3f}", f"{c['saved_bytes'] / MiB:.1f}"] for c in r["cells"]]
+    lines += table(["model", "frames", "mask", "tokens", "params", "step s (median)", "saved MiB"], rows)
+    rows = [[x["peer"], x["frames"], f"{x['mask_ratio']:.2f}", f"**{x['time_ratio']:.3f}**",
+             f"**{x['bytes_ratio']:.3f}**"] for x in r["ours_vs_peers"]]
+    lines += ["Ours over the peer (<= 1 means ours is faster / saves less):", ""]
+    lines += table(["peer", "frames", "mask", "step time ratio", "saved bytes ratio"], rows)
+    return lines
+
+
+def tradeoff_section(r: dict) -> list[str]:
+    lines = ["### The trade-off: masking buys frames (synthetic long-video benchmark, tiny model)", ""]
+    lines += provenance(r)
+    lines += [f"{r['steps']} steps x batch {r['batch']} for every run (equal samples seen), "
+              f"{r['videos']} videos of {r['clip_frames']} frames at 1 FPS, 32 px; held-out split, "
+              "unmasked evaluation.", ""]
+    rows = [[x["run"], x["frames"], x["sampling"], f"{x['mask_ratio']:.2f}", x["attention"],
+             x["tokens_per_clip"], f"**{x['t2v_r1']:.2f}**", f"{x['v2t_r1']:.2f}", f"{x['t2v_r5']:.2f}",
+             f"{x['step_s']:.3f}", f"{x['saved_bytes'] / MiB:.1f}"] for x in r["runs"]]
+    chance = r["runs"][0]["chance_r1"] if r["runs"] else 0
+    lines += table(["run", "frames", "sampling", "mask", "attention", "tokens/clip", "t2v R@1 %",
+                    "v2t R@1 %", "t2v R@5 %", "step s (median)", "saved MiB (batch 16)"], rows)
+    lines += [f"Chance R@1: {chance:.2f}%.", ""]
+    return lines
+
+
+SECTIONS = [("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
+            ("peers", peers_section), ("tradeoff", tradeoff_section)]
+
+
+def render(results: Path) -> str:
+    lines = [BEGIN, "## Performance (memory planner, masking, MFU, peers, trade-off)", "",
+             "Regenerate everything with `bash bench/run_all.sh`; this part is rendered by "
+             "`bench/report.py` from bench/results/*.json.", ""]
+    for name, section in SECTIONS:
+        r = merged(results, name) if name == "masking" else load(results, name)
+        lines += section(r) if r else [f"(no results yet for {name}: run bench/run_all.sh)", ""]
+    return "\n".join(lines + [END]) + "\n"
+
+
+def splice(text: str, block: str) -> str:
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1].lstrip("\n")
+    return text.rstrip("\n") + "\n\n" + block
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", default="bench/results")
+    p.add_argument("--out", default="bench/RESULTS.md")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out)
+    out.write_text(splice(out.read_text() if out.is_file() else "# Benchmark results\n",
+                          render(Path(args.results))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The paper's trade-off in miniature: masking buys frames, and frames buy accuracy.
+
+    .venv/bin/python bench/tradeoff.py [--out runs/tradeoff] [--steps 250] [--videos 400]
+
+On the synthetic long-video benchmark (`longvivit synth`: 64-frame clips at 1 FPS whose
+captions name 3-4 events in order, with hard negatives), the tiny model trains with the
+demo's recipe (train/configs/demo.yaml: batch 16, AdamW lr 2e-3, warmup + cosine, weight
+decay 0.05, clip 1.0, the trainer's optimizer and schedule from longvivit.train.engine) for
+the same number of steps in every run (equal samples seen), then is evaluated zero-shot
+on the held-out split, unmasked, text->video and video->text Recall@1.
+
+Runs:
+  a   16 frames, unmasked           a 16 s window at 1 FPS (the paper's short clips):
+                                    8 slices x 16 positions = 128 tokens per clip
+  a'  16 frames spread uniformly    the same tokens, sparse over the whole minute
+  b   64 frames, 75% masking        the whole clip at about a's tokens (128 of 512)
+  c   64 frames, unmasked           the whole clip, 4x the tokens
+  and 64 frames with joint vs factorized attention at 0, 50 and 75% masking (tube masking
+  for factorized, which needs the same positions in every slice; random for joint).
+
+Frames: every clip is decoded once with longvivit's loader (all 64 frames, centred crop),
+held in memory, and each step picks its frames with the loader's own select_frames (a
+random 1 FPS window while training, the centred one for evaluation; uniform spreads them)
+and flips half the clips, as the loader would. Decoding once keeps the runs about the
+model, not the decoder, on a 2-core machine.
+
+Per run: val R@1 both ways, median train step time, bytes saved for backward by one
+training forward (a batch of 16), tokens per clip. One JSON object on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import common
+
+RUNS = {  # name -> (frames, sampling, mask_ratio, attention, mask_scheme)
+    "a: 16f window, 0%": (16, "fps", 0.0, "joint", "random"),
+    "a': 16f uniform, 0%": (16, "uniform", 0.0, "joint", "random"),
+    "b: 64f, 75% (joint)": (64, "fps", 0.75, "joint", "random"),
+    "c: 64f, 0% (joint)": (64, "fps", 0.0, "joint", "random"),
+    "64f, 50% (joint)": (64, "fps", 0.5, "joint", "random"),
+    "64f, 0% (factorized)": (64, "fps", 0.0, "factorized", "tube"),
+    "64f, 50% (factorized)": (64, "fps", 0.5, "factorized", "tube"),
+    "64f, 75% (factorized)": (64, "fps", 0.75, "factorized", "tube"),
+}
+CLIP_FRAMES = 64
+
+
+# ---------------------------------------------------------------------------- data
+
+def prepare(out: Path, videos: int, seed: int) -> dict:
+    """Synthetic benchmark -> shards -> tokenizer (the demo's own preparation)."""
+    from longvivit.train.demo import prepare_data
+
+    if (out / "shards" / "val" / "index.json").is_file() and (out / "tokenizer" / "spm.model").is_file():
+        return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val",
+                "data.tokenizer": out / "tokenizer" / "spm.model"}
+    return prepare_data(out, argparse.Namespace(videos=videos, frames=CLIP_FRAMES, seed=seed))
+
+
+def decode_split(cfg, split: str) -> dict:
+    """Every clip of a split, all frames, centred crop: video (N, 64, H, W, C) uint8,
+    text_ids, text_mask, index."""
+    from longvivit.data import build_loader
+
+    loader = build_loader(cfg.data, split, torch.device("cpu"), 0, 1, training=False)
+    try:
+        batches = list(loader)
+    finally:
+        loader.close()
+    return {k: torch.cat([b[k] for b in batches]) for k in ("video", "text_ids", "text_mask", "index")}
+
+
+def pick_frames(video: torch.Tensor, frames: int, sampling: str, rng: np.random.Generator | None,
+                flip: bool) -> torch.Tensor:
+    """(B, 64, H, W, C) -> (B, frames, H, W, C) with the loader's frame selection; rng None:
+    evaluation (centred window, no flip)."""
+    from longvivit.data.decode import select_frames
+
+    out = []
+    for clip in video:
+        idx, _ = select_frames(clip.shape[0], frames, sampling, rng)
+        clip = clip[torch.from_numpy(idx.astype(np.int64))]
+        if flip and rng is not None and rng.random() < 0.5:
+            clip = clip.flip(2)  # horizontal: (T, H, W, C)
+        out.append(clip)
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------- one run
+
+def run_config(base: list[str], spec):
+    from longvivit.train.config import CONFIG_DIR, load_run_config
+
+    frames, sampling, ratio, attention, scheme = spec
+    return load_run_config(CONFIG_DIR / "demo.yaml", overrides=base + [
+        f"model.video.frames={frames}", f"data.sampling={sampling}", f"model.video.mask_ratio={ratio}",
+        f"model.video.attention={attention}", f"model.video.mask_scheme={scheme}"])
+
+
+def train_and_eval(cfg, train: dict, val: dict, seed: int) -> dict:
+    from longvivit.model import build_model
+    from longvivit.train.engine import build_optimizer
+
+    torch.manual_seed(seed)
+    model = build_model(cfg.model).train()
+    optimizer, schedule = build_optimizer(model, cfg)
+    order = np.random.default_rng(seed)  # the same batches and windows in every run
+    v, bs, times = cfg.model.video, cfg.data.batch_size, []
+    for step in range(cfg.steps):
+        rows = torch.from_numpy(order.choice(len(train["index"]), bs, replace=False))
+        video = pick_frames(train["video"][rows], v.frames, cfg.data.sampling, order, cfg.data.flip)
+        t0 = time.perf_counter()
+        loss, _ = model(video, train["text_ids"][rows], train["text_mask"][rows],
+                        generator=torch.Generator().manual_seed(seed * 100_003 + step))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+        optimizer.step()
+        schedule.step()
+        times.append(time.perf_counter() - t0)
+        if step % 50 == 0:
+            common.log(f"    step {step}: loss {loss.item():.3f}, {times[-1]:.2f} s")
+    saved = common.real_saved_bytes(lambda: model(video, train["text_ids"][rows], train["text_mask"][rows]), model)
+    return {"step_s": round(common.median(times), 4), "train_s": round(sum(times), 1),
+            "saved_bytes": saved, "final_loss": round(loss.item(), 4), **evaluate(model, cfg, val)}
+
+
+@torch.no_grad()
+def evaluate(model, cfg, val: dict) -> dict:
+    from longvivit.train.evaluate import retrieval_metrics
+
+    model.eval()
+    v = cfg.model.video
+    videos, texts = [], []
+    for start in range(0, len(val["index"]), 32):
+        part = slice(start, start + 32)
+        clip = pick_frames(val["video"][part], v.frames, cfg.data.sampling, None, False)
+        videos.append(model.encode_video(clip, mask_ratio=0.0, normalize=True))
+        texts.append(model.encode_text(val["text_ids"][part], val["text_mask"][part], normalize=True))
+    m = retrieval_metrics(torch.cat(texts) @ torch.cat(videos).t())
+    return {k: round(m[k], 2) for k in ("t2v_r1", "v2t_r1", "t2v_r5", "chance_r1")} | {"val_pairs": m["pairs"]}
+
+
+def tokens_per_clip(cfg) -> int:
+    from longvivit.model.masking import visible_count
+
+    v = cfg.model.video
+    t, p, _ = v.tubelet
+    return visible_count(v.frames // t, (v.image_size // p) ** 2, v.mask_ratio, v.mask_scheme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/tradeoff", help="benchmark data (reused when present)")
+    p.add_argument("--videos", type=int, default=400)
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), metavar="RUN")
+    common.add_threads_arg(p)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    common.set_threads(args.threads)
+    data = prepare(Path(args.out).resolve(), args.videos, args.seed)
+    base = [f"{k}={v}" for k, v in data.items()] + [f"steps={args.steps}", "data.num_workers=0",
+                                                   f"model.video.frames={CLIP_FRAMES}"]
+    full = run_config(base, (CLIP_FRAMES, "fps", 0.0, "joint", "random"))
+    train, val = decode_split(full, "train"), decode_split(full, "val")
+    common.log(f"decoded {len(train['index'])} train and {len(val['index'])} val clips")
+    rows = []
+    for name in args.runs:
+        cfg = run_config(base, RUNS[name])
+        common.log(f"run {name}")
+        row = {"run": name, "frames": cfg.model.video.frames, "sampling": cfg.data.sampling,
+               "mask_ratio": cfg.model.video.mask_ratio, "attention": cfg.model.video.attention,
+               "tokens_per_clip": tokens_per_clip(cfg)}
+        rows.append(row | train_and_eval(cfg, train, val, args.seed))
+        common.log(f"  {rows[-1]}")
+    common.emit({"benchmark": "tradeoff", "steps": args.steps, "batch": full.data.batch_size,
+                 "videos": args.videos, "clip_frames": CLIP_FRAMES, "runs": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
