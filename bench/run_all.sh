@@ -14,7 +14,7 @@ mkdir -p bench/results
 $PY bench/decode.py --record bench/RESULTS.md
 $PY bench/plan_verdicts.py --configs g_1b long_L256 --gpus 8 --gpu-mem 80GiB > bench/results/plan.json
 rm -f bench/results/masking*.json
-$PY bench/masking.py --dims B --frames 16 64 > bench/results/masking_B.json   # ViT-B: 256 frames only on FakeTensors (see masking.py)
+$PY bench/masking.py --dims B --frames 16 64 > bench/results/masking_B.json   # ViT-B at 256 frames: minutes per step here; add 256 to time its masked cells
 $PY bench/masking.py --dims tiny > bench/results/masking_tiny.json
 $PY bench/mfu.py > bench/results/mfu.json
 $PY bench/peers.py --frames 16 > bench/results/peers.json   # add 64 for 64-frame 75%-masked cells (+10 min)
