@@ -2,7 +2,8 @@
 
     longvivit shards MANIFEST --out DIR [--fps 1] [--size 256] [--codec vp9|h264]
                      [--keyframe-interval 8] [--crf 20] [--workers N]
-                     [--shard-size 64mb] [--compression zstd] [--overwrite]
+                     [--shard-size 64mb] [--compression zstd] [--overwrite] [--part I/N]
+    longvivit shards --merge DIR      (join DIR/*/ written by slurm/shards.sbatch parts)
 
 Each manifest row (see manifest.py) becomes one sample: the clip [start, end) at `fps`,
 short side `size` (aspect kept), encoded as VP9 in webm (DALI decodes it on CPU and GPU)
@@ -81,14 +82,15 @@ def transcode(row: Row, opts: ShardOptions) -> dict | Reject:
 def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = ShardOptions(),
                  workers: int = 0, shard_size: str | int = "64mb",
                  compression: str | None = None, overwrite: bool = False,
-                 progress: bool | None = None) -> dict:
+                 progress: bool | None = None, part: tuple[int, int] = (0, 1)) -> dict:
     """Transcode every row of `manifest` into MDS shards in `out`; returns the summary.
-    workers=0 transcodes in this process; progress=None shows a bar only on a terminal."""
+    workers=0 transcodes in this process; progress=None shows a bar only on a terminal;
+    part=(i, n) takes only rows i, i+n, i+2n, ... (one task of an array job)."""
     from streaming import MDSWriter  # imports torch + transformers: only when writing
     from tqdm import tqdm
 
     opts.validate()
-    entries = list(read_manifest(manifest))  # a missing manifest fails before touching out
+    entries = list(read_manifest(manifest))[part[0]::part[1]]  # a missing manifest fails first
     out = _prepare_out(Path(out), overwrite)
     written, rejects, hours, video_bytes = 0, [], 0.0, 0
     with MDSWriter(out=str(out), columns=COLUMNS, compression=compression,
@@ -154,10 +156,37 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def merge_parts(out: str | Path) -> dict:
+    """Join the part folders OUT/*/ (slurm/shards.sbatch writes one per array task) into one
+    dataset: their index files merge into OUT/index.json (streaming's merge_index; shard
+    paths become part/shard...), their summaries into OUT/summary.json."""
+    from streaming.base.util import merge_index
+
+    out = Path(out)
+    parts = sorted(p.parent for p in out.glob(f"*/{SUMMARY}"))
+    if not parts:
+        raise FileNotFoundError(f"{out}: no part folders holding a {SUMMARY}")
+    summaries = [json.loads((p / SUMMARY).read_text()) for p in parts]
+    written = [p for p, s in zip(parts, summaries) if s["written"]]
+    if written:
+        merge_index([str(p / "index.json") for p in written], str(out), keep_local=True)
+    reasons = Counter()
+    for s in summaries:
+        reasons.update(s["reasons"])
+    summary = {key: sum(s[key] for s in summaries)
+               for key in ("written", "skipped", "video_bytes", "shard_bytes", "shards")}
+    summary.update(reasons=dict(sorted(reasons.items())), hours=round(sum(s["hours"] for s in summaries), 6),
+                   parts=len(parts), out=str(out), rejects=[s["rejects"] for s in summaries])
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="longvivit shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("manifest", help="JSONL or CSV manifest")
-    p.add_argument("--out", required=True, help="output directory for the MDS shards")
+    p.add_argument("manifest", nargs="?", help="JSONL or CSV manifest")
+    p.add_argument("--out", help="output directory for the MDS shards")
+    p.add_argument("--merge", metavar="DIR", help="instead of writing: merge the part folders "
+                   "DIR/*/ (one per slurm/shards.sbatch array task) into one dataset in DIR")
     p.add_argument("--fps", type=float, default=ShardOptions.fps)
     p.add_argument("--size", type=int, default=ShardOptions.size,
                    help="short side in pixels (0: keep the source size)")
@@ -170,11 +199,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compression", default=None, help="e.g. zstd (video bytes are already "
                    "compressed: this mostly helps the captions)")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    p.add_argument("--part", default="0/1", metavar="I/N",
+                   help="write only rows I, I+N, I+2N, ... (array jobs; see slurm/shards.sbatch)")
     a = p.parse_args(argv)
+    if a.merge:
+        return _print_summary(merge_parts, a.merge)
+    if not a.manifest or not a.out:
+        p.error("a MANIFEST and --out are required (or --merge DIR)")
     opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf)
+    return _print_summary(write_shards, a.manifest, a.out, opts, a.workers, a.shard_size,
+                          a.compression, a.overwrite, None, _parse_part(a.part))
+
+
+def _parse_part(text: str) -> tuple[int, int]:
     try:
-        summary = write_shards(a.manifest, a.out, opts, a.workers, a.shard_size,
-                               a.compression, a.overwrite)
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"longvivit shards: --part {text!r}: expected I/N, e.g. 3/16") from None
+    if not 0 <= i < n:
+        raise SystemExit(f"longvivit shards: --part {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def _print_summary(fn, *args) -> int:
+    """Run a writer; its summary is the last line of stdout. Exit 1 when nothing was written."""
+    try:
+        summary = fn(*args)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"longvivit shards: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ preemption -> checkpoint -> requeue -> resume, a killed rank, and two hosts (net
 namespaces) training like one."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -232,3 +233,22 @@ def test_two_hosts_train_like_one_host(two_hosts, synth_data, tmp_path, shm_clea
         losses[nodes] = [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "step"]
     assert len(losses[2]) == 4
     assert losses[2] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+
+
+def test_shards_array_job_writes_parts_and_merges_them(cluster, synth_data, tmp_path):  # noqa: F811
+    from streaming import StreamingDataset
+
+    manifest, out = synth_data["train"], tmp_path / "shards"
+    job = cluster.sbatch("--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/shards-%A_%a.out",
+                         str(ROOT / "slurm" / "shards.sbatch"), str(manifest), str(out), "--size", "32")
+    deadline = time.time() + 600
+    while time.time() < deadline and cluster.run("squeue", "-h", "-j", str(job)).stdout.strip():
+        time.sleep(2)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("shards-*.out"))
+    rows = len(manifest.read_text().splitlines())
+    parts = sorted(p.name for p in out.glob("part-*"))
+    assert parts == ["part-00000", "part-00001"], logs
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["written"] == rows and summary["skipped"] == 0 and summary["parts"] == 2, logs
+    ids = {StreamingDataset(local=str(out), batch_size=1)[i]["id"] for i in range(rows)}
+    assert len(ids) == rows  # every row once, read through the merged index
