@@ -7,7 +7,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
+.venv/bin/pip install --quiet --upgrade "pip>=24" "setuptools>=77" wheel
 .venv/bin/pip install --quiet -r requirements.txt
 .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import longvivit.model, longvivit.data, longvivit.train, deepspeed, streaming, nvidia.dali" \
