@@ -40,13 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"longvivit: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module_name = COMMANDS[name][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        raise NotImplementedError(f"longvivit {name}: not implemented yet ({module_name})") from None
+    module = importlib.import_module(COMMANDS[name][0])
     return module.main(rest) or 0
 
 
