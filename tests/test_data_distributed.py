@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,10 @@ import pytest
 from data_support import synth_data  # noqa: F401 (fixture)
 
 from longvivit.data.reader import clean_stale_shared_memory
+from longvivit.train.dist import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_launcher(args: list[str], timeout: float) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 on 2 gloo processes against one process on the concatenated batch."""
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from longvivit.model import ContrastiveLoss, build_model, model_config
+from longvivit.train.dist import free_port
 
 
 def naive_infonce(video, text, scale):
@@ -90,11 +90,6 @@ def _worker(rank, world, port, out_dir):
     finally:
         dist.destroy_process_group()
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.multiproc
