@@ -36,16 +36,20 @@ from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 _END = object()
-_shm_cleaned = False
 
 
 def build_loader(cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, training: bool) -> "VideoLoader":
+                 world_size: int, training: bool, clean_shm: bool = True) -> "VideoLoader":
     """One rank's loader over `cfg.train` or `cfg.val`. training=False: no shuffle, the
-    first caption, centred window and crop, no flip."""
+    first caption, centred window and crop, no flip.
+
+    clean_shm: first drop the shared memory a killed run left behind (streaming's
+    per-dataset segments). With several ranks on a host, clean once on every rank behind a
+    barrier before any loader exists and pass False: a rank cleaning while another rank
+    creates its segments can remove them (what the trainer does)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    return VideoLoader(cfg, split, torch.device(device), rank, world_size, training)
+    return VideoLoader(cfg, split, torch.device(device), rank, world_size, training, clean_shm)
 
 
 def collate_samples(samples: list[dict]) -> dict[str, list]:
@@ -55,12 +59,10 @@ def collate_samples(samples: list[dict]) -> dict[str, list]:
 
 class VideoLoader:
     def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, training: bool):
-        global _shm_cleaned
+                 world_size: int, training: bool, clean_shm: bool = True):
         self.cfg, self.device, self.training, self.world_size = cfg, device, training, world_size
-        if not _shm_cleaned:  # once per process: later loaders would only find live ones
+        if clean_shm:
             clean_stale_shared_memory()
-            _shm_cleaned = True
         source = cfg.train if split == "train" else cfg.val
         with launcher_env(rank, world_size):
             self.dataset = open_split(source, cfg.batch_size, cfg.shuffle and training and

@@ -45,12 +45,16 @@ def data(tmp_path_factory):
     return [f"data.train={root / 'train'}", f"data.val={root / 'val'}", f"data.tokenizer={tok}"]
 
 
-def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: int = 300):
-    """`deepspeed --num_gpus 2 ... longvivit train`; kills its process group and removes its
-    /dev/shm buffers whatever happens."""
+def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: int = 300,
+           launcher: str = "deepspeed"):
+    """`deepspeed --num_gpus 2 ... longvivit train` (or torchrun's equivalent); kills its
+    process group and removes its /dev/shm buffers whatever happens."""
     port = free_port()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "longvivit.train.cli",
+    starter = {"deepspeed": [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port)],
+               "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            "--master_addr", "127.0.0.1", "--master_port", str(port)]}[launcher]
+    cmd = [*starter, "--module" if launcher == "deepspeed" else "-m", "longvivit.train.cli",
            "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
            "data.batch_size=4", f"checkpoint_every={STEPS // 2}", "log_every=1", "optim.warmup_steps=2",
            "progress=false", "data.num_workers=0", *extra]
@@ -189,6 +193,24 @@ def test_kill_during_checkpoint_then_resume_equals_straight_run(straight, data, 
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff <= 1e-6, diff
+
+
+def test_torchrun_equals_the_deepspeed_launcher(straight, data, tmp_path):
+    """torchrun sets only RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*: the same ZeRO-3 run follows.
+    4 steps with warmup 2: the first 3 updates use the same LR as the 16-step run."""
+    ref_out, _ = straight
+    out = tmp_path / "run"
+    rc, output = launch(out, data, "steps=4", "checkpoint_every=0", launcher="torchrun")
+    assert rc == 0, output[-4000:]
+    starts = events(output, "start")
+    assert sorted(s["rank"] for s in starts) == [0, 1]
+    assert all(abs(s["params_local"] - s["params_total"] / 2) <= 0.01 * s["params_total"] for s in starts)
+    ref = {x["step"]: x for x in step_lines(ref_out)}
+    lines = step_lines(out)
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all(x["indices"] == ref[x["step"]]["indices"] for x in lines)
+    worst = max(abs(x["loss"] - ref[x["step"]]["loss"]) for x in lines)
+    assert worst <= 1e-6, worst
 
 
 def _train_one_process(data, *args):

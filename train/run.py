@@ -36,6 +36,19 @@ EXIT_CONFIG = 2
 
 # ---------------------------------------------------------------------------- validate
 
+HELP = """usage: longvivit train CONFIG.yaml [key=value ...]
+
+Train the dual encoder described by CONFIG (see train/configs/); each key=value
+overrides one entry with OmegaConf's dotted syntax, e.g. model.video.frames=128
+steps=2000 data.batch_size=4 out=runs/exp1. The whole config is checked before any process
+group, buffer or output file exists; a bad key or value exits 2 naming it.
+
+Run it as one process, or one process per GPU under `deepspeed`, `torchrun` or `srun`
+(RANK/WORLD_SIZE/LOCAL_RANK or SLURM's variables are read). It resumes by itself from
+the newest complete checkpoint in `out` (resume=never|PATH to change that); SIGUSR1/SIGTERM stop all ranks after the same
+step with a checkpoint (exit 75: requeue me)."""
+
+
 def split_argv(argv: list[str]) -> tuple[str, list[str]]:
     """CONFIG and key=value overrides; drops the --local_rank the deepspeed launcher appends."""
     args = [a for a in argv if not a.startswith("--local_rank")]
@@ -119,14 +132,11 @@ def build_model(cfg: RunConfig, resuming: bool):
 
 def clean_streaming_shm() -> None:
     """Drop shared memory a killed run left behind, on every rank, before any rank creates
-    its own: the loader's per-rank cleaning can race with the leader's fresh segments
-    (reported to data/; until fixed we clean here, then tell the loader it is done)."""
-    from longvivit.data import loader as data_loader
+    its own (the loaders are then built with clean_shm=False)."""
     from longvivit.data.reader import clean_stale_shared_memory
 
     clean_stale_shared_memory()
     dist.barrier()
-    data_loader._shm_cleaned = True
 
 
 def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
@@ -145,7 +155,7 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     engine = build_engine(build_model(cfg, tag is not None), cfg, ds_config)
     clean_streaming_shm()
     loader = build_loader(cfg.data, "train", device=device, rank=d.rank, world_size=d.world_size,
-                          training=True)
+                          training=True, clean_shm=False)
     step = checkpoint.load(engine, tag, loader) if tag is not None else 0
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
@@ -256,7 +266,7 @@ def run_eval(run: Run) -> dict:
     from .evaluate import embed_split, gather_embeddings, retrieval_metrics
 
     loader = build_loader(run.cfg.data, "val", device=run.device, rank=run.d.rank,
-                          world_size=run.d.world_size, training=False)
+                          world_size=run.d.world_size, training=False, clean_shm=False)
     model = run.engine.module
     model.eval()
     try:
@@ -337,6 +347,9 @@ def write_summary(run: Run, tag: Path, metrics: dict, seconds: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv[:1]):
+        print(HELP)
+        return 0
     d = dist.read_env()
     try:
         cfg, ds_config, tag = validate(argv, d)
