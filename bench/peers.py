@@ -2,7 +2,7 @@
 encoders of the same size, at the same frames and tokens, side by side.
 
     .venv/bin/python bench/peers.py [--frames 16 64] [--ratios 0 0.75] [--rounds 3] \
-        [--max-tokens 1568] [--threads 1]
+        [--max-tokens 1568] [--threads 1] [--profile]
 
 All three are ViT-B-sized (hidden 768, 12 layers, 12 heads, MLP 3072, exact GELU, no
 dropout), 224 px, tubelet (2, 16, 16), built from configs with random weights, in fp32,
@@ -19,7 +19,10 @@ output tokens (ours pools inside), a scalar loss, backward, fused AdamW step (co
 
 A cell runs if its visible token count is at most --max-tokens (a 6,272-token ViT-B step
 takes minutes on a CPU core). Prints one JSON object: per (frames, ratio, model) the
-median step time, saved-for-backward bytes, and ours relative to each peer.
+median step time, saved-for-backward bytes, and ours relative to each peer: the ratio of
+the medians, and the median of the per-round ratios (each round runs every cell once,
+back to back, so the pairs share the machine's state; on a shared 2-core box single
+steps vary by +-8%, more than the models differ).
 """
 from __future__ import annotations
 
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=1568)
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one step per cell: the ops taking most of its time")
     common.add_threads_arg(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     common.set_threads(args.threads)
@@ -137,9 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     for c in cells:
         s = samples[f"{c['model']}/{c['frames']}f/{c['mask_ratio']}"]
         c["step_s"], c["step_s_samples"] = round(common.median(s), 4), [round(x, 4) for x in s]
-    common.emit({"benchmark": "peers", "precision": "fp32", "attention": "sdpa (all models)",
-                 "cells": cells, "ours_vs_peers": compare(cells)})
+    result = {"benchmark": "peers", "precision": "fp32", "attention": "sdpa (all models)",
+              "cells": cells, "ours_vs_peers": compare(cells)}
+    if args.profile:
+        result["profile"] = {key: profile(step) for key, step in cases.items()}
+    common.emit(result)
     return 0
+
+
+def profile(step, top: int = 8) -> dict:
+    """One step under torch.profiler: its time and the ops with the most self time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return {"total_s": round(total / 1e6, 3),
+            "top_ops": [[e.key, round(e.self_cpu_time_total / total, 4)] for e in ops[:top]]}
 
 
 def compare(cells: list[dict]) -> list[dict]:
@@ -150,8 +171,13 @@ def compare(cells: list[dict]) -> list[dict]:
         mine = by.get(("ours", frames, ratio))
         if name == "ours" or mine is None:
             continue
+        # Per round: both steps ran back to back, so a slow spell of the machine hits both.
+        per_round = [a / b for a, b in zip(mine["step_s_samples"], peer["step_s_samples"])]
         out.append({"peer": name, "frames": frames, "mask_ratio": ratio,
                     "time_ratio": round(mine["step_s"] / peer["step_s"], 4),
+                    "time_ratio_paired": round(common.median(per_round), 4),
+                    "time_ratio_per_round": [round(r, 4) for r in per_round],
+                    "rounds_ours_faster": sum(r < 1 for r in per_round),
                     "bytes_ratio": round(mine["saved_bytes"] / peer["saved_bytes"], 4)})
     return out
 
