@@ -155,12 +155,3 @@ def fake_video_saved_bytes(cfg, batch: int, mask_ratio: float, precision: str = 
         return saved_bytes(lambda: model.video(video, mask_ratio, v.mask_scheme),
                            ignore=list(model.parameters()))
 
-
-def matmul_peak(n: int = 2048, reps: int = 5, device: torch.device = torch.device("cpu"),
-                dtype: torch.dtype = torch.float32) -> float:
-    """Best-of-`reps` FLOP/s of an n x n x n matmul on this process's threads."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm up the BLAS
-    best = min(timed(lambda: a @ b, device) for _ in range(reps))
-    return 2 * n**3 / best

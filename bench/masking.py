@@ -27,19 +27,12 @@ import torch
 
 import common
 from longvivit.model import build_model, model_config
-from longvivit.model.masking import visible_count
 
 DIMS = {"B": ("B", 224, 1), "tiny": ("tiny", 32, 8)}  # preset, image size, micro-batch
 
 
 def cell_config(preset: str, size: int, frames: int):
     return model_config(preset, [f"video.frames={frames}", f"video.image_size={size}"])
-
-
-def tokens(cfg, ratio: float) -> int:
-    v = cfg.video
-    t, p, _ = v.tubelet
-    return visible_count(v.frames // t, (v.image_size // p) ** 2, ratio, v.mask_scheme)
 
 
 def run_dims(name: str, frames_list, ratios, rounds: int, max_tokens: int) -> list[dict]:
@@ -55,7 +48,7 @@ def run_dims(name: str, frames_list, ratios, rounds: int, max_tokens: int) -> li
         common.encoder_step(encoder, optimizer, lambda: encoder(video, max(ratios)))()
         for ratio in ratios:
             cell = {"dims": name, "frames": frames, "mask_ratio": ratio, "batch": batch,
-                    "image_size": size, "tokens": tokens(cfg, ratio)}
+                    "image_size": size, "tokens": cfg.video.visible_tokens(ratio)}
             forward = (lambda e=encoder, v=video, r=ratio: e(v, r))
             if cell["tokens"] <= max_tokens:
                 cell["saved_bytes"] = common.real_saved_bytes(forward, encoder)

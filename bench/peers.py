@@ -33,7 +33,7 @@ import torch
 
 import common
 from longvivit.model import build_model, model_config
-from longvivit.model.masking import sample_visible
+from longvivit.model.masking import sample_visible, visible_count
 
 SIZE, TUBELET, PATCH = 224, 2, 16
 HF_COMMON = dict(image_size=SIZE, num_channels=3, hidden_size=768, num_hidden_layers=12,
@@ -84,8 +84,7 @@ MASKABLE = {"ours", "videomae"}
 
 
 def visible(frames: int, ratio: float) -> int:
-    slices, spatial = grid(frames)
-    return round((1 - ratio) * slices * spatial)
+    return visible_count(*grid(frames), ratio)
 
 
 def bool_mask(frames: int, ratio: float, batch: int) -> torch.Tensor | None:

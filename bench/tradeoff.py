@@ -151,14 +151,6 @@ def evaluate(model, cfg, val: dict) -> dict:
     return {k: round(m[k], 2) for k in ("t2v_r1", "v2t_r1", "t2v_r5", "chance_r1")} | {"val_pairs": m["pairs"]}
 
 
-def tokens_per_clip(cfg) -> int:
-    from longvivit.model.masking import visible_count
-
-    v = cfg.model.video
-    t, p, _ = v.tubelet
-    return visible_count(v.frames // t, (v.image_size // p) ** 2, v.mask_ratio, v.mask_scheme)
-
-
 def run_name(arg: str) -> str:
     """A run by its full name or by its letter ("a", "a'", "b", "c")."""
     for name in RUNS:
@@ -208,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         common.log(f"run {name}")
         row = {"run": name, "frames": cfg.model.video.frames, "sampling": cfg.data.sampling,
                "mask_ratio": cfg.model.video.mask_ratio, "attention": cfg.model.video.attention,
-               "tokens_per_clip": tokens_per_clip(cfg)}
+               "tokens_per_clip": cfg.model.video.visible_tokens()}
         rows.append(row | over_seeds([train_and_eval(cfg, train, val, s) for s in seeds], seeds))
         common.log(f"  {rows[-1]}")
     common.emit({"benchmark": "tradeoff", "steps": args.steps, "batch": full.data.batch_size,

@@ -149,6 +149,16 @@ class VideoConfig:
         t, p, _ = self.tubelet
         return (self.frames // t) * (self.image_size // p) ** 2
 
+    def visible_tokens(self, mask_ratio: Optional[float] = None) -> int:
+        """Tubelet tokens per clip the encoder sees at `mask_ratio` (None: the config's);
+        factorized attention always masks whole tubes."""
+        from .masking import visible_count
+
+        t, p, _ = self.tubelet
+        scheme = "tube" if self.attention == "factorized" else self.mask_scheme
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        return visible_count(self.frames // t, (self.image_size // p) ** 2, ratio, scheme)
+
 
 @dataclass
 class TextConfig:

@@ -58,12 +58,9 @@ def _block_flops(tokens: int, width: int, mlp_ratio: float, context: int) -> flo
 
 def video_flops(cfg: VideoConfig, mask_ratio: float = 0.0) -> float:
     """Forward FLOPs of the video tower on one clip at `mask_ratio`."""
-    from .masking import visible_count
-
     t, p, _ = cfg.tubelet
-    slices, spatial = cfg.frames // t, (cfg.image_size // p) ** 2
-    scheme = "tube" if cfg.attention == "factorized" else cfg.mask_scheme
-    n = visible_count(slices, spatial, mask_ratio, scheme)  # visible patch tokens
+    slices = cfg.frames // t
+    n = cfg.visible_tokens(mask_ratio)  # visible patch tokens
     extra = 1 if cfg.cls_token else 0
     embed = 2 * n * (3 * t * p * p) * cfg.width  # only the kept tubelets are embedded
     if cfg.attention == "joint":

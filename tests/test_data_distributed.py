@@ -18,7 +18,6 @@ from longvivit.train.dist import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def run_launcher(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run the deepspeed launcher in its own process group; kill the group on failure or
     timeout so no rank outlives the test."""

@@ -91,7 +91,6 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-
 @pytest.mark.multiproc
 @pytest.mark.timeout(180)
 def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path):

@@ -51,10 +51,10 @@ def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: in
     process group and removes its /dev/shm buffers whatever happens."""
     port = free_port()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
-    starter = {"deepspeed": [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port)],
+    starter = {"deepspeed": [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module"],
                "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_addr", "127.0.0.1", "--master_port", str(port)]}[launcher]
-    cmd = [*starter, "--module" if launcher == "deepspeed" else "-m", "longvivit.train.cli",
+                            "--master_addr", "127.0.0.1", "--master_port", str(port), "-m"]}[launcher]
+    cmd = [*starter, "longvivit.train.cli",
            "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
            "data.batch_size=4", f"checkpoint_every={STEPS // 2}", "log_every=1", "optim.warmup_steps=2",
            "progress=false", "data.num_workers=0", *extra]

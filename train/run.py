@@ -40,13 +40,14 @@ HELP = """usage: longvivit train CONFIG.yaml [key=value ...]
 
 Train the dual encoder described by CONFIG (see train/configs/); each key=value
 overrides one entry with OmegaConf's dotted syntax, e.g. model.video.frames=128
-steps=2000 data.batch_size=4 out=runs/exp1. The whole config is checked before any process
-group, buffer or output file exists; a bad key or value exits 2 naming it.
+steps=2000 data.batch_size=4 out=runs/exp1. The whole config is checked before any
+process group, buffer or output file exists; a bad key or value exits 2 naming it.
 
 Run it as one process, or one process per GPU under `deepspeed`, `torchrun` or `srun`
 (RANK/WORLD_SIZE/LOCAL_RANK or SLURM's variables are read). It resumes by itself from
-the newest complete checkpoint in `out` (resume=never|PATH to change that); SIGUSR1/SIGTERM stop all ranks after the same
-step with a checkpoint (exit 75: requeue me)."""
+the newest complete checkpoint in `out` (resume=never|PATH to change that);
+SIGUSR1/SIGTERM stop all ranks after the same step with a checkpoint (exit 75: requeue
+me)."""
 
 
 def split_argv(argv: list[str]) -> tuple[str, list[str]]:
@@ -141,7 +142,7 @@ def clean_streaming_shm() -> None:
 
 def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
     from longvivit.data import build_loader
-    from longvivit.model import flops_per_sample, visible_count
+    from longvivit.model import flops_per_sample
 
     from .engine import build_engine
     from .logging import RunLogger, peak_tflops
@@ -159,11 +160,10 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     step = checkpoint.load(engine, tag, loader) if tag is not None else 0
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
-    t, p, _ = v.tubelet
     run = Run(cfg, d, device, engine, loader,
               RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main), to_yaml(cfg), step)
     run.flops_per_sample = flops_per_sample(cfg.model, v.mask_ratio)
-    run.visible_tokens = visible_count(v.frames // t, (v.image_size // p) ** 2, v.mask_ratio, v.mask_scheme)
+    run.visible_tokens = v.visible_tokens()
     run.peak = peak_tflops(device, cfg.peak_tflops)
     return run
 
@@ -347,7 +347,7 @@ def write_summary(run: Run, tag: Path, metrics: dict, seconds: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv[:1]):
+    if argv[:1] in (["-h"], ["--help"]):
         print(HELP)
         return 0
     d = dist.read_env()
