@@ -94,7 +94,10 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, synth_data, tmp_pa
 
     # The job writes its checkpoint, requeues itself and waits out SLURM's requeue delay
     # (a requeued job is eligible again only after ~2 minutes); release it now.
-    wait_for(lambda: cluster.job(job).get("Restarts") == "1", 300, "the job to requeue")
+    # Between `scontrol requeue` and the job turning PENDING, scontrol can still show the
+    # first run's exit (JobState=FAILED, status 75): wait for the requeued job itself.
+    wait_for(lambda: cluster.job(job).get("Restarts") == "1"
+             and cluster.state(job) in ("PENDING", "RUNNING"), 300, "the job to requeue")
     if cluster.state(job) == "PENDING":
         cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 600)
