@@ -1,8 +1,9 @@
 """Symmetric InfoNCE (CLIP/ALIGN) over video and text embeddings, and the cross-rank gather.
 
-This is the only file in model/ that touches torch.distributed. With one process (or no
-initialised process group) the loss is plain in-batch InfoNCE. With W ranks of B samples
-each (equal B on every rank), embeddings are gathered with gradient:
+This is the only file in model/ that touches torch.distributed (train/ and data/ reach it
+only through train/dist.py). Without an initialised process group the loss is plain
+in-batch InfoNCE. With W ranks of B samples each (equal B on every rank), embeddings are
+gathered with gradient:
 
   gather_with_grad  every rank computes the full (W*B, W*B) logits and the full-batch loss.
   local_loss        every rank computes its own B rows against all W*B columns, with
@@ -52,8 +53,10 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(B, E) on each rank -> (W*B, E), rank-major, differentiable."""
-    return _GatherWithGrad.apply(x) if world()[1] > 1 else x
+    """(B, E) on each rank -> (W*B, E), rank-major, differentiable. Runs whenever a process
+    group exists, at world size 1 too (a one-GPU run then exercises the NCCL path); the
+    tensors stay on x's device, which is the one the backend takes (the model's)."""
+    return _GatherWithGrad.apply(x) if dist.is_available() and dist.is_initialized() else x
 
 
 class ContrastiveLoss(nn.Module):

@@ -1,10 +1,18 @@
-"""Where this process sits in the job: rank, world size, local rank, rendezvous address.
+"""Where this process sits in the job, and the one home for collectives.
 
 The same `longvivit train` runs as one plain process, under the deepspeed launcher, under
 torchrun and under srun. The first three export RANK / WORLD_SIZE / LOCAL_RANK; srun
 exports SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. `setup_env` normalises both into the
 torch.distributed variables (plus LOCAL_WORLD_SIZE, which mosaicml-streaming reads and the
 deepspeed launcher does not set) before any process group exists.
+
+Collectives (`all_reduce`, `dist_mean`, `dist_max`, `dist_any`, `all_gather_object`,
+`barrier`) live here and nowhere else in train/ and data/ (tests/test_collectives.py scans
+the package). Each puts its tensor on the device the process group's backend takes
+(`collective_device`: CUDA under NCCL, which rejects CPU tensors; CPU under gloo) and runs
+whenever a process group exists, at world size 1 too, so a one-GPU run exercises the same
+calls a 64-GPU run makes. Without a process group (one plain process, e.g. `longvivit eval`)
+they return the local value.
 """
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -78,11 +88,77 @@ def init_process_group(timeout) -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
 
 
-def barrier() -> None:
-    import torch.distributed as dist
+# ---------------------------------------------------------------------------- collectives
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+def collective_device(backend: str) -> torch.device:
+    """The device a collective's tensors must live on under `backend` ("nccl", "gloo", or
+    a per-device spec like "cpu:gloo,cuda:nccl"): NCCL takes only CUDA tensors, gloo
+    (and mpi, ccl) CPU ones; where both are configured, CUDA."""
+    if "nccl" in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _group():
+    """torch.distributed when a process group is up, else None (one plain process)."""
+    import torch.distributed as tdist
+
+    return tdist if tdist.is_available() and tdist.is_initialized() else None
+
+
+def all_reduce(values, op: str = "sum") -> torch.Tensor:
+    """Sum / max / min of `values` (a tensor or a list of numbers) over ranks, returned on
+    the device `values` came from (CPU for a list). Called by every rank, the same number
+    of times."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64)
+    g = _group()
+    if g is None:
+        return t.clone()
+    ops = {"sum": g.ReduceOp.SUM, "max": g.ReduceOp.MAX, "min": g.ReduceOp.MIN}
+    if op not in ops:
+        raise ValueError(f"all_reduce: op {op!r} is not one of {', '.join(ops)}")
+    work = t.to(collective_device(g.get_backend()), copy=True)
+    g.all_reduce(work, op=ops[op])
+    return work.to(t.device)
+
+
+def world_size() -> int:
+    g = _group()
+    return g.get_world_size() if g is not None else 1
+
+
+def dist_mean(values: list[float]) -> list[float]:
+    """Mean over ranks of a few floats (one all-reduce, float64)."""
+    return (all_reduce(values) / world_size()).tolist()
+
+
+def dist_max(value: float) -> float:
+    return float(all_reduce([value], "max")[0])
+
+
+def dist_any(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank."""
+    return dist_max(1.0 if flag else 0.0) > 0
+
+
+def all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (pickled; small objects only)."""
+    g = _group()
+    if g is None:
+        return [obj]
+    out = [None] * g.get_world_size()
+    g.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    g = _group()
+    if g is None:
+        return
+    if "nccl" in g.get_backend():  # NCCL's barrier needs the device, or it guesses one
+        g.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        g.barrier()
 
 
 def shm_buffers(d: DistEnv) -> list[Path]:
@@ -94,11 +170,10 @@ def shm_buffers(d: DistEnv) -> list[Path]:
 
 def shutdown(d: DistEnv) -> None:
     """Tear the process group down and remove this rank's /dev/shm buffer."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    g = _group()
+    if g is not None:
         barrier()
-        dist.destroy_process_group()
+        g.destroy_process_group()
     for path in shm_buffers(d):
         if path.name.endswith(f"_{d.rank}"):
             path.unlink(missing_ok=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import dist
+
 
 def ranks_of_diagonal(sim: torch.Tensor) -> torch.Tensor:
     """sim (N, N): row i's correct column is i. Pessimistic 1-based rank of it per row."""
@@ -43,30 +45,8 @@ def retrieval_metrics(sim: torch.Tensor) -> dict:
 
 # ---------------------------------------------------------------------------- eval loop
 
-def _all_gather_objects(obj) -> list:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True if any rank has `flag` (every rank must call this the same number of times)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t)
-    return bool(t.item())
-
-
 @torch.no_grad()
-def embed_split(model, loader, device: torch.device, mask_ratio: float = 0.0,
-                max_batches: int = 0) -> dict:
+def embed_split(model, loader, mask_ratio: float = 0.0, max_batches: int = 0) -> dict:
     """Video and text embeddings of this rank's part of a split, keyed by sample index.
 
     Under ZeRO-3 every rank must run the same number of forwards (each forward gathers
@@ -76,7 +56,7 @@ def embed_split(model, loader, device: torch.device, mask_ratio: float = 0.0,
     it, last, out, n = iter(loader), None, {}, 0
     while True:
         batch = next(it, None) if not (max_batches and n >= max_batches) else None
-        if not _any_rank(batch is not None, device):
+        if not dist.dist_any(batch is not None):
             return out
         real = batch is not None
         batch = batch if real else last
@@ -92,7 +72,7 @@ def gather_embeddings(local: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     """All-gather per-rank embeddings, dedupe by sample index (the val split may repeat
     samples to even ranks out): (index (N,), video (N, E), text (N, E)), sorted by index."""
     merged = {}
-    for part in _all_gather_objects(local):
+    for part in dist.all_gather_object(local):
         merged.update(part)
     if not merged:
         raise RuntimeError("the val split yielded no samples")
@@ -102,14 +82,20 @@ def gather_embeddings(local: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return torch.tensor(keys), video, text
 
 
-def evaluate(model, loader, device: torch.device, mask_ratio: float = 0.0, max_batches: int = 0) -> dict:
+def embed(model, loader, mask_ratio: float = 0.0, max_batches: int = 0):
+    """(index, video, text) embeddings of the whole split, gathered from every rank, with
+    the model in eval mode meanwhile."""
     was_training = model.training
     model.eval()
     try:
-        _, video, text = gather_embeddings(embed_split(model, loader, device, mask_ratio, max_batches))
-        return retrieval_metrics(text @ video.t())
+        return gather_embeddings(embed_split(model, loader, mask_ratio, max_batches))
     finally:
         model.train(was_training)
+
+
+def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0) -> dict:
+    _, video, text = embed(model, loader, mask_ratio, max_batches)
+    return retrieval_metrics(text @ video.t())
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -139,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cpu")
     loader = build_loader(data_cfg, "val", device=device, rank=0, world_size=1, training=False)
-    metrics = evaluate(model, loader, device, args.mask_ratio, args.max_batches)
+    metrics = evaluate(model, loader, args.mask_ratio, args.max_batches)
     metrics["checkpoint"] = str(args.checkpoint)
     line = json.dumps(metrics)
     if args.out:

@@ -15,8 +15,7 @@ import os
 import signal
 import threading
 
-import torch
-import torch.distributed as dist
+from . import dist
 
 # EX_TEMPFAIL from sysexits.h: "try again later". The sbatch script requeues on it.
 EXIT_REQUEUE = 75
@@ -41,12 +40,9 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def agreed(self, device: torch.device | None = None) -> bool:
+    def agreed(self) -> bool:
         """True on all ranks as soon as any rank got a stop signal (a collective call)."""
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        return dist.dist_any(self.requested)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -6,7 +6,7 @@ Runs the same way as one plain process, under the deepspeed launcher, torchrun o
     longvivit train train/configs/demo.yaml
     deepspeed --num_gpus 2 --master_port 29600 --module longvivit.train.cli train CONFIG.yaml
     torchrun --nproc_per_node 8 -m longvivit.train.cli train CONFIG.yaml
-    srun slurm/task-env longvivit train CONFIG.yaml
+    srun longvivit train CONFIG.yaml      (slurm/train.sbatch)
 
 Phases: validate (config, shards, precision, ds_config, resume target; exit 2 on any
 error, before a process group exists) -> setup (process group, model, engine, loaders,
@@ -218,17 +218,6 @@ def train_step(run: Run, stream) -> dict:
     return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices, "lr": lr}
 
 
-def reduce_mean(values: list[float], d: dist.DistEnv) -> list[float]:
-    """Mean over ranks of a few floats (one all-reduce)."""
-    import torch.distributed as tdist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    if d.world_size > 1:
-        tdist.all_reduce(t)
-        t /= d.world_size
-    return t.tolist()
-
-
 def grad_norm(engine) -> float:
     norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else float("nan")
@@ -238,8 +227,8 @@ def log_step(run: Run, out: dict, timer, window: dict) -> None:
     """metrics.jsonl every step (loss, lr, batch indices); TensorBoard every log_every."""
     from .logging import memory_gb, throughput
 
-    loss, failures, data_wait = reduce_mean(
-        [out["loss"].item(), getattr(run.loader, "decode_failures", 0), timer.data], run.d)
+    loss, failures, data_wait = dist.dist_mean(
+        [out["loss"].item(), getattr(run.loader, "decode_failures", 0), timer.data])
     seconds, _ = timer.lap()
     window["samples"] += run.cfg.data.batch_size * run.cfg.grad_accum * run.d.world_size
     window["seconds"] += seconds
@@ -263,18 +252,15 @@ def log_step(run: Run, out: dict, timer, window: dict) -> None:
 def run_eval(run: Run) -> dict:
     from longvivit.data import build_loader
 
-    from .evaluate import embed_split, gather_embeddings, retrieval_metrics
+    from .evaluate import embed, retrieval_metrics
 
     loader = build_loader(run.cfg.data, "val", device=run.device, rank=run.d.rank,
                           world_size=run.d.world_size, training=False, clean_shm=False)
-    model = run.engine.module
-    model.eval()
     try:
-        local = embed_split(model, loader, run.device, run.cfg.eval_mask_ratio, run.cfg.eval_max_batches)
+        index, video, text = embed(run.engine.module, loader, run.cfg.eval_mask_ratio,
+                                   run.cfg.eval_max_batches)
     finally:
-        model.train()
         close(loader)
-    index, video, text = gather_embeddings(local)
     metrics = retrieval_metrics(text @ video.t())
     if run.cfg.save_eval_embeddings and run.d.is_main:  # for tests comparing against an export
         torch.save({"index": index, "video": video, "text": text}, Path(run.cfg.out) / "eval_embeddings.pt")

@@ -1,0 +1,161 @@
+"""One home for collectives: train/dist.py's helpers, the only callers of torch.distributed
+collectives in train/ and data/ (model/loss.py's differentiable gather aside).
+
+Under NCCL every collective's tensor must live on the GPU; gloo takes CPU tensors, so a CPU
+test cannot see a CPU tensor handed to NCCL unless all collectives go through one place
+that picks the device from the backend. These tests hold the code to that.
+"""
+import ast
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from longvivit.train import dist
+from longvivit.train.dist import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = ["longvivit", "model", "data", "train"]
+ALLOWED = {"train/dist.py", "model/loss.py"}
+COLLECTIVES = {"all_reduce", "all_gather", "all_gather_object", "all_gather_into_tensor", "broadcast",
+               "broadcast_object_list", "barrier", "monitored_barrier", "reduce", "reduce_scatter",
+               "reduce_scatter_tensor", "gather", "gather_object", "scatter", "scatter_object_list",
+               "all_to_all", "all_to_all_single", "send", "recv", "isend", "irecv", "batch_isend_irecv",
+               "inference_all_reduce"}
+DIST_MODULES = ("torch.distributed", "deepspeed.comm")
+
+
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """Local name -> dotted module or object it stands for, from the module's imports."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                names[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                names[a.asname or a.name] = f"{node.module}.{a.name}"
+    return names
+
+
+def _dotted(node: ast.AST, aliases: dict[str, str]) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([aliases.get(node.id, node.id), *reversed(parts)])
+
+
+def collective_calls(source: str) -> list[tuple[int, str]]:
+    """(line, dotted name) of every torch.distributed / deepspeed.comm collective called."""
+    tree = ast.parse(source)
+    aliases = _aliases(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = _dotted(node.func, aliases)
+            if name and name.startswith(DIST_MODULES) and name.rsplit(".", 1)[-1] in COLLECTIVES:
+                found.append((node.lineno, name))
+    return found
+
+
+def package_files() -> list[Path]:
+    return sorted(p for d in PACKAGE_DIRS for p in (ROOT / d).rglob("*.py"))
+
+
+def test_the_scan_sees_every_spelling_of_a_collective():
+    source = """
+import torch.distributed as dist
+import torch
+import deepspeed
+from torch.distributed import all_reduce as ar, barrier
+from torch import distributed
+from deepspeed import comm
+from . import dist as ours
+dist.all_reduce(t)
+torch.distributed.all_gather(parts, t)
+ar(t)
+barrier()
+distributed.broadcast(t, 0)
+comm.all_reduce(t)
+deepspeed.comm.barrier()
+ours.barrier()
+dist.get_rank()
+"""
+    names = [name for _, name in collective_calls(source)]
+    assert names == ["torch.distributed.all_reduce", "torch.distributed.all_gather",
+                     "torch.distributed.all_reduce", "torch.distributed.barrier",
+                     "torch.distributed.broadcast", "deepspeed.comm.all_reduce", "deepspeed.comm.barrier"]
+
+
+def test_no_collective_outside_the_helpers():
+    offenders = []
+    for path in package_files():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ALLOWED:
+            continue
+        offenders += [f"{rel}:{line} {name}" for line, name in collective_calls(path.read_text())]
+    assert not offenders, "collectives outside train/dist.py (use its helpers):\n" + "\n".join(offenders)
+    # the scan reads real files: it finds the differentiable gather the loss is allowed
+    assert len(package_files()) > 30 and collective_calls((ROOT / "model/loss.py").read_text())
+
+
+def test_collective_device_follows_the_backend(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert dist.collective_device("nccl") == torch.device("cuda", 3)
+    assert dist.collective_device("cpu:gloo,cuda:nccl") == torch.device("cuda", 3)
+    assert dist.collective_device("gloo") == torch.device("cpu")
+    assert dist.collective_device("mpi") == torch.device("cpu")
+
+
+def test_without_a_process_group_the_helpers_return_local_values():
+    assert dist.dist_mean([1.0, 2.5]) == [1.0, 2.5]
+    assert dist.dist_max(3.0) == 3.0 and dist.dist_any(True) and not dist.dist_any(False)
+    assert dist.all_gather_object({"a": 1}) == [{"a": 1}]
+    dist.barrier()
+
+
+def _ranks(rank: int, world: int, port: int, results) -> None:
+    import torch.distributed as tdist
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    calls = []
+    real = tdist.all_reduce
+
+    def spy(tensor, *args, **kwargs):
+        calls.append(tensor.device.type)
+        return real(tensor, *args, **kwargs)
+
+    tdist.all_reduce = spy
+    try:
+        out = {"mean": dist.dist_mean([float(rank), 10.0 * rank]), "max": dist.dist_max(float(rank)),
+               "any": dist.dist_any(rank == world - 1), "none": dist.dist_any(False),
+               "objects": dist.all_gather_object({"rank": rank}),
+               "sum_tensor": dist.all_reduce(torch.tensor([1, 2]) * (rank + 1)).tolist()}
+        dist.barrier()
+        out["calls"] = calls
+        results[rank] = out
+    finally:
+        tdist.all_reduce = real
+        tdist.destroy_process_group()
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("world", [1, 2])
+def test_helpers_run_at_every_world_size(world):
+    results = mp.Manager().dict()
+    mp.spawn(_ranks, args=(world, free_port(), results), nprocs=world, join=True)
+    mean = sum(range(world)) / world
+    for rank in range(world):
+        r = results[rank]
+        assert r["mean"] == [mean, 10 * mean] and r["max"] == world - 1
+        assert r["any"] is True and r["none"] is False
+        assert r["objects"] == [{"rank": i} for i in range(world)]
+        assert r["sum_tensor"] == [sum(range(1, world + 1)), 2 * sum(range(1, world + 1))]
+        # a collective ran at world size 1 too, on the device gloo takes
+        assert r["calls"] and set(r["calls"]) == {"cpu"}, r["calls"]
