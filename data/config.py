@@ -10,10 +10,15 @@ from dataclasses import dataclass
 from longvivit.model.config import check
 
 SAMPLING = ("uniform", "fps")
+SOURCES = ("shards", "synthetic")
 
 
 @dataclass
 class DataConfig:
+    # shards: the MDS shards below; synthetic: random clips and captions of these shapes on
+    # the device, for throughput work and the GPU suite (no shards, tokenizer or decoder)
+    source: str = "shards"
+    synthetic_samples: int = 1024  # samples per epoch of a synthetic split, over all ranks
     train: str = ""  # shard folder or a remote URL that streaming supports (s3://, gs://, ...)
     val: str = ""
     tokenizer: str = ""  # sentencepiece .model (longvivit tokenizer)
@@ -37,6 +42,8 @@ class DataConfig:
     canonical_nodes: int = 0
 
     def validate(self) -> None:
+        check(self.source in SOURCES, "source", f"{self.source!r} is not one of {', '.join(SOURCES)}")
+        check(self.synthetic_samples > 0, "synthetic_samples", f"{self.synthetic_samples} must be > 0")
         check(self.frames > 0, "frames", f"{self.frames} must be > 0")
         check(self.sampling in SAMPLING, "sampling",
               f"{self.sampling!r} is not one of {', '.join(SAMPLING)}")

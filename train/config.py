@@ -122,7 +122,10 @@ def repo_path(path: str) -> Path:
 
 
 def check_data(cfg: RunConfig) -> None:
-    """Shards and tokenizer exist (local paths only; remote URLs are the loader's to check)."""
+    """Shards and tokenizer exist (local paths only; remote URLs are the loader's to check).
+    A synthetic source needs neither."""
+    if cfg.data.source == "synthetic":
+        return
     for key in ("train", "val"):
         path = getattr(cfg.data, key)
         if "://" in path:

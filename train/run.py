@@ -63,6 +63,8 @@ def device_for(d: dist.DistEnv) -> torch.device:
 
 
 def check_tokenizer(cfg: RunConfig) -> None:
+    if cfg.data.source == "synthetic":
+        return
     from longvivit.data import Tokenizer
 
     vocab = Tokenizer(cfg.data.tokenizer).vocab_size
@@ -131,17 +133,30 @@ def build_model(cfg: RunConfig, resuming: bool):
     return model
 
 
-def clean_streaming_shm() -> None:
+def clean_streaming_shm(cfg: RunConfig) -> None:
     """Drop shared memory a killed run left behind, on every rank, before any rank creates
     its own (the loaders are then built with clean_shm=False)."""
-    from longvivit.data.reader import clean_stale_shared_memory
+    if cfg.data.source == "shards":  # synthetic batches use no shared memory
+        from longvivit.data.reader import clean_stale_shared_memory
 
-    clean_stale_shared_memory()
+        clean_stale_shared_memory()
     dist.barrier()
 
 
-def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
+def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool):
+    """This rank's loader of `split` from the configured source (shards or synthetic)."""
+    if cfg.data.source == "synthetic":
+        from longvivit.data.synthetic_batches import SyntheticBatches
+
+        return SyntheticBatches(cfg.data, split, device, d.rank, d.world_size, training,
+                                cfg.model.text.vocab_size)
     from longvivit.data import build_loader
+
+    return build_loader(cfg.data, split, device=device, rank=d.rank, world_size=d.world_size,
+                        training=training, clean_shm=False)
+
+
+def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
     from longvivit.model import flops_per_sample
 
     from .engine import build_engine
@@ -154,9 +169,8 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     if d.is_main:
         checkpoint.remove_incomplete(cfg.out)
     engine = build_engine(build_model(cfg, tag is not None), cfg, ds_config)
-    clean_streaming_shm()
-    loader = build_loader(cfg.data, "train", device=device, rank=d.rank, world_size=d.world_size,
-                          training=True, clean_shm=False)
+    clean_streaming_shm(cfg)
+    loader = open_loader(cfg, "train", device, d, training=True)
     step = checkpoint.load(engine, tag, loader) if tag is not None else 0
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
@@ -250,12 +264,9 @@ def log_step(run: Run, out: dict, timer, window: dict) -> None:
 
 
 def run_eval(run: Run) -> dict:
-    from longvivit.data import build_loader
-
     from .evaluate import embed, retrieval_metrics
 
-    loader = build_loader(run.cfg.data, "val", device=run.device, rank=run.d.rank,
-                          world_size=run.d.world_size, training=False, clean_shm=False)
+    loader = open_loader(run.cfg, "val", run.device, run.d, training=False)
     try:
         index, video, text = embed(run.engine.module, loader, run.cfg.eval_mask_ratio,
                                    run.cfg.eval_max_batches)

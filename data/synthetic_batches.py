@@ -1,0 +1,85 @@
+"""Random clips and captions of the configured shapes: a data source for throughput work.
+
+    data.source=synthetic     (the default is `shards`)
+
+Like torchtitan's and Megatron's benchmarking modes: no shards, no tokenizer, no decoding,
+so a step measures the model and the engine alone and runs where the data stack is absent
+(a GPU node without DALI, the GPU acceptance suite). Not to be confused with `longvivit
+synth`, which renders the synthetic benchmark's real videos.
+
+Each batch is a function of (seed, split, epoch, rank, batch number), drawn on `device`:
+video uint8 (B, T, H, W, C), captions of random length in [3, text_length] with ids in
+[4, vocab_size) between bos and eos (ids 0-3 are pad/unk/bos/eos as in tokenizer.py).
+An epoch holds `synthetic_samples` samples over all ranks; state_dict/load_state_dict
+resume mid-epoch exactly as the shard loader does.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .config import DataConfig
+from .tokenizer import BOS, EOS, PAD
+
+_SPLIT_KEY = {"train": 0, "val": 1}
+
+
+class SyntheticBatches:
+    def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
+                 world_size: int, training: bool, vocab_size: int):
+        if vocab_size <= EOS + 1:
+            raise ValueError(f"synthetic captions need vocab_size > {EOS + 1}, got {vocab_size}")
+        self.cfg, self.split, self.device = cfg, split, torch.device(device)
+        self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
+        self.decode_failures = 0  # nothing to decode; the trainer logs it like the shard loader's
+        self.epoch, self._consumed, self._start = 0, 0, 0
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples this rank yields per epoch: whole batches, at least one."""
+        per_rank = self.cfg.synthetic_samples // self.world_size
+        return max(1, per_rank // self.cfg.batch_size) * self.cfg.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        start, self._start = self._start, 0
+        self._consumed = start
+        B = self.cfg.batch_size
+        for first in range(start, self.samples_per_epoch, B):
+            batch = self._batch(first // B)
+            self._consumed = first + B
+            yield batch
+        self.epoch += 1
+        self._consumed = 0
+
+    def _batch(self, number: int) -> dict[str, torch.Tensor]:
+        c, B = self.cfg, self.cfg.batch_size
+        key = 0
+        for part in (c.seed, _SPLIT_KEY[self.split], self.epoch, self.rank, number):
+            key = (key * 1_000_003 + part) % (2**63 - 1)
+        g = torch.Generator(device=self.device).manual_seed(key)
+        draw = dict(generator=g, device=self.device)
+        video = torch.randint(0, 256, (B, c.frames, c.image_size, c.image_size, 3), dtype=torch.uint8, **draw)
+        lengths = torch.randint(3, c.text_length + 1, (B, 1), **draw)  # bos + text + eos
+        position = torch.arange(c.text_length, device=self.device)
+        ids = torch.randint(EOS + 1, self.vocab_size, (B, c.text_length), **draw)
+        ids[:, 0] = BOS
+        ids = torch.where(position == lengths - 1, EOS, ids)
+        mask = position < lengths
+        ids = torch.where(mask, ids, PAD)
+        first = number * B
+        index = torch.arange(first, first + B, device=self.device) * self.world_size + self.rank
+        return {"video": video, "real_frames": torch.full((B,), c.frames, device=self.device),
+                "text_ids": ids, "text_mask": mask, "index": index}
+
+    def state_dict(self) -> dict:
+        """The position after the last batch handed out; a used-up epoch resumes at the next."""
+        if self._consumed >= self.samples_per_epoch:  # last batch handed out, epoch not yet closed
+            return {"epoch": self.epoch + 1, "sample_in_epoch": 0}
+        return {"epoch": self.epoch, "sample_in_epoch": self._consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._start = int(state["epoch"]), int(state["sample_in_epoch"])
+
+    def close(self) -> None:
+        pass
