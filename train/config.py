@@ -70,6 +70,8 @@ class RunConfig:
     peak_tflops: float = 0.0  # MFU denominator per device; 0: measured (CPU) or spec table (GPU)
     progress: bool = True  # tqdm bar on rank 0
     save_eval_embeddings: bool = False  # rank 0 writes out/eval_embeddings.pt (export checks)
+    local: bool = False  # the config's local form: tiny dims, synthetic data, CPU twin (train/local.py)
+    local_dir: str = "runs/local"  # local runs, data and open_clip files
 
     def validate(self) -> None:
         check(self.steps > 0, "steps", f"{self.steps} must be > 0")
@@ -104,13 +106,21 @@ def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
 
 
 def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
-    """Preset defaults, then `sources` (YAML paths or dicts), then ``key=value`` overrides."""
+    """Preset defaults, then `sources` (YAML paths or dicts), then ``key=value`` overrides.
+    With local=true, the local form of that config (train/local.py) goes under the overrides."""
     preset = _preset_name(sources, overrides)
     try:
         base = {"model": to_dict(model_config(preset))}
     except (KeyError, ValueError) as err:
         raise ConfigError(f"model.preset: {preset!r} is not a known preset ({err})") from None
-    return load_config(RunConfig, base, *sources, overrides=overrides)
+    cfg = load_config(RunConfig, base, *sources, overrides=overrides)
+    if not cfg.local:
+        return cfg
+    from .local import local_changes, localize_open_clip_init
+
+    cfg = load_config(RunConfig, base, *sources, local_changes(cfg), overrides=overrides)
+    localize_open_clip_init(cfg)
+    return cfg
 
 
 def repo_path(path: str) -> Path:

@@ -34,11 +34,13 @@ def is_export(path: str | Path) -> bool:
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """fp32 weights of a (possibly ZeRO-partitioned) DeepSpeed checkpoint tag."""
+    """fp32 weights of a (possibly ZeRO-partitioned) DeepSpeed checkpoint tag. Trained
+    parameters come from the fp32 master copy; frozen ones (trainable_last_k) have none and
+    are stored in the engine's dtype (bf16 in a bf16 run), so they are cast up here."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    return {k: v.contiguous() for k, v in sd.items()}
+    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
 
 
 def load_state_dict_any(path: str | Path) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ eval, summary.json).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -73,14 +74,25 @@ def check_tokenizer(cfg: RunConfig) -> None:
                           f"tokenizer's {vocab} pieces ({cfg.data.tokenizer})")
 
 
+def check_init(cfg: RunConfig) -> None:
+    path = cfg.init.split(":", 1)[1] if cfg.init else ""
+    if path and not Path(path).exists():
+        raise ConfigError(f"init: {cfg.init!r}: no such file or directory")
+
+
 def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | None]:
     """Everything that can be wrong with a run, checked before any heavy work."""
     path, overrides = split_argv(argv)
     cfg = load_run_config(repo_path(path), overrides=overrides)
     check_precision(cfg.precision, device_for(d).type)
     ds_config = resolve_ds_config(cfg, d.world_size)
+    if cfg.local:  # the config is valid: make the synthetic data / open_clip file it reads
+        from .local import prepare
+
+        prepare(cfg)
     check_data(cfg)
     check_tokenizer(cfg)
+    check_init(cfg)
     tag = checkpoint.resume_tag(cfg.out, cfg.resume)
     if tag is not None:
         checkpoint.check_compatible(tag, to_dict(cfg.model), d.world_size)
@@ -175,18 +187,24 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
     run = Run(cfg, d, device, engine, loader,
-              RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main), to_yaml(cfg), step)
+              RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main), resolved_yaml(cfg), step)
     run.flops_per_sample = flops_per_sample(cfg.model, v.mask_ratio)
     run.visible_tokens = v.visible_tokens()
     run.peak = peak_tflops(device, cfg.peak_tflops)
     return run
 
 
+def resolved_yaml(cfg: RunConfig) -> str:
+    """The config as it runs, stored with every checkpoint: a local form is stored already
+    applied (local=false), so running the stored file gives this run again."""
+    return to_yaml(dataclasses.replace(cfg, local=False))
+
+
 def announce(run: Run, tag: Path | None) -> None:
     from .engine import partitioned_numel
 
     local, total = partitioned_numel(run.engine)
-    line = {"event": "start", "rank": run.d.rank, "world_size": run.d.world_size,
+    line = {"event": "start", "rank": run.d.rank, "pid": os.getpid(), "world_size": run.d.world_size,
             "params_local": local, "params_total": total, "step": run.step,
             "resumed_from": str(tag) if tag else None, "peak_tflops_per_device": run.peak}
     print(json.dumps(line), flush=True)
@@ -318,11 +336,13 @@ def loop(run: Run, stop) -> bool:
 
 # ---------------------------------------------------------------------------- finish
 
-def finish(run: Run, completed: bool, t_start: float) -> int:
+def finish(run: Run, stop, completed: bool, t_start: float) -> int:
     from .preemption import EXIT_REQUEUE, report_stop
 
     tag = run.saved if run.saved_step == run.step else save(run)
     if not completed:
+        print(json.dumps({"event": "stop", "rank": run.d.rank, "step": run.step, "checkpoint": str(tag),
+                          "signal": stop.signum, "exit": EXIT_REQUEUE}), flush=True)
         if run.d.is_main:
             report_stop(run.step, str(tag))
         return EXIT_REQUEUE
@@ -369,7 +389,7 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
         run = setup(cfg, ds_config, tag, d)
         announce(run, tag)
         completed = loop(run, stop)
-        return finish(run, completed, t_start)
+        return finish(run, stop, completed, t_start)
     finally:
         if run is not None:
             run.log.close()

@@ -1,0 +1,175 @@
+"""`longvivit train CONFIG local=true`: every shipped config runs in its local form.
+
+The local form (train/local.py) keeps what decides whether a config works (ZeRO stage,
+offload, precision, grad_accum, masking, freezing, sampling, attention, the init chain) and
+shrinks only dims, frames, image size, steps and data. Unit tests check that for every
+shipped YAML; multi-process tests run each one on 2 CPU ranks, and the recipe's two stages
+as a chain: short_L16 from a locally built open_clip model, then long_L256 from its output.
+"""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from longvivit.train.config import load_ds_json, load_run_config
+from longvivit.train.local import cpu_twin, local_path
+from train_support import CONFIGS, ROOT, events, export, run, step_lines
+
+SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+KEPT = ["precision", "grad_accum", "model.gather", "model.video.mask_ratio", "model.video.mask_scheme",
+        "model.video.attention", "model.video.pool", "model.video.cls_token", "model.video.activation",
+        "model.video.tubelet", "model.video.ln_pre", "model.video.train_stem", "model.video.mlp_ratio",
+        "data.sampling", "data.source", "data.flip", "data.text_length", "seed"]
+
+
+def get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def zero(path: str) -> dict:
+    z = load_ds_json(path).get("zero_optimization", {})
+    return {"stage": z.get("stage", 0), "offload_optimizer": z.get("offload_optimizer", {}).get("device"),
+            "offload_param": z.get("offload_param", {}).get("device")}
+
+
+def test_shipped_configs_are_the_recipe():
+    assert {"demo", "short_B16", "short_L16", "long_L256", "g_1b"} <= set(SHIPPED)
+    short, long = load_run_config(CONFIGS / "short_L16.yaml"), load_run_config(CONFIGS / "long_L256.yaml")
+    assert short.init.startswith("open_clip:") and long.init == f"checkpoint:{short.out}"
+    arch = ["preset", "embed_dim", "video.tubelet", "video.width", "video.depth", "video.heads",
+            "video.cls_token", "video.pool", "video.activation", "video.image_size", "text"]
+    for key in arch:  # the long stage loads the short stage's weights strictly
+        assert get(short.model, key) == get(long.model, key), key
+    assert long.model.video.frames > short.model.video.frames and long.model.video.trainable_last_k
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_local_form_keeps_what_matters_and_shrinks_the_rest(name, tmp_path):
+    full = load_run_config(CONFIGS / f"{name}.yaml")
+    local = load_run_config(CONFIGS / f"{name}.yaml", overrides=["local=true", f"local_dir={tmp_path}"])
+    for key in KEPT:
+        assert get(local, key) == get(full, key), key
+    assert zero(local.ds_config) == zero(full.ds_config) and local.ds_config.endswith("_cpu.json")
+    k = full.model.video.trainable_last_k
+    assert local.model.video.trainable_last_k == (None if k is None else min(k, 4))
+    assert bool(local.model.video.grad_checkpointing) == bool(full.model.video.grad_checkpointing)
+    assert local.init.split(":")[0] == full.init.split(":")[0] and local.init.count(str(tmp_path)) == bool(full.init)
+    v = local.model.video
+    assert v.width == 128 and v.depth == 6 and v.frames <= 16 and v.image_size <= 32
+    assert local.data.frames == v.frames and local.data.image_size == v.image_size
+    assert local.data.batch_size <= 4 and local.steps <= 20 and local.data.num_workers == 0
+    assert Path(local.out).parent == tmp_path and Path(local.data.train).is_relative_to(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["short_L16", "long_L256"])
+def test_a_local_runs_stored_config_runs_as_it_is(name, tmp_path):
+    """The run_config.yaml a local run stores holds the local form already applied."""
+    import dataclasses
+
+    from longvivit.model.config import to_dict
+    from longvivit.train.run import resolved_yaml
+
+    local = load_run_config(CONFIGS / f"{name}.yaml", overrides=["local=true", f"local_dir={tmp_path}"])
+    (tmp_path / "stored.yaml").write_text(resolved_yaml(local))
+    assert to_dict(load_run_config(tmp_path / "stored.yaml")) == to_dict(dataclasses.replace(local, local=False))
+
+
+def test_command_line_keys_win_over_the_local_form(tmp_path):
+    cfg = load_run_config(CONFIGS / "g_1b.yaml", overrides=["local=true", "steps=50", "model.video.frames=32",
+                                                            f"local_dir={tmp_path}"])
+    assert cfg.steps == 50 and cfg.model.video.frames == cfg.data.frames == 32 and cfg.model.video.width == 128
+
+
+def test_local_paths_keep_run_names_so_stages_chain():
+    assert local_path("runs/short_L16", "L") == "L/short_L16"
+    assert local_path("/abs/runs/short_L16/", "L") == "L/short_L16"
+    assert local_path("runs/x/checkpoints/step00000010", "L") == "L/x/checkpoints/step00000010"
+
+
+def test_every_gpu_ds_config_has_a_cpu_twin_with_its_stage_and_offload():
+    for path in sorted((ROOT / "ds_configs").glob("*.json")):
+        if path.stem.endswith("_cpu"):
+            continue
+        twin = cpu_twin(f"ds_configs/{path.name}")
+        assert zero(twin) == zero(f"ds_configs/{path.name}"), path.name
+        assert load_ds_json(twin)["bf16"]["enabled"] == "auto", twin  # precision follows the run
+
+
+# ----------------------------------------------------------------------------- 2 ranks
+
+@pytest.fixture(scope="module")
+def local_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("local")
+
+
+def train_local(name: str, local_dir: Path, log: Path, *overrides: str) -> tuple[int, str]:
+    return run(CONFIGS / f"{name}.yaml", "local=true", f"local_dir={local_dir}", *overrides, log=log)
+
+
+def check_run(name: str, local_dir: Path, rc: int, output: str, steps: int) -> Path:
+    assert rc == 0, output[-4000:]
+    out = local_dir / Path(load_run_config(CONFIGS / f"{name}.yaml").out).name
+    losses = [x["loss"] for x in step_lines(out)]
+    assert len(losses) == steps and all(torch.isfinite(torch.tensor(losses))), losses
+    starts = events(output, "start")
+    assert sorted(s["rank"] for s in starts) == [0, 1]
+    stored = load_run_config(out / "run_config.yaml")
+    full = load_run_config(CONFIGS / f"{name}.yaml")
+    assert stored.precision == full.precision and stored.grad_accum == full.grad_accum
+    if zero(full.ds_config)["stage"] == 3:  # each rank holds half the parameters
+        assert all(abs(s["params_local"] - s["params_total"] / 2) <= 0.01 * s["params_total"] for s in starts)
+    return out
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("name", ["demo", "short_B16", "g_1b"])
+def test_shipped_config_runs_locally_on_two_ranks(name, local_dir, tmp_path):
+    rc, output = train_local(name, local_dir, tmp_path / "log", "steps=3")
+    check_run(name, local_dir, rc, output, 3)
+
+
+@pytest.mark.multiproc
+def test_short_then_long_stage_chain_locally(local_dir, tmp_path):
+    """short_L16 from a locally built open_clip ViT (a tiny learning rate keeps its weights
+    at the init, which is then checked), then long_L256 from short_L16's output: frozen
+    blocks and the (frozen, train_stem=false) position tables come from stage 1."""
+    from safetensors.torch import load_file
+
+    from longvivit.model import build_model
+    from longvivit.model.init import load_image_tower, video_state_from_image
+
+    rc, output = train_local("short_L16", local_dir, tmp_path / "short.log", "steps=2", "optim.lr=1e-12")
+    short = check_run("short_L16", local_dir, rc, output, 2)
+    short_cfg = load_run_config(short / "run_config.yaml")
+    clip_file = short_cfg.init.split(":", 1)[1]
+    assert Path(clip_file).is_file() and Path(clip_file).is_relative_to(local_dir)
+    video = build_model(short_cfg.model).video
+    expected = video_state_from_image(load_image_tower(clip_file), video)
+    a = load_file(str(export(short, tmp_path / "short") / "model.safetensors"))
+    assert short_cfg.precision == "bf16"  # DeepSpeed's fp32 master weights start from the bf16 model
+    for key, value in expected.items():
+        torch.testing.assert_close(a[f"video.{key}"], value.bfloat16().float(), atol=1e-6, rtol=0, msg=key)
+
+    rc, output = train_local("long_L256", local_dir, tmp_path / "long.log", "steps=3")
+    long = check_run("long_L256", local_dir, rc, output, 3)
+    long_cfg = load_run_config(long / "run_config.yaml")
+    assert long_cfg.init == f"checkpoint:{short}"
+    b = load_file(str(export(long, tmp_path / "long") / "model.safetensors"))
+    frozen = long_cfg.model.video.depth - long_cfg.model.video.trainable_last_k
+    assert frozen >= 2
+    assert all(v.dtype == torch.float32 for v in b.values())  # frozen bf16 parameters exported as fp32
+    for key in [k for k in a if k.startswith(tuple(f"video.blocks.{i}." for i in range(frozen)))]:
+        assert torch.equal(a[key].bfloat16().float(), b[key]), key  # the bf16 engine holds them in bf16
+    last = f"video.blocks.{long_cfg.model.video.depth - 1}.attn.qkv.weight"
+    assert not torch.equal(a[last], b[last])  # the trainable blocks did train
+    slices_short = short_cfg.model.video.frames // 2
+    slices_long = long_cfg.model.video.frames // 2
+    assert a["video.pos_embed.temporal"].shape[0] == slices_short and b["video.pos_embed.temporal"].shape[0] == slices_long
+    stretched = torch.nn.functional.interpolate(a["video.pos_embed.temporal"].t()[None], size=slices_long,
+                                                mode="linear")[0].t()
+    torch.testing.assert_close(b["video.pos_embed.temporal"], stretched.bfloat16().float(), atol=1e-6, rtol=0)
+    summary = json.loads((long / "summary.json").read_text())
+    assert summary["steps"] == 3

@@ -1,0 +1,47 @@
+"""SIGTERM outside SLURM: one rank of a 2-rank deepspeed-launcher run is signalled; every
+rank stops after the same step, a complete checkpoint of that step is written, the job
+exits 75 (EX_TEMPFAIL: checkpointed, run me again), and running the same command again
+continues from there: no step lost, none run twice. (tests/test_slurm.py does the same
+through SLURM's USR1 -> requeue.)"""
+import os
+import signal
+
+import pytest
+
+from train_support import CONFIGS, Launch, step_lines
+
+pytestmark = pytest.mark.multiproc
+
+STEPS = 40
+
+
+def command(tmp_path):
+    return (CONFIGS / "demo.yaml", "local=true", f"local_dir={tmp_path}", "data.source=synthetic",
+            f"steps={STEPS}", "checkpoint_every=0", "log_every=1")
+
+
+def test_sigterm_to_one_rank_stops_all_after_the_same_step_with_a_checkpoint(tmp_path):
+    out = tmp_path / "train"  # demo's out (runs/demo/train) in local form
+    with Launch(*command(tmp_path), log=tmp_path / "first.log") as job:
+        job.wait_for(lambda: len(job.events("start")) == 2 and len(step_lines(out)) >= 3, what="step 3")
+        rank1 = next(s for s in job.events("start") if s["rank"] == 1)
+        os.kill(rank1["pid"], signal.SIGTERM)
+        rc = job.wait(300)
+        stops = job.events("stop")
+        output = job.output
+    assert rc == 75, output[-4000:]
+    # rank 1 got the signal, rank 0 stopped because the ranks agreed to
+    assert {s["rank"]: s["signal"] for s in stops} == {0: None, 1: signal.SIGTERM}, stops
+    step = stops[0]["step"]
+    assert all(s["step"] == step for s in stops) and 3 <= step < STEPS, stops
+    tag = out / "checkpoints" / f"step{step:08d}"
+    assert (tag / "complete").is_file() and (out / "checkpoints" / "latest").read_text() == tag.name
+    assert [x["step"] for x in step_lines(out)] == list(range(1, step + 1))
+    assert not (out / "summary.json").exists()
+
+    with Launch(*command(tmp_path), log=tmp_path / "second.log") as job:
+        rc = job.wait(300)
+        starts, output = job.events("start"), job.output
+    assert rc == 0, output[-4000:]
+    assert all(s["step"] == step and s["resumed_from"] == str(tag) for s in starts), starts
+    assert [x["step"] for x in step_lines(out)] == list(range(1, STEPS + 1))  # none lost, none twice

@@ -1,0 +1,90 @@
+"""Running `longvivit train` on 2 CPU ranks under the real deepspeed launcher, for tests.
+
+`Launch` starts the launcher in its own process group with its output in a file (so a test
+can watch a run while it goes); leaving the `with` block kills whatever is left and removes
+the job's /dev/shm buffers, whether the test passed or not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from longvivit.train.dist import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "train" / "configs"
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+
+
+class Launch:
+    def __init__(self, config: str | Path, *overrides: str, log: Path, procs: int = 2, env: dict | None = None):
+        self.port, self.log = free_port(), log
+        cmd = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(self.port), "--module",
+               "longvivit.train.cli", "train", str(config), "progress=false", *overrides]
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(env or {})}
+        self._out = open(log, "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True, cwd=ROOT)
+
+    def __enter__(self) -> "Launch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._out.close()
+        for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{self.port}_*"):
+            p.unlink(missing_ok=True)
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict]:
+        return events(self.output, name)
+
+    def wait_for(self, condition, timeout: float = 300, what: str = "") -> None:
+        """Poll `condition()` until true; fail if the run ends or time runs out first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gave up waiting for {what} (rc={self.proc.poll()}):\n{self.output[-3000:]}")
+            time.sleep(0.1)
+
+
+def run(config: str | Path, *overrides: str, log: Path, timeout: float = 300) -> tuple[int, str]:
+    """Launch, wait, return (exit status, output)."""
+    with Launch(config, *overrides, log=log) as job:
+        rc = job.wait(timeout)
+        return rc, job.output
+
+
+def events(output: str, name: str) -> list[dict]:
+    found = []
+    for line in output.splitlines():
+        if line.startswith("{") and f'"event": "{name}"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+def step_lines(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    return [x for x in lines if x.get("kind") == "step"]
+
+
+def export(run_dir: Path, dest: Path) -> Path:
+    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "export", str(run_dir), "--out", str(dest)],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dest
