@@ -90,15 +90,18 @@ def timed(fn: Callable[[], object], device: torch.device = torch.device("cpu")) 
 
 
 def interleaved(cases: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                device: torch.device = torch.device("cpu")) -> dict[str, list[float]]:
-    """Seconds per call of each case, `rounds` samples each, the cases taking turns."""
+                device: torch.device = torch.device("cpu"), alternate: bool = False) -> dict[str, list[float]]:
+    """Seconds per call of each case, `rounds` samples each, the cases taking turns.
+    alternate: every other round runs them in reverse order, for cases whose time depends
+    on which ran just before (bench/offload.py)."""
     for name, fn in cases.items():
         for _ in range(warmup):
             fn()
         log(f"  warmed up {name}")
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for r in range(rounds):
-        for name, fn in cases.items():
+        order = list(cases.items())
+        for name, fn in (order[::-1] if alternate and r % 2 else order):
             samples[name].append(timed(fn, device))
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {s[-1]:.2f}s" for n, s in samples.items()))
     return samples

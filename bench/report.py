@@ -188,17 +188,42 @@ def tradeoff_seeds_section(r: dict) -> list[str]:
     return lines
 
 
+def offload_section(r: dict) -> list[str]:
+    lines = ["### ZeRO-3 offload: the trainer's fused torch AdamW vs DeepSpeedCPUAdam", ""] + provenance(r)
+    b = r["cpu_adam_build"]
+    lines += [f"`{r['ds_config']}`, {r['precision']}, {r['world_size']} process over gloo. Both optimizers "
+              "step the fp32 partitions ZeRO-3 offloads to the CPU; same run config, initial weights and "
+              "batch; rounds alternate which engine runs first; medians over rounds. Step = engine "
+              "forward, backward, engine.step; optimizer = the optimizer's own step() inside it; rest = "
+              "step - optimizer. Ratios are DeepSpeedCPUAdam over torch AdamW (< 1: DeepSpeedCPUAdam "
+              "faster).", ""]
+    rows = [[x["dims"], f"{x['params'] / 1e6:.1f}M", f"{x['frames']}f @ {x['mask_ratio']:.0%}, {x['image_size']} px",
+             x["batch"], f"{x['torch_adamw']['step_s']:.3f}", f"{x['ds_cpu_adam']['step_s']:.3f}",
+             f"**{x['step_ratio']:.3f}**", " ".join(f"{v:.2f}" for v in x["step_ratio_per_round"]),
+             f"{x['torch_adamw']['optimizer_s'] * 1e3:.1f}", f"{x['ds_cpu_adam']['optimizer_s'] * 1e3:.1f}",
+             f"**{x['optimizer_ratio']:.3f}**", " ".join(f"{v:.2f}" for v in x["optimizer_ratio_per_round"]),
+             f"{x['rest_ratio']:.3f}", f"{x['torch_adamw']['optimizer_s'] / x['torch_adamw']['step_s']:.1%}"]
+            for x in r["results"]]
+    lines += table(["dims", "params", "clip", "batch", "step s, torch AdamW", "step s, DeepSpeedCPUAdam",
+                    "step ratio", "per round", "optimizer ms, torch AdamW", "optimizer ms, DeepSpeedCPUAdam",
+                    "optimizer ratio", "per round", "rest ratio", "optimizer share of step (torch)"], rows)
+    how = "cold: empty TORCH_EXTENSIONS_DIR" if b["cold"] else "cached"
+    lines += [f"cpu_adam JIT build: {b['seconds']:.0f} s ({how}) with {b['compiler']}, ninja {b['ninja']}, "
+              f"flags `{' '.join(b['cxx_args'])}`.", ""]
+    return lines
+
+
 SECTIONS = [("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
-            ("tradeoff_seeds", tradeoff_seeds_section)]
+            ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section)]
 
 
 OPTIONAL = {"tradeoff_seeds", "peers_profile"}
 
 
 def render(results: Path) -> str:
-    lines = [BEGIN, "## Performance (memory planner, masking, MFU, peers, trade-off)", "",
+    lines = [BEGIN, "## Performance (memory planner, masking, MFU, peers, trade-off, offload)", "",
              "Regenerate everything with `bash bench/run_all.sh`; this part is rendered by "
              "`bench/report.py` from bench/results/*.json.", ""]
     for name, section in SECTIONS:

@@ -109,9 +109,12 @@ def train_local(name: str, local_dir: Path, log: Path, *overrides: str) -> tuple
     return run(CONFIGS / f"{name}.yaml", "local=true", f"local_dir={local_dir}", *overrides, log=log)
 
 
-def check_run(name: str, local_dir: Path, rc: int, output: str, steps: int) -> Path:
+def local_out(name: str, local_dir: Path) -> Path:
+    return local_dir / Path(load_run_config(CONFIGS / f"{name}.yaml").out).name
+
+
+def check_run(name: str, out: Path, rc: int, output: str, steps: int) -> Path:
     assert rc == 0, output[-4000:]
-    out = local_dir / Path(load_run_config(CONFIGS / f"{name}.yaml").out).name
     losses = [x["loss"] for x in step_lines(out)]
     assert len(losses) == steps and all(torch.isfinite(torch.tensor(losses))), losses
     starts = events(output, "start")
@@ -125,10 +128,17 @@ def check_run(name: str, local_dir: Path, rc: int, output: str, steps: int) -> P
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("name", ["demo", "short_B16", "g_1b"])
-def test_shipped_config_runs_locally_on_two_ranks(name, local_dir, tmp_path):
-    rc, output = train_local(name, local_dir, tmp_path / "log", "steps=3")
-    check_run(name, local_dir, rc, output, 3)
+@pytest.mark.parametrize("name, zero1", [("demo", False), ("short_B16", False), ("g_1b", False),
+                                         ("short_B16", True)])
+def test_shipped_config_runs_locally_on_two_ranks(name, zero1, local_dir, tmp_path):
+    """Each shipped config (g_1b: ZeRO-3, bf16, grad_accum 2, checkpointed blocks; short_B16:
+    ZeRO-2, bf16; demo: ZeRO-3 fp32), and ZeRO-1 through zero1.json's CPU twin."""
+    out = tmp_path / "zero1" if zero1 else local_out(name, local_dir)
+    extra = ["ds_config=ds_configs/zero1.json", f"out={out}"] if zero1 else []
+    rc, output = train_local(name, local_dir, tmp_path / "log", "steps=3", *extra)
+    check_run(name, out, rc, output, 3)
+    if zero1:
+        assert load_run_config(out / "run_config.yaml").ds_config == "ds_configs/zero1_cpu.json"
 
 
 @pytest.mark.multiproc
@@ -142,7 +152,7 @@ def test_short_then_long_stage_chain_locally(local_dir, tmp_path):
     from longvivit.model.init import load_image_tower, video_state_from_image
 
     rc, output = train_local("short_L16", local_dir, tmp_path / "short.log", "steps=2", "optim.lr=1e-12")
-    short = check_run("short_L16", local_dir, rc, output, 2)
+    short = check_run("short_L16", local_out("short_L16", local_dir), rc, output, 2)
     short_cfg = load_run_config(short / "run_config.yaml")
     clip_file = short_cfg.init.split(":", 1)[1]
     assert Path(clip_file).is_file() and Path(clip_file).is_relative_to(local_dir)
@@ -154,7 +164,7 @@ def test_short_then_long_stage_chain_locally(local_dir, tmp_path):
         torch.testing.assert_close(a[f"video.{key}"], value.bfloat16().float(), atol=1e-6, rtol=0, msg=key)
 
     rc, output = train_local("long_L256", local_dir, tmp_path / "long.log", "steps=3")
-    long = check_run("long_L256", local_dir, rc, output, 3)
+    long = check_run("long_L256", local_out("long_L256", local_dir), rc, output, 3)
     long_cfg = load_run_config(long / "run_config.yaml")
     assert long_cfg.init == f"checkpoint:{short}"
     b = load_file(str(export(long, tmp_path / "long") / "model.safetensors"))

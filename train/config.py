@@ -116,10 +116,10 @@ def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     cfg = load_config(RunConfig, base, *sources, overrides=overrides)
     if not cfg.local:
         return cfg
-    from .local import local_changes, localize_open_clip_init
+    from .local import finish_local_form, local_changes
 
     cfg = load_config(RunConfig, base, *sources, local_changes(cfg), overrides=overrides)
-    localize_open_clip_init(cfg)
+    finish_local_form(cfg)
     return cfg
 
 

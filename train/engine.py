@@ -46,7 +46,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, object]:
     o = cfg.optim
     # fused: one kernel for all tensors (CPU and CUDA); the per-tensor loop measured 4-10x
-    # slower on CPU for the B preset (bench/RESULTS.md, MFU section)
+    # slower on CPU for the B preset (bench/RESULTS.md, MFU section). Under ZeRO-Offload it
+    # steps the fp32 partitions on the CPU: train steps measured as fast as with DeepSpeedCPUAdam
+    # (offload section); the offload ds_configs let it in ("zero_force_ds_cpu_optimizer": false).
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
                                   betas=tuple(o.betas), eps=o.eps, fused=True)
     schedule = functools.partial(warmup_cosine, warmup=o.warmup_steps, total=cfg.steps,

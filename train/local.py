@@ -21,8 +21,8 @@ runs in seconds on CPU, keeping everything that decides whether it works:
              random weights and the local video tower's shape (no download)
 
 Keys given on the command line win over the local form (`local=true steps=50` trains 50
-steps), so any part of it can be taken back; an open_clip init is the exception (no real
-checkpoint fits the local shape).
+steps), so any part of it can be taken back, except that a ds_config always becomes its CPU
+twin and an open_clip init the local CLIP file (no real checkpoint fits the local shape).
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def local_changes(cfg: RunConfig) -> dict:
             "image_size": "${model.video.image_size}", "batch_size": min(d.batch_size, MAX_BATCH),
             "num_workers": 0, "synthetic_samples": min(d.synthetic_samples, 64)}
     changes = {"model": {"embed_dim": EMBED_DIM, "video": video, "text": text}, "data": data,
-               "ds_config": cpu_twin(cfg.ds_config), "out": local_path(cfg.out, ld), "steps": steps,
+               "out": local_path(cfg.out, ld), "steps": steps,
                "optim": {"warmup_steps": min(cfg.optim.warmup_steps, max(1, steps // 4))},
                "eval_max_batches": min(cfg.eval_max_batches or MAX_EVAL_BATCHES, MAX_EVAL_BATCHES)}
     if cfg.init.startswith("checkpoint:"):
@@ -114,9 +114,10 @@ def local_changes(cfg: RunConfig) -> dict:
     return changes
 
 
-def localize_open_clip_init(cfg: RunConfig) -> None:
-    """open_clip:PATH -> the local CLIP file for the final (local, overridden) shape; a real
-    open_clip checkpoint never fits the local dims, so this one is not left to the CLI."""
+def finish_local_form(cfg: RunConfig) -> None:
+    """What the CLI may not take back: the ds_config's CPU twin (a CPU run needs one) and,
+    for open_clip:PATH, the local CLIP file of the final shape (no real checkpoint fits)."""
+    cfg.ds_config = cpu_twin(cfg.ds_config)
     if cfg.init.startswith("open_clip:"):
         cfg.init = f"open_clip:{open_clip_file(cfg, cfg.init.split(':', 1)[1])}"
 
@@ -188,4 +189,4 @@ def make_open_clip(cfg: RunConfig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["local_changes", "localize_open_clip_init", "prepare", "cpu_twin", "local_path"]
+__all__ = ["local_changes", "finish_local_form", "prepare", "cpu_twin", "local_path"]
