@@ -222,6 +222,128 @@ SECTIONS = [("plan", plan_section), ("masking", masking_section), ("mfu", mfu_se
 OPTIONAL = {"tradeoff_seeds", "peers_profile"}
 
 
+# ---------------------------------------------------------------------------- GPU acceptance suite
+
+def gpu_provenance(s: dict) -> list[str]:
+    m = s["machine"]
+    where = "" if s["cwd"] == "." else f" (in {s['cwd']})"
+    return [f"    {s['command']}", "",
+            f"{s['date']}{where}; {m['gpu']} ({m['gpu_memory_gib']} GiB, compute capability "
+            f"{m['compute_capability']}), {m['nproc']} cores ({m['cpu']}); Python {m['python']}, torch "
+            f"{m['torch']}, CUDA {m['cuda']}, NCCL {m['nccl']}, deepspeed {m['deepspeed']}, DALI "
+            f"{m['nvidia.dali']}, PyAV {m['av']}, streaming {m['streaming']}.", ""]
+
+
+def gpu_trainer(r: dict) -> list[str]:
+    steps, half, losses = r["steps"], r["stopped_at"], r["losses_straight"]
+    codes = ", ".join(f"{n} {c}" for n, c in r["exit_codes"].items())
+    backends = set(r["backend"].values())
+    lines = [f"`longvivit train`, one process: {r['preset']} at {r['frames']} frames, {r['mask_ratio']:.0%} "
+             f"masking, batch {r['batch']}, ZeRO-3 bf16, synthetic clips. Exit status: {codes}; process group "
+             + (f"{backends.pop()} in every run." if len(backends) == 1 else f"backends: {r['backend']}.")]
+    if losses:
+        lines += [f"Straight run: {len(losses)} steps, loss {losses[0]:.4f} at step 1, {losses[-1]:.4f} at "
+                  f"step {len(losses)}, {'all finite' if r['finite'] else 'NOT all finite'}."]
+    if r["steps_resumed"]:
+        if r["exact"]:
+            agreement = "identical to the straight run's, bitwise"
+        else:
+            verdict = "within" if r["max_rel_diff"] <= r["rtol"] else "OUTSIDE"
+            agreement = (f"at most {r['max_abs_diff']:.2e} from the straight run's ({r['max_rel_diff']:.2e} "
+                         f"relative; {verdict} the {r['rtol']:.0e} tolerance)")
+        lines += [f"Stopped at step {half} and rerun to {steps}: steps {r['steps_resumed'][0]}-"
+                  f"{r['steps_resumed'][-1]} logged, losses {agreement}; batch indices "
+                  f"{'identical' if r['indices_equal'] else 'DIFFERENT'}."]
+    return [" ".join(lines), ""]
+
+
+def gpu_attention(r: dict) -> list[str]:
+    kernels = "; ".join(f"{k}: {v['count']} kernels, {v['time_us'] / 1e3:.2f} ms (e.g. `{v['names'][0][:80]}`)"
+                        for k, v in r["kernels"].items()) or "none classified"
+    a = r["bf16_vs_fp32"]
+    return [f"scaled_dot_product_attention in one bf16 forward + backward of the {r['preset']} video tower "
+            f"({r['batch']} clips x {r['tokens']} tokens): {kernels}. Math fallback: "
+            f"{'USED' if r['math'] else 'not used'}. bf16 against fp32 (same weights and clip, no TF32): "
+            f"embedding cosine at least {a['embedding_cosine_min']:.5f} (threshold {r['embed_cosine_min']}), "
+            f"gradient cosine {a['grad_cosine']:.5f} (threshold {r['grad_cosine_min']}), gradient norms "
+            f"{a['grad_norm_bf16']:.4g} vs {a['grad_norm_fp32']:.4g} ({a['grad_norm_rel_diff']:.2%} apart; "
+            f"threshold {r['grad_norm_rtol']:.0%}).", ""]
+
+
+def cell_label(row: dict) -> str:
+    return f"{row['preset']}, {row['batch']} x {row['frames']}f @ {row['mask_ratio']:.0%}"
+
+
+def gpu_plan_memory(r: dict) -> list[str]:
+    rows, ok = [], 0
+    for x in r["rows"]:
+        if "error" in x:
+            rows.append([cell_label(x), f"{x['plan_total'] / GiB:.2f}", "", "", f"error: {x['error']}", "", ""])
+            continue
+        ok += x["within"]
+        rows.append([cell_label(x), f"{x['plan_total'] / GiB:.2f}", f"{x['predicted_allocated'] / GiB:.2f}",
+                     f"{x['measured_peak'] / GiB:.2f}", f"**{x['predicted_over_measured']:.3f}**",
+                     "yes" if x["within"] else "**no**", f"{x['measured_reserved_peak'] / GiB:.2f}"])
+    lines = [f"`longvivit plan` (gpus={r['gpus']}) against torch.cuda.max_memory_allocated over real ZeRO-3 bf16 "
+             "steps, each cell in its own process. Compared: the plan's parts without `reserve` (its 1 GiB "
+             "is the CUDA context outside the allocator, its 10% an allowance for fragmentation) against "
+             "the measured peak.", ""]
+    lines += table(["cell", "plan total GiB", "plan without reserve GiB", "measured peak GiB", "plan / measured",
+                    f"within {r['rtol']:.0%}", "peak reserved GiB"], rows)
+    return lines + [f"{ok} of {len(r['rows'])} cells within {r['rtol']:.0%} of the measured peak.", ""]
+
+
+def gpu_mfu(r: dict) -> list[str]:
+    rows = [[cell_label(x), f"error: {x['error']}"] if "error" in x else
+            [cell_label(x), f"{x['step_s_median']:.3f}", f"{x['tflops_median']:.1f}", f"**{x['mfu_median']:.1%}**",
+             f"{x['mfu_vs_matmul']:.1%}", x["steps_measured"]] for x in r["rows"]]
+    peaks = {x["peak_tflops"] for x in r["rows"] if "peak_tflops" in x}
+    lines = [f"The trainer's logged MFU of the whole step (both towers, loss, backward, AdamW, ZeRO-3, bf16), "
+             f"median over the steps after {r['warmup_steps']} warm-up steps, against the spec-sheet bf16 "
+             f"peak the trainer uses for this GPU, {', '.join(f'{p:.0f}' for p in sorted(peaks))} TFLOP/s; a "
+             f"bf16 8192^3 matmul measured {r['matmul_tflops']:.0f} TFLOP/s here.", ""]
+    return lines + table(["cell", "step s (median)", "TFLOP/s", "MFU (spec peak)", "vs measured matmul",
+                          "steps"], rows)
+
+
+def gpu_decode(r: dict) -> list[str]:
+    rows = [[codec, x["clips"], x["decode_failures"], f"{x['psnr_min_db']:.1f}", f"{x['psnr_mean_db']:.1f}"]
+            for codec, x in r["codecs"].items()]
+    f = r["feed"]
+    lines = [f"DALI mixed (NVDEC) against PyAV on the same shard bytes ({r['videos']} synthetic clips, "
+             f"{r['frames']} frames at {r['size']} px; threshold {r['psnr_min']:.0f} dB):", ""]
+    lines += table(["codec", "clips", "decode failures", "PSNR min dB", "PSNR mean dB"], rows)
+    return lines + [f"The loader (H.264, {r['workers']} workers) feeding a bf16 B step, batch {f['batch']}: "
+                    f"data_wait {f['data_wait']:.1%} over {f['steps']} steps, {f['fed_samples_per_s']:.1f} "
+                    f"samples/s fed against {f['step_samples_per_s']:.1f} samples/s for the step alone.", ""]
+
+
+GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume", gpu_trainer),
+              ("attention", "Attention kernels and bf16 against fp32", gpu_attention),
+              ("plan_memory", "Memory planner against the allocator's peak", gpu_plan_memory),
+              ("mfu", "MFU of the training step", gpu_mfu),
+              ("decode", "DALI mixed decoding and the loader", gpu_decode)]
+
+
+def gpu_section(folder: Path) -> list[str]:
+    """bench/results/gpu/*.json (bench/gpu.py, tests/gpu): every statement from the numbers."""
+    s = load(folder, "summary")
+    lines = [f"### GPU acceptance suite: {s['machine']['gpu']}", ""] + gpu_provenance(s)
+    for name, title, render_check in GPU_CHECKS:
+        r = load(folder, name)
+        if r is None:
+            continue
+        run_by = "" if r["command"] == s["command"] else f"`{r['command']}`, "
+        lines += [f"#### {title}", "", f"{run_by}{r['date']}, {r['wall_s']:.0f} s.", ""]
+        if "error" in r:
+            lines += [f"Error: {r['error']}", ""]
+        elif "skipped" in r:
+            lines += [f"Skipped: {r['skipped']}", ""]
+        else:
+            lines += render_check(r)
+    return lines
+
+
 def render(results: Path) -> str:
     lines = [BEGIN, "## Performance (memory planner, masking, MFU, peers, trade-off, offload)", "",
              "Regenerate everything with `bash bench/run_all.sh`; this part is rendered by "
@@ -232,6 +354,8 @@ def render(results: Path) -> str:
             lines += section(r)
         elif name not in OPTIONAL:
             lines += [f"(no results yet for {name}: run bench/run_all.sh)", ""]
+    if load(results / "gpu", "summary"):
+        lines += gpu_section(results / "gpu")
     return "\n".join(lines + [END]) + "\n"
 
 

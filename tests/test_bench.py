@@ -9,9 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import gpu  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
 import tradeoff  # noqa: E402
+
+GiB = report.GiB
 
 
 def cell(model, frames, ratio, samples, saved):
@@ -54,3 +57,72 @@ def test_report_renders_every_committed_result():
     # splicing replaces only the marked block
     spliced = report.splice(f"head\n{report.BEGIN}\nold\n{report.END}\ntail\n", text)
     assert spliced.startswith("head\n") and spliced.endswith("tail\n") and "\nold\n" not in spliced
+
+
+def gpu_results(tmp_path, monkeypatch, resumed_losses, measured_peaks, decode_skipped=False):
+    """Fabricated GPU records (tmp_path only), built and written by bench/gpu.py's own
+    record builders and run_check, as a GPU run writes them."""
+    import torch
+
+    machine = {"date": "2026-01-02T03:04:05+00:00", "nproc": 16, "cpu": "Fake CPU", "torch_threads": 8,
+               "load_avg_1m": 0.1, "python": "3.12.3", "torch": "2.11.0+cu130", "deepspeed": "0.19.8",
+               "transformers": "4.57", "cuda": "13.0", "nccl": "2.27.7", "gpu": "NVIDIA FAKE-H200",
+               "gpu_memory_gib": 139.8, "compute_capability": "9.0", "nvidia.dali": "not installed",
+               "av": "18.1.0", "streaming": "0.13.0"}
+    monkeypatch.setattr(gpu, "gpu_machine", lambda: machine)
+    straight = [{"step": s, "loss": 2.5 - 0.01 * s, "indices": [s]} for s in range(1, 21)]
+    resumed = [{"step": s, "loss": x, "indices": [s]} for s, x in enumerate(resumed_losses, 1)]
+    start = '{"event": "start", "rank": 0, "backend": "nccl", "device": "cuda:0"}\n'
+    ran = {n: gpu.Finished(0, start) for n in ("straight", "first_half", "second_half")}
+    parts = {"params": 2 * GiB, "grads": 2 * GiB, "optimizer": 12 * GiB, "activations": 4 * GiB, "reserve": 3 * GiB}
+    lines = [{"step": s, "mfu": 0.30 + 0.01 * s, "tflops": 989 * (0.30 + 0.01 * s), "samples_per_s": 80.0}
+             for s in range(1, gpu.TIMED_STEPS + 1)]
+    e = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    g = torch.randn(100)
+    records = {
+        "trainer": gpu.trainer_record(gpu.TRAINER_CELL, [], ran, straight, resumed),
+        "attention": gpu.attention_record(1568, [("pytorch_flash::flash_fwd_kernel<...>", 120.0),
+                                                 ("pytorch_flash::flash_bwd_dq_dk_dv_loop_kernel<...>", 300.0)],
+                                          [("aten::_scaled_dot_product_flash_attention", 0.0)],
+                                          gpu.precision_agreement(e, e * 1.001, g, g * 1.003)),
+        "plan_memory": gpu.plan_memory_record([
+            gpu.memory_row(c, parts, {"peak_bytes": m, "peak_bytes_after_setup": m / 2, "peak_reserved_bytes": m * 1.1,
+                                      "backend": "nccl"}) for c, m in zip(gpu.MEMORY_CELLS, measured_peaks)]),
+        "mfu": gpu.mfu_record([gpu.mfu_row(c, {"train": lines, "peak_tflops": 989.0}, 780.0)
+                               for c in gpu.MFU_CELLS], 780.0),
+        "decode": gpu.skipped("nvidia.dali not importable here") if decode_skipped else gpu.decode_record(
+            {c: {"clips": 48, "decode_failures": 0, "errors": [], "psnr_min_db": 41.25, "psnr_mean_db": 44.5}
+             for c in ("h264", "vp9")},
+            {"steps": 12, "batch": 8, "data_wait": 0.125, "fed_samples_per_s": 70.0, "step_samples_per_s": 80.0,
+             "decode_failures": 0}),
+    }
+    out = tmp_path / "gpu"
+    for name, record in records.items():
+        monkeypatch.setitem(gpu.CHECKS, name, lambda work, record=record: record)
+        gpu.run_check(name, out)
+    return tmp_path
+
+
+def test_report_renders_gpu_results_from_their_numbers(tmp_path, monkeypatch):
+    exact = [2.5 - 0.01 * s for s in range(1, 21)]
+    peaks = [20 * GiB, 20.5 * GiB, 19 * GiB, 21 * GiB, 30 * GiB]  # the last is 33% above the plan's 20 GiB
+    text = report.render(gpu_results(tmp_path / "a", monkeypatch, exact, peaks))
+    summary = json.loads((tmp_path / "a" / "gpu" / "summary.json").read_text())
+    assert "### GPU acceptance suite: NVIDIA FAKE-H200" in text
+    for fact in ("torch 2.11.0+cu130", "CUDA 13.0", "NCCL 2.27.7", "deepspeed 0.19.8", summary["date"],
+                 summary["command"],
+                 "process group nccl in every run", "losses identical to the straight run's, bitwise",
+                 "batch indices identical", "flash: 2 kernels, 0.42 ms", "Math fallback: not used",
+                 "4 of 5 cells within 10%", "| **0.667** | **no** |", "| **38.5%** |",
+                 "| h264 | 48 | 0 | 41.2 | 44.5 |", "data_wait 12.5% over 12 steps"):
+        assert fact in text, fact
+    assert "Traceback" not in text and "error" not in text.lower()
+
+    drifted = exact[:10] + [x + 1e-2 for x in exact[10:]]
+    again = report.render(gpu_results(tmp_path / "b", monkeypatch, drifted, [20 * GiB] * 5, decode_skipped=True))
+    assert "bitwise" not in again and "OUTSIDE the 1e-03 tolerance" in again
+    assert "5 of 5 cells within 10%" in again and "Skipped: nvidia.dali not importable here" in again
+
+
+def test_report_renders_no_gpu_section_without_gpu_results(tmp_path):
+    assert "GPU acceptance suite" not in report.render(tmp_path)

@@ -106,6 +106,12 @@ def _group():
     return tdist if tdist.is_available() and tdist.is_initialized() else None
 
 
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo", ...), None without one."""
+    g = _group()
+    return g.get_backend() if g is not None else None
+
+
 def all_reduce(values, op: str = "sum") -> torch.Tensor:
     """Sum / max / min of `values` (a tensor or a list of numbers) over ranks, returned on
     the device `values` came from (CPU for a list). Called by every rank, the same number

@@ -20,7 +20,7 @@ import torch
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' spec sheets.
 GPU_PEAK_TFLOPS = {
-    "H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIE": 756.0, "H100": 989.0,
+    "H200 NVL": 835.0, "H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIE": 756.0, "H100": 989.0,
     "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.0,
     "L40": 181.0, "L4": 121.0, "V100": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0,
 }

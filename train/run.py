@@ -205,6 +205,7 @@ def announce(run: Run, tag: Path | None) -> None:
 
     local, total = partitioned_numel(run.engine)
     line = {"event": "start", "rank": run.d.rank, "pid": os.getpid(), "world_size": run.d.world_size,
+            "backend": dist.backend(), "device": str(run.device),
             "params_local": local, "params_total": total, "step": run.step,
             "resumed_from": str(tag) if tag else None, "peak_tflops_per_device": run.peak}
     print(json.dumps(line), flush=True)
