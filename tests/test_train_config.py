@@ -36,6 +36,8 @@ def _train(args, tmp_path):
     (["precision=fp16"], "precision"),
     (["ds_config=ds_configs/zero3.json"], "ds_config.bf16.enabled"),
     (["data.train=/nonexistent/shards"], "data.train"),
+    (["data.source=synthetic", "init=open_clip:/nonexistent/clip.pt"], "init"),
+    (["data.source=nope"], "data.source"),
 ])
 def test_invalid_config_exits_2_naming_the_key(args, key, tmp_path):
     proc = _train(args, tmp_path)
@@ -74,7 +76,7 @@ def test_presets_and_interpolation():
         load_run_config(DEMO, overrides=["model.preset=nope"])
     with pytest.raises(ConfigError, match=r"^data\.frames: 8 differs"):
         load_run_config(DEMO, overrides=["data.frames=8"])
-    for name in ("short_B16", "long_L256", "g_1b"):
+    for name in ("short_B16", "short_L16", "long_L256", "g_1b"):
         text = (ROOT / "train" / "configs" / f"{name}.yaml").read_text()
         assert text.startswith("# sbatch ") or text.startswith("# longvivit ")
         load_run_config(ROOT / "train" / "configs" / f"{name}.yaml")

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from longvivit.train.config import load_run_config, resolve_ds_config
-from test_train_zero3 import DEMO, ROOT, data, events, launch, step_lines  # noqa: F401 (data: fixture)
+from test_train_zero3 import DEMO, ROOT, data, launch  # noqa: F401 (data: fixture)
+from train_support import events, step_lines
 
 STEPS = 6  # checkpoints at 3 and 6
 OFFLOAD = {"gpu": "ds_configs/zero3_offload.json", "cpu": "ds_configs/zero3_offload_cpu.json"}

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from longvivit.train.dist import free_port
+from train_support import events, export, step_lines
 
 pytestmark = pytest.mark.multiproc
 
@@ -69,26 +70,6 @@ def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: in
             proc.wait()
         for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
             p.unlink(missing_ok=True)
-
-
-def step_lines(out: Path) -> list[dict]:
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [x for x in lines if x.get("kind") == "step"]
-
-
-def events(output: str, name: str) -> list[dict]:
-    found = []
-    for line in output.splitlines():
-        if line.startswith("{") and f'"event": "{name}"' in line:
-            found.append(json.loads(line))
-    return found
-
-
-def export(run: Path, dest: Path) -> Path:
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "export", str(run), "--out", str(dest)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -92,10 +92,11 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
         prepare(cfg)
     check_data(cfg)
     check_tokenizer(cfg)
-    check_init(cfg)
     tag = checkpoint.resume_tag(cfg.out, cfg.resume)
     if tag is not None:
         checkpoint.check_compatible(tag, to_dict(cfg.model), d.world_size)
+    else:  # init weights load only when not resuming
+        check_init(cfg)
     return cfg, ds_config, tag
 
 
