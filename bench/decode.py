@@ -1,44 +1,49 @@
-"""Decode benchmark: DALI CPU path vs PyAV on the same shards, and the loader vs the model.
+"""Decode benchmark (CPU): what a window deep in a clip costs, the decoders' frame rates,
+their agreement, and the loader against the tiny model's training step.
 
-    .venv/bin/python bench/decode.py [--shards DIR] [--frames 64] [--image-size 32] \
-        [--record bench/RESULTS.md]
+    .venv/bin/python bench/decode.py > bench/results/decode.json     (~10 min on 2 cores)
 
-Without --shards it first writes a synthetic benchmark (longvivit synth, 64x64 at 1 FPS)
-and its shards into a temporary folder. Then, side by side in one run:
+It writes synthetic benchmarks and their shards (VP9, a keyframe every 8 frames) into a
+temporary folder, then, side by side (cases interleaved round by round, medians):
 
-1. dali_fps: decoded-and-resized frames per second of longvivit's DALI pipeline (CPU
-   backend), batch after batch over the shards' encoded clips, held in memory.
-2. pyav_fps: the same with PyAV: decode each clip (frame threading on), keep the same
-   frames, convert to RGB and resize to the same output size with one reused swscale
-   context, one clip at a time.
-   `psnr_dali_vs_pyav` checks that both produce the same frames.
-3. loader_samples_per_s: build_loader (DataLoader workers reading the shards, DALI in the
-   prefetch thread, tokenization) over whole epochs.
-4. model_steps_per_s: forward + backward + AdamW step of the `tiny` model on random
-   batches of the same shape; train_steps_per_s: the same steps fed by the loader, which
-   shows whether decoding overlaps the step or holds it up.
+1. seek: a 16-frame window at the start, middle and end of 250-frame clips (128 px),
+   decoded and resized to 32 px, one clip at a time, by the CPU backends of
+   longvivit.data.decode.VideoDecoder: "dali" (DALI's CPU decoder, which decodes from the
+   start of the clip), "pyav" (PyAV seeks to the keyframe before the window, DALI
+   resizes) and "auto" (what the loader runs: per clip, whichever decodes fewer frames);
+   and the frames PyAV decoded for each window.
+2. throughput: decoded-and-resized frames per second over batches of 4 clips, each
+   backend at 1 and 2 threads: uniform sampling of 64 frames from 64-frame clips at 64 px
+   (the demo), and random 16-frame windows in the 250-frame clips.
+3. agreement: max |diff| between the two backends' batches (0: bit-identical), and PSNR
+   between them and a PyAV-only reference that crops the same square, then resizes it
+   with swscale's bilinear filter (what is left is the two resize filters).
+4. loader: build_loader's samples/s with 1 and 2 decode threads, the tiny model's steps/s
+   on random batches of the same shape, and its steps/s fed by the loader.
 
-Prints one JSON object; --record appends it, with the command, date, machine and library
-versions, to a Markdown file.
+Prints one JSON object; bench/report.py renders bench/results/decode.json into RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
-def make_shards(root: Path, videos: int, frames: int, size: int) -> tuple[Path, str]:
+CPU = torch.device("cpu")
+WINDOW = 16
+BACKENDS = ("dali", "pyav", "auto")
+
+
+def make_shards(root: Path, videos: int, frames: int, size: int, tokenizer: bool = True
+                ) -> tuple[Path, str | None]:
     from longvivit.data.shards import ShardOptions, write_shards
     from longvivit.data.synth import write_benchmark
     from longvivit.data.tokenizer import train_tokenizer
@@ -46,7 +51,8 @@ def make_shards(root: Path, videos: int, frames: int, size: int) -> tuple[Path, 
     write_benchmark(root / "bench", videos=videos, frames=frames, size=size, seed=0)
     write_shards(root / "bench" / "train.jsonl", root / "shards", ShardOptions(size=size),
                  workers=min(2, os.cpu_count() or 1), progress=False)
-    return root / "shards", train_tokenizer([root / "bench" / "train.jsonl"], root / "tok")
+    tok = train_tokenizer([root / "bench" / "train.jsonl"], root / "tok") if tokenizer else None
+    return root / "shards", tok
 
 
 def load_samples(shards: Path) -> list[dict]:
@@ -56,84 +62,114 @@ def load_samples(shards: Path) -> list[dict]:
     return [dataset[i] for i in range(len(dataset))]
 
 
-def plans_for(samples: list[dict], frames: int):
+def plans_for(samples: list[dict], frames: int, sampling: str = "uniform", seed: int | None = None):
     from longvivit.data.decode import plan_clip
 
-    return [plan_clip(s, frames, "uniform", None, False) for s in samples]
+    return [plan_clip(s, frames, sampling, None if seed is None else np.random.default_rng([seed, i]),
+                      False) for i, s in enumerate(samples)]
 
 
-def bench_dali(samples, plans, image_size: int, batch: int, threads: int, rounds: int):
+def window_plan(sample: dict, start: int):
+    from longvivit.data.decode import ClipPlan, crop_box
+
+    roi_start, roi_end = crop_box(int(sample["width"]), int(sample["height"]), None, False)
+    return ClipPlan(np.arange(start, start + WINDOW, dtype=np.int32), WINDOW, roi_start, roi_end)
+
+
+def decoders(image_size: int, batch: int, threads: int) -> dict:
     from longvivit.data.decode import VideoDecoder
 
-    decoder = VideoDecoder(batch, image_size, torch.device("cpu"), num_threads=threads)
-    out, n_frames, start = [], 0, time.perf_counter()
-    for _ in range(rounds):
-        for i in range(0, len(samples), batch):
-            video, good, _ = decoder.decode([s["video"] for s in samples[i:i + batch]],
-                                            plans[i:i + batch])
-            n_frames += video.shape[0] * video.shape[1]
-            out.append(video)
-    return n_frames / (time.perf_counter() - start), torch.cat(out[: -(-len(samples) // batch)])
+    return {backend: VideoDecoder(batch, image_size, CPU, num_threads=threads, backend=backend)
+            for backend in BACKENDS}
 
 
-def pyav_clip(data: bytes, frame_ids: np.ndarray, image_size: int,
-              scaler: "VideoReformatter") -> np.ndarray:
-    """The clip's frames `frame_ids`, short side resized to image_size, centre-cropped.
-    PyAV at its best: frame threading, and one swscale context reused for every frame
-    (VideoFrame.reformat makes a new one per call, which is ~10x slower at these sizes)."""
-    import io
+def decode_all(decoder, samples: list[dict], plans: list, batch: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(samples), batch):
+        video, good, error = decoder.decode([s["video"] for s in samples[i:i + batch]], plans[i:i + batch])
+        if len(good) != len(samples[i:i + batch]):
+            raise RuntimeError(f"{decoder.backend}: clips failed to decode: {error}")
+        out.append(video)
+    return torch.cat(out)
 
+
+def bench_seek(samples: list[dict], image_size: int, rounds: int) -> dict:
+    """ms per 16-frame window at each start, per backend (1 thread, one clip per call)."""
+    from longvivit.data.video import decode_frames
+
+    n = int(samples[0]["num_frames"])
+    starts = [0, (n - WINDOW) // 2, n - WINDOW]
+    cases, decoded, routes = {}, {}, {}
+    for backend, decoder in decoders(image_size, 1, 1).items():
+        for start in starts:
+            plans = [window_plan(s, start) for s in samples]
+            cases[f"{backend}@{start}"] = lambda d=decoder, p=plans: decode_all(d, samples, p, 1)
+            routes[backend, start] = "dali" if decoder._dali_decodes(plans[0]) else "pyav"
+    for start in starts:
+        stats = {}
+        for s in samples:
+            decode_frames(s["video"], range(start, start + WINDOW), stats)
+        decoded[start] = stats["decoded"] / len(samples)
+    times = common.interleaved(cases, rounds)
+    ms = {name: 1e3 * common.median(t) / len(samples) for name, t in times.items()}
+    rows = [{"backend": b, "start": s, "decoder": routes[b, s], "ms_per_window": round(ms[f"{b}@{s}"], 2),
+             "ms_per_window_samples": [round(1e3 * x / len(samples), 2) for x in times[f"{b}@{s}"]],
+             "vs_first_window": round(ms[f"{b}@{s}"] / ms[f"{b}@{starts[0]}"], 2)}
+            for b in BACKENDS for s in starts]
+    return {"clips": len(samples), "clip_frames": n, "clip_size": [int(samples[0]["width"]), int(samples[0]["height"])],
+            "window": WINDOW, "image_size": image_size, "keyframe_interval": 8, "rows": rows,
+            "pyav_frames_decoded_per_window": {str(s): decoded[s] for s in starts}}
+
+
+def bench_throughput(name: str, samples: list[dict], plans: list, image_size: int, rounds: int) -> list[dict]:
+    """Frames/s per backend and thread count over batches of 4 clips."""
+    frames = sum(len(p.frames) for p in plans)
+    cases = {f"{b}/{t}": (lambda d=d: decode_all(d, samples, plans, 4))
+             for t in (1, 2) for b, d in decoders(image_size, 4, t).items()}
+    times = common.interleaved(cases, rounds)
+    return [{"data": name, "backend": key.split("/")[0], "threads": int(key.split("/")[1]),
+             "frames_per_s": round(frames / common.median(t), 1),
+             "frames_per_s_samples": [round(frames / x, 1) for x in t]} for key, t in times.items()]
+
+
+def pyav_reference(sample: dict, plan, image_size: int) -> np.ndarray:
+    """The clip's frames `plan.frames` by PyAV alone: decoded, the plan's crop square cut
+    (whole pixels), then resized to image_size by swscale (bilinear, which averages over the
+    footprint when shrinking, as DALI's antialiased linear resize does)."""
     import av
-    from av.video.reformatter import Interpolation
+    from av.video.reformatter import Interpolation, VideoReformatter
 
-    wanted, picked = set(int(i) for i in frame_ids), {}
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                scale = image_size / min(frame.width, frame.height)
-                w, h = round(frame.width * scale), round(frame.height * scale)
-                rgb = scaler.reformat(frame, width=w, height=h, format="rgb24",
-                                      interpolation=Interpolation.AREA).to_ndarray()
-                y, x = (h - image_size) // 2, (w - image_size) // 2
-                picked[i] = rgb[y:y + image_size, x:x + image_size]
-            if i >= max(wanted):
-                break
-    return np.stack([picked[int(i)] for i in frame_ids])
+    from longvivit.data.video import decode_frames
+
+    (y0, x0), (y1, x1) = np.round(plan.roi_start).astype(int), np.round(plan.roi_end).astype(int)
+    scaler, out = VideoReformatter(), []
+    for rgb in decode_frames(sample["video"], plan.frames):
+        square = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[y0:y1, x0:x1]), format="rgb24")
+        out.append(scaler.reformat(square, width=image_size, height=image_size, format="rgb24",
+                                   interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND
+                                   ).to_ndarray())
+    return np.stack(out)
 
 
-def bench_pyav(samples, plans, image_size: int, rounds: int):
-    from av.video.reformatter import VideoReformatter
-
-    scaler = VideoReformatter()
-    out, n_frames, start = [], 0, time.perf_counter()
-    for _ in range(rounds):
-        for s, p in zip(samples, plans):
-            clip = pyav_clip(s["video"], p.frames, image_size, scaler)
-            n_frames += len(clip)
-            out.append(clip)
-    return n_frames / (time.perf_counter() - start), np.stack(out[: len(samples)])
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
-def data_config(shards: Path, tokenizer: str, args):
+def agreement(samples: list[dict], plans: list, image_size: int) -> dict:
+    out = {b: decode_all(d, samples, plans, 4).numpy() for b, d in decoders(image_size, 4, 1).items()}
+    reference = np.stack([pyav_reference(s, p, image_size) for s, p in zip(samples, plans)])
+    return {"max_abs_diff_pyav_vs_dali": int(np.abs(out["pyav"].astype(int) - out["dali"]).max()),
+            "psnr_dali_vs_pyav_reference_db": round(psnr(out["dali"], reference), 1)}
+
+
+def data_config(shards: Path, tokenizer: str, frames: int, image_size: int, batch: int, workers: int):
     from longvivit.data import DataConfig
     from longvivit.model.config import load_config
 
-    return load_config(DataConfig, dict(
-        train=str(shards), val=str(shards), tokenizer=tokenizer, frames=args.frames,
-        image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
-        text_length=32))
-
-
-def bench_loader(cfg, epochs: int) -> float:
-    from longvivit.data import build_loader
-
-    loader = build_loader(cfg, "train", torch.device("cpu"), 0, 1, training=True)
-    n, start = 0, time.perf_counter()
-    for _ in range(epochs):
-        n += sum(len(b["index"]) for b in loader)
-    return n / (time.perf_counter() - start)
+    return load_config(DataConfig, dict(train=str(shards), val=str(shards), tokenizer=tokenizer, frames=frames,
+                                        image_size=image_size, batch_size=batch, num_workers=workers,
+                                        text_length=32))
 
 
 def tiny_model(frames: int, image_size: int):
@@ -151,116 +187,88 @@ def train_step(model, optimizer, batch) -> None:
     optimizer.step()
 
 
-def bench_model(args, steps: int) -> float:
-    model, optimizer = tiny_model(args.frames, args.image_size)
-    b, t, s = args.batch_size, args.frames, args.image_size
-    batch = {"video": torch.randint(0, 256, (b, t, s, s, 3), dtype=torch.uint8),
-             "text_ids": torch.randint(4, 200, (b, 32)), "text_mask": torch.ones(b, 32, dtype=bool)}
-    train_step(model, optimizer, batch)  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, batch)
-    return steps / (time.perf_counter() - start)
+def with_threads(threads: int):
+    """The loader builds its decoder with default_threads(): pin it for one measure."""
+    import longvivit.data.decode as decode
+
+    decode.default_threads = lambda: threads
 
 
-def bench_training(cfg, args, epochs: int) -> float:
+def bench_loader(cfg, threads: int, epochs: int, model=None) -> float:
+    """Samples/s of build_loader over `epochs` epochs (with a model: training steps/s)."""
+    import time
+
     from longvivit.data import build_loader
 
-    model, optimizer = tiny_model(args.frames, args.image_size)
-    loader = build_loader(cfg, "train", torch.device("cpu"), 0, 1, training=True)
-    steps, start = 0, time.perf_counter()
+    with_threads(threads)
+    loader = build_loader(cfg, "train", CPU, 0, 1, training=True)
+    n, start = 0, time.perf_counter()
     for _ in range(epochs):
         for batch in loader:
-            train_step(model, optimizer, batch)
-            steps += 1
-    return steps / (time.perf_counter() - start)
+            if model is not None:
+                train_step(*model, batch)
+            n += 1 if model is not None else len(batch["index"])
+    seconds = time.perf_counter() - start
+    loader.close()
+    return n / seconds
 
 
-def machine() -> dict:
-    import av
-    import nvidia.dali
-    import streaming
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    return {"nproc": os.cpu_count(), "cpu": cpu, "load_avg_1m": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "dali": nvidia.dali.__version__, "pyav": av.__version__,
-            "streaming": streaming.__version__, "torch_threads": torch.get_num_threads()}
+def bench_model(frames: int, image_size: int, batch: int, steps: int) -> float:
+    model, optimizer = tiny_model(frames, image_size)
+    fake = {"video": torch.randint(0, 256, (batch, frames, image_size, image_size, 3), dtype=torch.uint8),
+            "text_ids": torch.randint(4, 200, (batch, 32)), "text_mask": torch.ones(batch, 32, dtype=torch.bool)}
+    train_step(model, optimizer, fake)  # warm-up
+    return steps / sum(common.timed(lambda: train_step(model, optimizer, fake)) for _ in range(steps))
 
 
-def record(path: Path, result: dict, command: str) -> None:
-    m, r = result["machine"], result["results"]
-    lines = [
-        f"\n## {result['date']}\n", f"    {command}\n",
-        f"Machine: {m['nproc']} cores ({m['cpu']}), 1-min load average {m['load_avg_1m']} at "
-        f"the start; Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"DALI {m['dali']}, PyAV {m['pyav']}, streaming {m['streaming']}.\n",
-        f"Data: {json.dumps(result['data'])}\n",
-        "| measure | value |", "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in r.items()], "",
-    ]
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+def loader_section(shards: Path, tokenizer: str, args) -> dict:
+    """Loader alone and loader feeding the tiny model's step, at 1 and 2 decode threads,
+    the thread counts taking turns round by round (medians)."""
+    cfg = data_config(shards, tokenizer, 64, 32, 4, 1)
+    samples = {t: {"loader": [], "train": []} for t in (1, 2)}
+    for r in range(args.loader_rounds):
+        for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
+            samples[threads]["loader"].append(bench_loader(cfg, threads, args.epochs))
+            samples[threads]["train"].append(bench_loader(cfg, threads, args.epochs, tiny_model(64, 32)))
+            common.log(f"  loader round {r + 1}, {threads} thread(s): {samples[threads]['loader'][-1]:.1f} "
+                       f"samples/s, fed {samples[threads]['train'][-1]:.3f} steps/s")
+    rows = [{"threads": t, "loader_samples_per_s": round(common.median(x["loader"]), 2),
+             "loader_samples_per_s_samples": [round(v, 2) for v in x["loader"]],
+             "train_steps_per_s_fed_by_loader": round(common.median(x["train"]), 3),
+             "train_steps_per_s_samples": [round(v, 3) for v in x["train"]]} for t, x in samples.items()]
+    return {"frames": 64, "image_size": 32, "batch": 4, "loader_workers": 1, "epochs": args.epochs,
+            "rounds": args.loader_rounds, "model_steps_per_s": round(bench_model(64, 32, 4, args.steps), 3),
+            "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", help="MDS shard folder (default: synthesize one)")
-    p.add_argument("--tokenizer", help="sentencepiece model for the loader (with --shards)")
-    p.add_argument("--videos", type=int, default=24, help="synthetic videos to write")
-    p.add_argument("--video-frames", type=int, default=64, help="frames per synthetic video")
-    p.add_argument("--video-size", type=int, default=64, help="synthetic/shard frame side")
-    p.add_argument("--frames", type=int, default=64, help="frames per clip fed to the model")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=1, help="loader DataLoader workers")
-    p.add_argument("--threads", type=int, default=1, help="DALI CPU threads")
-    p.add_argument("--rounds", type=int, default=2, help="passes over the clips (decode)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs (loader, training)")
-    p.add_argument("--steps", type=int, default=10, help="model-only steps (0: skip the "
-                   "model and training measures)")
-    p.add_argument("--record", help="append the result to this Markdown file")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds per decode measure")
+    p.add_argument("--loader-rounds", type=int, default=3, help="rounds of the loader measures")
+    p.add_argument("--epochs", type=int, default=2, help="loader epochs per loader measure")
+    p.add_argument("--steps", type=int, default=10, help="model-only steps")
+    p.add_argument("--skip-loader", action="store_true", help="only the decoder measures")
     args = p.parse_args(argv)
-    machine_info = machine()  # before the run: the load average of the machine as we found it
+    common.set_threads(1)
+    import av
+    import nvidia.dali
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.shards:
-            shards, tokenizer = Path(args.shards), args.tokenizer
-        else:
-            shards, tokenizer = make_shards(Path(tmp), args.videos, args.video_frames,
-                                            args.video_size)
-        samples = load_samples(shards)
-        plans = plans_for(samples, args.frames)
-        dali_fps, dali_out = bench_dali(samples, plans, args.image_size, args.batch_size,
-                                        args.threads, args.rounds)
-        pyav_fps, pyav_out = bench_pyav(samples, plans, args.image_size, args.rounds)
-        mse = np.mean((dali_out.numpy().astype(float) - pyav_out.astype(float)) ** 2)
-        results = {"dali_cpu_frames_per_s": round(dali_fps, 1),
-                   "pyav_frames_per_s": round(pyav_fps, 1),
-                   "dali_over_pyav": round(dali_fps / pyav_fps, 2),
-                   "psnr_dali_vs_pyav_db": round(float(10 * np.log10(255 ** 2 / mse)), 1)}
-        if tokenizer:
-            cfg = data_config(shards, tokenizer, args)
-            results["loader_samples_per_s"] = round(bench_loader(cfg, args.epochs), 2)
-            if args.steps:
-                steps = bench_model(args, args.steps)
-                results["model_steps_per_s"] = round(steps, 2)
-                results["model_samples_per_s"] = round(steps * args.batch_size, 2)
-                results["train_steps_per_s_fed_by_loader"] = round(
-                    bench_training(cfg, args, args.epochs), 2)
-    result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info,
-        "data": {"clips": len(samples), "clip_frames": int(samples[0]["num_frames"]),
-                 "clip_size": [int(samples[0]["width"]), int(samples[0]["height"])],
-                 "frames_per_clip": args.frames, "image_size": args.image_size,
-                 "batch_size": args.batch_size, "dali_threads": args.threads,
-                 "loader_workers": args.workers},
-        "results": results,
-    }
-    print(json.dumps(result))
-    if args.record:
-        record(Path(args.record), result, shlex.join([".venv/bin/python", *sys.argv]))
+        demo, tokenizer = make_shards(Path(tmp) / "demo", 24, 64, 64)
+        long, _ = make_shards(Path(tmp) / "long", 8, 250, 128, tokenizer=False)
+        demo_samples, long_samples = load_samples(demo), load_samples(long)
+        common.log("seek")
+        seek = bench_seek(long_samples, 32, args.rounds)
+        common.log("throughput")
+        uniform = plans_for(demo_samples, 64)
+        windows = plans_for(long_samples, WINDOW, "fps", seed=0)
+        throughput = (bench_throughput("uniform 64 of 64 frames, 64 px", demo_samples, uniform, 32, args.rounds)
+                      + bench_throughput("16-frame windows of 250, 128 px", long_samples, windows, 32, args.rounds))
+        agree = {"uniform": agreement(demo_samples, uniform, 32), "windows": agreement(long_samples, windows, 32)}
+        loader = None if args.skip_loader else loader_section(demo, tokenizer, args)
+    common.emit({"versions": {"dali": nvidia.dali.__version__, "pyav": av.__version__,
+                              "ffmpeg": ".".join(map(str, av.library_versions["libavcodec"]))},
+                 "seek": seek, "throughput": throughput, "agreement": agree, "loader": loader})
     return 0
 
 

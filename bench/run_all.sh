@@ -4,14 +4,13 @@
 # On a 2-core CPU machine this takes about 2-2.5 hours (most of it the ViT-B cells of
 # masking.py and the eight tiny training runs of tradeoff.py); with a GPU the same scripts
 # report against the device. Each benchmark prints one JSON object, kept in
-# bench/results/; bench/report.py renders them into RESULTS.md (between its markers).
-# decode.py appends its own dated section (the data engineer's).
+# bench/results/; bench/report.py renders them into RESULTS.md (the whole file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 mkdir -p bench/results
 
-$PY bench/decode.py --record bench/RESULTS.md
+$PY bench/decode.py > bench/results/decode.json   # ~10 min: CPU decoding, seeking, loader vs step
 $PY bench/plan_verdicts.py --configs g_1b long_L256 --gpus 8 --gpu-mem 80GiB > bench/results/plan.json
 rm -f bench/results/masking*.json
 $PY bench/masking.py --dims B --frames 16 64 > bench/results/masking_B.json

@@ -2,12 +2,12 @@
 
     synth.py      the synthetic long-video benchmark (`longvivit synth`)
     manifest.py   reading video/caption manifests (JSONL, CSV)
-    video.py      PyAV helpers: resample, resize, encode, reference decoding
+    video.py      PyAV: read videos as a player shows them, encode, decode frames by index
     shards.py     manifest -> MDS shards (`longvivit shards`)
     tokenizer.py  sentencepiece training and encoding (`longvivit tokenizer`)
     config.py     DataConfig
     reader.py     StreamingDataset over the shards, launcher environment, shared memory
-    decode.py     the DALI pipeline: frame selection, decode, resize/crop/flip
+    decode.py     frame selection; decode (DALI on GPU, DALI or PyAV on CPU), resize/crop/flip
     loader.py     build_loader: prefetched batches, decode-failure handling, resume state
 
 The heavy libraries (torch, streaming, DALI) load on first use of the names below, so

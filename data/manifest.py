@@ -5,11 +5,19 @@ JSONL, one object per line:
      "start": 12.5, "end": 70.0, "id": "a-12"}          (start, end, id optional)
 CSV with a header row naming the same columns; a caption cell that starts with "[" is read
 as a JSON list of captions. Relative video paths are relative to the manifest's folder.
-Other keys are ignored (synth adds "events" and "family" for analysis).
+Other keys are ignored (synth adds "events" and "family" for analysis). start/end are
+seconds from the start of the video as a player shows it (video.py). Either format may
+start with a UTF-8 byte-order mark and use CRLF line ends.
+
+The id defaults to the video path as the manifest writes it, plus "@start-end" when the
+row has a start or an end ("a.mp4@5-end"). Ids are unique: a row whose id an earlier row
+already has is rejected ("duplicate id", naming that row), so no clip is written twice.
 
 A row that cannot be used becomes a `Reject` with a short reason instead of stopping the
 run: the manifest is read as bytes line by line so that one line of bad UTF-8 or JSON
-spoils only itself.
+spoils only itself. A video path that is not UTF-8 is kept as Python spells such a file
+name (lone surrogates; it opens as it is); ids and the rejects file show its bad bytes as
+escapes.
 """
 from __future__ import annotations
 
@@ -49,8 +57,15 @@ def read_manifest(path: str | Path) -> Iterator[Row | Reject]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path}: no such file")
     records = _csv_records(path) if path.suffix.lower() == ".csv" else _jsonl_records(path)
+    first_line: dict[str, int] = {}  # id -> the line that has it
     for line, record in records:
-        yield record if isinstance(record, Reject) else _to_row(line, record, path.parent)
+        row = record if isinstance(record, Reject) else _to_row(line, record, path.parent)
+        if isinstance(row, Row) and row.id in first_line:
+            row = Reject(line, row.video, "duplicate id",
+                         f"id {row.id!r} is already line {first_line[row.id]}'s")
+        elif isinstance(row, Row):
+            first_line[row.id] = line
+        yield row
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict | Reject]]:
@@ -60,6 +75,8 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict | Reject]]:
             # line: in a path they are how Python spells non-UTF-8 file names; in a caption
             # they make it undecodable, which _captions reports.
             text = raw.decode("utf-8", errors="surrogateescape").strip()
+            if line == 1:
+                text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors)
             if not text:
                 continue
             try:
@@ -72,7 +89,8 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict | Reject]]:
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict | Reject]]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    # utf-8-sig: a byte-order mark before the header is not part of its first name
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "video" not in reader.fieldnames:
             raise ValueError(f"manifest {path}: the CSV header must name a 'video' column")
@@ -89,10 +107,10 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict | Reject]]:
 
 
 def _to_row(line: int, record: dict, base: Path) -> Row | Reject:
-    video = record.get("video")
-    if not isinstance(video, str) or not video:
-        return Reject(line, str(video or ""), "bad manifest row", "no 'video' path")
-    video = str(base / video) if not Path(video).is_absolute() else video
+    written = record.get("video")
+    if not isinstance(written, str) or not written:
+        return Reject(line, str(written or ""), "bad manifest row", "no 'video' path")
+    video = str(base / written) if not Path(written).is_absolute() else written
     captions = record.get("caption", record.get("captions"))
     try:
         start, end = _seconds(record.get("start")), _seconds(record.get("end"))
@@ -103,8 +121,19 @@ def _to_row(line: int, record: dict, base: Path) -> Row | Reject:
     checked = _captions(captions)
     if isinstance(checked, str):
         return Reject(line, video, checked, f"caption {captions!r}")
-    default_id = Path(video).stem + (f"@{start or 0:g}-{end:g}" if end is not None else "")
-    return Row(line, video, checked, start, end, str(record.get("id", default_id)))
+    default_id = written
+    if start is not None or end is not None:
+        default_id += f"@{start or 0:g}-" + ("end" if end is None else f"{end:g}")
+    return Row(line, video, checked, start, end, printable(str(record.get("id", default_id))))
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: the lone surrogates that stand for a file name's non-UTF-8
+    bytes become backslash escapes (a file b"caf\\xe9.mp4" has the id r"caf\\xe9.mp4")."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte ("\\ud800" in JSON)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _seconds(value) -> float | None:
@@ -135,5 +164,9 @@ def _captions(value) -> list[str] | str:
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    """One JSON object per line, UTF-8. A lone surrogate (a non-UTF-8 byte of a file name)
+    is written as a JSON escape ("\\udce9"), which json.loads reads back to the same str, so
+    os.fsencode of a path read back gives the file's bytes."""
+    with open(path, "wb") as f:
+        f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+                     for r in rows)

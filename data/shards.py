@@ -3,21 +3,26 @@
     longvivit shards MANIFEST --out DIR [--fps 1] [--size 256] [--codec vp9|h264]
                      [--keyframe-interval 8] [--crf 20] [--workers N]
                      [--shard-size 64mb] [--compression zstd] [--overwrite] [--part I/N]
+                     [--still-images]
     longvivit shards --merge DIR      (join DIR/*/ written by slurm/shards.sbatch parts)
 
-Each manifest row (see manifest.py) becomes one sample: the clip [start, end) at `fps`,
-short side `size` (aspect kept), encoded as VP9 in webm (DALI decodes it on CPU and GPU)
-or H.264 in mp4 (DALI decodes it only on GPU), with a keyframe at least every
-`keyframe-interval` frames so that decoding a few frames deep in a long clip is cheap.
+Each manifest row (see manifest.py) becomes one sample: the clip [start, end) (seconds
+from the start of the video), as a player shows it (rotation, sample aspect ratio: see
+video.py), at `fps`, short side `size` (shown aspect kept), encoded as
+VP9 in webm (decodable on CPU and GPU) or H.264 in mp4 (DALI decodes it only on GPU), with
+a keyframe at least every `keyframe-interval` frames so that decoding a few frames deep in
+a long clip costs only the frames from the keyframe before them.
 
-Columns: video (encoded bytes), captions (list of str), duration_s, fps, num_frames,
-width, height, id, codec.
+Columns: video (encoded bytes), captions (list of str), duration_s (the source seconds the
+clip covers: end - start, or up to the end of the video), fps, num_frames, width, height,
+id, codec.
 
-A row that cannot be used (missing, unreadable, empty or corrupt file, no video stream, no
-frames in range, empty or undecodable caption, malformed row) is skipped and listed with
-its reason in DIR/rejects.jsonl; it never stops the run. DIR/summary.json holds the
-counts, and the last line of stdout is the same summary as one JSON line. The exit status
-is non-zero only when nothing could be written.
+A row that cannot be used (missing, unreadable, empty, corrupt or truncated file, a decode
+error, no video stream, a still image without --still-images, no frames in range, empty or
+undecodable caption, duplicate id, malformed row) is skipped and listed with its reason in
+DIR/rejects.jsonl; it never stops the run. DIR/summary.json holds the counts, and the last
+line of stdout is the same summary as one JSON line; both are written however the run
+ends. The exit status is non-zero only when nothing could be written.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class ShardOptions:
     codec: str = "vp9"  # vp9 | h264
     keyframe_interval: int = 8  # frames
     crf: int = 20  # constant-quality level (lower: better and bigger)
+    still_images: bool = False  # a still image becomes a clip (held start..end, or one frame)
 
     def validate(self) -> None:
         if self.fps <= 0:
@@ -68,13 +74,14 @@ def transcode(row: Row, opts: ShardOptions) -> dict | Reject:
             raise VideoError("missing file", "no such file")
         if os.path.isfile(row.video) and os.path.getsize(row.video) == 0:
             raise VideoError("empty file", "zero bytes")
-        frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, row.end)
+        frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, row.end,
+                                still_images=opts.still_images)
         data, info = encode(frames, opts.fps, opts.codec, opts.keyframe_interval, opts.crf)
     except VideoError as err:
-        return Reject(row.line, row.video, err.reason, str(err))
+        return Reject(row.line, row.video, err.reason, err.detail)
     except Exception as err:  # noqa: BLE001 -- one bad input must never stop the run
         return Reject(row.line, row.video, "failed", f"{type(err).__name__}: {err}")
-    return {"video": data, "captions": row.captions, "duration_s": info.duration_s,
+    return {"video": data, "captions": row.captions, "duration_s": frames.duration_s,
             "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
             "height": info.height, "id": row.id, "codec": opts.codec}
 
@@ -92,20 +99,41 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     opts.validate()
     entries = list(read_manifest(manifest))[part[0]::part[1]]  # a missing manifest fails first
     out = _prepare_out(Path(out), overwrite)
-    written, rejects, hours, video_bytes = 0, [], 0.0, 0
-    with MDSWriter(out=str(out), columns=COLUMNS, compression=compression,
-                   size_limit=shard_size) as writer:
-        results = _transcode_all(entries, opts, workers)
-        bar = tqdm(results, total=len(entries), unit="video", desc="shards",
-                   disable=None if progress is None else not progress)
-        for result in bar:
-            if isinstance(result, Reject):
-                rejects.append(result.to_json())
-                continue
-            writer.write(result)
-            written += 1
-            hours += result["duration_s"] / 3600
-            video_bytes += len(result["video"])
+    written, rejects, hours, video_bytes, stopped = 0, [], 0.0, 0, None
+    try:
+        with MDSWriter(out=str(out), columns=COLUMNS, compression=compression,
+                       size_limit=shard_size) as writer:
+            results = _transcode_all(entries, opts, workers)
+            bar = tqdm(results, total=len(entries), unit="video", desc="shards",
+                       disable=None if progress is None else not progress)
+            for entry, result in bar:
+                if not isinstance(result, Reject):
+                    result = _write(writer, entry, result)
+                if isinstance(result, Reject):
+                    rejects.append(result.to_json())
+                    continue
+                written += 1
+                hours += result["duration_s"] / 3600
+                video_bytes += len(result["video"])
+    except BaseException as err:  # the summary says what was done, then the error goes on
+        stopped = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        summary = _finish(out, written, rejects, hours, video_bytes, stopped)
+    return summary
+
+
+def _write(writer, row: Row, sample: dict) -> dict | Reject:
+    try:
+        writer.write(sample)
+    except Exception as err:  # noqa: BLE001 -- a sample the writer refuses spoils only itself
+        return Reject(row.line, row.video, "failed", f"writing: {type(err).__name__}: {err}")
+    return sample
+
+
+def _finish(out: Path, written: int, rejects: list[dict], hours: float, video_bytes: int,
+            stopped: str | None) -> dict:
+    """Write OUT/rejects.jsonl and OUT/summary.json; returns the summary."""
     write_jsonl(out / REJECTS, rejects)
     summary = {
         "written": written, "skipped": len(rejects),
@@ -114,13 +142,15 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
         "shard_bytes": sum(p.stat().st_size for p in out.glob("shard.*")),
         "shards": len(list(out.glob("shard.*"))), "out": str(out), "rejects": str(out / REJECTS),
     }
+    if stopped:
+        summary["stopped"] = stopped
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _transcode_all(entries: list[Row | Reject], opts: ShardOptions,
-                   workers: int) -> Iterator[dict | Reject]:
-    """Results in manifest order; rows go through a pool of `workers` processes."""
+                   workers: int) -> Iterator[tuple[Row | Reject, dict | Reject]]:
+    """(entry, result) in manifest order; rows go through a pool of `workers` processes."""
     rows = [e for e in entries if isinstance(e, Row)]
     work = partial(transcode, opts=opts)
     if workers > 0 and len(rows) > 1:
@@ -132,10 +162,11 @@ def _transcode_all(entries: list[Row | Reject], opts: ShardOptions,
         yield from _merge(entries, map(work, rows))
 
 
-def _merge(entries: list[Row | Reject], done: Iterable[dict | Reject]) -> Iterator[dict | Reject]:
+def _merge(entries: list[Row | Reject], done: Iterable[dict | Reject]
+           ) -> Iterator[tuple[Row | Reject, dict | Reject]]:
     done = iter(done)
     for entry in entries:
-        yield entry if isinstance(entry, Reject) else next(done)
+        yield entry, entry if isinstance(entry, Reject) else next(done)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:
@@ -201,12 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
     p.add_argument("--part", default="0/1", metavar="I/N",
                    help="write only rows I, I+N, I+2N, ... (array jobs; see slurm/shards.sbatch)")
+    p.add_argument("--still-images", action="store_true",
+                   help="take still images (PNG, JPEG, ...) as clips: the picture held from "
+                        "start to end, or for one frame (default: rejected)")
     a = p.parse_args(argv)
     if a.merge:
         return _print_summary(merge_parts, a.merge)
     if not a.manifest or not a.out:
         p.error("a MANIFEST and --out are required (or --merge DIR)")
-    opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf)
+    opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf, a.still_images)
     return _print_summary(write_shards, a.manifest, a.out, opts, a.workers, a.shard_size,
                           a.compression, a.overwrite, None, _parse_part(a.part))
 

@@ -71,13 +71,45 @@ def moving_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return frames
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float, codec: str, fmt: str) -> Path:
-    """Encode RGB frames with PyAV into any container/codec (sources for the writer tests)."""
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+def pattern_frames(n: int, height: int, width: int) -> np.ndarray:
+    """(n, H, W, 3) uint8 frames that survive resampling and lossy coding but not a wrong
+    frame, orientation or aspect: a red/green gradient, a black corner block (top left)
+    and a white block that jumps (7, 5) pixels per frame."""
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1),
+                     np.full_like(x, 128)], -1).astype(np.uint8)
+    bh, bw = max(2, height // 4), max(2, width // 4)
+    frames = np.repeat(base[None], n, 0)
+    frames[:, : height // 6 + 1, : width // 6 + 1] = 0
+    for t in range(n):
+        top, left = (5 * t) % (height - bh), (7 * t) % (width - bw)
+        frames[t, top: top + bh, left: left + bw] = 255
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, codec: str, fmt: str,
+                first_pts: int = 0, rotation: int | None = None, hflip: bool = False,
+                sar: Fraction | None = None, options: dict | None = None,
+                gop: int | None = None) -> Path:
+    """Encode RGB frames with PyAV into any container/codec (sources for the writer tests).
+    first_pts: timestamp of the first frame in frames (10 at 2 FPS: the video starts at
+    5 s; negative: an mp4 gets an edit list that hides those frames); rotation/hflip: the
+    display matrix (a player turns the stored frames counter-clockwise, then mirrors);
+    sar: the sample aspect ratio written into the stream."""
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
+        stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        if gop:
+            stream.gop_size = gop
+        if sar:
+            stream.codec_context.sample_aspect_ratio = sar
+        if rotation is not None:
+            stream.set_display_rotation(rotation, hflip=hflip)
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            frame.pts, frame.time_base = first_pts + i, 1 / rate
+            out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
 

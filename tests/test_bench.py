@@ -46,7 +46,7 @@ def test_tradeoff_runs_by_letter_and_seed_means():
     assert tradeoff.over_seeds(runs[:1], [0]) is runs[0]
 
 
-def test_report_renders_every_committed_result():
+def test_report_renders_every_committed_result(tmp_path):
     results = ROOT / "bench" / "results"
     text = report.render(results)
     assert text.startswith(report.BEGIN) and text.rstrip().endswith(report.END)
@@ -54,9 +54,11 @@ def test_report_renders_every_committed_result():
     for path in results.glob("*.json"):
         command = json.loads(path.read_text().strip().splitlines()[-1])["command"]
         assert command in text, (path.name, command)
-    # splicing replaces only the marked block
-    spliced = report.splice(f"head\n{report.BEGIN}\nold\n{report.END}\ntail\n", text)
-    assert spliced.startswith("head\n") and spliced.endswith("tail\n") and "\nold\n" not in spliced
+    # the whole file is rendered: nothing from an earlier hand edit survives
+    out = tmp_path / "RESULTS.md"
+    out.write_text("stale numbers\n")
+    report.main(["--results", str(results), "--out", str(out)])
+    assert out.read_text() == report.HEADER + "\n" + text
 
 
 def gpu_results(tmp_path, monkeypatch, resumed_losses, measured_peaks, decode_skipped=False):
