@@ -707,11 +707,13 @@ def loader_vs_step(shards: Path, tokenizer: str, device: torch.device) -> dict:
 
 def check_decode(work: Path) -> dict:
     """b. DALI "mixed" decoding of H.264 and VP9 shards against PyAV on the same bytes, and
-    the loader against the training step. PSNR_MIN_DB: a correct decoder still differs from
-    PyAV's RGB where chroma is upsampled at the synthetic shapes' sharp colour edges; DALI's
-    own CPU decoder against PyAV on these VP9 clips at 224 px gave 41.4 dB at worst (during
-    development; 37-39 dB at 64 px), while a neighbouring frame scores 12-21 dB and a
-    colour-matrix or range mix-up far below 35."""
+    the loader against the training step. PSNR_MIN_DB: on CPU, PyAV with video.RGB_FLAGS
+    matches DALI's decoder bit for bit (tests/test_data_decode.py), but NVDEC converts YUV to
+    RGB with its own kernels, which may interpolate chroma differently at the synthetic
+    shapes' sharp colour edges (PyAV without full chroma interpolation differed from DALI's
+    CPU decoder by up to 50 levels there: 37-41 dB); a neighbouring frame scores 12-21 dB and
+    a colour-matrix or range mix-up far below 35. The record holds the measured PSNR, which
+    the first GPU run confirms or tightens."""
     missing = missing_modules(DECODE_NEEDS)
     if missing:
         return skipped(f"{', '.join(missing)} not importable here (DALI mixed decoding, PyAV references "
