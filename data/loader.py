@@ -13,17 +13,25 @@ thread in this process decodes them with DALI and keeps `cfg.prefetch` batches r
 decoding overlaps the training step. The position saved by state_dict counts only batches
 handed to the caller, not the ones prefetched, so resuming neither repeats nor skips.
 
-A clip that fails to decode is replaced by the last good clip (with its caption and index)
-and counted in `loader.decode_failures`; a batch never fails for one bad sample. Only a
-long unbroken run of failures, which means the shards or the decoder are unusable (for
-example H.264 shards without a GPU), raises.
+A clip that fails to decode is replaced by a good clip (with its caption and index) of
+another batch of the same epoch on this rank: the last one before it, or, when the epoch
+has none yet, the first one after it (read ahead). Never by a clip of its own batch, which
+would give that caption a second positive in the contrastive loss, nor one of another
+epoch, which another rank may hold in the same step. The replacements are a function of
+the epoch's sample order alone, and state_dict names the clips held for them (they are
+decoded again when needed), so a resumed run replaces exactly as an uninterrupted one. Failures are counted in `loader.decode_failures`;
+a batch never fails for one bad sample. Only a long unbroken run of failures, which means
+the shards or the decoder are unusable (for example H.264 shards without a GPU), raises;
+a batch with nothing to replace its failures with (nothing else in the epoch decodes) is
+skipped.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from typing import Iterator
+from collections import deque
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -76,8 +84,9 @@ class VideoLoader:
             timeout=600 if cfg.num_workers else 0)  # a stuck worker raises, never hangs
         self.decode_failures = 0
         self._failure_streak = 0
-        self._reserve: tuple | None = None  # the last good (video, real, caption, index)
         self._consumed = 0  # samples of this epoch handed out since __iter__ began
+        self._handed_reserve: list = []  # [[epoch, index], ...] of the fallback clips after them
+        self._restored_reserve: list = []  # the same, from load_state_dict
         self._producer: _Producer | None = None
 
     @property
@@ -90,46 +99,91 @@ class VideoLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self._stop_producer()
         self._consumed = 0
+        self._handed_reserve = self._restored_reserve
         self._producer = producer = _Producer(self._batches, self.cfg.prefetch)
         try:
-            for batch, n_samples in producer:
+            for batch, n_samples, reserve in producer:
                 self._consumed += n_samples
+                self._handed_reserve = reserve
                 yield batch
         finally:
             self._stop_producer()
 
-    def _batches(self) -> Iterator[tuple[dict, int]]:
-        """(batch, samples read for it); runs in the producer thread."""
+    def _batches(self) -> Iterator[tuple[dict, int, list]]:
+        """(batch, samples read for it, [[epoch, index], ...] of the fallback clips after
+        it); runs in the producer thread."""
+        restored, self._restored_reserve = self._restored_reserve, []
+        # [epoch, index] of the last good clips of this epoch, oldest first: what a failed
+        # sample is replaced by. Keys only: a replacement is decoded again when one is needed
+        # (rare), so a batch without failures copies nothing.
+        reserve: deque[list] = deque(maxlen=self.cfg.batch_size)
+        decoded = _ReadAhead(self._decoded_batches())
         skipped = 0
-        for raw in self.samples:
-            batch = self._decode_batch(raw)
-            if batch is None:  # nothing in it decoded and nothing to replace it with
-                skipped += len(raw["index"])
-                continue
-            yield batch, len(raw["index"]) + skipped
+        for rows, n_read in decoded:
+            if restored:  # resuming mid-epoch: the clips the interrupted run held
+                reserve.extend(key for key in restored if key[0] == self._epoch())
+                restored = []
+            good = [r for r in rows if r is not None]
+            if len(good) < len(rows):
+                fallbacks = self._fallbacks(rows, reserve, decoded)
+                if fallbacks is None:  # not enough else in this epoch decodes
+                    skipped += n_read
+                    continue
+                rows = [r if r is not None else fallbacks.pop(0) for r in rows]
+            reserve.extend([self._epoch(), r.index] for r in good)
+            yield self._assemble(rows), n_read + skipped, list(reserve)
             skipped = 0
 
-    def _decode_batch(self, raw: dict[str, list]) -> dict[str, torch.Tensor] | None:
+    def _decoded_batches(self) -> Iterator[tuple[list, int]]:
+        """([a _Row per sample, None where it failed to decode], samples read) per batch of
+        this epoch."""
+        for raw in self.samples:
+            yield self._decode_rows(raw), len(raw["index"])
+
+    def _decode_rows(self, raw: dict[str, list], count: bool = True) -> list:
         self._check_codec(raw)
         captions, plans = self._plan(raw)
         video, good, error = self.decoder.decode(raw["video"], plans)
-        rows = {pos: (video[k], plans[pos].real_frames, captions[pos], raw["index"][pos])
-                for k, pos in enumerate(good)}
-        self._count_failures(raw["index"], good, error)
-        # Prefer a clip from an earlier batch: a duplicate inside the batch would be a
-        # second positive for the same caption in the contrastive loss.
-        fallback = self._reserve if self._reserve is not None else \
-            rows[good[0]] if good else None
-        if good:
-            self._reserve = tuple(x.clone() if torch.is_tensor(x) else x for x in rows[good[-1]])
-        if fallback is None:
-            return None
-        return self._assemble([rows.get(pos, fallback) for pos in range(len(plans))])
+        if count:
+            self._count_failures(raw["index"], good, error)
+        rows: list = [None] * len(plans)
+        for k, pos in enumerate(good):
+            rows[pos] = _Row(video[k], plans[pos].real_frames, captions[pos], raw["index"][pos])
+        return rows
+
+    def _fallbacks(self, rows: list, reserve: deque, decoded: _ReadAhead) -> list | None:
+        """One good clip for each failed sample of `rows`, none of them in `rows` nor twice:
+        the last good clips before them in this epoch, newest first, then the first good
+        ones after them. None if the epoch has too few."""
+        taken = {r.index for r in rows if r is not None}
+        wanted, picked = rows.count(None), []
+
+        def take(row: _Row | None) -> None:
+            if row is not None and len(picked) < wanted:
+                picked.append(row)
+                taken.add(row.index)
+
+        for _, index in reversed(reserve):
+            if len(picked) < wanted and index not in taken:
+                take(self._decode_sample(index))
+        later = decoded.ahead()
+        while len(picked) < wanted and (item := next(later, None)) is not None:
+            for row in item[0]:
+                take(row if row is not None and row.index not in taken else None)
+        return picked if len(picked) == wanted else None
+
+    def _decode_sample(self, index: int) -> _Row | None:
+        """Sample `index` of this split decoded as in this epoch (its plan and caption drawn
+        from (seed, epoch, index)), or None if it does not decode."""
+        return self._decode_rows(collate_samples([self.dataset[index]]), count=False)[0]
+
+    def _epoch(self) -> int:
+        return self.dataset.next_epoch - 1  # streaming's epoch, set by its __iter__
 
     def _plan(self, raw: dict[str, list]) -> tuple[list[str], list]:
         """The caption and the frames/crop of each sample: drawn from (seed, epoch, index)
         when training, so that a resumed run draws what an uninterrupted one would."""
-        epoch = self.dataset.next_epoch - 1  # streaming's epoch, set by its __iter__
+        epoch = self._epoch()
         rngs = [np.random.default_rng([self.cfg.seed, epoch, i]) if self.training else None
                 for i in raw["index"]]
         captions = [c[int(r.integers(len(c)))] if r is not None else c[0]
@@ -170,16 +224,19 @@ class VideoLoader:
     def state_dict(self) -> dict:
         """The position after the last batch handed out (not the prefetched ones)."""
         state = self.dataset.state_dict(self._consumed * self.world_size, from_beginning=False)
+        reserve = self._handed_reserve
         if state["sample_in_epoch"] >= self.samples_per_epoch * self.world_size:
             # The epoch is used up: resume at the start of the next one, not with an
             # empty remainder of this one.
             state.update(epoch=state["epoch"] + 1, sample_in_epoch=0)
-        return {"streaming": state, "decode_failures": self.decode_failures}
+            reserve = []
+        return {"streaming": state, "decode_failures": self.decode_failures, "reserve": reserve}
 
     def load_state_dict(self, state: dict) -> None:
         """Takes effect at the next iteration: call before iterating."""
         self.dataset.load_state_dict(state["streaming"])
         self.decode_failures = int(state.get("decode_failures", 0))
+        self._restored_reserve = list(state.get("reserve") or [])
 
     # --------------------------------------------------------------- teardown
 
@@ -198,6 +255,34 @@ class VideoLoader:
 
 def _rows(columns: dict[str, list], *keys: str) -> list[dict]:
     return [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+
+
+class _Row(NamedTuple):
+    """One decoded sample, as _assemble stacks it."""
+    video: torch.Tensor  # (T, H, W, C) uint8
+    real_frames: int
+    caption: str
+    index: int
+
+
+class _ReadAhead:
+    """Iterates `items`; `ahead()` reads the items after the current one early, keeping
+    them for the iteration, so they are still yielded once each and in order."""
+
+    def __init__(self, items: Iterator):
+        self._items, self._buffer = items, deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._buffer.popleft() if self._buffer else next(self._items)
+
+    def ahead(self) -> Iterator:
+        yield from list(self._buffer)
+        for item in self._items:
+            self._buffer.append(item)
+            yield item
 
 
 class _Producer:

@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence, Type, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,6 +27,21 @@ def _explain(err: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+def load_yaml(path: str | Path) -> DictConfig:
+    """A YAML config file as a DictConfig; ConfigError('config: PATH: ...') when it is
+    missing, is not YAML, or holds something other than a mapping of keys."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config: {path}: no such file")
+    try:
+        node = OmegaConf.load(path)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as err:
+        # OmegaConf raises OSError for a scalar document ("Invalid loaded object type: int")
+        raise ConfigError(f"config: {path}: not a YAML mapping of keys ({' '.join(str(err).split())})") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"config: {path}: holds a list, expected a mapping of keys (model:, data:, ...)")
+    return node
+
+
 def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -> T:
     """Merge `sources` (YAML paths, dicts or dataclass instances) and ``key=value``
     `overrides` onto the defaults of `schema`; return a validated `schema` instance.
@@ -37,9 +53,7 @@ def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -
         cfg = OmegaConf.structured(schema)
         for src in sources:
             if isinstance(src, (str, Path)):
-                if not Path(src).is_file():
-                    raise ConfigError(f"config file {src}: no such file")
-                src = OmegaConf.load(src)
+                src = load_yaml(src)
             cfg = OmegaConf.merge(cfg, src)
         for item in overrides:
             if "=" not in item:
@@ -82,13 +96,21 @@ def check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
-__all__ = ["ConfigError", "load_config", "to_yaml", "to_dict", "check", "DictConfig"]
+__all__ = ["ConfigError", "load_config", "load_yaml", "to_yaml", "to_dict", "check", "DictConfig"]
 
 
 # ----------------------------------------------------------------------------- model
 
 from dataclasses import dataclass, field  # noqa: E402
 from typing import List, Optional  # noqa: E402
+
+
+def _check_dims(cfg) -> None:
+    """A tower's width, depth and heads are positive (checked before width % heads, so
+    heads=0 or depth=-1 is reported as itself) and its MLP ratio is positive."""
+    for key in ("width", "depth", "heads"):
+        check(getattr(cfg, key) > 0, key, f"{getattr(cfg, key)} must be > 0")
+    check(cfg.mlp_ratio > 0, "mlp_ratio", f"{cfg.mlp_ratio} must be > 0")
 
 
 @dataclass
@@ -116,13 +138,14 @@ class VideoConfig:
     # (the paper's extra memory cut for the short-to-long stage).
 
     def validate(self) -> None:
+        _check_dims(self)
         t, p, p2 = (self.tubelet + [0, 0, 0])[:3]
         check(len(self.tubelet) == 3 and p == p2 and t > 0 and p > 0, "tubelet",
               f"expected [t, p, p] with positive ints, got {self.tubelet}")
         check(self.frames > 0 and self.frames % t == 0, "frames",
               f"{self.frames} is not a positive multiple of the tubelet's {t} frames")
-        check(self.image_size % p == 0, "image_size",
-              f"{self.image_size} is not a multiple of the patch size {p}")
+        check(self.image_size > 0 and self.image_size % p == 0, "image_size",
+              f"{self.image_size} is not a positive multiple of the patch size {p}")
         check(self.width % self.heads == 0, "width", f"{self.width} not divisible by heads={self.heads}")
         check(self.attention in ("joint", "factorized"), "attention",
               f"{self.attention!r} is not one of joint, factorized")
@@ -172,6 +195,7 @@ class TextConfig:
     mlp_ratio: float = 4.0
 
     def validate(self) -> None:
+        _check_dims(self)
         check(self.vocab_size > 1, "vocab_size", f"{self.vocab_size} must be > 1")
         check(self.context_length > 0, "context_length", f"{self.context_length} must be > 0")
         check(self.width % self.heads == 0, "width", f"{self.width} not divisible by heads={self.heads}")

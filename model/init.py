@@ -36,14 +36,18 @@ BLOCK_RENAMES = {
 }
 
 
-def load_image_tower(path: str | Path) -> dict[str, torch.Tensor]:
-    """The visual tower's tensors from an open_clip file, keys as in VisionTransformer."""
+def load_image_tower(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The visual tower's tensors from an open_clip file, keys as in VisionTransformer.
+    mmap: map a torch.save zip file instead of reading it (the trainer's config check reads
+    only the keys)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        import zipfile
+
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     state = state.get("state_dict", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("visual.") for k in state):

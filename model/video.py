@@ -99,10 +99,17 @@ class PositionEmbedding(nn.Module):
         """Embeddings of the tokens `index` (B, n) -> (B, n, D); all N tokens -> (1, N, D)."""
         spatial = resize_spatial(self.spatial, grid)  # (S, D)
         temporal = resize_temporal(self.temporal, slices)  # (T', D)
+        table = (temporal[:, None] + spatial[None]).flatten(0, 1)  # (N, D)
         if index is None:
-            return (temporal[:, None] + spatial[None]).flatten(0, 1)[None]  # (1, N, D)
-        S = grid * grid
-        return temporal[index // S] + spatial[index % S]  # (B, n, D)
+            return table[None]  # (1, N, D)
+        # Each clip gathers its kept tokens from the whole table. The backward then gives every
+        # (clip, token) its own slot and sums over clips, slices and positions: plain
+        # reductions, the same on every run. Indexing the small tables (temporal[index // S])
+        # gives the same values, but its backward accumulates repeated indices in thread
+        # order (index_put with accumulate, nondeterministic on CPU), so two runs of one
+        # command drifted apart. Costs a (B, N, D) gradient buffer during the backward.
+        B, n = index.shape
+        return table.expand(B, -1, -1).gather(1, index[..., None].expand(B, n, table.shape[-1]))  # (B, n, D)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, resize in (("spatial", resize_spatial), ("temporal", resize_temporal)):

@@ -143,6 +143,53 @@ def test_garbled_sample_is_replaced_and_counted(synth_data, tmp_path):
     assert loader.decode_failures == 2  # cumulative, for logging
 
 
+def _garbled_copy(synth_data, tmp_path, samples) -> str:
+    from data_support import garble_sample
+    shards = tmp_path / "shards"
+    shutil.copytree(synth_data["shards_all"], shards)
+    for sample in samples:
+        garble_sample(shards, sample)
+    return str(shards)
+
+
+def test_failures_are_replaced_by_other_batches_clips_never_duplicated(synth_data, tmp_path):
+    """Unshuffled batches of 4: [0..3] loses 1 and 2 with no earlier batch in the epoch (the
+    first good clips after it stand in, 4 and 5), [8..11] loses 9 and 10 (the last good
+    clips before it, newest first: 7 and 6). Every epoch the same; no batch holds a clip
+    twice (two positives for one caption)."""
+    cfg = data_cfg(synth_data, train=_garbled_copy(synth_data, tmp_path, [1, 2, 9, 10]), batch_size=4)
+    loader = build_loader(cfg, "train", CPU, 0, 1, training=False)
+    for n in (1, 2):
+        batches = [b["index"].tolist() for b in epoch(loader)]
+        assert batches == [[0, 4, 5, 3], [4, 5, 6, 7], [8, 7, 6, 11], [12, 13, 14, 15]], batches
+        assert loader.decode_failures == 4 * n
+
+
+def test_resume_replaces_a_failure_exactly_as_the_straight_run(synth_data, tmp_path):
+    """The clip a failure is replaced by comes from an earlier batch; a run resumed between
+    the two batches decodes it again (state_dict names it) and yields the same batches."""
+    cfg = data_cfg(synth_data, num_workers=1)
+    order = [i for b in epoch(build_loader(cfg, "train", CPU, 0, 1, training=True))
+             for i in b["index"].tolist()]
+    bad = order[5]  # in the third batch; the last good clip before it: order[3]
+    cfg = data_cfg(synth_data, train=_garbled_copy(synth_data, tmp_path, [bad]), num_workers=1)
+    straight = epoch(build_loader(cfg, "train", CPU, 0, 1, training=True))
+    assert straight[2]["index"].tolist() == [order[4], order[3]]
+
+    first = build_loader(cfg, "train", CPU, 0, 1, training=True)
+    it = iter(first)
+    head = [{k: v.clone() for k, v in next(it).items()} for _ in range(2)]
+    state = first.state_dict()
+    del it, first
+    resumed = build_loader(cfg, "train", CPU, 0, 1, training=True)
+    resumed.load_state_dict(state)
+    tail = epoch(resumed)
+    assert len(head) + len(tail) == len(straight)
+    for got, want in zip(head + tail, straight):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert resumed.decode_failures == 1
+
+
 def test_resume_mid_epoch_gives_exactly_the_rest(synth_data):
     cfg = data_cfg(synth_data, num_workers=2)
     full = build_loader(cfg, "train", CPU, 0, 1, training=True)

@@ -90,6 +90,43 @@ def test_each_kept_token_carries_its_original_position(tiny, scheme):
     assert not torch.allclose(pos(8, 4, index), pos(8, 4, (index + 1) % 128))
 
 
+def test_kept_positions_equal_table_indexing_with_a_backward_that_is_the_same_every_run():
+    """The kept tokens' positions are temporal[t] + spatial[s] bit for bit, their gradients
+    equal those of indexing the tables (float64), and the backward gives the same bits on
+    every run with several threads (indexing's backward, index_put with accumulate, sums
+    repeated indices in thread order: it differed on 5 of 5 reruns at these sizes)."""
+    from longvivit.model.video import PositionEmbedding
+
+    slices, grid, width, batch = 32, 14, 768, 4  # ViT-B at 64 frames, 224 px
+    S = grid * grid
+    torch.manual_seed(0)
+    index = sample_visible(batch, slices, S, 0.75, "random", torch.Generator().manual_seed(1))
+    pos = PositionEmbedding(slices, grid, width).double()
+    torch.nn.init.normal_(pos.spatial)
+    torch.nn.init.normal_(pos.temporal)
+    grad_out = torch.randn(batch, index.shape[1], width, dtype=torch.float64)
+
+    def grads(module, indexing: bool):
+        module.zero_grad(set_to_none=True)
+        out = module.temporal[index // S] + module.spatial[index % S] if indexing else module(slices, grid, index)
+        out.backward(grad_out.to(out.dtype))
+        return out.detach(), module.temporal.grad.clone(), module.spatial.grad.clone()
+
+    want, got = grads(pos, indexing=True), grads(pos, indexing=False)
+    assert torch.equal(got[0], want[0])
+    for g, w in zip(got[1:], want[1:]):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    fp32 = pos.float()
+    assert torch.equal(grads(fp32, indexing=False)[0], grads(fp32, indexing=True)[0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        runs = [grads(fp32, indexing=False) for _ in range(5)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r[1], runs[0][1]) and torch.equal(r[2], runs[0][2]) for r in runs)
+
+
 def test_factorized_rejects_random_masking():
     torch.manual_seed(0)
     model = build_model(model_config("tiny", ["video.attention=factorized"]))

@@ -141,3 +141,16 @@ def test_masking_lets_more_frames_fit(tmp_path):
     frames = {r: make_plan(write_config(tmp_path, "tiny", 16, r, batch=4), [], 1, budget).max_frames
               for r in (0.0, 0.75)}
     assert frames[0.75] > 3 * frames[0.0], frames
+
+
+def test_cli_refuses_a_bad_config_in_one_line_and_names_overrides_it_ignores(tmp_path, capsys):
+    config = write_config(tmp_path, "tiny", 16, 0.5, batch=4)
+    assert plan.main([config, "model.video.width=0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("longvivit plan: model.video.width: 0 must be > 0")
+    assert len(captured.err.strip().splitlines()) == 1
+    p = make_plan(config, ["steps=5", "optim.lr=0.1", "data.batch_size=2", "model.video.mask_ratio=0.25",
+                           "local_dir=x"], gpus=1, gpu_mem=GiB, search=False)
+    assert p.ignored == ["steps", "optim.lr", "local_dir"]
+    assert "ignored (no effect on memory): steps, optim.lr, local_dir" in plan.table(p).splitlines()
+    assert make_plan(config, [], gpus=1, gpu_mem=GiB, search=False).ignored == []

@@ -1,6 +1,7 @@
 """Checkpoint bookkeeping without an engine: completeness, pruning, architecture refusal, RNG."""
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,45 @@ def test_rng_roundtrip():
     ckpt.set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+class _Engine:
+    """What checkpoint.save needs of a DeepSpeed engine; records what the tag held when
+    DeepSpeed was asked to write into it."""
+    global_rank, world_size = 0, 1
+
+    def __init__(self):
+        self.found = []
+
+    def save_checkpoint(self, root, tag, client_state, save_latest):
+        tag_dir = Path(root) / tag
+        self.found.append(sorted(p.name for p in tag_dir.iterdir()) if tag_dir.exists() else None)
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"new")
+
+
+class _Loader:
+    def state_dict(self):
+        return {"position": 7}
+
+
+def test_save_never_writes_into_a_complete_tag(tmp_path):
+    """A complete tag of the same step left by another run in this directory (resume=never)
+    is removed, marker first, before a byte is written: a kill mid-save then leaves an
+    incomplete tag, never a complete marker over half-written files."""
+    root = ckpt.ckpt_root(tmp_path)
+    stale = _tag(root, 4, world=2)
+    (stale / "rank00001.pt").write_bytes(b"from a 2-rank run")
+    engine = _Engine()
+    tag = ckpt.save(engine, tmp_path, 4, _Loader(), "model: {}\n", keep_last=2)
+    assert engine.found == [None]
+    assert ckpt.is_complete(tag) and ckpt.tag_step(tag) == 4
+    assert sorted(p.name for p in tag.iterdir()) == sorted([ckpt.CONFIG_FILE, ckpt.MARKER, "rank00000.pt",
+                                                            "zero_pp_rank_0_mp_rank_00_model_states.pt"])
+    assert torch.load(tag / "rank00000.pt", weights_only=False)["loader"] == {"position": 7}
+    assert (root / "latest").read_text() == tag.name
+
+
+def test_resume_from_a_path_without_a_checkpoint_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^resume: .*no complete checkpoint"):
+        ckpt.resume_tag(tmp_path, str(tmp_path / "nothing"))

@@ -17,35 +17,70 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "train" / "configs" / "demo.yaml"
 
 
-def _train(args, tmp_path):
+def _train(args, tmp_path, config=DEMO):
     port = free_port()
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "longvivit.train.cli", "train", str(DEMO), f"out={out}", *args]
+    cmd = [sys.executable, "-m", "longvivit.train.cli", "train", str(config), f"out={out}", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert not out.exists(), "validation must fail before the output directory is made"
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     return proc
 
 
+# Bad files the cases below point at ({tmp}: the test's tmp_path), written before each run.
+BAD_FILES = {
+    "list.yaml": "- model\n- data\n",
+    "scalar.yaml": "42\n",
+    "syntax.yaml": "model: {video: [\n",
+    "list.json": "[1, 2]",
+    "zero_string.json": '{"zero_optimization": "three"}',
+    "garbage.pt": "not a torch file",
+    "afile": "",
+}
+SYNTHETIC = "data.source=synthetic"  # past the data checks, to the ones after them
+
+
 @pytest.mark.parametrize("args, key", [
     (["bogus_key=1"], "bogus_key"),
     (["model.video.frames=15"], "model.video.frames"),
     (["model.video.mask_ratio=1.0"], "model.video.mask_ratio"),
+    (["model.video.heads=0"], "model.video.heads"),
+    (["model.video.heads=-4"], "model.video.heads"),
+    (["model.video.width=0"], "model.video.width"),
+    (["model.video.depth=-1"], "model.video.depth"),
+    (["model.text.heads=0"], "model.text.heads"),
     (["precision=fp16"], "precision"),
     (["ds_config=ds_configs/zero3.json"], "ds_config.bf16.enabled"),
+    (["ds_config={tmp}/list.json"], "ds_config"),
+    (["ds_config={tmp}/zero_string.json"], "ds_config.zero_optimization"),
     (["data.train=/nonexistent/shards"], "data.train"),
-    (["data.source=synthetic", "init=open_clip:/nonexistent/clip.pt"], "init"),
     (["data.source=nope"], "data.source"),
+    ([SYNTHETIC, "resume=/nonexistent"], "resume"),
+    ([SYNTHETIC, "init=open_clip:/nonexistent/clip.pt"], "init"),
+    ([SYNTHETIC, "init=open_clip:{tmp}/garbage.pt"], "init"),
+    ([SYNTHETIC, "init=open_clip:{tmp}"], "init"),  # a directory
+    ([SYNTHETIC, "init=checkpoint:{tmp}/garbage.pt"], "init"),
+    ([SYNTHETIC, "init=checkpoint:{tmp}"], "init"),  # a directory without a checkpoint
+    ([SYNTHETIC, "out={tmp}/afile"], "out"),
+    ([SYNTHETIC, "out={tmp}/afile/run"], "out"),
+    (["CONFIG={tmp}/list.yaml"], "config"),
+    (["CONFIG={tmp}/scalar.yaml"], "config"),
+    (["CONFIG={tmp}/syntax.yaml"], "config"),
 ])
 def test_invalid_config_exits_2_naming_the_key(args, key, tmp_path):
-    proc = _train(args, tmp_path)
+    for name, text in BAD_FILES.items():
+        (tmp_path / name).write_text(text)
+    args = [a.format(tmp=tmp_path) for a in args]
+    config = next((a.split("=", 1)[1] for a in args if a.startswith("CONFIG=")), DEMO)
+    proc = _train([a for a in args if not a.startswith("CONFIG=")], tmp_path, config)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"longvivit train: {key}:"), lines[0]
     assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(BAD_FILES), "nothing created"
 
 
 def test_ds_config_disagreement_names_the_key(tmp_path):
@@ -90,3 +125,22 @@ def test_rank_from_env():
     d = read_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_SIZE": "2"})
     assert (d.rank, d.world_size, d.local_rank, d.local_world_size, d.master_port) == (1, 2, 1, 2, 29500)
     assert read_env({}).world_size == 1
+
+
+def test_torch_extensions_are_cached_per_python_environment(monkeypatch):
+    """DeepSpeed builds its shm_comm op at every process-group start; with one cache per
+    environment another checkout's build (other paths, so other build flags) no longer
+    invalidates ours. A directory the user chose is kept."""
+    import sys
+
+    from longvivit.train.dist import extensions_dir, setup_env
+
+    # setup_env exports the rank variables too: let it write into a copy of the environment
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"})
+    setup_env(read_env({}))
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == extensions_dir()
+    monkeypatch.setattr(sys, "prefix", "/another/venv")
+    assert extensions_dir() != os.environ["TORCH_EXTENSIONS_DIR"]
+    os.environ["TORCH_EXTENSIONS_DIR"] = "/mine"
+    setup_env(read_env({}))
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/mine"

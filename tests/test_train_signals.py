@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from train_support import CONFIGS, Launch, step_lines
+from train_support import CONFIGS, Launch, events, step_lines
 
 pytestmark = pytest.mark.multiproc
 
@@ -45,3 +45,18 @@ def test_sigterm_to_one_rank_stops_all_after_the_same_step_with_a_checkpoint(tmp
     assert rc == 0, output[-4000:]
     assert all(s["step"] == step and s["resumed_from"] == str(tag) for s in starts), starts
     assert [x["step"] for x in step_lines(out)] == list(range(1, STEPS + 1))  # none lost, none twice
+
+
+def test_a_stop_in_the_final_step_lets_the_run_finish(tmp_path):
+    """SIGTERM to every rank in the last step (the fault point stop_in_step): the run is
+    complete, so it finishes as usual (final checkpoint, eval, summary, exit 0) instead of
+    exiting 75 for a requeue that would have nothing left to do."""
+    out = tmp_path / "train"
+    steps = 3
+    with Launch(*command(tmp_path)[:4], f"steps={steps}", "checkpoint_every=0", log=tmp_path / "log",
+                env={"LONGVIVIT_FAULT": f"stop_in_step:{steps}"}) as job:
+        rc = job.wait(300)
+        output = job.output
+    assert rc == 0, output[-4000:]
+    assert not events(output, "stop") and len(events(output, "done")) == 1, output[-3000:]
+    assert (out / "checkpoints" / f"step{steps:08d}" / "complete").is_file() and (out / "summary.json").is_file()

@@ -1,15 +1,17 @@
 """Two ZeRO-3 ranks on CPU through the real deepspeed launcher.
 
-One straight run (6 steps, checkpoints at 3 and 6) is checked for: each rank holding half
+One straight run (16 steps, checkpoints at 8 and 16) is checked for: each rank holding half
 the parameters, the loss falling, every TensorBoard scalar, `longvivit eval` JSON, and
 export -> plain-PyTorch load giving the engine's embeddings. A second run of the same
-config is SIGKILLed while writing its step-6 checkpoint; restarting it must resume from
-step 3 (the newest complete checkpoint) and reproduce the straight run: the same loss and
-batch indices at every step, the same final parameters.
+config is SIGKILLed while writing its step-16 checkpoint; restarting it must resume from
+step 8 (the newest complete checkpoint) and reproduce the straight run: the same loss and
+batch indices at every step, the same final parameters. Running the finished straight run
+again does nothing and writes nothing.
 """
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 import torch
 
 from longvivit.train.dist import free_port
-from train_support import events, export, step_lines
+from train_support import events, export, listing, step_lines
 
 pytestmark = pytest.mark.multiproc
 
@@ -108,16 +110,31 @@ def test_tensorboard_holds_every_scalar(straight):
     assert "config/text_summary" in acc.Tags()["tensors"]
 
 
-def test_eval_cli_prints_one_json_line(straight, data):
-    out, _ = straight
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "eval", str(out), "--data",
-                           data[1].split("=", 1)[1]], capture_output=True, text=True, timeout=180)
+def _eval(run: Path, shards: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "eval", str(run), "--data", shards],
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_eval_cli_prints_one_json_line(straight, data, tmp_path):
+    from data_support import garble_sample
+
+    out, _ = straight
+    val = data[1].split("=", 1)[1]
+    result = _eval(out, val)
     assert all(k in result for k in EVAL_KEYS)
+    assert result["data"] == val and result["decode_failures"] == 0
     summary = json.loads((out / "summary.json").read_text())
-    for k in ("t2v_r1", "v2t_r1", "t2v_median_rank", "pairs"):
+    for k in ("t2v_r1", "v2t_r1", "t2v_median_rank", "pairs", "decode_failures"):
         assert result[k] == pytest.approx(summary["eval"][k]), k  # one process == two ZeRO-3 ranks
+    # a clip that does not decode is named in the line, and left out of the pairs
+    garbled = tmp_path / "val"
+    shutil.copytree(val, garbled)
+    garble_sample(garbled, 3)
+    result = _eval(out, str(garbled))
+    assert result["decode_failures"] == 1 and result["pairs"] == summary["eval"]["pairs"] - 1, result
+    assert result["data"] == str(garbled)
 
 
 def test_export_loads_in_plain_pytorch_with_the_engines_embeddings(straight, data, tmp_path):
@@ -174,6 +191,36 @@ def test_kill_during_checkpoint_then_resume_equals_straight_run(straight, data, 
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff <= 1e-6, diff
+
+
+def test_rerunning_a_finished_run_does_nothing_and_writes_nothing(straight, data, tmp_path):
+    """The same command again on a finished run (its newest checkpoint at `steps`): one
+    `finished` line, exit 0, no training, eval or summary, and not one byte or mtime of the
+    run directory changes. It is launched with the fault that SIGKILLs rank 0 in the middle
+    of writing the step-16 checkpoint: a rerun that rewrote its final checkpoint in place
+    (what it did) died there and left a complete tag over half-written files, and every
+    later start failed. After it the run still exports; asking for fewer steps than the
+    checkpoint holds is a config error."""
+    out = tmp_path / "run"
+    shutil.copytree(straight[0], out)  # the fixture's run stays untouched whatever happens
+    before = listing(out)
+    rc, output = launch(out, data, "save_eval_embeddings=true", fault=f"kill_during_save:{STEPS}")
+    assert rc == 0, output[-4000:]
+    finished = events(output, "finished")
+    assert len(finished) == 1 and finished[0]["step"] == STEPS, output[-3000:]
+    assert finished[0]["checkpoint"] == str(out / "checkpoints" / f"step{STEPS:08d}")
+    assert not events(output, "start") and not events(output, "done")
+    assert listing(out) == before
+    assert (export(out, tmp_path / "export") / "model.safetensors").is_file()
+
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "train", str(DEMO), *data, f"out={out}",
+                           "model.video.frames=16", "data.batch_size=4", f"steps={STEPS // 2}"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"longvivit train: steps: {STEPS // 2} is below "), \
+        proc.stderr
+    assert listing(out) == before
 
 
 def test_torchrun_equals_the_deepspeed_launcher(straight, data, tmp_path):

@@ -6,6 +6,7 @@ the job's /dev/shm buffers, whether the test passed or not.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -22,11 +23,15 @@ DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 
 class Launch:
+    """env: variables to add to the ranks' environment; a value of None removes one (e.g.
+    {"OMP_NUM_THREADS": None}: torch's default thread count instead of the tests' 1)."""
+
     def __init__(self, config: str | Path, *overrides: str, log: Path, procs: int = 2, env: dict | None = None):
         self.port, self.log = free_port(), log
         cmd = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(self.port), "--module",
                "longvivit.train.cli", "train", str(config), "progress=false", *overrides]
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(env or {})}
+        env = {k: v for k, v in env.items() if v is not None}
         self._out = open(log, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, cwd=ROOT)
@@ -62,9 +67,10 @@ class Launch:
             time.sleep(0.1)
 
 
-def run(config: str | Path, *overrides: str, log: Path, timeout: float = 300) -> tuple[int, str]:
+def run(config: str | Path, *overrides: str, log: Path, timeout: float = 300,
+        env: dict | None = None) -> tuple[int, str]:
     """Launch, wait, return (exit status, output)."""
-    with Launch(config, *overrides, log=log) as job:
+    with Launch(config, *overrides, log=log, env=env) as job:
         rc = job.wait(timeout)
         return rc, job.output
 
@@ -81,6 +87,13 @@ def step_lines(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     lines = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
     return [x for x in lines if x.get("kind") == "step"]
+
+
+def listing(root: Path) -> dict:
+    """{relative path: (size, mtime_ns, sha256)} of every file under `root`."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                       hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def export(run_dir: Path, dest: Path) -> Path:

@@ -99,17 +99,26 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------- save
 
 def save(engine, out: str | Path, step: int, loader, config_yaml: str, keep_last: int) -> Path:
-    """Save on every rank; the tag becomes complete after all ranks are done."""
+    """Save on every rank; the tag becomes complete after all ranks are done.
+
+    Never writes into a complete tag: a tag of this step already on disk is left over from
+    another run in the same directory (resume=never), and rank 0 removes it before any rank
+    writes, so a kill mid-save leaves an incomplete tag (skipped and deleted on restart),
+    never a complete marker over half-written files. (A run that resumed from this very
+    step does not save it again: see run.finish.)"""
     root = ckpt_root(out)
     tag = tag_for(step)
     tag_dir = root / tag
-    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
     rank = engine.global_rank
+    if rank == 0 and tag_dir.exists():
+        _remove_tag(tag_dir)
+    dist.barrier()  # no rank writes before the old tag is gone
+    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
     torch.save({"step": step, "loader": loader.state_dict(), "rng": rng_state()},
                tag_dir / f"rank{rank:05d}.pt")
     if rank == 0:
         _write_atomic(tag_dir / CONFIG_FILE, config_yaml)
-        _fault_point("kill_during_save", step)
+        fault_point("kill_during_save", step)
     dist.barrier()  # every rank's files are on disk past this point
     if rank == 0:
         meta = {"step": step, "world_size": engine.world_size, "time": time.time()}
@@ -120,11 +129,19 @@ def save(engine, out: str | Path, step: int, loader, config_yaml: str, keep_last
     return tag_dir
 
 
-def _fault_point(name: str, step: int) -> None:
-    """Fault injection for the tests: LONGVIVIT_FAULT=kill_during_save:STEP makes rank 0
-    SIGKILL itself after its shard files for STEP are written, before the tag is complete."""
+def _remove_tag(tag_dir: Path) -> None:
+    """Remove a tag: its marker first, so that a kill part-way leaves it incomplete."""
+    (tag_dir / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(tag_dir, ignore_errors=True)
+
+
+def fault_point(name: str, step: int, sig: int = signal.SIGKILL) -> None:
+    """Fault injection for the tests: LONGVIVIT_FAULT=NAME:STEP sends this process `sig`
+    at the point NAME of step STEP. kill_during_save: rank 0 SIGKILLs itself after its
+    shard files for STEP are written, before the tag is complete; stop_in_step (run.loop):
+    every rank gets SIGTERM at the end of step STEP, as from a preemption."""
     if os.environ.get("LONGVIVIT_FAULT") == f"{name}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -134,7 +151,7 @@ def prune(root: Path, keep_last: int) -> None:
     keep = set(complete[-keep_last:])
     for t in tags:
         if t not in keep:
-            shutil.rmtree(t, ignore_errors=True)
+            _remove_tag(t)
 
 
 # ---------------------------------------------------------------------------- resume
@@ -178,7 +195,15 @@ def resume_tag(out: str | Path, resume: str) -> Path | None:
         return None
     if resume == "auto":
         return newest_complete(ckpt_root(out))
-    return find_checkpoint(resume)
+    try:
+        return find_checkpoint(resume)
+    except FileNotFoundError as err:
+        raise ConfigError(f"resume: {err}") from None
+
+
+def tag_step(tag_dir: Path) -> int:
+    """The step a complete tag holds (from its marker)."""
+    return int(json.loads((tag_dir / MARKER).read_text())["step"])
 
 
 def load(engine, tag_dir: Path, loader) -> int:
@@ -202,4 +227,4 @@ def remove_incomplete(out: str | Path) -> list[Path]:
 
 
 __all__ = ["save", "load", "prune", "resume_tag", "find_checkpoint", "check_compatible",
-           "remove_incomplete", "newest_complete", "tag_for", "ckpt_root"]
+           "remove_incomplete", "newest_complete", "tag_for", "tag_step", "ckpt_root"]

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from longvivit.data.config import DataConfig
 from longvivit.model import model_config
-from longvivit.model.config import ConfigError, ModelConfig, check, load_config, to_dict
+from longvivit.model.config import ConfigError, ModelConfig, check, load_config, load_yaml, to_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -96,8 +96,8 @@ def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
     """model.preset as the YAML files and overrides set it (last one wins)."""
     name = "B"
     for src in sources:
-        node = OmegaConf.load(src) if isinstance(src, (str, Path)) and Path(src).is_file() else src
-        if isinstance(node, dict) or OmegaConf.is_config(node):
+        node = load_yaml(src) if isinstance(src, (str, Path)) else src
+        if isinstance(node, dict) or OmegaConf.is_dict(node):
             name = OmegaConf.select(OmegaConf.create(node), "model.preset", default=name)
     for item in overrides:
         if item.startswith("model.preset="):
@@ -164,9 +164,18 @@ def load_ds_json(path: str) -> dict:
     p = repo_path(path)
     check(p.is_file(), "ds_config", f"no such file {path!r}")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as err:
+        ds = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"ds_config: {path} is not valid JSON ({err})") from None
+    check(isinstance(ds, dict), "ds_config", f"{path} holds a JSON {type(ds).__name__}, expected an object")
+    return ds
+
+
+def _section(ds: dict, key: str, name: str) -> dict:
+    """ds[key] (created empty when absent), which must be a JSON object."""
+    section = ds.setdefault(key, {})
+    check(isinstance(section, dict), f"ds_config.{key}", f"{section!r} in {name} is not a JSON object")
+    return section
 
 
 def _fill(ds: dict, key: str, want: Any, run_key: str, name: str) -> None:
@@ -181,7 +190,7 @@ def _fill(ds: dict, key: str, want: Any, run_key: str, name: str) -> None:
 
 def _fill_precision(ds: dict, precision: str, name: str) -> None:
     for key in ("bf16", "fp16"):
-        section = ds.setdefault(key, {})
+        section = _section(ds, key, name)
         want = precision == key
         if section.get("enabled", "auto") == "auto":
             section["enabled"] = want
@@ -201,7 +210,7 @@ def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict:
     _fill_precision(ds, cfg.precision, name)
     check("optimizer" not in ds and "scheduler" not in ds, "ds_config.optimizer",
           f"{name} defines an optimizer/scheduler; the run config's optim section owns them")
-    zero = ds.get("zero_optimization", {})
+    zero = _section(ds, "zero_optimization", name)
     check(zero.get("stage", 0) in (0, 1, 2, 3), "ds_config.zero_optimization.stage",
           f"{zero.get('stage')} is not one of 0, 1, 2, 3")
     return ds

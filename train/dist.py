@@ -16,8 +16,10 @@ they return the local value.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,22 @@ def setup_env(d: DistEnv) -> None:
                       MASTER_PORT=str(d.master_port))
     # The CPU accelerator counts its "devices" from LOCAL_SIZE (the deepspeed launcher sets it).
     os.environ.setdefault("LOCAL_SIZE", str(d.local_world_size))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+
+
+def extensions_dir() -> str:
+    """Where torch builds and caches C++ extensions for this Python environment.
+
+    DeepSpeed's CPU accelerator JIT-builds its shm_comm op whenever a process group starts
+    (comm.TorchBackend builds it unconditionally; the gloo path never calls it, and neither
+    an environment variable nor a config turns that off). torch caches it per user and
+    Python/CUDA version only, so two checkouts (two virtualenvs) rebuild it over each
+    other's build on every start: 25 s on an idle 2-core box, minutes on a busy one. One
+    cache per environment (a folder named after sys.prefix) keeps it built."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    env = hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
+    return str(Path(get_default_build_root()) / f"env-{env}")
 
 
 def init_process_group(timeout) -> None:

@@ -3,7 +3,9 @@
     longvivit eval CHECKPOINT [--data SHARDS] [--batch-size N] [--mask-ratio R] [--out FILE]
 
 CHECKPOINT is a run directory, its checkpoints/ directory, a tag directory or an exported
-directory (model.safetensors + config.yaml). Ends with one JSON line of metrics.
+directory (model.safetensors + config.yaml). Ends with one JSON line of metrics, with the
+shards evaluated (`data`) and how many of their clips failed to decode (`decode_failures`:
+those are left out of `pairs`).
 
 Ties: the rank of the correct item is 1 + the number of *other* candidates scoring at
 least as high (the pessimistic rank). A model that maps everything to one point scores
@@ -126,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     loader = build_loader(data_cfg, "val", device=device, rank=0, world_size=1, training=False)
     metrics = evaluate(model, loader, args.mask_ratio, args.max_batches)
-    metrics["checkpoint"] = str(args.checkpoint)
+    # clips that failed to decode were replaced by others of the split: `pairs` counts the
+    # distinct ones evaluated, decode_failures the ones missing from them
+    metrics.update(decode_failures=loader.decode_failures, data=str(data_cfg.val),
+                   checkpoint=str(args.checkpoint))
     line = json.dumps(metrics)
     if args.out:
         Path(args.out).write_text(line + "\n")

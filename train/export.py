@@ -43,13 +43,28 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
 
 
+def weights_source(path: str | Path) -> Path:
+    """What load_state_dict_any(path) reads: an export's weights file (its header read,
+    so a file that is not safetensors fails here) or a complete checkpoint tag. Raises
+    FileNotFoundError when `path` is neither."""
+    if is_export(path):
+        from safetensors import safe_open
+
+        weights = Path(path) / WEIGHTS
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+        return weights
+    return checkpoint.find_checkpoint(path)
+
+
 def load_state_dict_any(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from an export directory or from any checkpoint location (see find_checkpoint)."""
-    if is_export(path):
+    source = weights_source(path)
+    if source.name == WEIGHTS:
         from safetensors.torch import load_file
 
-        return load_file(str(Path(path) / WEIGHTS))
-    return consolidated_state_dict(checkpoint.find_checkpoint(path))
+        return load_file(str(source))
+    return consolidated_state_dict(source)
 
 
 def export(ckpt: str | Path, out: str | Path) -> Path:

@@ -67,6 +67,12 @@ DS_DEFAULTS = {"reduce_bucket_size": int(5e8), "allgather_bucket_size": int(5e8)
                "stage3_prefetch_bucket_size": int(5e7), "stage3_max_live_parameters": int(1e9),
                "stage3_param_persistence_threshold": int(1e5)}
 
+# The run-config keys (and the sections under them) that change the plan; an override of
+# any other key (steps, optim.*, data.train, out, ...) has no effect on memory and is
+# reported in the plan's `ignored`.
+PLAN_KEYS = ("model", "precision", "ds_config", "data.batch_size", "data.text_length", "data.frames",
+             "data.image_size", "local")
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20,
           "g": 2**30, "t": 2**40}
@@ -259,6 +265,7 @@ class Plan:
     fits: bool = False
     max_micro_batch: int = 0
     max_frames: int = 0
+    ignored: list = field(default_factory=list)  # overrides that do not change the plan
     assumptions: list = field(default_factory=lambda: list(ASSUMPTIONS))
 
 
@@ -329,6 +336,12 @@ def largest_frames(cfg: RunConfig, states: dict, gpu_mem: int) -> int:
     return lo * t
 
 
+def ignored_overrides(overrides: list[str]) -> list[str]:
+    """The keys of `overrides` that the plan does not read (see PLAN_KEYS)."""
+    keys = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    return [k for k in keys if not any(k == used or k.startswith(used + ".") for used in PLAN_KEYS)]
+
+
 def make_plan(config: str, overrides: list[str], gpus: int, gpu_mem: int,
               search: bool = True) -> Plan:
     cfg = load_run_config(repo_path(config), overrides=overrides)
@@ -345,7 +358,8 @@ def make_plan(config: str, overrides: list[str], gpus: int, gpu_mem: int,
                 offload_param=zero["offload_param"], precision=cfg.precision, micro_batch=batch,
                 frames=v.frames, mask_ratio=v.mask_ratio, grad_checkpointing=v.grad_checkpointing,
                 bytes={k: int(round(b)) for k, b in parts.items()}, host_bytes=int(states["host"]),
-                total=total, headroom=gpu_mem - total, fits=total <= gpu_mem)
+                total=total, headroom=gpu_mem - total, fits=total <= gpu_mem,
+                ignored=ignored_overrides(overrides))
     if search:
         plan.max_micro_batch = largest_batch(cfg, states, base, slope, gpu_mem)
         plan.max_frames = largest_frames(cfg, states, gpu_mem)
@@ -375,6 +389,8 @@ def table(plan: Plan) -> str:
     lines += ["", f"largest micro-batch that fits: {plan.max_micro_batch}",
               f"most frames that fit (micro-batch {plan.micro_batch}, {plan.mask_ratio:.0%} masking): "
               f"{plan.max_frames}", ""]
+    if plan.ignored:
+        lines.append(f"ignored (no effect on memory): {', '.join(plan.ignored)}")
     lines += [f"assumption: {a}" for a in plan.assumptions]
     return "\n".join(lines)
 

@@ -8,16 +8,18 @@ Runs the same way as one plain process, under the deepspeed launcher, torchrun o
     torchrun --nproc_per_node 8 -m longvivit.train.cli train CONFIG.yaml
     srun longvivit train CONFIG.yaml      (slurm/train.sbatch)
 
-Phases: validate (config, shards, precision, ds_config, resume target; exit 2 on any
-error, before a process group exists) -> setup (process group, model, engine, loaders,
-resume) -> loop (step, log, checkpoint, eval, stop on request) -> finish (checkpoint,
-eval, summary.json).
+Phases: validate (config, shards, precision, ds_config, out, resume target, init weights;
+exit 2 on any error, before a process group or output directory exists) -> setup (process
+group, model, engine, loaders, resume) -> loop (step, log, checkpoint, eval, stop on
+request) -> finish (checkpoint, eval, summary.json). A finished run (the checkpoint it would
+resume from is at `steps`) stops after validate: one line says so, nothing is written.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from longvivit.model.config import ConfigError, to_dict, to_yaml
+from longvivit.model.config import ConfigError, check, to_dict, to_yaml
 
 from . import checkpoint, dist
 from .config import (RunConfig, check_data, check_precision, load_run_config, repo_path,
@@ -75,9 +77,43 @@ def check_tokenizer(cfg: RunConfig) -> None:
 
 
 def check_init(cfg: RunConfig) -> None:
-    path = cfg.init.split(":", 1)[1] if cfg.init else ""
-    if path and not Path(path).exists():
+    """init=KIND:PATH names weights this run can read (their headers are read, not the weights)."""
+    if not cfg.init:
+        return
+    kind, path = cfg.init.split(":", 1)
+    if not Path(path).exists():
         raise ConfigError(f"init: {cfg.init!r}: no such file or directory")
+    try:
+        if kind == "open_clip":
+            from longvivit.model.init import load_image_tower
+
+            load_image_tower(path, mmap=True)
+        else:
+            from .export import weights_source
+
+            weights_source(path)
+    except Exception as err:  # noqa: BLE001 -- torch.load/safetensors raise many types for bad files
+        reason = " ".join(str(err).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise ConfigError(f"init: {cfg.init!r}: cannot read it ({type(err).__name__}: {reason})") from None
+
+
+def check_out(cfg: RunConfig) -> None:
+    """`out` is a directory, or can be made one: its nearest existing ancestor is a
+    writable directory (not a file)."""
+    path = Path(cfg.out)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    check(existing.is_dir(), "out", f"{cfg.out!r}: {existing} is a file, not a directory")
+    check(os.access(existing, os.W_OK | os.X_OK), "out", f"{cfg.out!r}: {existing} is not writable")
+
+
+def check_resume(cfg: RunConfig, tag: Path, world_size: int) -> None:
+    """The checkpoint to resume from fits this run: same architecture and world size, and
+    not past `steps`."""
+    checkpoint.check_compatible(tag, to_dict(cfg.model), world_size)
+    step = checkpoint.tag_step(tag)
+    check(step <= cfg.steps, "steps", f"{cfg.steps} is below step {step} of the checkpoint {tag} "
+          "this run would resume from (raise steps=, or start over with resume=never and another out=)")
 
 
 def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | None]:
@@ -86,6 +122,7 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     cfg = load_run_config(repo_path(path), overrides=overrides)
     check_precision(cfg.precision, device_for(d).type)
     ds_config = resolve_ds_config(cfg, d.world_size)
+    check_out(cfg)
     if cfg.local:  # the config is valid: make the synthetic data / open_clip file it reads
         from .local import prepare
 
@@ -94,10 +131,27 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     check_tokenizer(cfg)
     tag = checkpoint.resume_tag(cfg.out, cfg.resume)
     if tag is not None:
-        checkpoint.check_compatible(tag, to_dict(cfg.model), d.world_size)
+        check_resume(cfg, tag, d.world_size)
     else:  # init weights load only when not resuming
         check_init(cfg)
     return cfg, ds_config, tag
+
+
+def finished(cfg: RunConfig, tag: Path | None) -> bool:
+    """The checkpoint this run would resume from is already at cfg.steps."""
+    return tag is not None and checkpoint.tag_step(tag) == cfg.steps
+
+
+def report_finished(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> int:
+    """A finished run run again: nothing is trained, evaluated or written (a checkpoint is
+    never rewritten); rank 0 says so in one JSON line."""
+    if d.is_main:
+        summary = Path(cfg.out) / "summary.json"
+        print(json.dumps({"event": "finished", "step": cfg.steps, "checkpoint": str(tag),
+                          "summary": str(summary) if summary.is_file() else None,
+                          "message": f"already trained to steps={cfg.steps}: nothing to do (raise steps= to "
+                                     "train on; `longvivit eval` to evaluate again)"}), flush=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------- setup
@@ -116,7 +170,7 @@ class Run:
     visible_tokens: int = 0
     peak: float = 0.0
     history: dict = field(default_factory=dict)
-    saved: Path | None = None  # the newest checkpoint this run wrote
+    saved: Path | None = None  # the newest checkpoint of this run's state (written or resumed from)
     saved_step: int = -1
 
 
@@ -189,6 +243,8 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     v = cfg.model.video
     run = Run(cfg, d, device, engine, loader,
               RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main), resolved_yaml(cfg), step)
+    if tag is not None:  # the state at `step` is that checkpoint: finish() must not write it again
+        run.saved, run.saved_step = tag, step
     run.flops_per_sample = flops_per_sample(cfg.model, v.mask_ratio)
     run.visible_tokens = v.visible_tokens()
     run.peak = peak_tflops(device, cfg.peak_tflops)
@@ -293,6 +349,8 @@ def run_eval(run: Run) -> dict:
     finally:
         close(loader)
     metrics = retrieval_metrics(text @ video.t())
+    # failed clips are replaced by others of the split, so `pairs` leaves them out
+    metrics["decode_failures"] = int(dist.all_reduce([getattr(loader, "decode_failures", 0)])[0])
     if run.cfg.save_eval_embeddings and run.d.is_main:  # for tests comparing against an export
         torch.save({"index": index, "video": video, "text": text}, Path(run.cfg.out) / "eval_embeddings.pt")
     run.log.scalars(run.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
@@ -326,12 +384,15 @@ def loop(run: Run, stop) -> bool:
     while run.step < cfg.steps:
         out = train_step(run, stream)
         run.step += 1
+        checkpoint.fault_point("stop_in_step", run.step, signal.SIGTERM)
         log_step(run, out, timer, window)
         if every(cfg.checkpoint_every, run.step, cfg.steps):
             save(run)
         if every(cfg.eval_every, run.step, cfg.steps):
             run_eval(run)
-        if stop.agreed():
+        # after the final step the run is complete whatever was asked: finish() saves,
+        # evaluates and exits 0 (a requeued job would have nothing left to do)
+        if run.step < cfg.steps and stop.agreed():
             return False
     return True
 
@@ -375,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"longvivit train: {err}".splitlines()[0], file=sys.stderr)
         return EXIT_CONFIG
+    if finished(cfg, tag):
+        return report_finished(cfg, tag, d)
     return train(cfg, ds_config, tag, d)
 
 
