@@ -217,7 +217,7 @@ class VideoDecoder:
             return [(positions, video)]
         except Exception as err:  # noqa: BLE001 -- DALI raises several types for bad bytes
             self.pipes[kind] = self._build(kind)
-            errors.append(str(err).splitlines()[-1])
+            errors.append(dali_reason(err))
         for item, i in zip(inputs, positions):
             try:
                 clips[i] = self._run(kind, [item], [plans[i]])[0]
@@ -236,6 +236,17 @@ class VideoDecoder:
         good = [(i, r) for i, r in zip(candidates, results) if not isinstance(r, str)]
         error = next((r for r in results if isinstance(r, str)), "")
         return [i for i, _ in good], [r for _, r in good], error
+
+
+def dali_reason(err: Exception) -> str:
+    """The line of a DALI error that says what went wrong ("Assert ... failed: Failed to create
+    video decoder ..."), not the trailing "Current pipeline object is no longer valid." that
+    DALI appends once the pipeline is dead."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:  # DALI: where the operator was defined, then the reason
+        return lines[lines.index("encountered:") + 1]
+    generic = ("Critical error in pipeline", "Current pipeline object is no longer valid")
+    return next((line for line in lines if not line.startswith(generic)), lines[-1] if lines else repr(err))
 
 
 def default_threads() -> int:

@@ -113,7 +113,21 @@ def test_a_clip_that_does_not_decode_is_reported_not_raised(shard_samples):
         decoder = VideoDecoder(3, 24, CPU, backend=backend)
         video, ok, error = decoder.decode([good, garbled, b"not a video"], plans)
         assert ok == [0] and video.shape == (1, 4, 24, 24, 3) and error, backend
+        assert "no longer valid" not in error, error  # the reason, not DALI's follow-on line
         video, ok, error = decoder.decode([good, good], plans[:2])  # the pipeline still works
         assert ok == [0, 1] and error == "", backend
     with pytest.raises(ValueError, match="backend"):
         VideoDecoder(2, 24, CPU, backend="nvdec")
+
+
+def test_the_reason_of_a_dali_error_is_its_first_cause():
+    from longvivit.data.decode import dali_reason
+
+    message = ("Critical error in pipeline:\nCritical error in pipeline:\nError in CPU operator "
+               "`nvidia.dali.fn.decoders.video`,\nwhich was used in the pipeline definition with the "
+               "following traceback:\n\n  File \"data/decode.py\", line 157, in clip_pipeline\n\n"
+               "encountered:\n\nAssert on \"frames_decoders_[s]->IsValid()\" failed: Failed to create "
+               "video decoder for \"memory file\"\nC++ context: [video_decoder_base.h:246] \n"
+               "Current pipeline object is no longer valid.\nCurrent pipeline object is no longer valid.")
+    assert dali_reason(RuntimeError(message)).endswith('Failed to create video decoder for "memory file"')
+    assert dali_reason(RuntimeError("Critical error in pipeline:\nbad frame index 9")) == "bad frame index 9"
