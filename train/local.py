@@ -81,22 +81,21 @@ def cpu_twin(ds_config: str) -> str:
 
 
 def open_clip_file(cfg: RunConfig, path: str) -> str:
+    """The local CLIP file for `path`, named by every shape its image tower's weights have."""
     v = cfg.model.video
-    t, p, _ = v.tubelet
     stem = Path(path).stem.split("-local-")[0]  # idempotent: a local file maps to itself
-    name = (f"{stem}-local-w{VIDEO_WIDTH}-d{v.depth}-p{p}-s{v.image_size}"
-            f"-e{cfg.model.embed_dim}-{v.activation}-ln{int(v.ln_pre)}.pt")
+    name = (f"{stem}-local-w{v.width}-d{v.depth}-m{v.mlp_ratio:g}-p{v.tubelet[1]}-s{v.image_size}"
+            f"-e{cfg.model.embed_dim}-ln{int(v.ln_pre)}.pt")
     return str(Path(cfg.local_dir, "open_clip", name))
 
 
 def local_changes(cfg: RunConfig) -> dict:
     """The entries that turn `cfg` into its local form (merged under the CLI overrides)."""
     v, d, ld = cfg.model.video, cfg.data, cfg.local_dir
-    depth = VIDEO_DEPTH
-    checkpointed = 0 if not v.grad_checkpointing else max(1, round(v.grad_checkpointing * depth / v.depth))
+    checkpointed = 0 if not v.grad_checkpointing else max(1, round(v.grad_checkpointing * VIDEO_DEPTH / v.depth))
     steps = min(cfg.steps, MAX_STEPS)
     video = {"frames": local_frames(v.frames), "image_size": local_image_size(v.tubelet[1]),
-             "width": VIDEO_WIDTH, "heads": VIDEO_HEADS, "depth": depth, "grad_checkpointing": checkpointed}
+             "width": VIDEO_WIDTH, "heads": VIDEO_HEADS, "depth": VIDEO_DEPTH, "grad_checkpointing": checkpointed}
     if v.trainable_last_k is not None:
         video["trainable_last_k"] = min(v.trainable_last_k, MAX_TRAINABLE)
     text = {"width": TEXT_WIDTH, "depth": TEXT_DEPTH, "heads": TEXT_HEADS, "vocab_size": TEXT_VOCAB}
