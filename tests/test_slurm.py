@@ -33,12 +33,12 @@ def overrides(data: dict, out: Path, steps: int, checkpoint_every: int) -> list[
             f"out={out}"]
 
 
-def submit(cluster, tmp: Path, args: list[str]) -> tuple[int, Path]:  # noqa: F811
+def submit(cluster, tmp: Path, args: list[str], env: dict | None = None) -> tuple[int, Path]:  # noqa: F811
     logs = tmp / "logs"
     job = cluster.sbatch(*CPU_JOB, f"--output={tmp}/slurm-%j.out", "--time=20",
                          str(TRAIN_SBATCH), *args,
                          env={"LONGVIVIT_LOGS": str(logs), "DS_ACCELERATOR": "cpu",
-                              "LONGVIVIT_DIST_TIMEOUT": "60"})
+                              "LONGVIVIT_DIST_TIMEOUT": "60", **(env or {})})
     return job, logs / str(job)
 
 
@@ -87,9 +87,12 @@ def test_sbatch_trains_two_ranks_as_one_zero3_group(cluster, synth_data, tmp_pat
 
 def test_preemption_checkpoints_requeues_and_resumes(cluster, synth_data, tmp_path, shm_clean):  # noqa: F811
     out = tmp_path / "run"
-    steps = 30
-    job, logs = submit(cluster, tmp_path, overrides(synth_data, out, steps, checkpoint_every=1000))
-    wait_for(lambda: len(step_rows(out)) >= 3, 300, "3 training steps")
+    steps, stop = 30, 3
+    # rank 1 waits at the end of step 3 until the signal reaches it, so the stop lands in a
+    # known step however fast the steps are (the resumed run starts past step 3)
+    job, logs = submit(cluster, tmp_path, overrides(synth_data, out, steps, checkpoint_every=1000),
+                       env={"LONGVIVIT_FAULT": f"hold_for_signal:{stop}:1"})
+    wait_for(lambda: len(step_rows(out)) >= stop, 300, f"{stop} training steps")
     cluster.run("scancel", "--signal=USR1", "--batch", str(job))
 
     # The job writes its checkpoint, requeues itself and waits out SLURM's requeue delay
@@ -108,7 +111,7 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, synth_data, tmp_pa
     starts = events(logs / "rank-0.log", "start")  # appended across the restart
     assert len(starts) == 2 and starts[0]["step"] == 0
     stopped_at = starts[1]["step"]
-    assert 3 <= stopped_at < steps
+    assert stopped_at == stop
     assert Path(starts[1]["resumed_from"]).name == f"step{stopped_at:08d}"
     assert f"step {stopped_at} " in text  # the stop note names the checkpointed step
     # every step exactly once: none lost, none run twice past the checkpoint

@@ -144,6 +144,18 @@ def fault_point(name: str, step: int, sig: int = signal.SIGKILL) -> None:
         os.kill(os.getpid(), sig)
 
 
+def hold_point(name: str, step: int, rank: int, released, timeout: float = 600.0) -> None:
+    """Fault injection for the tests: LONGVIVIT_FAULT=NAME:STEP:RANK holds rank RANK at the
+    point NAME of step STEP until `released()` (or `timeout` seconds), so that a test can
+    signal a run at a known step however fast its steps are. hold_for_signal (run.loop):
+    the rank waits after step STEP is logged, saved and evaluated, just before the
+    stop agreement, for a stop signal."""
+    if os.environ.get("LONGVIVIT_FAULT") == f"{name}:{step}:{rank}":
+        deadline = time.monotonic() + timeout
+        while not released() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def prune(root: Path, keep_last: int) -> None:
     """Keep the newest `keep_last` complete tags; drop older ones and any incomplete tag."""
     tags = list_tags(root)

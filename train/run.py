@@ -390,6 +390,7 @@ def loop(run: Run, stop) -> bool:
             save(run)
         if every(cfg.eval_every, run.step, cfg.steps):
             run_eval(run)
+        checkpoint.hold_point("hold_for_signal", run.step, run.d.rank, lambda: stop.requested)
         # after the final step the run is complete whatever was asked: finish() saves,
         # evaluates and exits 0 (a requeued job would have nothing left to do)
         if run.step < cfg.steps and stop.agreed():
