@@ -148,7 +148,7 @@ def fake_video_saved_bytes(cfg, batch: int, mask_ratio: float, precision: str = 
     """Saved-for-backward bytes of the video tower on FakeTensors (nothing allocated, the
     same count as a real run: see longvivit.train.plan), for cells too slow to run."""
     from longvivit.model import saved_bytes
-    from longvivit.model.config import to_dict
+    from longvivit.config import to_dict
     from longvivit.train.plan import fake_model
 
     model, mode = fake_model(json.dumps(to_dict(cfg)), precision)

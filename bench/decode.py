@@ -165,7 +165,7 @@ def agreement(samples: list[dict], plans: list, image_size: int) -> dict:
 
 def data_config(shards: Path, tokenizer: str, frames: int, image_size: int, batch: int, workers: int):
     from longvivit.data import DataConfig
-    from longvivit.model.config import load_config
+    from longvivit.config import load_config
 
     return load_config(DataConfig, dict(train=str(shards), val=str(shards), tokenizer=tokenizer, frames=frames,
                                         image_size=image_size, batch_size=batch, num_workers=workers,

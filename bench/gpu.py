@@ -672,7 +672,7 @@ def loader_vs_step(shards: Path, tokenizer: str, device: torch.device) -> dict:
 
     from longvivit.data import DataConfig, build_loader
     from longvivit.model import build_model, model_config
-    from longvivit.model.config import load_config
+    from longvivit.config import load_config
     from longvivit.train.logging import StepTimer
     from longvivit.train.run import batches
 

@@ -1,23 +1,20 @@
 """DataConfig: where the shards are and how clips become frame batches.
 
-Loaded through longvivit.model.config.load_config like every other config; `validate()`
+Loaded through longvivit.config.load_config like every other config; `validate()`
 names the offending key.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longvivit.model.config import check
-
-SAMPLING = ("uniform", "fps")
-SOURCES = ("shards", "synthetic")
+from longvivit.config import check, choice
 
 
 @dataclass
 class DataConfig:
     # shards: the MDS shards below; synthetic: random clips and captions of these shapes on
     # the device, for throughput work and the GPU suite (no shards, tokenizer or decoder)
-    source: str = "shards"
+    source: str = choice("shards", "synthetic")
     synthetic_samples: int = 1024  # samples per epoch of a synthetic split, over all ranks
     train: str = ""  # shard folder or a remote URL that streaming supports (s3://, gs://, ...)
     val: str = ""
@@ -25,7 +22,7 @@ class DataConfig:
     frames: int = 16  # frames per clip fed to the model (T)
     # uniform: `frames` frames spread over the whole clip; fps: `frames` consecutive frames
     # at the shard FPS (a random window when training, the centred one otherwise)
-    sampling: str = "uniform"
+    sampling: str = choice("uniform", "fps")
     image_size: int = 224  # square crop side fed to the model (H == W)
     batch_size: int = 8  # per device
     text_length: int = 64  # tokens per caption, bos/eos and padding included
@@ -42,11 +39,8 @@ class DataConfig:
     canonical_nodes: int = 0
 
     def validate(self) -> None:
-        check(self.source in SOURCES, "source", f"{self.source!r} is not one of {', '.join(SOURCES)}")
         check(self.synthetic_samples > 0, "synthetic_samples", f"{self.synthetic_samples} must be > 0")
         check(self.frames > 0, "frames", f"{self.frames} must be > 0")
-        check(self.sampling in SAMPLING, "sampling",
-              f"{self.sampling!r} is not one of {', '.join(SAMPLING)}")
         check(self.image_size > 0, "image_size", f"{self.image_size} must be > 0")
         check(self.batch_size > 0, "batch_size", f"{self.batch_size} must be > 0")
         check(self.text_length >= 3, "text_length", f"{self.text_length} must be >= 3 "

@@ -37,6 +37,8 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from longvivit.config import check, choice, validated
+
 from .manifest import Reject, Row, read_manifest, write_jsonl
 from .video import CODECS, VideoError, encode, read_resampled
 
@@ -51,20 +53,16 @@ SUMMARY, REJECTS = "summary.json", "rejects.jsonl"
 class ShardOptions:
     fps: float = 1.0
     size: int = 256  # short side in pixels; 0 keeps the source size
-    codec: str = "vp9"  # vp9 | h264
+    codec: str = choice(*CODECS)
     keyframe_interval: int = 8  # frames
     crf: int = 20  # constant-quality level (lower: better and bigger)
     still_images: bool = False  # a still image becomes a clip (held start..end, or one frame)
 
     def validate(self) -> None:
-        if self.fps <= 0:
-            raise ValueError(f"--fps must be > 0, got {self.fps}")
-        if self.size < 0 or self.size % 2:
-            raise ValueError(f"--size must be an even number >= 0, got {self.size}")
-        if self.codec not in CODECS:
-            raise ValueError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
-        if self.keyframe_interval < 1:
-            raise ValueError(f"--keyframe-interval must be >= 1, got {self.keyframe_interval}")
+        check(self.fps > 0, "fps", f"{self.fps} must be > 0")
+        check(self.size >= 0 and self.size % 2 == 0, "size", f"{self.size} must be an even number >= 0")
+        check(self.keyframe_interval >= 1, "keyframe_interval", f"{self.keyframe_interval} must be >= 1")
+        check(0 <= self.crf <= 63, "crf", f"{self.crf} is outside [0, 63]")
 
 
 def transcode(row: Row, opts: ShardOptions) -> dict | Reject:
@@ -96,7 +94,7 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     from streaming import MDSWriter  # imports torch + transformers: only when writing
     from tqdm import tqdm
 
-    opts.validate()
+    validated(opts)
     entries = list(read_manifest(manifest))[part[0]::part[1]]  # a missing manifest fails first
     out = _prepare_out(Path(out), overwrite)
     written, rejects, hours, video_bytes, stopped = 0, [], 0.0, 0, None

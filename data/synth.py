@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from longvivit.config import check, validated
+
 from .manifest import write_jsonl
 from .video import encode
 
@@ -54,16 +56,15 @@ class SynthConfig:
 
     def validate(self) -> None:
         lo = self.min_frames or self.frames
-        if not 1 <= self.min_events <= self.max_events:
-            raise ValueError(f"events: need 1 <= min_events <= max_events, got "
-                             f"{self.min_events}..{self.max_events}")
-        if lo < 2 * self.max_events or lo > self.frames:
-            raise ValueError(f"frames: need 2*max_events={2 * self.max_events} <= min_frames "
-                             f"<= frames, got min_frames={lo}, frames={self.frames}")
-        if self.size < 16 or self.size % 2:
-            raise ValueError(f"size: need an even number >= 16, got {self.size}")
-        if self.videos < 2 or not 0 < self.val_fraction < 1 or not 0 <= self.hard_negatives <= 1:
-            raise ValueError("videos >= 2, 0 < val_fraction < 1 and 0 <= hard_negatives <= 1")
+        check(1 <= self.min_events <= self.max_events, "min_events",
+              f"need 1 <= min_events <= max_events, got {self.min_events}..{self.max_events}")
+        check(2 * self.max_events <= lo <= self.frames, "min_frames",
+              f"need 2*max_events={2 * self.max_events} <= min_frames <= frames, got "
+              f"min_frames={lo}, frames={self.frames}")
+        check(self.size >= 16 and self.size % 2 == 0, "size", f"{self.size} must be an even number >= 16")
+        check(self.videos >= 2, "videos", f"{self.videos} must be >= 2")
+        check(0 < self.val_fraction < 1, "val_fraction", f"{self.val_fraction} is outside (0, 1)")
+        check(0 <= self.hard_negatives <= 1, "hard_negatives", f"{self.hard_negatives} is outside [0, 1]")
 
 
 # ----------------------------------------------------------------------------- event lists
@@ -189,7 +190,7 @@ def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: 
                     overwrite: bool = False, **options) -> dict:
     """Write the benchmark into `out` (see the module docstring); returns the summary."""
     cfg = SynthConfig(videos=videos, frames=frames, seed=seed, **options)
-    cfg.validate()
+    validated(cfg)
     out = _prepare_out(Path(out), overwrite)
     rng = np.random.default_rng(cfg.seed)
     listing = event_lists(cfg, rng)

@@ -4,7 +4,8 @@
     model = build_model(model_config("tiny", ["video.mask_ratio=0.75"]))
     loss, metrics = model(video, text_ids, text_mask)   # video (B, T, H, W, C) uint8
 """
-from .config import ConfigError, ModelConfig, TextConfig, VideoConfig, load_config
+from .config import ModelConfig, TextConfig, VideoConfig
+from longvivit.config import ConfigError, load_config
 from .dual import DualEncoder, build_model
 from .init import init_from_open_clip
 from .loss import ContrastiveLoss

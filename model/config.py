@@ -1,108 +1,16 @@
-"""Typed configs: OmegaConf structured configs over dataclasses.
+"""The model's configs: the video tower, the text tower and the dual encoder around them.
 
-Every config in the project (model, data, run) is a dataclass. `load_config` builds one
-from defaults, YAML files and ``key=value`` overrides, and fails with one line naming the
-offending key when a key is unknown or a value has the wrong type or is out of range.
+Loaded through longvivit.config.load_config like every other config; `choice` fields are
+checked there, everything else in each ``validate()``.
 """
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-from typing import Any, Sequence, Type, TypeVar
+from dataclasses import dataclass, field
+from typing import List, Optional
 
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-T = TypeVar("T")
+from longvivit.config import check, choice
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and what is wrong."""
-
-
-def _explain(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None) or getattr(err, "key", None)
-    msg = str(err).splitlines()[0]
-    return f"{key}: {msg}" if key else msg
-
-
-def load_yaml(path: str | Path) -> DictConfig:
-    """A YAML config file as a DictConfig; ConfigError('config: PATH: ...') when it is
-    missing, is not YAML, or holds something other than a mapping of keys."""
-    if not Path(path).is_file():
-        raise ConfigError(f"config: {path}: no such file")
-    try:
-        node = OmegaConf.load(path)
-    except (OSError, yaml.YAMLError, OmegaConfBaseException) as err:
-        # OmegaConf raises OSError for a scalar document ("Invalid loaded object type: int")
-        raise ConfigError(f"config: {path}: not a YAML mapping of keys ({' '.join(str(err).split())})") from None
-    if not isinstance(node, DictConfig):
-        raise ConfigError(f"config: {path}: holds a list, expected a mapping of keys (model:, data:, ...)")
-    return node
-
-
-def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -> T:
-    """Merge `sources` (YAML paths, dicts or dataclass instances) and ``key=value``
-    `overrides` onto the defaults of `schema`; return a validated `schema` instance.
-
-    Raises ConfigError with the offending key on an unknown key, a wrong type, or a value
-    that the dataclass's own ``validate()`` rejects.
-    """
-    try:
-        cfg = OmegaConf.structured(schema)
-        for src in sources:
-            if isinstance(src, (str, Path)):
-                src = load_yaml(src)
-            cfg = OmegaConf.merge(cfg, src)
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected key=value")
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        obj = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        raise ConfigError(_explain(err)) from None
-    _validate_tree(obj)
-    return obj
-
-
-def _validate_tree(obj: Any, prefix: str = "") -> None:
-    """Call ``validate()`` on every nested dataclass, children first."""
-    if not dataclasses.is_dataclass(obj):
-        return
-    for f in dataclasses.fields(obj):
-        _validate_tree(getattr(obj, f.name), f"{prefix}{f.name}.")
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        try:
-            validate()
-        except ConfigError as err:
-            raise ConfigError(f"{prefix}{err}") from None
-
-
-def to_yaml(cfg: Any) -> str:
-    """The resolved config as YAML (stored in checkpoints and logged to TensorBoard)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def to_dict(cfg: Any) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-
-
-def check(cond: bool, key: str, msg: str) -> None:
-    """Raise ConfigError('key: msg') unless `cond`; used inside ``validate()`` methods."""
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
-
-
-__all__ = ["ConfigError", "load_config", "load_yaml", "to_yaml", "to_dict", "check", "DictConfig"]
-
-
-# ----------------------------------------------------------------------------- model
-
-from dataclasses import dataclass, field  # noqa: E402
-from typing import List, Optional  # noqa: E402
 
 
 def _check_dims(cfg) -> None:
@@ -124,13 +32,13 @@ class VideoConfig:
     depth: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
-    attention: str = "joint"  # joint | factorized
-    pool: str = "mean"  # mean (over visible patch tokens, the paper's) | cls
+    attention: str = choice("joint", "factorized")
+    pool: str = choice("mean", "cls")  # mean over visible patch tokens (the paper's) | cls
     cls_token: bool = False  # a CLS token in the sequence (needed by pool=cls; kept by open_clip inits)
     ln_pre: bool = True  # LayerNorm on the tokens before the first block (CLIP ViTs have one)
-    activation: str = "gelu"  # gelu | quick_gelu (OpenAI CLIP weights use quick_gelu)
+    activation: str = choice("gelu", "quick_gelu")  # OpenAI CLIP weights use quick_gelu
     mask_ratio: float = 0.0  # fraction of tubelet tokens dropped before the encoder (training)
-    mask_scheme: str = "random"  # random | tube
+    mask_scheme: str = choice("random", "tube")
     grad_checkpointing: int = 0  # number of blocks (from the first) with activation checkpointing
     trainable_last_k: Optional[int] = None  # None: all blocks train; k: only the last k blocks
     train_stem: bool = True  # with trainable_last_k: tubelet/position embeddings keep training.
@@ -147,16 +55,9 @@ class VideoConfig:
         check(self.image_size > 0 and self.image_size % p == 0, "image_size",
               f"{self.image_size} is not a positive multiple of the patch size {p}")
         check(self.width % self.heads == 0, "width", f"{self.width} not divisible by heads={self.heads}")
-        check(self.attention in ("joint", "factorized"), "attention",
-              f"{self.attention!r} is not one of joint, factorized")
-        check(self.pool in ("mean", "cls"), "pool", f"{self.pool!r} is not one of mean, cls")
         check(self.pool != "cls" or self.cls_token, "pool",
               "pool=cls needs cls_token=true")
-        check(self.activation in ("gelu", "quick_gelu"), "activation",
-              f"{self.activation!r} is not one of gelu, quick_gelu")
         check(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"{self.mask_ratio} is outside [0, 1)")
-        check(self.mask_scheme in ("random", "tube"), "mask_scheme",
-              f"{self.mask_scheme!r} is not one of random, tube")
         check(not (self.attention == "factorized" and self.mask_scheme != "tube"
                    and self.mask_ratio > 0), "mask_scheme",
               "factorized attention needs mask_scheme=tube (every temporal slice must keep "
@@ -207,11 +108,9 @@ class ModelConfig:
     embed_dim: int = 512  # joint video-text space
     init_logit_scale: float = 2.6592600369644043  # ln(1 / 0.07)
     max_logit_scale: float = 4.605170185988092  # ln(100)
-    gather: str = "gather_with_grad"  # gather_with_grad | local_loss (cross-rank contrastive loss)
+    gather: str = choice("gather_with_grad", "local_loss")  # the cross-rank contrastive loss
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
     def validate(self) -> None:
-        check(self.gather in ("gather_with_grad", "local_loss"), "gather",
-              f"{self.gather!r} is not one of gather_with_grad, local_loss")
         check(self.embed_dim > 0, "embed_dim", f"{self.embed_dim} must be > 0")

@@ -13,7 +13,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .config import ModelConfig, TextConfig, VideoConfig, load_config, to_dict
+from .config import ModelConfig, TextConfig, VideoConfig
+
+from longvivit.config import load_config, to_dict
 
 
 def _preset(name, embed, video, text) -> ModelConfig:

@@ -16,7 +16,7 @@ from data_support import SYNTH, psnr, read_jsonl, synth_data  # noqa: F401 (fixt
 from longvivit.data import DataConfig, build_loader
 from longvivit.data.reader import clean_stale_shared_memory
 from longvivit.data.video import frames_at
-from longvivit.model.config import ConfigError, load_config
+from longvivit.config import ConfigError, load_config
 
 CPU = torch.device("cpu")
 

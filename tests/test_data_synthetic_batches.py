@@ -4,7 +4,7 @@ import torch
 from longvivit.data.config import DataConfig
 from longvivit.data.synthetic_batches import SyntheticBatches
 from longvivit.data.tokenizer import BOS, EOS, PAD
-from longvivit.model.config import load_config
+from longvivit.config import load_config
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from longvivit.model.config import ConfigError
+from longvivit.config import ConfigError
 from longvivit.train import checkpoint as ckpt
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from longvivit.model.config import ConfigError
+from longvivit.config import ConfigError
 from longvivit.train.config import load_run_config, resolve_ds_config
 from longvivit.train.dist import free_port, read_env
 

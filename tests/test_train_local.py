@@ -69,7 +69,7 @@ def test_a_local_runs_stored_config_runs_as_it_is(name, tmp_path):
     """The run_config.yaml a local run stores holds the local form already applied."""
     import dataclasses
 
-    from longvivit.model.config import to_dict
+    from longvivit.config import to_dict
     from longvivit.train.run import resolved_yaml
 
     local = load_run_config(CONFIGS / f"{name}.yaml", overrides=["local=true", f"local_dir={tmp_path}"])

@@ -139,7 +139,7 @@ def test_eval_cli_prints_one_json_line(straight, data, tmp_path):
 
 def test_export_loads_in_plain_pytorch_with_the_engines_embeddings(straight, data, tmp_path):
     from longvivit.data import DataConfig, build_loader
-    from longvivit.model.config import load_config
+    from longvivit.config import load_config
     from longvivit.train.export import load_exported
 
     out, _ = straight

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from longvivit.model.config import ConfigError
+from longvivit.config import ConfigError
 
 from . import dist
 

@@ -20,9 +20,10 @@ from typing import Any, List, Sequence
 
 from omegaconf import OmegaConf
 
+from longvivit.config import ConfigError, check, choice, load_config, load_yaml, to_dict
 from longvivit.data.config import DataConfig
 from longvivit.model import model_config
-from longvivit.model.config import ConfigError, ModelConfig, check, load_config, load_yaml, to_dict
+from longvivit.model.config import ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -56,7 +57,7 @@ class RunConfig:
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # micro-batches per optimizer step
     ds_config: str = "ds_configs/zero3_cpu.json"  # relative paths resolve against the repo root
-    precision: str = "fp32"  # fp32 | bf16 | fp16; must agree with the ds_config
+    precision: str = choice("fp32", "bf16", "fp16")  # must agree with the ds_config
     out: str = "runs/default"  # checkpoints, TensorBoard logs, metrics.jsonl
     seed: int = 0
     init: str = ""  # "" (random) | open_clip:PATH | checkpoint:PATH (a run dir, DS checkpoint or export)
@@ -76,8 +77,6 @@ class RunConfig:
     def validate(self) -> None:
         check(self.steps > 0, "steps", f"{self.steps} must be > 0")
         check(self.grad_accum > 0, "grad_accum", f"{self.grad_accum} must be > 0")
-        check(self.precision in ("fp32", "bf16", "fp16"), "precision",
-              f"{self.precision!r} is not one of fp32, bf16, fp16")
         check(0.0 <= self.eval_mask_ratio < 1.0, "eval_mask_ratio", f"{self.eval_mask_ratio} is outside [0, 1)")
         for key in ("log_every", "eval_every", "checkpoint_every", "eval_max_batches"):
             check(getattr(self, key) >= 0, key, f"{getattr(self, key)} must be >= 0")

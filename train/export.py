@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from longvivit.model.config import ModelConfig, load_config
+from longvivit.config import load_config
+from longvivit.model.config import ModelConfig
+
 
 from . import checkpoint
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from longvivit.model.config import ConfigError
+from longvivit.config import ConfigError
 
 if TYPE_CHECKING:
     from .config import RunConfig

@@ -44,7 +44,9 @@ from functools import lru_cache
 
 import torch
 
-from longvivit.model.config import ConfigError, ModelConfig
+from longvivit.config import ConfigError
+from longvivit.model.config import ModelConfig
+
 
 from .config import RunConfig, load_run_config, repo_path, resolve_ds_config, zero_stage
 
@@ -176,7 +178,7 @@ def fake_model(cfg_json: str, precision: str):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from longvivit.model import build_model
-    from longvivit.model.config import load_config
+    from longvivit.config import load_config
 
     cfg = load_config(ModelConfig, json.loads(cfg_json))
     dtype = compute_dtype(precision)
@@ -200,7 +202,7 @@ def measure_activations(cfg: RunConfig, batch: int, frames: int | None = None) -
     """Saved-for-backward bytes of one training forward at `batch` clips of `frames` frames
     (default: the config's), measured on the fake model."""
     from longvivit.model import saved_bytes
-    from longvivit.model.config import to_dict
+    from longvivit.config import to_dict
 
     model, mode = fake_model(json.dumps(to_dict(cfg.model)), cfg.precision)
     v = cfg.model.video

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from longvivit.model.config import ConfigError, check, to_dict, to_yaml
+from longvivit.config import ConfigError, check, to_dict, to_yaml
 
 from . import checkpoint, dist
 from .config import (RunConfig, check_data, check_precision, load_run_config, repo_path,

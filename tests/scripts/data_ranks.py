@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from longvivit.data import DataConfig, build_loader
-from longvivit.model.config import load_config
+from longvivit.config import load_config
 
 
 def indices(batches) -> list[int]:
