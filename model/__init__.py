@@ -4,18 +4,19 @@
     model = build_model(model_config("tiny", ["video.mask_ratio=0.75"]))
     loss, metrics = model(video, text_ids, text_mask)   # video (B, T, H, W, C) uint8
 """
-from .config import ModelConfig, TextConfig, VideoConfig
 from longvivit.config import ConfigError, load_config
+
+from .config import ModelConfig, TextConfig, VideoConfig
 from .dual import DualEncoder, build_model
 from .init import init_from_open_clip
-from .loss import ContrastiveLoss
+from .loss import ContrastiveLoss, SigLipLoss
 from .masking import sample_visible, visible_count
 from .memory import saved_bytes
 from .presets import PRESETS, flops_per_sample, model_config, num_params
 
 __all__ = [
     "ConfigError", "ModelConfig", "TextConfig", "VideoConfig", "load_config",
-    "DualEncoder", "build_model", "init_from_open_clip", "ContrastiveLoss",
+    "DualEncoder", "build_model", "init_from_open_clip", "ContrastiveLoss", "SigLipLoss",
     "sample_visible", "visible_count", "saved_bytes",
     "PRESETS", "flops_per_sample", "model_config", "num_params",
 ]

@@ -108,7 +108,11 @@ class ModelConfig:
     embed_dim: int = 512  # joint video-text space
     init_logit_scale: float = 2.6592600369644043  # ln(1 / 0.07)
     max_logit_scale: float = 4.605170185988092  # ln(100)
-    gather: str = choice("gather_with_grad", "local_loss")  # the cross-rank contrastive loss
+    gather: str = choice("gather_with_grad", "local_loss")  # the cross-rank InfoNCE (loss.py)
+    # infonce: symmetric softmax over the batch (CLIP); siglip: pairwise sigmoid with a
+    # learnable logit bias (SigLIP; start it at init_logit_scale=2.3026, ln 10, as the paper)
+    loss: str = choice("infonce", "siglip")
+    init_logit_bias: float = -10.0  # siglip only
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
 

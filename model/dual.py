@@ -1,4 +1,4 @@
-"""DualEncoder: video tower + text tower + learnable temperature + contrastive loss.
+"""DualEncoder: video tower + text tower + learnable temperature (and, for SigLIP, bias) + loss.
 
 One nn.Module holds everything the engine trains, so DeepSpeed wraps a single module and
 `forward(video, text_ids, text_mask)` returns the loss and a metrics dict.
@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .loss import ContrastiveLoss
+from .loss import ContrastiveLoss, SigLipLoss
 from .text import TextEncoder
 from .video import VideoEncoder
 
@@ -25,7 +25,11 @@ class DualEncoder(nn.Module):
         self.text = TextEncoder(cfg.text, cfg.embed_dim)
         # 1-D, not 0-dim: DeepSpeed (and FSDP) cannot broadcast or partition 0-dim parameters
         self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.init_logit_scale)))
-        self.loss = ContrastiveLoss(cfg.gather)
+        if cfg.loss == "siglip":  # only then: an InfoNCE checkpoint keeps its parameter set
+            self.logit_bias = nn.Parameter(torch.full((1,), float(cfg.init_logit_bias)))
+            self.loss = SigLipLoss()
+        else:
+            self.loss = ContrastiveLoss(cfg.gather)
 
     def encode_video(self, video: torch.Tensor, mask_ratio: Optional[float] = None,
                      mask_scheme: Optional[str] = None, generator: Optional[torch.Generator] = None,
@@ -49,13 +53,16 @@ class DualEncoder(nn.Module):
         v = self.encode_video(video, mask_ratio, generator=generator, normalize=True)  # (B, E)
         t = self.encode_text(text_ids, text_mask, normalize=True)  # (B, E)
         scale = self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
-        # logits and softmax in float32 even when the towers run in bf16/fp16
-        loss, logits, labels = self.loss(v.float(), t.float(), scale.float())
+        # logits and softmax/sigmoid in float32 even when the towers run in bf16/fp16
+        bias = (self.logit_bias.float(),) if self.cfg.loss == "siglip" else ()
+        loss, logits, labels = self.loss(v.float(), t.float(), scale.float(), *bias)
         metrics = {
             "loss": loss.detach(),
             "logit_scale": scale.detach().squeeze(0),
             "v2t_acc": (logits.argmax(1) == labels).float().mean().detach(),  # local rows, global batch
         }
+        if bias:
+            metrics["logit_bias"] = bias[0].detach().squeeze(0)
         return loss, metrics
 
     # ------------------------------------------------------------------ trainer hooks

@@ -1,4 +1,5 @@
-"""Symmetric InfoNCE (CLIP/ALIGN) over video and text embeddings, and the cross-rank gather.
+"""Symmetric InfoNCE (CLIP/ALIGN) and the pairwise sigmoid loss (SigLIP) over video and text
+embeddings, and the cross-rank gather.
 
 This is the only file in model/ that touches torch.distributed (train/ and data/ reach it
 only through train/dist.py). Without an initialised process group the loss is plain
@@ -13,6 +14,12 @@ gathered with gradient:
 In both modes the gather's backward sums the gradient over ranks, so after the usual data
 parallel averaging of parameter gradients (DDP, DeepSpeed) every parameter gets exactly
 the gradient of one process on the concatenated batch.
+
+SigLipLoss scores every video-text pair on its own (a binary problem: the pair matches or
+not), so it always works like local_loss: each rank's B videos against all W*B texts, the
+ranks' mean being the loss of one process on the concatenated batch. Gathering the texts
+costs one (W*B, E) all_gather; open_clip's neighbour exchange trades it for W - 1
+point-to-point steps, which matters only when W*B*E embeddings do not fit beside the model.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MODES = ("gather_with_grad", "local_loss")
+LOSSES = ("infonce", "siglip")
 
 
 def world() -> tuple[int, int]:
@@ -83,3 +91,21 @@ class ContrastiveLoss(nn.Module):
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
         local = slice(rank * B, (rank + 1) * B)
         return loss, logits[local], labels[local]
+
+
+class SigLipLoss(nn.Module):
+    """Pairwise sigmoid loss (Zhai et al. 2023, open_clip's SigLipLoss): for logits
+    z = scale * v.t + bias, -sum(log sigmoid(+z)) over matching pairs and
+    -sum(log sigmoid(-z)) over all others, divided by the number of videos."""
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
+        """video, text (B, E) L2-normalised; scale exp(logit_scale); bias the learnable
+        logit bias. Returns (loss, logits of the local videos against all texts (B, W*B),
+        labels (B,)) like ContrastiveLoss."""
+        rank, _ = world()
+        B = video.shape[0]
+        logits = scale * video @ gather_with_grad(text).t() + bias  # (B, W*B)
+        labels = torch.arange(B, device=video.device) + rank * B
+        signs = torch.full_like(logits, -1.0)
+        signs[torch.arange(B, device=video.device), labels] = 1.0
+        return -F.logsigmoid(signs * logits).sum() / B, logits, labels

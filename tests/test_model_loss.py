@@ -1,5 +1,5 @@
-"""Symmetric InfoNCE against a naive reference, the temperature, and the cross-rank gather
-on 2 gloo processes against one process on the concatenated batch."""
+"""Symmetric InfoNCE and SigLIP against naive references, the temperature, and the
+cross-rank losses on 2 gloo processes against one process on the concatenated batch."""
 import math
 import os
 
@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from longvivit.model import ContrastiveLoss, build_model, model_config
+from longvivit.model import ContrastiveLoss, SigLipLoss, build_model, model_config
 from longvivit.train.dist import free_port
 
 
@@ -23,6 +23,39 @@ def naive_infonce(video, text, scale):
         total += -sims_v[i] + math.log(sum(math.exp(s) for s in sims_v))
         total += -sims_t[i] + math.log(sum(math.exp(s) for s in sims_t))
     return total / (2 * n)
+
+
+def naive_siglip(video, text, scale, bias):
+    """Every pair its own logistic regression: label +1 for the match, -1 otherwise; the sum
+    over all pairs divided by the number of videos."""
+    n = video.shape[0]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            z = scale * float(video[i] @ text[j]) + bias
+            total += math.log(1 + math.exp(-z if i == j else z))
+    return total / n
+
+
+def test_siglip_equals_naive_reference():
+    torch.manual_seed(0)
+    video = F.normalize(torch.randn(6, 16), dim=-1)
+    text = F.normalize(video + 0.5 * torch.randn(6, 16), dim=-1)
+    loss, logits, labels = SigLipLoss()(video, text, torch.tensor(10.0), torch.tensor([-10.0]))
+    assert loss.item() == pytest.approx(naive_siglip(video, text, 10.0, -10.0), rel=1e-5)
+    assert logits.shape == (6, 6) and torch.equal(labels, torch.arange(6))
+
+
+def test_siglip_model_learns_its_bias_and_infonce_has_none():
+    torch.manual_seed(0)
+    cfg = model_config("tiny", ["video.frames=4", "loss=siglip", "init_logit_scale=2.302585", "init_logit_bias=-5"])
+    model = build_model(cfg)
+    loss, metrics = model(*batch(cfg, 2))
+    loss.backward()
+    assert float(metrics["logit_bias"]) == -5.0 and model.logit_bias.grad.abs().item() > 0
+    assert "logit_bias" in model.no_weight_decay()
+    plain = build_model(model_config("tiny", ["video.frames=4"]))
+    assert not hasattr(plain, "logit_bias") and "logit_bias" not in plain(*batch(cfg, 2))[1]
 
 
 @pytest.mark.parametrize("mode", ["gather_with_grad", "local_loss"])
@@ -63,10 +96,14 @@ def batch(cfg, n, seed=0):
     return video, ids, mask
 
 
+LOSSES = {"gather_with_grad": ["gather=gather_with_grad"], "local_loss": ["gather=local_loss"],
+          "siglip": ["loss=siglip", "init_logit_scale=2.302585", "init_logit_bias=-2"]}
+
+
 def run_step(mode, rows):
     """Same weights everywhere; returns (loss, {name: grad}) on the samples `rows` of one batch."""
     torch.manual_seed(0)
-    cfg = model_config("tiny", ["video.frames=4", f"gather={mode}"])
+    cfg = model_config("tiny", ["video.frames=4", *LOSSES[mode]])
     model = build_model(cfg).train()
     video, ids, mask = batch(cfg, 4)
     loss, _ = model(video[rows], ids[rows], mask[rows], mask_ratio=0.0)
@@ -78,7 +115,7 @@ def _worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         results = {}
-        for mode in ("gather_with_grad", "local_loss"):
+        for mode in LOSSES:
             loss, grads = run_step(mode, slice(2 * rank, 2 * rank + 2))
             losses = [torch.zeros(()) for _ in range(world)]
             dist.all_gather(losses, loss)
@@ -95,14 +132,15 @@ def _worker(rank, world, port, out_dir):
 @pytest.mark.timeout(180)
 def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path):
     assert not dist.is_initialized()
-    ref_loss, ref_grads = run_step("gather_with_grad", slice(0, 4))
+    refs = {"infonce": run_step("gather_with_grad", slice(0, 4)), "siglip": run_step("siglip", slice(0, 4))}
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for mode, (losses, grads) in results.items():
+            ref_loss, ref_grads = refs["siglip" if mode == "siglip" else "infonce"]
             if mode == "gather_with_grad":  # every rank computes the full-batch loss
                 assert torch.allclose(losses, ref_loss.expand(2), atol=1e-5), (mode, losses, ref_loss)
-            else:  # each rank's own rows; their mean is the full-batch loss
+            else:  # each rank's own rows (local_loss, siglip); their mean is the full-batch loss
                 assert not torch.allclose(losses[0], losses[1])
                 assert torch.allclose(losses.mean(), ref_loss, atol=1e-5), (mode, losses, ref_loss)
             for name, g in grads.items():
