@@ -1,4 +1,5 @@
-"""Sentencepiece tokenizer: trained on the captions, used by the loader to make text_ids.
+"""Tokenizers: a sentencepiece model trained on the captions (the BERT-style text tower's),
+or open_clip's BPE (the CLIP text tower's); the loader uses one to make text_ids.
 
     longvivit tokenizer INPUT [INPUT ...] --out PREFIX [--vocab-size 8000]
 
@@ -52,6 +53,46 @@ class Tokenizer:
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [self.sp.decode([int(t) for t in row if t > EOS]) for row in ids]
+
+
+class ClipTokenizer:
+    """open_clip's BPE (its SimpleTokenizer; the vocabulary file ships inside the open_clip
+    package, nothing is downloaded): ids [sot] text [eot] padded with 0, a long caption cut
+    to end in eot, exactly as open_clip tokenizes. The mask is True up to eot (open_clip's id
+    0 is also a real token, "!", so the mask cannot be ids != 0)."""
+
+    vocab_size = 49408
+
+    def __init__(self):
+        try:
+            from open_clip.tokenizer import SimpleTokenizer
+        except ImportError:
+            raise ImportError("text.tokenizer=open_clip needs the open_clip package "
+                              "(pip install 'longvivit[open_clip]')") from None
+        self.bpe = SimpleTokenizer()
+        self.path = "open_clip"
+
+    def encode(self, texts: Sequence[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids int64 (B, length), mask bool (B, length) True from sot to eot."""
+        if length < 3:
+            raise ValueError(f"text length {length} leaves no room between sot and eot")
+        ids = self.bpe(list(texts), context_length=length)
+        return ids, self._until_eot(ids)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        special = (self.bpe.sot_token_id, self.bpe.eot_token_id)
+        return [self.bpe.decode([int(t) for t in row[keep] if int(t) not in special]).strip()
+                for row, keep in zip(ids, self._until_eot(ids))]
+
+    def _until_eot(self, ids: torch.Tensor) -> torch.Tensor:
+        eot = (ids == self.bpe.eot_token_id).int().argmax(dim=1, keepdim=True)  # (B, 1)
+        return torch.arange(ids.shape[1])[None] <= eot
+
+
+def make_tokenizer(kind: str, path: str | Path = "") -> Tokenizer | ClipTokenizer:
+    """The tokenizer a model's text tower reads (model.text.tokenizer): `sentencepiece`
+    loads the .model file at `path`; `open_clip` is open_clip's BPE and needs no file."""
+    return ClipTokenizer() if kind == "open_clip" else Tokenizer(path)
 
 
 def read_captions(source: str | Path) -> Iterator[str]:

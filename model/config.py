@@ -13,6 +13,9 @@ from longvivit.config import check, choice
 
 
 
+OPEN_CLIP_VOCAB = 49408  # open_clip's SimpleTokenizer: 49,152 BPE merges + bytes + sot/eot
+
+
 def _check_dims(cfg) -> None:
     """A tower's width, depth and heads are positive (checked before width % heads, so
     heads=0 or depth=-1 is reported as itself) and its MLP ratio is positive."""
@@ -86,17 +89,30 @@ class VideoConfig:
 
 @dataclass
 class TextConfig:
-    """BERT-style bidirectional text tower over sentencepiece ids (pad id 0)."""
+    """The text tower and the tokenizer it reads (text.py).
 
+    arch bert: bidirectional, mean-pooled over real tokens, sentencepiece ids (pad id 0)
+    trained on the captions (`longvivit tokenizer`). arch clip: open_clip's text
+    transformer (causal attention, pooled at the end-of-text token) over open_clip's BPE
+    ids, so `init=open_clip:` can start it from a CLIP model's text tower."""
+
+    arch: str = choice("bert", "clip")
+    tokenizer: str = choice("sentencepiece", "open_clip")  # what makes the ids (data/tokenizer.py)
     vocab_size: int = 32000
     context_length: int = 64
     width: int = 512
     depth: int = 8
     heads: int = 8
     mlp_ratio: float = 4.0
+    activation: str = choice("gelu", "quick_gelu")
 
     def validate(self) -> None:
         _check_dims(self)
+        check(self.arch == "bert" or self.tokenizer == "open_clip", "tokenizer",
+              "arch=clip pools at the end-of-text token, the highest id only in open_clip's "
+              "BPE: set tokenizer=open_clip")
+        check(self.tokenizer != "open_clip" or self.vocab_size == OPEN_CLIP_VOCAB, "vocab_size",
+              f"{self.vocab_size}: open_clip's BPE has {OPEN_CLIP_VOCAB} ids")
         check(self.vocab_size > 1, "vocab_size", f"{self.vocab_size} must be > 1")
         check(self.context_length > 0, "context_length", f"{self.context_length} must be > 0")
         check(self.width % self.heads == 0, "width", f"{self.width} not divisible by heads={self.heads}")

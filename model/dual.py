@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .loss import ContrastiveLoss, SigLipLoss
-from .text import TextEncoder
+from .text import build_text_tower
 from .video import VideoEncoder
 
 
@@ -22,7 +22,7 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.video = VideoEncoder(cfg.video, cfg.embed_dim)
-        self.text = TextEncoder(cfg.text, cfg.embed_dim)
+        self.text = build_text_tower(cfg.text, cfg.embed_dim)
         # 1-D, not 0-dim: DeepSpeed (and FSDP) cannot broadcast or partition 0-dim parameters
         self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.init_logit_scale)))
         if cfg.loss == "siglip":  # only then: an InfoNCE checkpoint keeps its parameter set

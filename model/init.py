@@ -18,7 +18,12 @@ With cls_token=true and matching pooling (pool=mean <-> open_clip pool_type='avg
 pool=cls <-> 'tok') a static video embeds exactly like the image tower embeds its frame
 (see VideoEncoder.cls_bias). Without a CLS token the image's class token is dropped and
 the match is only approximate: trained CLIP towers use it as an attention sink.
-Only the video tower is initialised; the text tower is BERT-style and starts fresh.
+
+A whole CLIP model also initialises the text tower when the model's is open_clip's
+(text.arch=clip): token_embedding, positional_embedding (its first context_length rows),
+resblocks, ln_final, text_projection -> token_embed, pos_embed, blocks, norm, head; and
+the temperature (logit_scale) and, for SigLIP, logit_bias. A BERT-style text tower has no
+CLIP counterpart and starts fresh.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .text import ClipTextEncoder
 from .video import FactorizedBlock, VideoEncoder, resize_spatial
 
 BLOCK_RENAMES = {
@@ -36,8 +42,8 @@ BLOCK_RENAMES = {
 }
 
 
-def load_image_tower(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """The visual tower's tensors from an open_clip file, keys as in VisionTransformer.
+def load_open_clip(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of an open_clip file, without "state_dict" nesting or "module." prefixes.
     mmap: map a torch.save zip file instead of reading it (the trainer's config check reads
     only the keys)."""
     path = Path(path)
@@ -49,12 +55,30 @@ def load_image_tower(path: str | Path, mmap: bool = False) -> dict[str, torch.Te
 
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_image_tower(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The visual tower's tensors from an open_clip file, keys as in VisionTransformer."""
+    return image_part(load_open_clip(path, mmap), path)
+
+
+def image_part(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     if "conv1.weight" not in state:
         raise ValueError(f"{path}: no open_clip ViT image tower (conv1.weight) in it")
     return state
+
+
+def text_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The text tower's tensors of a whole CLIP state dict (CLIP keeps them at the top,
+    CustomTextCLIP under "text."), keys as in TextTransformer; {} when there are none."""
+    if any(k.startswith("text.") for k in state):
+        state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
+    if "token_embedding.weight" not in state:
+        return {}
+    return {k: v for k, v in state.items() if not k.startswith(("visual.", "logit_"))}
 
 
 def video_state_from_image(image: dict[str, torch.Tensor], video: VideoEncoder) -> dict[str, torch.Tensor]:
@@ -94,16 +118,8 @@ def video_state_from_image(image: dict[str, torch.Tensor], video: VideoEncoder) 
 
 def _blocks(image: dict[str, torch.Tensor], video: VideoEncoder) -> dict[str, torch.Tensor]:
     """resblocks.i.* -> blocks.i.*, consuming the keys from `image`."""
-    depth = len({k.split(".")[2] for k in image if k.startswith("transformer.resblocks.")})
-    _expect(depth == len(video.blocks), f"image depth {depth} != video depth {len(video.blocks)}")
-    out = {}
+    out = _resblocks(image, video.blocks, "image", "video")
     for i, block in enumerate(video.blocks):
-        src = f"transformer.resblocks.{i}."
-        for key in [k for k in image if k.startswith(src)]:
-            name = key[len(src):]
-            old = next((o for o in BLOCK_RENAMES if name == o or name.startswith(o + ".")), None)
-            _expect(old is not None, f"unsupported open_clip block parameter {key}")
-            out[f"blocks.{i}.{BLOCK_RENAMES[old]}{name[len(old):]}"] = image.pop(key)
         if isinstance(block, FactorizedBlock):  # temporal attention starts as the spatial one
             for a, b in (("norm1", "temporal_norm"), ("attn", "temporal_attn")):
                 for key in [k for k in out if k.startswith(f"blocks.{i}.{a}.")]:
@@ -112,16 +128,74 @@ def _blocks(image: dict[str, torch.Tensor], video: VideoEncoder) -> dict[str, to
     return out
 
 
+def _resblocks(state: dict[str, torch.Tensor], blocks, source: str, target: str) -> dict[str, torch.Tensor]:
+    """open_clip's transformer.resblocks.i.* -> blocks.i.*, consuming the keys from `state`."""
+    depth = len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})
+    _expect(depth == len(blocks), f"{source} depth {depth} != {target} depth {len(blocks)}")
+    out = {}
+    for i in range(depth):
+        src = f"transformer.resblocks.{i}."
+        for key in [k for k in state if k.startswith(src)]:
+            name = key[len(src):]
+            old = next((o for o in BLOCK_RENAMES if name == o or name.startswith(o + ".")), None)
+            _expect(old is not None, f"unsupported open_clip block parameter {key}")
+            out[f"blocks.{i}.{BLOCK_RENAMES[old]}{name[len(old):]}"] = state.pop(key)
+    return out
+
+
+def text_state_from_clip(text: dict[str, torch.Tensor], tower: ClipTextEncoder) -> dict[str, torch.Tensor]:
+    """Map an open_clip TextTransformer state dict onto a ClipTextEncoder's names."""
+    text = dict(text)
+    token = text.pop("token_embedding.weight")  # (V, D)
+    _expect(tuple(token.shape) == tuple(tower.token_embed.weight.shape),
+            f"text token_embedding {tuple(token.shape)} != model (vocab_size, width) "
+            f"{tuple(tower.token_embed.weight.shape)}")
+    pos = text.pop("positional_embedding")  # (77, D)
+    L = tower.cfg.context_length
+    _expect(pos.shape[0] >= L, f"CLIP context length {pos.shape[0]} < text.context_length {L}")
+    proj = text.pop("text_projection")  # (D, E) parameter, or a Linear's (E, D) weight
+    proj = proj.t() if proj.shape == tower.head.weight.shape[::-1] else proj
+    out = {"token_embed.weight": token, "pos_embed": pos[:L], "head.weight": proj,
+           "norm.weight": text.pop("ln_final.weight"), "norm.bias": text.pop("ln_final.bias")}
+    _expect(out["head.weight"].shape == tower.head.weight.shape,
+            f"text projection {tuple(proj.shape)} != text head {tuple(tower.head.weight.shape)} (embed_dim)")
+    out.update(_resblocks(text, tower.blocks, "text", "model text"))
+    text.pop("attn_mask", None)  # a buffer older open_clip versions saved
+    _expect(not text, f"open_clip text parts with no counterpart: {sorted(text)[:6]}")
+    return out
+
+
 def init_from_open_clip(model: torch.nn.Module, path: str | Path) -> dict:
-    """Initialise the video tower of `model` (a DualEncoder or a VideoEncoder) from the
-    open_clip image tower in `path`. Every video parameter is set (strict load).
-    Returns a summary: tensors loaded and whether the spatial table was resized."""
+    """Initialise `model` (a DualEncoder or a VideoEncoder) from the open_clip file `path`:
+    the video tower always (every parameter, strict load); a DualEncoder's CLIP-style text
+    tower, temperature and SigLIP bias too when the file holds a whole CLIP model. Returns
+    a summary: video tensors loaded, whether the spatial table was resized, what else."""
     video = model.video if hasattr(model, "video") else model
-    image = load_image_tower(path)
-    state = video_state_from_image(image, video)
-    video.load_state_dict(state, strict=True)
+    state = load_open_clip(path)
+    image = image_part(state, path)
+    video_state = video_state_from_image(image, video)
+    video.load_state_dict(video_state, strict=True)
     grid = video.cfg.image_size // video.cfg.tubelet[1]
-    return {"tensors": len(state), "resized_positions": image["positional_embedding"].shape[0] != grid * grid + 1}
+    summary = {"tensors": len(video_state),
+               "resized_positions": image["positional_embedding"].shape[0] != grid * grid + 1,
+               "text": False, "logit_scale": False, "logit_bias": False}
+    if video is not model:
+        summary.update(_init_text_and_scales(model, state))
+    return summary
+
+
+def _init_text_and_scales(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict:
+    done = {}
+    text = text_part(state)
+    if text and isinstance(model.text, ClipTextEncoder):
+        model.text.load_state_dict(text_state_from_clip(text, model.text), strict=True)
+        done["text"] = True
+    for name in ("logit_scale", "logit_bias"):
+        if name in state and hasattr(model, name):
+            with torch.no_grad():
+                getattr(model, name).copy_(state[name].reshape(1))  # open_clip's are 0-dim
+            done[name] = True
+    return done
 
 
 def _expect(cond: bool, msg: str) -> None:

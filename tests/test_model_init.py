@@ -124,3 +124,87 @@ def test_mismatched_towers_are_refused_with_the_reason(tmp_path):
         init_from_open_clip(video_model(["video.tubelet=[2,4,4]"]), path)
     with pytest.warns(UserWarning, match="no CLS token"):
         init_from_open_clip(video_model(["video.cls_token=false"]), path)
+
+
+# ----------------------------------------------------------------------------- both towers
+
+CLIP_TEXT = ["text.arch=clip", "text.tokenizer=open_clip", "text.vocab_size=49408"]
+
+
+def perturb(module: torch.nn.Module) -> None:
+    """open_clip's init leaves zero biases and unit norms; random weights should not."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1 and name != "class_embedding":
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def both_towers_agree(clip, model, path, frames, size, length):
+    from longvivit.data.tokenizer import make_tokenizer
+
+    summary = init_from_open_clip(model, path)
+    assert summary["text"] and summary["logit_scale"]
+    captions = ["a red circle moves up", "two blue squares spin", "a green triangle shrinks slowly"]
+    ids, mask = make_tokenizer("open_clip").encode(captions, length)
+    frame = torch.randn(2, size, size, 3)  # normalised float
+    static = frame[:, None].expand(-1, frames, -1, -1, -1)  # one frame repeated
+    with torch.no_grad():
+        image = clip.encode_image(frame.permute(0, 3, 1, 2), normalize=True)  # (2, E)
+        text_ref = clip.encode_text(open_clip.tokenize(captions, context_length=length), normalize=True)
+        video = model.encode_video(static, mask_ratio=0.0, normalize=True)
+        text = model.encode_text(ids, mask, normalize=True)
+        scale = model.logit_scale.exp()
+    assert F.cosine_similarity(text, text_ref).min().item() >= 0.9999
+    assert F.cosine_similarity(video, image).min().item() >= 0.9999
+    logits, logits_ref = scale * text @ video.t(), clip.logit_scale.exp() * text_ref @ image.t()
+    assert torch.allclose(logits, logits_ref, atol=1e-3, rtol=1e-4), (logits, logits_ref)
+
+
+def test_both_towers_and_temperature_from_a_small_clip(tmp_path):
+    torch.manual_seed(0)
+    vision = dict(image_size=32, patch_size=8, width=128, layers=2, head_width=32, pool_type="tok")
+    text = dict(context_length=12, vocab_size=49408, width=32, heads=2, layers=2)
+    clip = open_clip.model.CLIP(embed_dim=64, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    perturb(clip)
+    with torch.no_grad():
+        clip.visual.class_embedding.mul_(10)
+        clip.logit_scale.fill_(3.1)
+    path = tmp_path / "clip.pt"
+    torch.save(clip.state_dict(), path)
+    model = build_model(model_config("tiny", [
+        "video.frames=4", "video.depth=2", "video.cls_token=true", "video.pool=cls",
+        "video.activation=quick_gelu", *CLIP_TEXT, "text.context_length=12", "text.width=32",
+        "text.heads=2", "text.depth=2", "text.activation=quick_gelu"])).eval()
+    both_towers_agree(clip.eval(), model, path, frames=4, size=32, length=12)
+    assert model.logit_scale.item() == pytest.approx(3.1)
+
+
+def test_both_towers_from_vit_b_16(tmp_path):
+    """open_clip's ViT-B-16 architecture (random weights, built here): the B preset with a
+    CLIP text tower takes every tensor, and a static video scores captions as the image."""
+    torch.manual_seed(0)
+    clip = open_clip.create_model("ViT-B-16", pretrained=None)
+    perturb(clip)
+    path = tmp_path / "vit_b_16.pt"
+    torch.save(clip.state_dict(), path)
+    model = build_model(model_config("B", [
+        "video.frames=2", "video.cls_token=true", "video.pool=cls", *CLIP_TEXT,
+        "text.context_length=77", "text.width=512", "text.heads=8", "text.depth=12"])).eval()
+    both_towers_agree(clip.eval(), model, path, frames=2, size=224, length=77)
+
+
+def test_a_bert_text_tower_is_left_fresh_and_a_clip_one_needs_open_clips_vocabulary(tmp_path):
+    from longvivit.config import ConfigError
+
+    torch.manual_seed(0)
+    path = tmp_path / "clip.pt"
+    torch.save(small_clip("avg", False).state_dict(), path)
+    model = video_model([])
+    before = {k: v.clone() for k, v in model.text.state_dict().items()}
+    summary = init_from_open_clip(model, path)
+    assert not summary["text"] and summary["logit_scale"]
+    assert all(torch.equal(v, model.text.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ConfigError, match="text.tokenizer: arch=clip"):
+        model_config("tiny", ["text.arch=clip"])
+    with pytest.raises(ConfigError, match="text.vocab_size: 32000: open_clip's BPE has 49408 ids"):
+        model_config("tiny", ["text.arch=clip", "text.tokenizer=open_clip", "text.vocab_size=32000"])
