@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "synth": ("longvivit.data.synth", "write the synthetic long-video benchmark (videos + manifests)"),
     "shards": ("longvivit.data.shards", "manifest -> MDS shards (transcode, resample FPS, resize)"),
+    "import": ("longvivit.data.importers", "MSR-VTT/YouCook2/Kinetics/WebVid annotations -> a manifest"),
     "tokenizer": ("longvivit.data.tokenizer", "train a sentencepiece model on a caption corpus"),
     "train": ("longvivit.train.run", "CONFIG [key=value ...]: train (also under deepspeed / torchrun / srun)"),
     "eval": ("longvivit.train.evaluate", "CHECKPOINT -> zero-shot retrieval metrics as JSON"),
