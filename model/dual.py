@@ -33,12 +33,13 @@ class DualEncoder(nn.Module):
 
     def encode_video(self, video: torch.Tensor, mask_ratio: Optional[float] = None,
                      mask_scheme: Optional[str] = None, generator: Optional[torch.Generator] = None,
-                     normalize: bool = False) -> torch.Tensor:
+                     normalize: bool = False, real_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
         """video (B, T, H, W, C), uint8 or normalised float -> (B, E).
-        mask_ratio None: the config's ratio while training, 0 in eval mode."""
+        mask_ratio None: the config's ratio while training, 0 in eval mode. real_frames (B,):
+        the leading frames of each clip that are content (the rest is padding: dropped)."""
         if mask_ratio is None:
             mask_ratio = self.cfg.video.mask_ratio if self.training else 0.0
-        x = self.video(video, mask_ratio, mask_scheme or self.cfg.video.mask_scheme, generator)
+        x = self.video(video, mask_ratio, mask_scheme or self.cfg.video.mask_scheme, generator, real_frames)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -47,10 +48,12 @@ class DualEncoder(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def forward(self, video: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None):
-        """-> (loss, metrics). The loss is InfoNCE over the global batch when a process
-        group with more than one rank is initialised (see loss.py)."""
-        v = self.encode_video(video, mask_ratio, generator=generator, normalize=True)  # (B, E)
+                mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
+                real_frames: Optional[torch.Tensor] = None):
+        """-> (loss, metrics). The loss is over the global batch when a process group is
+        initialised (see loss.py)."""
+        v = self.encode_video(video, mask_ratio, generator=generator, normalize=True,
+                              real_frames=real_frames)  # (B, E)
         t = self.encode_text(text_ids, text_mask, normalize=True)  # (B, E)
         scale = self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
         # logits and softmax/sigmoid in float32 even when the towers run in bf16/fp16

@@ -12,6 +12,12 @@ zeroed), so the transformer runs on fewer tokens.
 
 Passing a torch.Generator makes the masks reproducible; the noise is drawn on the
 generator's device and moved, so a seed gives the same mask on CPU and GPU.
+
+Padded clips (`sample_visible_padded`): a clip shorter than the model's frames arrives with
+its last frame repeated (data/decode.py), so its real tokens are the first real_slices * S
+in this numbering. Masking draws only among them, keeping the ratio of the clip's own
+tokens (a 10-frame clip at 75% keeps a quarter of its 10 frames' tokens, not a quarter of
+64 frames' worth), and the batch is padded to its longest row with a validity mask.
 """
 from __future__ import annotations
 
@@ -59,3 +65,34 @@ def _check(mask_ratio: float, scheme: str) -> None:
         raise ValueError(f"mask_ratio {mask_ratio} is outside [0, 1)")
     if scheme not in SCHEMES:
         raise ValueError(f"mask_scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+
+
+def sample_visible_padded(slices: int, spatial: int, mask_ratio: float, scheme: str,
+                          real_slices: torch.Tensor, generator: Optional[torch.Generator] = None,
+                          device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept tokens of clips whose first real_slices[b] temporal slices are content and the
+    rest padding: (index (B, n) int64, valid (B, n) bool). Row b keeps the tokens masking at
+    `mask_ratio` keeps of a (real_slices[b], spatial) grid, sorted, then filler entries
+    (index 0, valid False) up to the longest row. Tube masking keeps whole slices, so every
+    row is slice-major: (B, n) views as (B, n // s, s) with padding slices at the end."""
+    _check(mask_ratio, scheme)
+    batch = real_slices.shape[0]
+    real = real_slices.clamp(1, slices).to(device)  # (B,)
+    if scheme == "tube":
+        kept = max(1, round((1.0 - mask_ratio) * spatial))
+        positions = _keep_lowest_noise(batch, spatial, mask_ratio, generator, device)  # (B, kept)
+        width = int(real.max()) * kept
+        offsets = torch.arange(slices, device=positions.device) * spatial
+        index = (offsets[None, :, None] + positions[:, None, :]).flatten(1)[:, :width]
+        valid = torch.arange(width, device=index.device)[None] < (real * kept)[:, None]
+        return index.masked_fill(~valid, 0), valid
+    n = slices * spatial
+    kept = (real * spatial * (1.0 - mask_ratio)).round().clamp(min=1).long()  # (B,)
+    noise_device = generator.device if generator is not None else device
+    noise = torch.rand(batch, n, generator=generator, device=noise_device).to(device)  # (B, N)
+    noise = noise.masked_fill(torch.arange(n, device=noise.device)[None] >= (real * spatial)[:, None], 2.0)
+    width = int(kept.max())
+    order = noise.argsort(dim=1)[:, :width]  # padding tokens (noise 2) last
+    valid = torch.arange(width, device=order.device)[None] < kept[:, None]
+    index = order.masked_fill(~valid, n).sort(dim=1).values  # kept tokens sorted, fillers (n) last
+    return index.masked_fill(~valid, 0), valid

@@ -147,10 +147,13 @@ class FactorizedBlock(Block):
         self.temporal_gate = nn.Parameter(torch.zeros(1))  # 1-D: DeepSpeed cannot partition 0-dim
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, T', S, D); attn_mask: None, or (B, 1, 1, T') True on the slices of real
+        content, the keys temporal attention may use (padded clips)."""
         B, T, S, D = x.shape
         x = super().forward(x.reshape(B * T, S, D)).view(B, T, S, D)  # spatial, per slice
         h = x.transpose(1, 2).reshape(B * S, T, D)  # one sequence over time per position
-        h = self.temporal_attn(self.temporal_norm(h)).view(B, S, T, D).transpose(1, 2)
+        keys = None if attn_mask is None else attn_mask.repeat_interleave(S, dim=0)  # (B*S, 1, 1, T')
+        h = self.temporal_attn(self.temporal_norm(h), keys).view(B, S, T, D).transpose(1, 2)
         return x + torch.tanh(self.temporal_gate) * h  # (B, T', S, D)
 
     @torch.no_grad()
@@ -179,6 +182,7 @@ class VideoEncoder(nn.Module):
             block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, embed_dim, bias=False)
+        # leading blocks recomputed in backward; set here only (the trainer and plan.py rely on it)
         self.checkpointed = cfg.grad_checkpointing
         self.frozen_prefix = 0  # leading blocks run without autograd (see freeze)
         self.init_parameters()
@@ -215,24 +219,43 @@ class VideoEncoder(nn.Module):
         self.checkpointed = len(self.blocks) if blocks is True else int(blocks)
 
     def forward(self, video: torch.Tensor, mask_ratio: float = 0.0, mask_scheme: str = "random",
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """video (B, T, H, W, C) -> (B, E) unnormalised embedding."""
+                generator: Optional[torch.Generator] = None,
+                real_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """video (B, T, H, W, C) -> (B, E) unnormalised embedding. real_frames (B,): how many
+        leading frames of each clip are content; the rest (the loader's padding, the last
+        frame repeated) is dropped before the encoder like masked tokens and never pooled.
+        A tubelet that straddles the end of a clip counts as content."""
         x = self.normalize(video)  # (B, C, T, H, W)
         slices, grid = self.token_grid(x)
         if self.cfg.attention == "factorized" and mask_scheme != "tube" and mask_ratio > 0:
             raise ValueError("factorized attention needs mask_scheme='tube' "
                              "(every temporal slice must keep the same spatial positions)")
-        index = masking.sample_visible(x.shape[0], slices, grid * grid, mask_ratio, mask_scheme,
-                                       generator, x.device)  # (B, n) or None
+        real = self.real_slices(real_frames, slices)  # (B,), or None when every clip is whole
+        if real is None:
+            index, valid = masking.sample_visible(x.shape[0], slices, grid * grid, mask_ratio, mask_scheme,
+                                                  generator, x.device), None  # (B, n) or None
+        else:
+            scheme = "tube" if self.cfg.attention == "factorized" else mask_scheme
+            index, valid = masking.sample_visible_padded(slices, grid * grid, mask_ratio, scheme, real,
+                                                         generator, x.device)  # (B, n) twice
+        rows = slices if real is None else int(real.max())  # temporal slices in the token rows
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and self.frozen_prefix == 0):
             x = self.patch_embed(x, index) + self.pos_embed(slices, grid, index)  # (B, n, D)
-            x = self.ln_pre(self.with_cls(x, slices))  # (B, 1+n, D) | (B, T', 1+s, D)
-            bias = self.cls_bias(x, slices)
+            x = self.ln_pre(self.with_cls(x, rows))  # (B, 1+n, D) | (B, T', 1+s, D)
+            bias = self.cls_bias(x, slices) if real is None else self.padding_bias(x, real, valid, rows)
             x = run_blocks(self.blocks[: self.frozen_prefix], x, bias)
         x = run_blocks(self.blocks[self.frozen_prefix:], x, bias,
                        max(0, self.checkpointed - self.frozen_prefix))
-        return self.head(self.pool(self.norm(x)))  # (B, E)
+        return self.head(self.pool(self.norm(x), valid))  # (B, E)
+
+    def real_slices(self, real_frames: Optional[torch.Tensor], slices: int) -> Optional[torch.Tensor]:
+        """Temporal slices holding content, (B,) int64; None when every clip fills them all."""
+        if real_frames is None:
+            return None
+        t = self.cfg.tubelet[0]
+        real = ((real_frames.to(torch.int64) + t - 1) // t).clamp(1, slices)
+        return None if bool((real == slices).all()) else real
 
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, C) uint8 or normalised float -> (B, C, T, H, W) in the weights' dtype."""
@@ -275,11 +298,49 @@ class VideoEncoder(nn.Module):
         bias[..., 0] = math.log(slices)
         return bias
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean over the visible patch tokens (default) or the CLS token -> (B, D).
-        x: joint (B, [1+]n, D) or factorized (B, T', [1+]s, D)."""
+    def padding_bias(self, x: torch.Tensor, real: torch.Tensor, valid: torch.Tensor,
+                     rows: int) -> torch.Tensor:
+        """The attention mask of a batch with padded clips. Joint: an additive (B, 1, 1, keys)
+        bias, -inf on the filler tokens and ln(real slices) on the CLS key (cls_bias per
+        clip). Factorized: (B, 1, 1, T') True on the slices of content (FactorizedBlock)."""
+        if self.cfg.attention == "factorized":
+            return (torch.arange(rows, device=x.device)[None] < real[:, None])[:, None, None]
+        keys = valid
         if self.cls_token is not None:
-            cls, x = x[..., 0, :], x[..., 1:, :]  # (B, [T',] D), (B, [T',] n, D)
+            keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, 1+n)
+        bias = torch.zeros(keys.shape, dtype=x.dtype, device=x.device).masked_fill(~keys, float("-inf"))
+        if self.cls_token is not None:
+            bias[:, 0] = real.to(x.dtype).log()
+        return bias[:, None, None]  # (B, 1, 1, keys)
+
+    def pool(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean over the visible patch tokens (default) or the CLS token -> (B, D).
+        x: joint (B, [1+]n, D) or factorized (B, T', [1+]s, D); valid (B, n): the kept tokens
+        of content (None: all), so filler tokens and padding slices are never pooled."""
+        if valid is None:
+            if self.cls_token is not None:
+                cls, x = x[..., 0, :], x[..., 1:, :]  # (B, [T',] D), (B, [T',] n, D)
+                if self.cfg.pool == "cls":
+                    return cls.mean(1) if cls.dim() == 3 else cls  # factorized: mean of the copies
+            return x.flatten(1, -2).mean(1)
+        weight = self.content_weight(x, valid)  # (B, [T',] [1+]n)
+        if self.cls_token is not None:
+            cls, x, cls_weight, weight = x[..., 0, :], x[..., 1:, :], weight[..., 0], weight[..., 1:]
             if self.cfg.pool == "cls":
-                return cls.mean(1) if cls.dim() == 3 else cls  # factorized: mean of the copies
-        return x.flatten(1, -2).mean(1)
+                return cls if cls.dim() == 2 else weighted_mean(cls, cls_weight)
+        return weighted_mean(x.flatten(1, -2), weight.flatten(1))
+
+    def content_weight(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """1 on the tokens of content, 0 on fillers and padding slices, shaped like x
+        without its last dimension (CLS tokens count as content)."""
+        if x.dim() == 4:  # factorized: a slice is content or padding as a whole
+            slices = valid.view(x.shape[0], x.shape[1], -1)[..., 0]  # (B, T')
+            return slices[..., None].expand(x.shape[:-1]).to(x.dtype)
+        if self.cls_token is not None:
+            valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, 1+n)
+        return valid.to(x.dtype)
+
+
+def weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, N, D), (B, N) -> (B, D): the mean of the rows with weight 1."""
+    return (x * weight[..., None]).sum(1) / weight.sum(1, keepdim=True)
