@@ -350,9 +350,9 @@ def run_train_cell(out: Path, overrides: list[str]) -> dict:
             run.loop(trainer, _NeverStop())
         finally:
             trainer.log.close()
-            run.close(trainer.loader)
+            trainer.loader.close()
         cuda = trainer.device.type == "cuda"
-        return {"backend": tdist.get_backend(), "steps": trainer.step, "peak_tflops": trainer.peak,
+        return {"backend": tdist.get_backend(), "steps": trainer.state.step, "peak_tflops": trainer.peak,
                 "peak_bytes": memory_gb(trainer.device) * 2**30, "peak_bytes_after_setup": after_setup,
                 "peak_reserved_bytes": torch.cuda.max_memory_reserved(trainer.device) if cuda else None}
     finally:

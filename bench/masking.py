@@ -11,8 +11,8 @@ common.py) and report the median over --rounds.
 B dims: ViT-B/16 (768 wide, 12 deep, 12 heads) at 224 px, tubelet (2, 16, 16): 16 frames
 are 1,568 tokens, 64 are 6,272, 256 are 25,088. A cell with more than --max-tokens visible
 tokens per clip is not timed (on 2 CPU cores a 25,088-token ViT-B step takes most of an
-hour); its saved bytes are still measured exactly, on FakeTensors (`bytes_source: fake`),
-which on the cells that do run agree with the real count to the byte (tests/test_plan.py).
+hour); its saved bytes are still counted, on FakeTensors (`bytes_source: fake`), as the
+planner counts them (tests/test_plan.py checks that count against real runs: within 10%).
 tiny dims (128 wide, 4 deep, 32 px, tubelet (2, 8, 8)) run every cell.
 
 Prints one JSON object: per cell tokens, step_s (median), step_s_samples, saved_bytes, and

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row | over_seeds([train_and_eval(cfg, train, val, s) for s in seeds], seeds))
         common.log(f"  {rows[-1]}")
     common.emit({"benchmark": "tradeoff", "steps": args.steps, "batch": full.data.batch_size,
-                 "videos": args.videos, "clip_frames": CLIP_FRAMES, "seeds": seeds, "runs": rows})
+                 "videos": args.videos, "clip_frames": CLIP_FRAMES, "image_size": full.model.video.image_size,
+                 "seeds": seeds, "runs": rows})
     return 0
 
 

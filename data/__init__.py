@@ -4,6 +4,7 @@
     manifest.py   reading video/caption manifests (JSONL, CSV)
     video.py      PyAV: read videos as a player shows them, encode, decode frames by index
     shards.py     manifest -> MDS shards (`longvivit shards`)
+    output.py     the output folder rules synth and shards share (--overwrite)
     tokenizer.py  sentencepiece training and encoding (`longvivit tokenizer`)
     config.py     DataConfig
     reader.py     StreamingDataset over the shards, launcher environment, shared memory

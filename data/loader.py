@@ -40,24 +40,27 @@ from streaming import StreamingDataLoader
 from .config import DataConfig
 from .decode import DecodeError, VideoDecoder, plan_clip
 from .reader import clean_stale_shared_memory, launcher_env, open_split
-from .tokenizer import Tokenizer
+from .tokenizer import ClipTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 _END = object()
 
 
 def build_loader(cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, training: bool, clean_shm: bool = True) -> "VideoLoader":
+                 world_size: int, training: bool, clean_shm: bool = True,
+                 tokenizer: Tokenizer | ClipTokenizer | None = None) -> "VideoLoader":
     """One rank's loader over `cfg.train` or `cfg.val`. training=False: no shuffle, the
     first caption, centred window and crop, no flip.
 
     clean_shm: first drop the shared memory a killed run left behind (streaming's
     per-dataset segments). With several ranks on a host, clean once on every rank behind a
     barrier before any loader exists and pass False: a rank cleaning while another rank
-    creates its segments can remove them (what the trainer does)."""
+    creates its segments can remove them (what the trainer does).
+    tokenizer: the one the model reads (tokenizer.make_tokenizer of model.text.tokenizer);
+    None: the sentencepiece model at cfg.tokenizer."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    return VideoLoader(cfg, split, torch.device(device), rank, world_size, training, clean_shm)
+    return VideoLoader(cfg, split, torch.device(device), rank, world_size, training, clean_shm, tokenizer)
 
 
 def collate_samples(samples: list[dict]) -> dict[str, list]:
@@ -67,7 +70,8 @@ def collate_samples(samples: list[dict]) -> dict[str, list]:
 
 class VideoLoader:
     def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, training: bool, clean_shm: bool = True):
+                 world_size: int, training: bool, clean_shm: bool = True,
+                 tokenizer: Tokenizer | ClipTokenizer | None = None):
         self.cfg, self.device, self.training, self.world_size = cfg, device, training, world_size
         if clean_shm:
             clean_stale_shared_memory()
@@ -76,7 +80,7 @@ class VideoLoader:
             self.dataset = open_split(source, cfg.batch_size, cfg.shuffle and training and
                                       split == "train", cfg.seed, cfg.local_cache,
                                       cfg.canonical_nodes)
-        self.tokenizer = Tokenizer(cfg.tokenizer)
+        self.tokenizer = tokenizer or Tokenizer(cfg.tokenizer)  # the model's (make_tokenizer)
         self.decoder = VideoDecoder(cfg.batch_size, cfg.image_size, device)
         self.samples = StreamingDataLoader(
             self.dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,

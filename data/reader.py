@@ -4,7 +4,8 @@ streaming learns the process layout from RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_
 torchrun sets all four; the deepspeed launcher sets no LOCAL_WORLD_SIZE (it sets LOCAL_SIZE),
 and srun sets only SLURM_* variables. Without LOCAL_WORLD_SIZE every rank believes it is the
 node's leader, and the second one dies with FileExistsError on '/000000_locals'.
-`launcher_env` fills the gaps while a dataset is made.
+`launcher_env` fills the gaps while a dataset is made, reading the node-local layout as
+the trainer does (longvivit/launch_env.py).
 
 streaming keeps its coordination state in POSIX shared memory named '<prefix>_<name>'. A
 crashed run leaves those segments behind, and a later run with a remote whose local cache
@@ -28,24 +29,12 @@ from typing import Iterator
 from streaming import StreamingDataset
 from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
 
+from longvivit.launch_env import launcher_local_world_size, local_rank, local_world_size
+
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- environment
-
-def local_world_size(world_size: int) -> int:
-    """Processes per node, from whichever launcher started us."""
-    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    tasks = os.environ.get("SLURM_TASKS_PER_NODE", "")  # e.g. "4(x2)" or "4,3"
-    if re.match(r"^\d+", tasks):
-        return int(re.match(r"^\d+", tasks).group())
-    if world_size > 1:
-        log.warning("no LOCAL_WORLD_SIZE, LOCAL_SIZE or SLURM task count in the environment: "
-                    "assuming all %d ranks run on this node", world_size)
-    return world_size
-
 
 @contextmanager
 def launcher_env(rank: int, world_size: int) -> Iterator[None]:
@@ -53,14 +42,15 @@ def launcher_env(rank: int, world_size: int) -> Iterator[None]:
     what the launcher left out, while a StreamingDataset is made (streaming reads them only
     then); the environment is restored afterwards, so building a loader changes nothing
     else in the process."""
+    if world_size > 1 and launcher_local_world_size() is None:
+        log.warning("no LOCAL_WORLD_SIZE, LOCAL_SIZE or SLURM task count in the environment: "
+                    "assuming all %d ranks run on this node", world_size)
     local_size = local_world_size(world_size)
     if world_size % local_size:
         raise ValueError(f"world size {world_size} is not a multiple of the {local_size} "
                          "processes per node the launcher reports")
-    local_rank = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or \
-        str(rank % local_size)
-    wanted = dict(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=local_rank,
-                  LOCAL_WORLD_SIZE=str(local_size))
+    wanted = dict(RANK=str(rank), WORLD_SIZE=str(world_size),
+                  LOCAL_RANK=str(local_rank(rank, local_size)), LOCAL_WORLD_SIZE=str(local_size))
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:

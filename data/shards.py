@@ -40,6 +40,7 @@ from typing import Iterable, Iterator
 from longvivit.config import check, choice, validated
 
 from .manifest import Reject, Row, read_manifest, write_jsonl
+from .output import prepare_out
 from .video import CODECS, VideoError, encode, read_resampled
 
 COLUMNS = {
@@ -96,7 +97,7 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
 
     validated(opts)
     entries = list(read_manifest(manifest))[part[0]::part[1]]  # a missing manifest fails first
-    out = _prepare_out(Path(out), overwrite)
+    out = prepare_out(Path(out), overwrite, _is_shard_output, "shards")
     written, rejects, hours, video_bytes, stopped = 0, [], 0.0, 0, None
     try:
         with MDSWriter(out=str(out), columns=COLUMNS, compression=compression,
@@ -167,22 +168,8 @@ def _merge(entries: list[Row | Reject], done: Iterable[dict | Reject]
         yield entry, entry if isinstance(entry, Reject) else next(done)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """An empty output folder. With overwrite, only files this command writes are removed:
-    a folder holding anything else is refused rather than wiped."""
-    if out.exists() and any(out.iterdir()):
-        ours = lambda p: p.name in ("index.json", SUMMARY, REJECTS) or p.name.startswith("shard.")  # noqa: E731
-        others = sorted(p.name for p in out.iterdir() if not ours(p))
-        if not overwrite:
-            raise FileExistsError(f"output {out} is not empty; pass --overwrite to replace "
-                                  "the shards in it")
-        if others:
-            raise FileExistsError(f"output {out} holds files that are not shards "
-                                  f"({', '.join(others[:5])}); refusing to overwrite")
-        for p in out.iterdir():
-            p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _is_shard_output(name: str) -> bool:
+    return name in ("index.json", SUMMARY, REJECTS) or name.startswith("shard.")
 
 
 def merge_parts(out: str | Path) -> dict:

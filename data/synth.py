@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from longvivit.config import check, validated
 
 from .manifest import write_jsonl
+from .output import prepare_out
 from .video import encode
 
 COLOURS = {
@@ -40,6 +40,7 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "cross")
 ACTIONS = ("moves up", "moves down", "grows", "shrinks")
 Event = tuple[str, str, str]  # (colour, shape, action)
+OUTPUTS = ("videos", "train.jsonl", "val.jsonl", "benchmark.json")  # all write_benchmark writes
 
 
 @dataclass
@@ -191,7 +192,8 @@ def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: 
     """Write the benchmark into `out` (see the module docstring); returns the summary."""
     cfg = SynthConfig(videos=videos, frames=frames, seed=seed, **options)
     validated(cfg)
-    out = _prepare_out(Path(out), overwrite)
+    out = prepare_out(Path(out), overwrite, OUTPUTS.__contains__, "benchmark files")
+    (out / "videos").mkdir()
     rng = np.random.default_rng(cfg.seed)
     listing = event_lists(cfg, rng)
     n_val = _val_count(listing, cfg.val_fraction)
@@ -218,20 +220,6 @@ def _val_count(listing: list[tuple[int, list[Event]]], fraction: float) -> int:
     while n < len(listing) and listing[-n][0] == listing[-n - 1][0]:
         n += 1
     return n
-
-
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    ours = [out / "videos", out / "train.jsonl", out / "val.jsonl", out / "benchmark.json"]
-    if out.exists() and any(out.iterdir()):
-        others = sorted(p.name for p in out.iterdir() if p not in ours)
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
-        if others:
-            raise FileExistsError(f"{out} holds files synth did not write ({', '.join(others[:5])});"
-                                  " refusing to overwrite")
-        shutil.rmtree(out / "videos", ignore_errors=True)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

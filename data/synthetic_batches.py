@@ -8,8 +8,11 @@ so a step measures the model and the engine alone and runs where the data stack 
 synth`, which renders the synthetic benchmark's real videos.
 
 Each batch is a function of (seed, split, epoch, rank, batch number), drawn on `device`:
-video uint8 (B, T, H, W, C), captions of random length in [3, text_length] with ids in
-[4, vocab_size) between bos and eos (ids 0-3 are pad/unk/bos/eos as in tokenizer.py).
+video uint8 (B, T, H, W, C), captions of random length in [3, text_length]: random ids
+between bos and eos, padded with 0, laid out as the tokenizer does. sentencepiece: ids
+0-3 are pad/unk/bos/eos (tokenizer.py), text ids in [4, vocab_size). open_clip: sot and
+eot are the two highest ids (the CLIP text tower pools at eot), text ids in
+[1, vocab_size - 2).
 An epoch holds `synthetic_samples` samples over all ranks; state_dict/load_state_dict
 resume mid-epoch exactly as the shard loader does.
 """
@@ -27,11 +30,15 @@ _SPLIT_KEY = {"train": 0, "val": 1}
 
 class SyntheticBatches:
     def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, training: bool, vocab_size: int):
+                 world_size: int, training: bool, vocab_size: int, tokenizer: str = "sentencepiece"):
         if vocab_size <= EOS + 1:
             raise ValueError(f"synthetic captions need vocab_size > {EOS + 1}, got {vocab_size}")
         self.cfg, self.split, self.device = cfg, split, torch.device(device)
-        self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
+        self.rank, self.world_size = rank, world_size
+        if tokenizer == "open_clip":
+            self.bos, self.eos, self.text_ids = vocab_size - 2, vocab_size - 1, (1, vocab_size - 2)
+        else:
+            self.bos, self.eos, self.text_ids = BOS, EOS, (EOS + 1, vocab_size)
         self.decode_failures = 0  # nothing to decode; the trainer logs it like the shard loader's
         self.epoch, self._consumed, self._start = 0, 0, 0
 
@@ -62,9 +69,9 @@ class SyntheticBatches:
         video = torch.randint(0, 256, (B, c.frames, c.image_size, c.image_size, 3), dtype=torch.uint8, **draw)
         lengths = torch.randint(3, c.text_length + 1, (B, 1), **draw)  # bos + text + eos
         position = torch.arange(c.text_length, device=self.device)
-        ids = torch.randint(EOS + 1, self.vocab_size, (B, c.text_length), **draw)
-        ids[:, 0] = BOS
-        ids = torch.where(position == lengths - 1, EOS, ids)
+        ids = torch.randint(*self.text_ids, (B, c.text_length), **draw)
+        ids[:, 0] = self.bos
+        ids = torch.where(position == lengths - 1, self.eos, ids)
         mask = position < lengths
         ids = torch.where(mask, ids, PAD)
         first = number * B

@@ -288,10 +288,10 @@ class VideoEncoder(nn.Module):
 
         A static video (one frame repeated) holds every patch key T' times but the CLS key
         once; the bias gives the CLS key the weight of T' copies, so every softmax equals
-        the image tower's and a static video embeds exactly like its frame (design.md).
-        Trained CLIP CLS tokens act as attention sinks, so without it the equivalence
-        breaks on real weights. The bias is a constant of the clip length, independent of
-        the mask."""
+        the image tower's and a static video embeds exactly like its frame
+        (tests/test_model_init.py). Trained CLIP CLS tokens act as attention sinks, so
+        without it the equivalence breaks on real weights. The bias is a constant of the
+        clip length, independent of the mask (padded clips: padding_bias)."""
         if self.cls_token is None or self.cfg.attention == "factorized" or slices == 1:
             return None
         bias = torch.zeros(1, 1, 1, x.shape[1], dtype=x.dtype, device=x.device)  # (1, 1, 1, 1+n)

@@ -72,7 +72,7 @@ echo "== building longvivit from this working tree"
 # From a copy, so that the build leaves no build/ or *.egg-info in the repository.
 mkdir -p "$STAGE/src"
 cp pyproject.toml README.md "$STAGE/src/"
-for d in longvivit model data train; do
+for d in longvivit model data train ds_configs; do  # pyproject's package dirs
     cp -r "$d" "$STAGE/src/"
 done
 find "$STAGE/src" -name __pycache__ -prune -exec rm -rf {} +

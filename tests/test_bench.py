@@ -128,3 +128,21 @@ def test_report_renders_gpu_results_from_their_numbers(tmp_path, monkeypatch):
 
 def test_report_renders_no_gpu_section_without_gpu_results(tmp_path):
     assert "GPU acceptance suite" not in report.render(tmp_path)
+
+
+def test_report_verdicts_follow_the_numbers():
+    machine = {"date": "d", "nproc": 2, "cpu": "c", "torch_threads": 1, "load_avg_1m": 0.0, "python": "3",
+               "torch": "t", "deepspeed": "d", "transformers": "x"}
+    slower = {"peer": "vivit", "frames": 16, "mask_ratio": 0.0, "time_ratio": 1.2, "time_ratio_per_round": [1.1, 1.3],
+              "rounds_ours_faster": 0, "bytes_ratio": 0.9}
+    tie = dict(slower, time_ratio=1.01, time_ratio_per_round=[0.9, 1.1], rounds_ours_faster=1, bytes_ratio=0.5)
+    peers_run = {"command": "c", "machine": machine, "attention": "sdpa", "cells": []}
+    text = "\n".join(report.peers_section(dict(peers_run, ours_vs_peers=[slower])))
+    assert "slower in every round" in text and "a tie" not in text and "0.90-0.90x" in text
+    text = "\n".join(report.peers_section(dict(peers_run, ours_vs_peers=[tie])))
+    assert "a tie at what this machine can resolve" in text and "0.50-0.50x" in text
+
+    cell = {"dims": "B", "frames": 64, "tokens": 1, "saved_bytes": 2**20, "bytes_source": "real", "step_s": 1.0}
+    masked = dict(cell, mask_ratio=0.75, time_vs_unmasked=0.5, bytes_vs_unmasked=0.25)
+    text = "\n".join(report.masking_section({"parts": [], "cells": [dict(cell, mask_ratio=0.0), masked]}))
+    assert "(target <= 0.27: met)" in text and "(target <= 0.30: MISSED)" in text and "FakeTensors" not in text

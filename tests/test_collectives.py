@@ -116,6 +116,7 @@ def test_without_a_process_group_the_helpers_return_local_values():
     assert dist.dist_mean([1.0, 2.5]) == [1.0, 2.5]
     assert dist.dist_max(3.0) == 3.0 and dist.dist_any(True) and not dist.dist_any(False)
     assert dist.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert dist.broadcast_object({"a": 1}) == {"a": 1}
     dist.barrier()
 
 
@@ -136,6 +137,7 @@ def _ranks(rank: int, world: int, port: int, results) -> None:
         out = {"mean": dist.dist_mean([float(rank), 10.0 * rank]), "max": dist.dist_max(float(rank)),
                "any": dist.dist_any(rank == world - 1), "none": dist.dist_any(False),
                "objects": dist.all_gather_object({"rank": rank}),
+               "broadcast": dist.broadcast_object({"rank": rank}),
                "sum_tensor": dist.all_reduce(torch.tensor([1, 2]) * (rank + 1)).tolist()}
         dist.barrier()
         out["calls"] = calls
@@ -156,6 +158,7 @@ def test_helpers_run_at_every_world_size(world):
         assert r["mean"] == [mean, 10 * mean] and r["max"] == world - 1
         assert r["any"] is True and r["none"] is False
         assert r["objects"] == [{"rank": i} for i in range(world)]
+        assert r["broadcast"] == {"rank": 0}
         assert r["sum_tensor"] == [sum(range(1, world + 1)), 2 * sum(range(1, world + 1))]
         # a collective ran at world size 1 too, on the device gloo takes
         assert r["calls"] and set(r["calls"]) == {"cpu"}, r["calls"]

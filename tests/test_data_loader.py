@@ -326,12 +326,13 @@ def test_config_errors_name_the_key(synth_data):
     ({"LOCAL_SIZE": "2"}, ("1", "2")),  # deepspeed launcher: RANK/LOCAL_RANK, no LOCAL_WORLD_SIZE
     ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, ("1", "2")),  # torchrun
     ({"SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "2(x2)"}, ("1", "2")),  # srun
+    ({"SLURM_LOCALID": "1", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_TASKS_PER_NODE": "4"}, ("1", "2")),  # srun -n
     ({"SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "2"}, ("1", "2")),  # srun --ntasks-per-node
 ])
 def test_launcher_env_fills_local_world_size_and_restores(monkeypatch, env, expected):
     from longvivit.data.reader import launcher_env
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE",
-                "SLURM_LOCALID", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
+                "SLURM_LOCALID", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

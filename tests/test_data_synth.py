@@ -59,5 +59,12 @@ def test_cli_refuses_non_empty_out_and_bad_args(tmp_path, capsys):
     assert len(read_jsonl(out / "train.jsonl")) + len(read_jsonl(out / "val.jsonl")) == 3
     assert main(["--out", str(out), "--videos", "3", "--frames", "8"]) == 2
     assert "not empty" in capsys.readouterr().err
+    (out / "notes.txt").write_text("mine")
+    assert main(["--out", str(out), "--videos", "3", "--frames", "8", "--overwrite"]) == 2
+    assert "not benchmark files (notes.txt)" in capsys.readouterr().err and (out / "notes.txt").exists()
+    (out / "notes.txt").unlink()
+    assert main(["--out", str(out), "--videos", "2", "--frames", "8", "--size", "16", "--events", "2", "3",
+                 "--overwrite"]) == 0
+    assert len(list((out / "videos").iterdir())) == 2
     assert main(["--out", str(tmp_path / "t"), "--frames", "4"]) == 2  # 4 events need 8 frames
     assert "frames" in capsys.readouterr().err

@@ -32,6 +32,16 @@ def test_shapes_and_caption_format():
     assert batch["real_frames"].tolist() == [4, 4, 4]
 
 
+def test_open_clip_layout_ends_each_caption_at_its_highest_id():
+    """sot and eot are open_clip BPE's two highest ids: the CLIP text tower pools at the
+    row's maximum, which must be the eot."""
+    batch = next(iter(SyntheticBatches(cfg(), "train", CPU, 0, 2, True, vocab_size=49408, tokenizer="open_clip")))
+    ids, lengths = batch["text_ids"], batch["text_mask"].sum(1)
+    assert (ids[:, 0] == 49406).all() and (ids.argmax(1) == lengths - 1).all()
+    for row, n in zip(ids, lengths.tolist()):
+        assert row[n - 1] == 49407 and (row[n:] == PAD).all() and ((row[1:n - 1] >= 1) & (row[1:n - 1] < 49406)).all()
+
+
 def test_ranks_see_disjoint_indices_and_epochs_differ():
     # 20 samples over 2 ranks: 10 each -> 3 whole batches of 3 per rank
     r0 = [b["index"].tolist() for b in loader(rank=0)]

@@ -69,6 +69,18 @@ def test_plan_activations_match_with_checkpointing_freezing_factorized_bf16(tmp_
     assert_within_10_percent(write_config(tmp_path, "tiny", 32, 0.5, batch=2, extra=extra, precision="bf16"))
 
 
+def test_the_planner_and_the_trainer_checkpoint_the_configured_blocks(tmp_path):
+    """Both build through the model's constructor, which alone applies grad_checkpointing."""
+    from longvivit.config import to_dict
+    from longvivit.train.run import build_model
+
+    cfg = load_run_config(write_config(tmp_path, extra=", grad_checkpointing: 2"))
+    fake, _ = plan.fake_model(json.dumps(to_dict(cfg.model)), cfg.precision)
+    real = build_model(cfg, resuming=False)
+    assert fake.video.checkpointed == real.video.checkpointed == 2
+    assert fake.text.checkpointed == real.text.checkpointed == 0
+
+
 @pytest.mark.parametrize("frames,ratio", [
     (16, 0.75), (64, 0.75),
     pytest.param(16, 0.0, marks=pytest.mark.slow),

@@ -140,9 +140,8 @@ def test_killed_rank_ends_the_job_and_resubmission_resumes(cluster, synth_data, 
     pid = rank_pid(job, 1)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    t_kill = time.time()
+    # 120 s is a safety limit (wait_state raises past it), not a claim about speed
     state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 120)
-    assert time.time() - t_kill < 120
     assert state == "FAILED"
     text = batch_log(tmp_path, job)
     assert "a rank failed" in text and "task 1" in text, text

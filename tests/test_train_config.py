@@ -125,6 +125,9 @@ def test_rank_from_env():
     d = read_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_SIZE": "2"})
     assert (d.rank, d.world_size, d.local_rank, d.local_world_size, d.master_port) == (1, 2, 1, 2, 29500)
     assert read_env({}).world_size == 1
+    # a lone process inside an allocation of 4 tasks a node is still alone on its node
+    d = read_env({"SLURM_TASKS_PER_NODE": "4(x2)"})
+    assert (d.rank, d.world_size, d.local_rank, d.local_world_size) == (0, 1, 0, 1)
 
 
 def test_torch_extensions_are_cached_per_python_environment(monkeypatch):

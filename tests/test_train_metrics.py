@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from longvivit.train.evaluate import ranks_of_diagonal, retrieval_metrics
 from longvivit.train.engine import param_groups, warmup_cosine
@@ -62,25 +61,19 @@ def test_warmup_cosine():
     assert all(f(s) >= f(s + 1) for s in range(4, 20))
 
 
-class _Toy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(4, 4)
-        self.norm = nn.LayerNorm(4)
-        self.pos_embed = nn.Parameter(torch.zeros(3, 4))
-        self.logit_scale = nn.Parameter(torch.tensor(1.0))
-        self.frozen = nn.Linear(4, 4)
-        self.frozen.requires_grad_(False)
+def test_param_groups_decay_only_trainable_matrices():
+    """The model owns the rule (DualEncoder.no_weight_decay); the engine's groups follow it:
+    no decay on norms, biases, position tables and the logit scale, frozen blocks left out."""
+    from longvivit.model import build_model, model_config
 
-    def no_weight_decay(self):
-        return {"pos_embed", "logit_scale"}
-
-
-def test_param_groups_no_decay_on_norms_biases_pos_and_scale():
-    m = _Toy()
-    decay, no_decay = param_groups(m, 0.2)
-    names = {id(p): n for n, p in m.named_parameters()}
+    model = build_model(model_config("tiny", ["video.trainable_last_k=1"]))
+    decay, no_decay = param_groups(model, 0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
-    assert [names[id(p)] for p in decay["params"]] == ["proj.weight"]
-    assert sorted(names[id(p)] for p in no_decay["params"]) == sorted(
-        ["proj.bias", "norm.weight", "norm.bias", "pos_embed", "logit_scale"])
+    assert {names[id(p)] for p in decay["params"]} == {
+        n for n, p in trainable.items() if p.ndim >= 2 and "pos_embed" not in n}
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        n for n, p in trainable.items() if p.ndim < 2 or "pos_embed" in n}
+    assert {"logit_scale", "video.pos_embed.spatial", "text.norm.weight"} <= trainable.keys()
+    assert len(trainable) < len(names)  # the frozen video blocks are in neither group

@@ -5,7 +5,7 @@ Layout under the run's output directory:
     checkpoints/
       step00000100/                 one tag per save
         zero_pp_rank_*_...pt        DeepSpeed's files (model, optimizer, scheduler shards)
-        rank00000.pt ...            per rank: data loader state, torch/numpy/python RNG
+        rank00000.pt ...            per rank: {part name: its state_dict()}
         run_config.yaml             the resolved run config
         complete                    written last, by rank 0, after every rank has finished
       latest                        the newest complete tag (DeepSpeed's own pointer file)
@@ -13,6 +13,12 @@ Layout under the run's output directory:
 A tag counts only once `complete` exists: it is written atomically (tmp + os.replace)
 after a barrier that every rank reaches only when its own files are on disk, so a run
 killed mid-save leaves a tag without it, which resume skips and deletes.
+
+What a checkpoint holds besides the engine is a dict of named parts, each with
+state_dict() / load_state_dict() (the trainer's step, its data loader, the RNGs: see
+run.checkpoint_parts). save and load go over whatever parts they are given, so a second
+loader or a new counter is one more entry in that dict and no change here. The engine is
+not a part: DeepSpeed writes its model, optimizer and schedule shards itself.
 """
 from __future__ import annotations
 
@@ -20,9 +26,9 @@ import json
 import os
 import random
 import shutil
-import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -30,7 +36,10 @@ from omegaconf import OmegaConf
 
 from longvivit.config import ConfigError
 
-from . import dist
+from . import dist, faults
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 MARKER = "complete"
 CONFIG_FILE = "run_config.yaml"
@@ -79,27 +88,41 @@ def find_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no complete checkpoint (a tag directory with a '{MARKER}' file)")
 
 
-# ---------------------------------------------------------------------------- RNG
+# ---------------------------------------------------------------------------- parts
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+class RNGState:
+    """This process's torch / numpy / python (and CUDA) generators, as a part."""
+
+    def state_dict(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+
+
+def rank_file(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"rank{rank:05d}.pt"
 
 
 # ---------------------------------------------------------------------------- save
 
-def save(engine, out: str | Path, step: int, loader, config_yaml: str, keep_last: int) -> Path:
-    """Save on every rank; the tag becomes complete after all ranks are done.
+def save(engine: DeepSpeedEngine, out: str | Path, step: int, parts: Mapping[str, Stateful],
+         config_yaml: str, keep_last: int) -> Path:
+    """Save the engine and this rank's `parts` on every rank; the tag becomes complete
+    after all ranks are done.
 
     Never writes into a complete tag: a tag of this step already on disk is left over from
     another run in the same directory (resume=never), and rank 0 removes it before any rank
@@ -114,11 +137,10 @@ def save(engine, out: str | Path, step: int, loader, config_yaml: str, keep_last
         _remove_tag(tag_dir)
     dist.barrier()  # no rank writes before the old tag is gone
     engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
-    torch.save({"step": step, "loader": loader.state_dict(), "rng": rng_state()},
-               tag_dir / f"rank{rank:05d}.pt")
+    torch.save({name: part.state_dict() for name, part in parts.items()}, rank_file(tag_dir, rank))
     if rank == 0:
         _write_atomic(tag_dir / CONFIG_FILE, config_yaml)
-        fault_point("kill_during_save", step)
+        faults.fault_point("kill_during_save", step, rank)
     dist.barrier()  # every rank's files are on disk past this point
     if rank == 0:
         meta = {"step": step, "world_size": engine.world_size, "time": time.time()}
@@ -133,27 +155,6 @@ def _remove_tag(tag_dir: Path) -> None:
     """Remove a tag: its marker first, so that a kill part-way leaves it incomplete."""
     (tag_dir / MARKER).unlink(missing_ok=True)
     shutil.rmtree(tag_dir, ignore_errors=True)
-
-
-def fault_point(name: str, step: int, sig: int = signal.SIGKILL) -> None:
-    """Fault injection for the tests: LONGVIVIT_FAULT=NAME:STEP sends this process `sig`
-    at the point NAME of step STEP. kill_during_save: rank 0 SIGKILLs itself after its
-    shard files for STEP are written, before the tag is complete; stop_in_step (run.loop):
-    every rank gets SIGTERM at the end of step STEP, as from a preemption."""
-    if os.environ.get("LONGVIVIT_FAULT") == f"{name}:{step}":
-        os.kill(os.getpid(), sig)
-
-
-def hold_point(name: str, step: int, rank: int, released, timeout: float = 600.0) -> None:
-    """Fault injection for the tests: LONGVIVIT_FAULT=NAME:STEP:RANK holds rank RANK at the
-    point NAME of step STEP until `released()` (or `timeout` seconds), so that a test can
-    signal a run at a known step however fast its steps are. hold_for_signal (run.loop):
-    the rank waits after step STEP is logged, saved and evaluated, just before the
-    stop agreement, for a stop signal."""
-    if os.environ.get("LONGVIVIT_FAULT") == f"{name}:{step}:{rank}":
-        deadline = time.monotonic() + timeout
-        while not released() and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -213,21 +214,32 @@ def resume_tag(out: str | Path, resume: str) -> Path | None:
         raise ConfigError(f"resume: {err}") from None
 
 
+def rank0_choice(tag: Path | None) -> Path | None:
+    """Rank 0's resume target on every rank (call once the process group is up). Ranks can
+    see the checkpoints directory differently (on a shared filesystem, another node's
+    cached listing lags behind a save), and a tag's ZeRO shards only load together."""
+    chosen = dist.broadcast_object(None if tag is None else str(tag))
+    return None if chosen is None else Path(chosen)
+
+
 def tag_step(tag_dir: Path) -> int:
     """The step a complete tag holds (from its marker)."""
     return int(json.loads((tag_dir / MARKER).read_text())["step"])
 
 
-def load(engine, tag_dir: Path, loader) -> int:
-    """Restore model, optimizer, schedule, this rank's loader position and RNG; return step."""
+def load(engine: DeepSpeedEngine, tag_dir: Path, parts: Mapping[str, Stateful]) -> None:
+    """Restore the engine (model, optimizer, schedule) and this rank's `parts`."""
     _, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
                                        load_optimizer_states=True, load_lr_scheduler_states=True)
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
-    own = torch.load(tag_dir / f"rank{engine.global_rank:05d}.pt", weights_only=False)
-    loader.load_state_dict(own["loader"])
-    set_rng_state(own["rng"])
-    return int(own["step"])
+    saved = torch.load(rank_file(tag_dir, engine.global_rank), weights_only=False)
+    missing = sorted(set(parts) - set(saved))
+    if missing:  # a part this trainer has and the one that wrote the checkpoint had not
+        raise RuntimeError(f"{tag_dir}: no saved state for {', '.join(missing)} "
+                           f"(it holds {', '.join(saved)})")
+    for name, part in parts.items():
+        part.load_state_dict(saved[name])
 
 
 def remove_incomplete(out: str | Path) -> list[Path]:
@@ -238,5 +250,5 @@ def remove_incomplete(out: str | Path) -> list[Path]:
     return removed
 
 
-__all__ = ["save", "load", "prune", "resume_tag", "find_checkpoint", "check_compatible",
-           "remove_incomplete", "newest_complete", "tag_for", "tag_step", "ckpt_root"]
+__all__ = ["Stateful", "RNGState", "save", "load", "prune", "resume_tag", "rank0_choice", "find_checkpoint",
+           "check_compatible", "remove_incomplete", "newest_complete", "tag_for", "tag_step", "ckpt_root"]

@@ -25,6 +25,8 @@ from longvivit.data.config import DataConfig
 from longvivit.model import model_config
 from longvivit.model.config import ModelConfig
 
+# The folder holding train/ and ds_configs/: the checkout, or site-packages/longvivit where
+# longvivit is installed (pyproject.toml installs ds_configs/ there).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -56,7 +58,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # micro-batches per optimizer step
-    ds_config: str = "ds_configs/zero3_cpu.json"  # relative paths resolve against the repo root
+    ds_config: str = "ds_configs/zero3_cpu.json"  # relative: to the working dir, else REPO_ROOT
     precision: str = choice("fp32", "bf16", "fp16")  # must agree with the ds_config
     out: str = "runs/default"  # checkpoints, TensorBoard logs, metrics.jsonl
     seed: int = 0
@@ -123,7 +125,8 @@ def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
 
 
 def repo_path(path: str) -> Path:
-    """A path from a config: absolute, relative to the working dir, else to the repo root."""
+    """A path from a config: absolute, relative to the working dir, else to REPO_ROOT (so
+    `train/configs/demo.yaml` and `ds_configs/zero3.json` work from anywhere)."""
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p
@@ -141,7 +144,8 @@ def check_data(cfg: RunConfig) -> None:
             continue
         check(bool(path) and (Path(path) / "index.json").is_file(), f"data.{key}",
               f"no MDS shards at {path!r} (missing index.json)")
-    check(Path(cfg.data.tokenizer).is_file(), "data.tokenizer", f"no tokenizer model at {cfg.data.tokenizer!r}")
+    check(cfg.model.text.tokenizer == "open_clip" or Path(cfg.data.tokenizer).is_file(), "data.tokenizer",
+          f"no tokenizer model at {cfg.data.tokenizer!r}")
 
 
 def check_precision(precision: str, device_type: str) -> None:
@@ -155,9 +159,6 @@ def check_precision(precision: str, device_type: str) -> None:
 
 
 # ---------------------------------------------------------------------------- ds_config
-
-_PRECISION_KEYS = {"bf16": "bf16", "fp16": "fp16"}
-
 
 def load_ds_json(path: str) -> dict:
     p = repo_path(path)

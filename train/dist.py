@@ -7,12 +7,12 @@ torch.distributed variables (plus LOCAL_WORLD_SIZE, which mosaicml-streaming rea
 deepspeed launcher does not set) before any process group exists.
 
 Collectives (`all_reduce`, `dist_mean`, `dist_max`, `dist_any`, `all_gather_object`,
-`barrier`) live here and nowhere else in train/ and data/ (tests/test_collectives.py scans
-the package). Each puts its tensor on the device the process group's backend takes
-(`collective_device`: CUDA under NCCL, which rejects CPU tensors; CPU under gloo) and runs
-whenever a process group exists, at world size 1 too, so a one-GPU run exercises the same
-calls a 64-GPU run makes. Without a process group (one plain process, e.g. `longvivit eval`)
-they return the local value.
+`broadcast_object`, `barrier`) live here and nowhere else in train/ and data/
+(tests/test_collectives.py scans the package). Each puts its tensor on the device the
+process group's backend takes (`collective_device`: CUDA under NCCL, which rejects CPU
+tensors; CPU under gloo) and runs whenever a process group exists, at world size 1 too, so
+a one-GPU run exercises the same calls a 64-GPU run makes. Without a process group (one
+plain process, e.g. `longvivit eval`) they return the local value.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from longvivit import launch_env
 
 
 @dataclass(frozen=True)
@@ -47,25 +49,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _slurm_local_world(env: dict) -> int:
-    # SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE look like "4" or "4(x2)" or "4,2".
-    spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1"
-    return int(spec.split(",")[0].split("(")[0])
-
-
 def read_env(env: dict | None = None) -> DistEnv:
     """Rank, world and rendezvous from the environment; a lone process is rank 0 of 1."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-        local_rank = int(env.get("LOCAL_RANK", rank))
-        local_world = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        local_rank = int(env.get("SLURM_LOCALID", 0))
-        local_world = _slurm_local_world(env)
     else:
-        rank, world, local_rank, local_world = 0, 1, 0, 1
+        rank, world = 0, 1
+    local_world = launch_env.local_world_size(world, env)
+    local_rank = launch_env.local_rank(rank, local_world, env)
     addr = env.get("MASTER_ADDR", "127.0.0.1")
     port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (29500 if world > 1 else free_port())
     return DistEnv(rank, world, local_rank, local_world, addr, port)
@@ -201,3 +195,13 @@ def shutdown(d: DistEnv) -> None:
     for path in shm_buffers(d):
         if path.name.endswith(f"_{d.rank}"):
             path.unlink(missing_ok=True)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` on every rank (pickled; small objects only)."""
+    g = _group()
+    if g is None:
+        return obj
+    box = [obj]
+    g.broadcast_object_list(box, src=src, device=collective_device(g.get_backend()))
+    return box[0]

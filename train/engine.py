@@ -18,18 +18,14 @@ if TYPE_CHECKING:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices, and everything that must not decay.
-
-    No decay on the names the model lists in no_weight_decay() (position embeddings, the
-    logit scale) nor on any parameter with fewer than 2 dims (norms, biases). Frozen
-    parameters (trainable_last_k) are left out.
-    """
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    """Two AdamW groups: decayed, and the names the model lists in no_weight_decay() (the
+    model owns that rule). Frozen parameters (trainable_last_k) are left out."""
+    skip = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+        (no_decay if name in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]

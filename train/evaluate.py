@@ -62,7 +62,8 @@ def embed_split(model, loader, mask_ratio: float = 0.0, max_batches: int = 0) ->
             return out
         real = batch is not None
         batch = batch if real else last
-        v = model.encode_video(batch["video"], mask_ratio=mask_ratio, normalize=True)
+        v = model.encode_video(batch["video"], mask_ratio=mask_ratio, normalize=True,
+                               real_frames=batch["real_frames"])
         t = model.encode_text(batch["text_ids"], batch["text_mask"], normalize=True)
         if real:
             for i, idx in enumerate(batch["index"].tolist()):
@@ -95,9 +96,19 @@ def embed(model, loader, mask_ratio: float = 0.0, max_batches: int = 0):
         model.train(was_training)
 
 
-def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0) -> dict:
-    _, video, text = embed(model, loader, mask_ratio, max_batches)
-    return retrieval_metrics(text @ video.t())
+def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
+             embeddings_file: Path | None = None) -> dict:
+    """Retrieval metrics of the whole split (the same on every rank). `embeddings_file`:
+    also save (index, video, text) there; pass it on one rank only, as every rank holds
+    all of them."""
+    index, video, text = embed(model, loader, mask_ratio, max_batches)
+    metrics = retrieval_metrics(text @ video.t())
+    # clips that failed to decode were replaced by others of the split: `pairs` counts the
+    # distinct ones evaluated, decode_failures the ones missing from them
+    metrics["decode_failures"] = int(dist.all_reduce([loader.decode_failures])[0])
+    if embeddings_file is not None:
+        torch.save({"index": index, "video": video, "text": text}, embeddings_file)
+    return metrics
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -124,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     data_cfg.tokenizer = args.tokenizer or data_cfg.tokenizer
     data_cfg.batch_size = args.batch_size or data_cfg.batch_size
     from longvivit.data import build_loader
+    from longvivit.data.tokenizer import make_tokenizer
 
     device = torch.device("cpu")
-    loader = build_loader(data_cfg, "val", device=device, rank=0, world_size=1, training=False)
+    tokenizer = make_tokenizer(run_cfg.model.text.tokenizer, data_cfg.tokenizer)  # the one it trained with
+    loader = build_loader(data_cfg, "val", device=device, rank=0, world_size=1, training=False,
+                          tokenizer=tokenizer)
     metrics = evaluate(model, loader, args.mask_ratio, args.max_batches)
-    # clips that failed to decode were replaced by others of the split: `pairs` counts the
-    # distinct ones evaluated, decode_failures the ones missing from them
-    metrics.update(decode_failures=loader.decode_failures, data=str(data_cfg.val),
-                   checkpoint=str(args.checkpoint))
+    metrics.update(data=str(data_cfg.val), checkpoint=str(args.checkpoint))
     line = json.dumps(metrics)
     if args.out:
         Path(args.out).write_text(line + "\n")

@@ -11,7 +11,6 @@ Throughput and utilisation:
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -147,8 +146,3 @@ def throughput(samples: int, visible_tokens: int, seconds: float, flops_per_samp
     tflops = flops_per_sample * sps / 1e12
     return {"samples_per_s": sps, "tokens_per_s": visible_tokens / max(seconds, 1e-9),
             "tflops": tflops, "mfu": tflops / (peak_tflops_per_device * world_size)}
-
-
-def rank_env_summary() -> str:
-    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    return " ".join(f"{k}={os.environ.get(k, '')}" for k in keys)

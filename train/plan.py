@@ -188,7 +188,6 @@ def fake_model(cfg_json: str, precision: str):
     with mode:
         model = meta._apply(lambda t: torch.empty(
             t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device="cpu"))
-    model.set_grad_checkpointing(cfg.video.grad_checkpointing)  # as the trainer does
     return model.train(), mode
 
 

@@ -11,8 +11,10 @@ Runs the same way as one plain process, under the deepspeed launcher, torchrun o
 Phases: validate (config, shards, precision, ds_config, out, resume target, init weights;
 exit 2 on any error, before a process group or output directory exists) -> setup (process
 group, model, engine, loaders, resume) -> loop (step, log, checkpoint, eval, stop on
-request) -> finish (checkpoint, eval, summary.json). A finished run (the checkpoint it would
-resume from is at `steps`) stops after validate: one line says so, nothing is written.
+request) -> finish (checkpoint, eval, summary.json). Each rank validates what it sees of
+`out`; once the process group is up, every rank takes the resume target rank 0 chose. A
+finished run (that checkpoint is at `steps`) stops there: one line says so, nothing is
+written.
 """
 from __future__ import annotations
 
@@ -25,14 +27,26 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
 from longvivit.config import ConfigError, check, to_dict, to_yaml
 
-from . import checkpoint, dist
+from . import checkpoint, dist, faults
 from .config import (RunConfig, check_data, check_precision, load_run_config, repo_path,
                      resolve_ds_config)
+
+if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
+    from deepspeed import DeepSpeedEngine
+
+    from longvivit.data.loader import VideoLoader
+    from longvivit.data.synthetic_batches import SyntheticBatches
+
+    from .logging import RunLogger, StepTimer
+    from .preemption import StopRequest
+
+    Loader = VideoLoader | SyntheticBatches  # what open_loader returns
 
 EXIT_CONFIG = 2
 
@@ -68,12 +82,18 @@ def device_for(d: dist.DistEnv) -> torch.device:
 def check_tokenizer(cfg: RunConfig) -> None:
     if cfg.data.source == "synthetic":
         return
-    from longvivit.data import Tokenizer
-
-    vocab = Tokenizer(cfg.data.tokenizer).vocab_size
+    vocab = tokenizer_for(cfg).vocab_size
     if vocab > cfg.model.text.vocab_size:  # larger embedding tables are harmless
         raise ConfigError(f"model.text.vocab_size: {cfg.model.text.vocab_size} is smaller than the "
                           f"tokenizer's {vocab} pieces ({cfg.data.tokenizer})")
+
+
+def tokenizer_for(cfg: RunConfig):
+    """The tokenizer the model's text tower reads (model.text.tokenizer; data.tokenizer is
+    the sentencepiece file)."""
+    from longvivit.data.tokenizer import make_tokenizer
+
+    return make_tokenizer(cfg.model.text.tokenizer, cfg.data.tokenizer)
 
 
 def check_init(cfg: RunConfig) -> None:
@@ -157,21 +177,59 @@ def report_finished(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> int:
 # ---------------------------------------------------------------------------- setup
 
 @dataclass
+class TrainState:
+    """The loop's own counters (the checkpoint part "train")."""
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, state[f.name])
+
+
+@dataclass
+class Throughput:
+    """Samples trained over some steps, their wall time, and of it the time spent waiting
+    for batches (mean over ranks)."""
+    samples: int = 0
+    seconds: float = 0.0
+    data_wait: float = 0.0
+
+    def add(self, other: Throughput) -> None:
+        self.samples += other.samples
+        self.seconds += other.seconds
+        self.data_wait += other.data_wait
+
+    def per_second(self, amount: float) -> float:
+        return amount / max(self.seconds, 1e-9)
+
+
+@dataclass
 class Run:
     cfg: RunConfig
     d: dist.DistEnv
     device: torch.device
-    engine: object
-    loader: object
-    log: object
+    engine: DeepSpeedEngine
+    loader: Loader
+    log: RunLogger
     config_yaml: str
-    step: int = 0
+    state: TrainState
     flops_per_sample: float = 0.0
     visible_tokens: int = 0
     peak: float = 0.0
-    history: dict = field(default_factory=dict)
+    window: Throughput = field(default_factory=Throughput)  # the steps since the last TensorBoard line
+    total: Throughput = field(default_factory=Throughput)  # every step this process logged, for the summary
     saved: Path | None = None  # the newest checkpoint of this run's state (written or resumed from)
     saved_step: int = -1
+
+
+def checkpoint_parts(state: TrainState, loader: Loader) -> dict[str, checkpoint.Stateful]:
+    """What a checkpoint holds of this rank besides the engine, by name: a second loader or
+    another kind of state is one more entry here (checkpoint.save/load take any)."""
+    # they load in this order: the RNGs last, so that nothing loaded after them draws from them
+    return {"train": state, "loader": loader, "rng": checkpoint.RNGState()}
 
 
 def init_weights(model, init: str) -> None:
@@ -195,8 +253,6 @@ def build_model(cfg: RunConfig, resuming: bool):
     model = build(cfg.model)
     if not resuming:
         init_weights(model, cfg.init)
-    if cfg.model.video.grad_checkpointing:
-        model.set_grad_checkpointing(cfg.model.video.grad_checkpointing)
     return model
 
 
@@ -210,17 +266,17 @@ def clean_streaming_shm(cfg: RunConfig) -> None:
     dist.barrier()
 
 
-def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool):
+def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool) -> Loader:
     """This rank's loader of `split` from the configured source (shards or synthetic)."""
     if cfg.data.source == "synthetic":
         from longvivit.data.synthetic_batches import SyntheticBatches
 
         return SyntheticBatches(cfg.data, split, device, d.rank, d.world_size, training,
-                                cfg.model.text.vocab_size)
+                                cfg.model.text.vocab_size, cfg.model.text.tokenizer)
     from longvivit.data import build_loader
 
     return build_loader(cfg.data, split, device=device, rank=d.rank, world_size=d.world_size,
-                        training=training, clean_shm=False)
+                        training=training, clean_shm=False, tokenizer=tokenizer_for(cfg))
 
 
 def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
@@ -238,11 +294,14 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     engine = build_engine(build_model(cfg, tag is not None), cfg, ds_config)
     clean_streaming_shm(cfg)
     loader = open_loader(cfg, "train", device, d, training=True)
-    step = checkpoint.load(engine, tag, loader) if tag is not None else 0
+    state = TrainState()
+    if tag is not None:
+        checkpoint.load(engine, tag, checkpoint_parts(state, loader))
+    step = state.step
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
-    run = Run(cfg, d, device, engine, loader,
-              RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main), resolved_yaml(cfg), step)
+    log = RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main)
+    run = Run(cfg, d, device, engine, loader, log, resolved_yaml(cfg), state)
     if tag is not None:  # the state at `step` is that checkpoint: finish() must not write it again
         run.saved, run.saved_step = tag, step
     run.flops_per_sample = flops_per_sample(cfg.model, v.mask_ratio)
@@ -263,7 +322,7 @@ def announce(run: Run, tag: Path | None) -> None:
     local, total = partitioned_numel(run.engine)
     line = {"event": "start", "rank": run.d.rank, "pid": os.getpid(), "world_size": run.d.world_size,
             "backend": dist.backend(), "device": str(run.device),
-            "params_local": local, "params_total": total, "step": run.step,
+            "params_local": local, "params_total": total, "step": run.state.step,
             "resumed_from": str(tag) if tag else None, "peak_tflops_per_device": run.peak}
     print(json.dumps(line), flush=True)
     run.log.config(run.config_yaml)
@@ -273,7 +332,7 @@ def announce(run: Run, tag: Path | None) -> None:
 
 # ---------------------------------------------------------------------------- loop
 
-def batches(loader, timer):
+def batches(loader: Iterable[dict], timer: StepTimer) -> Iterator[dict]:
     """Batches forever (epoch after epoch), timing how long each one was waited for."""
     while True:
         it = iter(loader)
@@ -288,18 +347,18 @@ def batches(loader, timer):
 
 def mask_generator(run: Run, micro: int) -> torch.Generator:
     """Masks are a function of (seed, rank, step, micro-batch): resume replays them exactly."""
-    key = ((run.cfg.seed * 1_000_003 + run.d.rank) * 1_000_003 + run.step) * 131 + micro
+    key = ((run.cfg.seed * 1_000_003 + run.d.rank) * 1_000_003 + run.state.step) * 131 + micro
     return torch.Generator().manual_seed(key % (2**63 - 1))
 
 
-def train_step(run: Run, stream) -> dict:
+def train_step(run: Run, stream: Iterator[dict]) -> dict:
     """One optimizer step over grad_accum micro-batches."""
     engine, losses, scales, indices = run.engine, [], [], []
     lr = engine.get_lr()[0]  # the rate this step uses (DeepSpeed steps the schedule after it)
     for micro in range(run.cfg.grad_accum):
         batch = next(stream)
         loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"],
-                               generator=mask_generator(run, micro))
+                               generator=mask_generator(run, micro), real_frames=batch["real_frames"])
         engine.backward(loss)
         engine.step()
         losses.append(loss.detach().float())
@@ -308,65 +367,58 @@ def train_step(run: Run, stream) -> dict:
     return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices, "lr": lr}
 
 
-def grad_norm(engine) -> float:
+def grad_norm(engine: DeepSpeedEngine) -> float:
     norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else float("nan")
 
 
-def log_step(run: Run, out: dict, timer, window: dict) -> None:
+def log_step(run: Run, out: dict, timer: StepTimer) -> None:
     """metrics.jsonl every step (loss, lr, batch indices); TensorBoard every log_every."""
+    loss, failures, data_wait = dist.dist_mean([out["loss"].item(), run.loader.decode_failures, timer.data])
+    seconds, _ = timer.lap()
+    samples = run.cfg.data.batch_size * run.cfg.grad_accum * run.d.world_size
+    run.window.add(Throughput(samples, seconds, data_wait))
+    step = run.state.step
+    run.log.record(step, kind="step", loss=loss, lr=out["lr"], indices=out["indices"])
+    run.log.progress(step, loss, run.window.per_second(run.window.samples))
+    if step % max(1, run.cfg.log_every) == 0 or step == run.cfg.steps:
+        log_scalars(run, out, loss, failures * run.d.world_size)
+
+
+def log_scalars(run: Run, out: dict, loss: float, failures: float) -> None:
+    """The TensorBoard line of the steps since the last one."""
     from .logging import memory_gb, throughput
 
-    loss, failures, data_wait = dist.dist_mean(
-        [out["loss"].item(), getattr(run.loader, "decode_failures", 0), timer.data])
-    seconds, _ = timer.lap()
-    window["samples"] += run.cfg.data.batch_size * run.cfg.grad_accum * run.d.world_size
-    window["seconds"] += seconds
-    window["data"] += data_wait
-    run.log.record(run.step, kind="step", loss=loss, lr=out["lr"], indices=out["indices"])
-    run.log.progress(run.step, loss, window["samples"] / max(window["seconds"], 1e-9))
-    if run.step % max(1, run.cfg.log_every) and run.step != run.cfg.steps:
-        return
-    samples = window["samples"]
+    w = run.window
     scalars = {"loss": loss, "lr": out["lr"], "logit_scale": out["logit_scale"],
-               "grad_norm": grad_norm(run.engine), "data_wait": window["data"] / max(window["seconds"], 1e-9),
-               "decode_failures": failures * run.d.world_size, "memory_gb": memory_gb(run.device),
-               **throughput(samples, samples * run.visible_tokens, window["seconds"], run.flops_per_sample,
+               "grad_norm": grad_norm(run.engine), "data_wait": w.per_second(w.data_wait),
+               "decode_failures": failures, "memory_gb": memory_gb(run.device),
+               **throughput(w.samples, w.samples * run.visible_tokens, w.seconds, run.flops_per_sample,
                             run.peak, run.d.world_size)}
-    run.log.scalars(run.step, scalars)
-    run.history["samples"] = run.history.get("samples", 0) + samples
-    run.history["seconds"] = run.history.get("seconds", 0.0) + window["seconds"]
-    window.update(samples=0, seconds=0.0, data=0.0)
+    run.log.scalars(run.state.step, scalars)
+    run.total.add(w)
+    run.window = Throughput()
 
 
 def run_eval(run: Run) -> dict:
-    from .evaluate import embed, retrieval_metrics
+    from .evaluate import evaluate
 
-    loader = open_loader(run.cfg, "val", run.device, run.d, training=False)
+    cfg = run.cfg
+    # written for tests that compare the engine's embeddings against an export
+    keep = Path(cfg.out) / "eval_embeddings.pt" if cfg.save_eval_embeddings and run.d.is_main else None
+    loader = open_loader(cfg, "val", run.device, run.d, training=False)
     try:
-        index, video, text = embed(run.engine.module, loader, run.cfg.eval_mask_ratio,
-                                   run.cfg.eval_max_batches)
+        metrics = evaluate(run.engine.module, loader, cfg.eval_mask_ratio, cfg.eval_max_batches, keep)
     finally:
-        close(loader)
-    metrics = retrieval_metrics(text @ video.t())
-    # failed clips are replaced by others of the split, so `pairs` leaves them out
-    metrics["decode_failures"] = int(dist.all_reduce([getattr(loader, "decode_failures", 0)])[0])
-    if run.cfg.save_eval_embeddings and run.d.is_main:  # for tests comparing against an export
-        torch.save({"index": index, "video": video, "text": text}, Path(run.cfg.out) / "eval_embeddings.pt")
-    run.log.scalars(run.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
-    run.history["eval"] = metrics
+        loader.close()
+    run.log.scalars(run.state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
     return metrics
 
 
-def close(loader) -> None:
-    if hasattr(loader, "close"):
-        loader.close()
-
-
 def save(run: Run) -> Path:
-    run.saved = checkpoint.save(run.engine, run.cfg.out, run.step, run.loader, run.config_yaml,
-                                run.cfg.keep_last)
-    run.saved_step = run.step
+    cfg, parts = run.cfg, checkpoint_parts(run.state, run.loader)
+    run.saved = checkpoint.save(run.engine, cfg.out, run.state.step, parts, run.config_yaml, cfg.keep_last)
+    run.saved_step = run.state.step
     return run.saved
 
 
@@ -374,41 +426,42 @@ def every(n: int, step: int, last: int) -> bool:
     return n > 0 and step % n == 0 and step != last
 
 
-def loop(run: Run, stop) -> bool:
+def loop(run: Run, stop: StopRequest) -> bool:
     """Train to cfg.steps; False if a stop request ended it early (after a checkpoint)."""
     from .logging import StepTimer
 
-    cfg, timer = run.cfg, StepTimer()
-    window = {"samples": 0, "seconds": 0.0, "data": 0.0}
+    cfg, rank, timer = run.cfg, run.d.rank, StepTimer()
     stream = batches(run.loader, timer)
-    while run.step < cfg.steps:
+    while run.state.step < cfg.steps:
         out = train_step(run, stream)
-        run.step += 1
-        checkpoint.fault_point("stop_in_step", run.step, signal.SIGTERM)
-        log_step(run, out, timer, window)
-        if every(cfg.checkpoint_every, run.step, cfg.steps):
+        run.state.step += 1
+        step = run.state.step
+        faults.fault_point("stop_in_step", step, rank, signal.SIGTERM)
+        log_step(run, out, timer)
+        if every(cfg.checkpoint_every, step, cfg.steps):
             save(run)
-        if every(cfg.eval_every, run.step, cfg.steps):
+        if every(cfg.eval_every, step, cfg.steps):
             run_eval(run)
-        checkpoint.hold_point("hold_for_signal", run.step, run.d.rank, lambda: stop.requested)
+        faults.hold_point("hold_for_signal", step, rank, lambda: stop.requested)
         # after the final step the run is complete whatever was asked: finish() saves,
         # evaluates and exits 0 (a requeued job would have nothing left to do)
-        if run.step < cfg.steps and stop.agreed():
+        if step < cfg.steps and stop.agreed():
             return False
     return True
 
 
 # ---------------------------------------------------------------------------- finish
 
-def finish(run: Run, stop, completed: bool, t_start: float) -> int:
+def finish(run: Run, stop: StopRequest, completed: bool, t_start: float) -> int:
     from .preemption import EXIT_REQUEUE, report_stop
 
-    tag = run.saved if run.saved_step == run.step else save(run)
+    step = run.state.step
+    tag = run.saved if run.saved_step == step else save(run)
     if not completed:
-        print(json.dumps({"event": "stop", "rank": run.d.rank, "step": run.step, "checkpoint": str(tag),
+        print(json.dumps({"event": "stop", "rank": run.d.rank, "step": step, "checkpoint": str(tag),
                           "signal": stop.signum, "exit": EXIT_REQUEUE}), flush=True)
         if run.d.is_main:
-            report_stop(run.step, str(tag))
+            report_stop(step, str(tag))
         return EXIT_REQUEUE
     metrics = run_eval(run)
     if run.d.is_main:
@@ -417,9 +470,8 @@ def finish(run: Run, stop, completed: bool, t_start: float) -> int:
 
 
 def write_summary(run: Run, tag: Path, metrics: dict, seconds: float) -> None:
-    h = run.history
-    summary = {"steps": run.step, "seconds": seconds,
-               "samples_per_s": h.get("samples", 0) / max(h.get("seconds", 0.0), 1e-9),
+    summary = {"steps": run.state.step, "seconds": seconds,
+               "samples_per_s": run.total.per_second(run.total.samples),
                "checkpoint": str(tag), "checkpoints": str(checkpoint.ckpt_root(run.cfg.out)),
                "tensorboard": str(Path(run.cfg.out) / "tb"), "eval": metrics}
     (Path(run.cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -437,8 +489,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"longvivit train: {err}".splitlines()[0], file=sys.stderr)
         return EXIT_CONFIG
-    if finished(cfg, tag):
-        return report_finished(cfg, tag, d)
     return train(cfg, ds_config, tag, d)
 
 
@@ -452,6 +502,9 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     run = None
     try:
         dist.init_process_group(timeout)
+        tag = checkpoint.rank0_choice(tag)
+        if finished(cfg, tag):
+            return report_finished(cfg, tag, d)
         run = setup(cfg, ds_config, tag, d)
         announce(run, tag)
         completed = loop(run, stop)
@@ -459,7 +512,7 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     finally:
         if run is not None:
             run.log.close()
-            close(run.loader)
+            run.loader.close()
         stop.restore()
         dist.shutdown(d)
 
