@@ -20,7 +20,8 @@ SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 KEPT = ["precision", "grad_accum", "model.gather", "model.video.mask_ratio", "model.video.mask_scheme",
         "model.video.attention", "model.video.pool", "model.video.cls_token", "model.video.activation",
         "model.video.tubelet", "model.video.ln_pre", "model.video.train_stem", "model.video.mlp_ratio",
-        "data.sampling", "data.source", "data.flip", "data.text_length", "seed"]
+        "model.text.arch", "model.text.tokenizer", "data.sampling", "data.source", "data.flip",
+        "data.text_length", "seed"]
 
 
 def get(cfg, dotted: str):
@@ -144,25 +145,31 @@ def test_shipped_config_runs_locally_on_two_ranks(name, zero1, local_dir, tmp_pa
 
 @pytest.mark.multiproc
 def test_short_then_long_stage_chain_locally(local_dir, tmp_path):
-    """short_L16 from a locally built open_clip ViT (a tiny learning rate keeps its weights
-    at the init, which is then checked), then long_L256 from short_L16's output: frozen
-    blocks and the (frozen, train_stem=false) position tables come from stage 1."""
+    """short_L16 from a locally built open_clip CLIP (a tiny learning rate keeps its weights
+    at the init, which is then checked: both towers and the temperature), then long_L256
+    from short_L16's output: frozen blocks and the (frozen, train_stem=false) position
+    tables come from stage 1."""
     from safetensors.torch import load_file
 
     from longvivit.model import build_model
-    from longvivit.model.init import load_image_tower, video_state_from_image
+    from longvivit.model.init import (load_image_tower, load_open_clip, text_part, text_state_from_clip,
+                                      video_state_from_image)
 
     rc, output = train_local("short_L16", local_dir, tmp_path / "short.log", "steps=2", "optim.lr=1e-12")
     short = check_run("short_L16", local_out("short_L16", local_dir), rc, output, 2)
     short_cfg = load_run_config(short / "run_config.yaml")
     clip_file = short_cfg.init.split(":", 1)[1]
     assert Path(clip_file).is_file() and Path(clip_file).is_relative_to(local_dir)
-    video = build_model(short_cfg.model).video
-    expected = video_state_from_image(load_image_tower(clip_file), video)
+    model = build_model(short_cfg.model)
+    clip = load_open_clip(clip_file)
+    expected = {f"video.{k}": v for k, v in video_state_from_image(load_image_tower(clip_file), model.video).items()}
+    expected.update({f"text.{k}": v for k, v in text_state_from_clip(text_part(clip), model.text).items()})
+    expected["logit_scale"] = clip["logit_scale"].reshape(1)
     a = load_file(str(export(short, tmp_path / "short") / "model.safetensors"))
     assert short_cfg.precision == "bf16"  # DeepSpeed's fp32 master weights start from the bf16 model
+    assert short_cfg.model.text.arch == "clip" and len(expected) == len(a)  # every tensor from the file
     for key, value in expected.items():
-        torch.testing.assert_close(a[f"video.{key}"], value.bfloat16().float(), atol=1e-6, rtol=0, msg=key)
+        torch.testing.assert_close(a[key], value.bfloat16().float(), atol=1e-6, rtol=0, msg=key)
 
     rc, output = train_local("long_L256", local_dir, tmp_path / "long.log", "steps=3")
     long = check_run("long_L256", local_out("long_L256", local_dir), rc, output, 3)

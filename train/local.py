@@ -81,11 +81,12 @@ def cpu_twin(ds_config: str) -> str:
 
 
 def open_clip_file(cfg: RunConfig, path: str) -> str:
-    """The local CLIP file for `path`, named by every shape its image tower's weights have."""
-    v = cfg.model.video
+    """The local CLIP file for `path`, named by every shape its weights have."""
+    v, t = cfg.model.video, cfg.model.text
     stem = Path(path).stem.split("-local-")[0]  # idempotent: a local file maps to itself
     name = (f"{stem}-local-w{v.width}-d{v.depth}-m{v.mlp_ratio:g}-p{v.tubelet[1]}-s{v.image_size}"
-            f"-e{cfg.model.embed_dim}-ln{int(v.ln_pre)}.pt")
+            f"-e{cfg.model.embed_dim}-ln{int(v.ln_pre)}-t{t.width}x{t.depth}x{t.heads}"
+            f"-m{t.mlp_ratio:g}-v{t.vocab_size}-c{t.context_length}.pt")
     return str(Path(cfg.local_dir, "open_clip", name))
 
 
@@ -98,7 +99,9 @@ def local_changes(cfg: RunConfig) -> dict:
              "width": VIDEO_WIDTH, "heads": VIDEO_HEADS, "depth": VIDEO_DEPTH, "grad_checkpointing": checkpointed}
     if v.trainable_last_k is not None:
         video["trainable_last_k"] = min(v.trainable_last_k, MAX_TRAINABLE)
-    text = {"width": TEXT_WIDTH, "depth": TEXT_DEPTH, "heads": TEXT_HEADS, "vocab_size": TEXT_VOCAB}
+    text = {"width": TEXT_WIDTH, "depth": TEXT_DEPTH, "heads": TEXT_HEADS}
+    if cfg.model.text.tokenizer == "sentencepiece":  # open_clip's BPE keeps its vocabulary
+        text["vocab_size"] = TEXT_VOCAB
     data_dir = Path(ld, "data")
     data = {"train": str(data_dir / "train"), "val": str(data_dir / "val"),
             "tokenizer": str(data_dir / "spm.model"), "frames": "${model.video.frames}",
@@ -168,7 +171,8 @@ def make_data(root: Path) -> None:
 
 def make_open_clip(cfg: RunConfig, path: Path) -> None:
     """An open_clip CLIP (random weights, seed 0) whose image tower has the local video
-    tower's shape, saved as a state dict for init_from_open_clip."""
+    tower's shape and whose text tower has the local text tower's (used when it is
+    open_clip's, text.arch=clip), saved as a state dict for init_from_open_clip."""
     if path.is_file():
         return
     import open_clip
@@ -178,7 +182,9 @@ def make_open_clip(cfg: RunConfig, path: Path) -> None:
     vision = dict(image_size=v.image_size, patch_size=v.tubelet[1], width=v.width, layers=v.depth,
                   head_width=v.width // v.heads, mlp_ratio=v.mlp_ratio, no_ln_pre=not v.ln_pre,
                   pool_type="tok" if v.pool == "cls" else "avg")
-    text = dict(context_length=16, vocab_size=64, width=32, heads=2, layers=1)
+    t = cfg.model.text
+    text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width, heads=t.heads,
+                layers=t.depth, mlp_ratio=t.mlp_ratio)
     torch.manual_seed(0)
     clip = open_clip.model.CLIP(embed_dim=cfg.model.embed_dim, vision_cfg=vision, text_cfg=text,
                                 quick_gelu=v.activation == "quick_gelu")
