@@ -5,6 +5,7 @@ One nn.Module holds everything the engine trains, so DeepSpeed wraps a single mo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -15,6 +16,25 @@ from .config import ModelConfig
 from .loss import ContrastiveLoss, SigLipLoss
 from .text import build_text_tower
 from .video import VideoEncoder
+
+
+@dataclass
+class Negatives:
+    """The embeddings (float32, normalised, no gradient) of all micro-batches of an optimizer
+    step, and where the micro-batch being run starts among them. temperature_grad: whether
+    this pass carries the temperature's (and SigLIP bias's) gradient; exactly one of the
+    step's passes does, so their sum is the gradient of the one loss."""
+
+    video: torch.Tensor  # (k*m, E)
+    text: torch.Tensor  # (k*m, E)
+    start: int
+    temperature_grad: bool
+
+    def around(self, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k*m, E) twice: the cached rows with this micro-batch's (with gradient) in place."""
+        end = self.start + v.shape[0]
+        return (torch.cat([self.video[: self.start], v, self.video[end:]]),
+                torch.cat([self.text[: self.start], t, self.text[end:]]))
 
 
 class DualEncoder(nn.Module):
@@ -47,18 +67,31 @@ class DualEncoder(nn.Module):
         x = self.text(ids, mask)
         return F.normalize(x, dim=-1) if normalize else x
 
+    def embed(self, video: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+              mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
+              real_frames: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair's L2-normalised embeddings in float32: (video (B, E), text (B, E))."""
+        v = self.encode_video(video, mask_ratio, generator=generator, normalize=True, real_frames=real_frames)
+        t = self.encode_text(text_ids, text_mask, normalize=True)
+        # logits and softmax/sigmoid in float32 even when the towers run in bf16/fp16
+        return v.float(), t.float()
+
     def forward(self, video: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
-                real_frames: Optional[torch.Tensor] = None):
+                real_frames: Optional[torch.Tensor] = None, negatives: Optional[Negatives] = None):
         """-> (loss, metrics). The loss is over the global batch when a process group is
-        initialised (see loss.py)."""
-        v = self.encode_video(video, mask_ratio, generator=generator, normalize=True,
-                              real_frames=real_frames)  # (B, E)
-        t = self.encode_text(text_ids, text_mask, normalize=True)  # (B, E)
-        scale = self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
-        # logits and softmax/sigmoid in float32 even when the towers run in bf16/fp16
-        bias = (self.logit_bias.float(),) if self.cfg.loss == "siglip" else ()
-        loss, logits, labels = self.loss(v.float(), t.float(), scale.float(), *bias)
+        initialised (see loss.py). negatives: this batch's embeddings go in at
+        negatives.start among the other micro-batches' (the growing-negatives
+        accumulation, train/accumulate.py), and the loss is over all of them."""
+        v, t = self.embed(video, text_ids, text_mask, mask_ratio, generator, real_frames)  # (B, E) twice
+        temperature = self.logit_scale, getattr(self, "logit_bias", None)
+        if negatives is not None:
+            v, t = negatives.around(v, t)
+            if not negatives.temperature_grad:
+                temperature = tuple(p.detach() if p is not None else None for p in temperature)
+        scale = temperature[0].clamp(max=self.cfg.max_logit_scale).exp()
+        bias = (temperature[1].float(),) if self.cfg.loss == "siglip" else ()
+        loss, logits, labels = self.loss(v, t, scale.float(), *bias)
         metrics = {
             "loss": loss.detach(),
             "logit_scale": scale.detach().squeeze(0),

@@ -3,7 +3,9 @@
 - grad_accum: k micro-batches per optimizer step give the weights of one plain-PyTorch step
   on the same k micro-batches with their losses averaged. That is the step the loss allows:
   each micro-batch is its own InfoNCE (its own negatives), so it is not one InfoNCE over
-  the k * m samples; accumulation that grows the negatives is a separate mode.
+  the k * m samples.
+- grad_accum_loss=whole_batch (train/accumulate.py) through the ZeRO-3 engine: k
+  micro-batches give the weights of one plain-PyTorch step on one InfoNCE over all k * m.
 - bf16: DeepSpeed's bf16 engine (bf16 weights and activations, fp32 master weights) trains
   to losses close to the fp32 engine's from the same weights on the same batches.
 
@@ -51,16 +53,21 @@ def masks(step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(1000 * step + micro)
 
 
-def engine_run(cfg, model, data) -> tuple[list[float], dict]:
-    """STEPS optimizer steps of grad_accum micro-batches each; (losses, gathered weights)."""
+def engine_run(cfg, model, data) -> tuple[list[float], dict, list[float]]:
+    """STEPS optimizer steps of grad_accum micro-batches each; (losses, gathered weights,
+    gradient norms before clipping)."""
     import deepspeed
 
     from longvivit.train.config import resolve_ds_config
     from longvivit.train.engine import build_engine
 
     engine = build_engine(model, cfg, resolve_ds_config(cfg, 1))
-    losses = []
+    losses, norms = [], []
     for step in range(STEPS):
+        if cfg.grad_accum_loss == "whole_batch":
+            losses.append(whole_batch_engine_step(engine, data, step, cfg.grad_accum))
+            norms.append(float(engine.get_global_grad_norm()))
+            continue
         micro_losses = []
         for micro in range(cfg.grad_accum):
             video, ids, mask = data[step * cfg.grad_accum + micro]
@@ -69,29 +76,52 @@ def engine_run(cfg, model, data) -> tuple[list[float], dict]:
             engine.step()
             micro_losses.append(loss.item())
         losses.append(sum(micro_losses) / len(micro_losses))
+        norms.append(float(engine.get_global_grad_norm()))
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params):
         weights = {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
-    return losses, weights
+    return losses, weights, norms
 
 
-def reference_run(cfg, model, data) -> tuple[list[float], dict]:
-    """The same steps in plain PyTorch: the micro-batch losses averaged, one backward."""
+def whole_batch_engine_step(engine, data, step: int, k: int) -> float:
+    """The trainer's whole_batch step (run.whole_batch_train_step's bindings)."""
+    from longvivit.train.accumulate import whole_batch_step
+
+    batches = [dict(zip(("video", "text_ids", "text_mask"), data[step * k + m])) for m in range(k)]
+    embed = lambda b, g: engine.module.embed(b["video"], b["text_ids"], b["text_mask"], generator=g)  # noqa: E731
+    forward = lambda b, g, n: engine(b["video"], b["text_ids"], b["text_mask"], generator=g, negatives=n)  # noqa: E731
+    loss, _ = whole_batch_step(batches, [lambda m=m: masks(step, m) for m in range(k)], embed, forward,
+                               lambda loss: engine.backward(loss, scale_wrt_gas=False), engine.step)
+    return loss.item()
+
+
+def one_loss(model, data, step: int, k: int) -> torch.Tensor:
+    """One InfoNCE over the k micro-batches' samples, each embedded with its own masks."""
+    pairs = [model.embed(*data[step * k + m], generator=masks(step, m)) for m in range(k)]
+    scale = model.logit_scale.clamp(max=model.cfg.max_logit_scale).exp()
+    return model.loss(torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]), scale)[0]
+
+
+def reference_run(cfg, model, data) -> tuple[list[float], dict, list[float]]:
+    """The same steps in plain PyTorch: the micro-batch losses averaged, one backward
+    (whole_batch: one loss over all the step's samples)."""
     from longvivit.train.engine import build_optimizer
 
     optimizer, schedule = build_optimizer(model, cfg)
-    losses = []
+    losses, norms = [], []
     for step in range(STEPS):
         optimizer.zero_grad()
         micro = [model(*data[step * cfg.grad_accum + m], generator=masks(step, m))[0]
                  for m in range(cfg.grad_accum)]
         loss = torch.stack(micro).mean()
+        if cfg.grad_accum_loss == "whole_batch":
+            loss = one_loss(model, data, step, cfg.grad_accum)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)))
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}, norms
 
 
 def _worker(rank: int, port: int, case: str, overrides: list, results) -> None:
@@ -124,9 +154,10 @@ def run_case(case: str, *overrides: str):
 
 def test_accumulated_micro_batches_equal_one_step_on_the_same_samples():
     accum = [f"grad_accum={ACCUM}", "optim.clip=0.5"]
-    losses, weights = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", *accum)
-    ref_losses, ref_weights = run_case("reference", *accum)
+    losses, weights, norms = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", *accum)
+    ref_losses, ref_weights, ref_norms = run_case("reference", *accum)
     assert torch.allclose(torch.tensor(losses), torch.tensor(ref_losses), atol=1e-5), (losses, ref_losses)
+    assert torch.allclose(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-4), (norms, ref_norms)
     diffs = {n: (weights[n] - r).abs().max().item() for n, r in ref_weights.items()}
     assert max(diffs.values()) < 2e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
     # the steps did move the weights (the comparison is not between two untouched models)
@@ -137,9 +168,22 @@ def test_accumulated_micro_batches_equal_one_step_on_the_same_samples():
     assert max((initial[n] - r).abs().max().item() for n, r in ref_weights.items()) > 1e-3
 
 
+def test_whole_batch_accumulation_equals_one_step_on_one_loss_over_all_samples():
+    accum = ["grad_accum=3", "grad_accum_loss=whole_batch", "optim.clip=0.5"]
+    losses, weights, norms = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", *accum)
+    ref_losses, ref_weights, ref_norms = run_case("reference", *accum)
+    assert torch.allclose(torch.tensor(losses), torch.tensor(ref_losses), atol=1e-5), (losses, ref_losses)
+    # the gradient itself (AdamW's step hardly depends on its scale): the k passes' sum
+    assert torch.allclose(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-4), (norms, ref_norms)
+    diffs = {n: (weights[n] - r).abs().max().item() for n, r in ref_weights.items()}
+    assert max(diffs.values()) < 2e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    plain, _, _ = run_case("reference", "grad_accum=3", "optim.clip=0.5")
+    assert abs(plain[0] - ref_losses[0]) > 1e-2  # 12 samples' negatives, not 4's: another loss
+
+
 def test_bf16_engine_trains_close_to_fp32():
-    fp32, _ = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", "precision=fp32")
-    bf16, _ = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", "precision=bf16")
+    fp32, _, _ = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", "precision=fp32")
+    bf16, _, _ = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", "precision=bf16")
     diffs = [abs(a - b) for a, b in zip(fp32, bf16)]
     print({"fp32": fp32, "bf16": bf16, "diffs": diffs})
     assert diffs[0] < 0.02 and max(diffs) < 0.05, (fp32, bf16)

@@ -144,6 +144,22 @@ def test_shipped_config_runs_locally_on_two_ranks(name, zero1, local_dir, tmp_pa
 
 
 @pytest.mark.multiproc
+def test_whole_batch_accumulation_and_siglip_train_on_two_ranks(local_dir, tmp_path):
+    """short_B16's local form (ZeRO-2, bf16, CLIP text tower from open_clip) with
+    grad_accum_loss=whole_batch over 2 micro-batches and the SigLIP loss (their equality
+    to one batch is tests/test_accumulate.py's and test_train_engine.py's)."""
+    out = tmp_path / "whole"
+    rc, output = train_local("short_B16", local_dir, tmp_path / "log", "steps=3", "grad_accum=2",
+                             "grad_accum_loss=whole_batch", "model.loss=siglip", f"out={out}")
+    assert rc == 0, output[-4000:]
+    losses = [x["loss"] for x in step_lines(out)]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses))), losses
+    cfg = load_run_config(out / "run_config.yaml")
+    assert cfg.grad_accum_loss == "whole_batch" and cfg.model.loss == "siglip"
+    assert losses[-1] < losses[0]  # SigLIP from bias -10 falls fast
+
+
+@pytest.mark.multiproc
 def test_short_then_long_stage_chain_locally(local_dir, tmp_path):
     """short_L16 from a locally built open_clip CLIP (a tiny learning rate keeps its weights
     at the init, which is then checked: both towers and the temperature), then long_L256

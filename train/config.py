@@ -58,6 +58,10 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # micro-batches per optimizer step
+    # per_micro_batch: each micro-batch its own loss (its samples the only negatives), the
+    # step their mean; whole_batch: the micro-batches form one contrastive batch of
+    # grad_accum * batch_size per rank (open_clip's --accum-freq; train/accumulate.py)
+    grad_accum_loss: str = choice("per_micro_batch", "whole_batch")
     ds_config: str = "ds_configs/zero3_cpu.json"  # relative: to the working dir, else REPO_ROOT
     precision: str = choice("fp32", "bf16", "fp16")  # must agree with the ds_config
     out: str = "runs/default"  # checkpoints, TensorBoard logs, metrics.jsonl

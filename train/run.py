@@ -353,6 +353,8 @@ def mask_generator(run: Run, micro: int) -> torch.Generator:
 
 def train_step(run: Run, stream: Iterator[dict]) -> dict:
     """One optimizer step over grad_accum micro-batches."""
+    if run.cfg.grad_accum_loss == "whole_batch":
+        return whole_batch_train_step(run, stream)
     engine, losses, scales, indices = run.engine, [], [], []
     lr = engine.get_lr()[0]  # the rate this step uses (DeepSpeed steps the schedule after it)
     for micro in range(run.cfg.grad_accum):
@@ -365,6 +367,31 @@ def train_step(run: Run, stream: Iterator[dict]) -> dict:
         scales.append(float(metrics["logit_scale"]))
         indices += batch["index"].tolist()
     return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices, "lr": lr}
+
+
+def whole_batch_train_step(run: Run, stream: Iterator[dict]) -> dict:
+    """One optimizer step whose grad_accum micro-batches form one contrastive batch
+    (train/accumulate.py): their inputs are kept for the second pass."""
+    from .accumulate import whole_batch_step
+
+    engine = run.engine
+    lr = engine.get_lr()[0]
+    batches = [next(stream) for _ in range(run.cfg.grad_accum)]
+    generators = [lambda micro=micro: mask_generator(run, micro) for micro in range(run.cfg.grad_accum)]
+
+    def embed(b: dict, g: torch.Generator):
+        return engine.module.embed(b["video"], b["text_ids"], b["text_mask"], generator=g,
+                                   real_frames=b["real_frames"])
+
+    def forward(b: dict, g: torch.Generator, negatives):
+        return engine(b["video"], b["text_ids"], b["text_mask"], generator=g, real_frames=b["real_frames"],
+                      negatives=negatives)
+
+    # the k backward passes sum to the whole batch's gradient: no division by k
+    loss, metrics = whole_batch_step(batches, generators, embed, forward,
+                                     lambda loss: engine.backward(loss, scale_wrt_gas=False), engine.step)
+    return {"loss": loss.detach().float(), "logit_scale": float(metrics["logit_scale"]),
+            "indices": [i for b in batches for i in b["index"].tolist()], "lr": lr}
 
 
 def grad_norm(engine: DeepSpeedEngine) -> float:
