@@ -2,9 +2,10 @@
 
 JSONL, one object per line:
     {"video": "clips/a.mp4", "caption": "a dog runs" | ["a dog runs", ...],
-     "start": 12.5, "end": 70.0, "id": "a-12"}          (start, end, id optional)
+     "start": 12.5, "end": 70.0, "id": "a-12", "label": "dog"}   (start, end, id, label optional)
 CSV with a header row naming the same columns; a caption cell that starts with "[" is read
 as a JSON list of captions. Relative video paths are relative to the manifest's folder.
+"label" is a class name, kept in the shards for zero-shot classification (train/zeroshot.py).
 Other keys are ignored (synth adds "events" and "family" for analysis). start/end are
 seconds from the start of the video as a player shows it (video.py). Either format may
 start with a UTF-8 byte-order mark and use CRLF line ends.
@@ -37,6 +38,7 @@ class Row:
     start: float | None = None
     end: float | None = None
     id: str = ""
+    label: str = ""  # a class name ("" : none)
 
 
 @dataclass
@@ -121,10 +123,14 @@ def _to_row(line: int, record: dict, base: Path) -> Row | Reject:
     checked = _captions(captions)
     if isinstance(checked, str):
         return Reject(line, video, checked, f"caption {captions!r}")
+    label = record.get("label", "")
+    if not isinstance(label, (str, int)) or isinstance(label, bool):
+        return Reject(line, video, "bad manifest row", f"label {label!r} is not a class name")
     default_id = written
     if start is not None or end is not None:
         default_id += f"@{start or 0:g}-" + ("end" if end is None else f"{end:g}")
-    return Row(line, video, checked, start, end, printable(str(record.get("id", default_id))))
+    return Row(line, video, checked, start, end, printable(str(record.get("id", default_id))),
+               printable(" ".join(str(label).split())))
 
 
 def printable(text: str) -> str:

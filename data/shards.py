@@ -46,6 +46,7 @@ from .video import CODECS, VideoError, encode, read_resampled
 COLUMNS = {
     "video": "bytes", "captions": "json", "duration_s": "float64", "fps": "float64",
     "num_frames": "int32", "width": "int32", "height": "int32", "id": "str", "codec": "str",
+    "label": "str",  # the manifest's class name, "" when it has none
 }
 SUMMARY, REJECTS = "summary.json", "rejects.jsonl"
 
@@ -82,7 +83,7 @@ def transcode(row: Row, opts: ShardOptions) -> dict | Reject:
         return Reject(row.line, row.video, "failed", f"{type(err).__name__}: {err}")
     return {"video": data, "captions": row.captions, "duration_s": frames.duration_s,
             "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
-            "height": info.height, "id": row.id, "codec": opts.codec}
+            "height": info.height, "id": row.id, "codec": opts.codec, "label": row.label}
 
 
 def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = ShardOptions(),

@@ -14,7 +14,9 @@ The motions are vertical and the shapes left-right symmetric on purpose: the loa
 horizontal flip must not change what a caption says.
 
 Output: DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl manifests for
-`longvivit shards` (whole families go to one split), DIR/benchmark.json (the arguments).
+`longvivit shards` (whole families go to one split; each row's "label", its first object
+such as "red circle", makes every split a labelled one for zero-shot classification),
+DIR/benchmark.json (the arguments).
 Everything is a function of the arguments: the same seed gives byte-identical files.
 """
 from __future__ import annotations
@@ -130,6 +132,13 @@ def captions(events: list[Event]) -> list[str]:
     return [first, second]
 
 
+def label(events: list[Event]) -> str:
+    """The class of a video for zero-shot classification: its first object ("red circle"),
+    one of len(COLOURS) * len(SHAPES) classes, named at the start of both captions."""
+    colour, shape, _ = events[0]
+    return f"{colour} {shape}"
+
+
 # ----------------------------------------------------------------------------- rendering
 
 def _background(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
@@ -206,7 +215,7 @@ def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: 
         (out / name).write_bytes(data)
         split = "val" if i >= len(listing) - n_val else "train"
         rows[split].append({"video": name, "caption": captions(events), "id": f"synth-{i:06d}",
-                            "family": family, "events": [list(e) for e in events]})
+                            "label": label(events), "family": family, "events": [list(e) for e in events]})
     for split, split_rows in rows.items():
         write_jsonl(out / f"{split}.jsonl", split_rows)
     (out / "benchmark.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")

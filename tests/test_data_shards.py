@@ -302,3 +302,19 @@ def test_manifest_with_byte_order_mark_and_crlf(corpus, suffix, tmp_path):
     assert all(isinstance(r, Row) for r in rows), rows
     assert [(r.id, r.captions) for r in rows] == [(f"r{i}", [f"c{i}"]) for i in range(3)]
     assert rows[0].video == str(d / "ts_offset.ts")  # no stray \r, no BOM in the path
+
+
+def test_labels_reach_the_shards_and_bad_ones_are_rejected(awkward, tmp_path):
+    from streaming import LocalDataset
+
+    video = str(awkward / "vp8.webm")
+    rows = [{"video": video, "caption": "x", "id": "a", "label": "  playing   guitar "},
+            {"video": video, "caption": "y", "id": "b"},
+            {"video": video, "caption": "z", "id": "c", "label": 7},
+            {"video": video, "caption": "w", "id": "d", "label": ["two", "labels"]}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = write_shards(manifest, tmp_path / "s", ShardOptions(size=32), progress=False)
+    assert summary["written"] == 3 and summary["reasons"] == {"bad manifest row": 1}
+    data = LocalDataset(str(tmp_path / "s"))
+    assert [data[i]["label"] for i in range(3)] == ["playing guitar", "", "7"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from data_support import SYNTH, read_jsonl, synth_data  # noqa: F401 (fixture)
 
-from longvivit.data.synth import COLOURS, SynthConfig, captions, event_lists, main
+from longvivit.data.synth import COLOURS, SynthConfig, captions, event_lists, main, write_benchmark
 from longvivit.data.video import frames_at, probe
 
 
@@ -68,3 +68,16 @@ def test_cli_refuses_non_empty_out_and_bad_args(tmp_path, capsys):
     assert len(list((out / "videos").iterdir())) == 2
     assert main(["--out", str(tmp_path / "t"), "--frames", "4"]) == 2  # 4 events need 8 frames
     assert "frames" in capsys.readouterr().err
+
+
+def test_rows_are_labelled_with_their_first_object(tmp_path):
+    from longvivit.data.manifest import read_manifest
+
+    write_benchmark(tmp_path / "b", videos=6, frames=8, size=16, seed=3, min_events=2, max_events=3)
+    for split in ("train", "val"):
+        raw = read_jsonl(tmp_path / "b" / f"{split}.jsonl")
+        rows = list(read_manifest(tmp_path / "b" / f"{split}.jsonl"))
+        for r, row in zip(raw, rows):
+            colour, shape, _ = r["events"][0]
+            assert r["label"] == row.label == f"{colour} {shape}"
+            assert all(c.startswith((f"a {r['label']} ", f"first a {r['label']} ")) for c in r["caption"])
