@@ -1,6 +1,6 @@
 """What the performance benchmarks (masking, mfu, peers, tradeoff) share: the machine and
-library record, interleaved timing with medians, the encoder train step, and saved bytes
-measured for real or on FakeTensors.
+library record, interleaved timing with medians, the encoder train step, saved bytes
+measured for real or on FakeTensors, and a step's peak resident memory.
 
 Threads: one by default on CPU. On a machine shared with other jobs, a torch op split over
 2 OpenMP threads waits at a barrier for whichever thread was descheduled: on the 2-core
@@ -136,6 +136,28 @@ def adamw(params, lr: float = 1e-4) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(params, lr=lr)
+
+
+def peak_rss_increase(fn: Callable[[], object]) -> int | None:
+    """Bytes by which the process's resident set rose, at its highest, above where it stood
+    when fn() began: Linux's peak mark (VmHWM) is reset through /proc/self/clear_refs, then
+    read. It counts what fn touches, the allocator's slack included, but not memory freed
+    earlier and reused by fn, so it is a step's own peak only on a heap that has not yet
+    held such a step (measure the first one). None where /proc does not allow it."""
+    try:
+        before = _proc_status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    fn()
+    return _proc_status_bytes("VmHWM") - before
+
+
+def _proc_status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(key + ":"))
+    return int(line.split()[1]) * 1024  # kB
 
 
 def real_saved_bytes(forward: Callable[[], object], module: torch.nn.Module) -> int:

@@ -306,10 +306,57 @@ def padding_section(parts: list[dict]) -> list[str]:
     return lines
 
 
+def hour_section(r: dict) -> list[str]:
+    s, fps = r["step"], r["fps"]
+    minutes = lambda frames: f"{frames / fps / 60:.0f} min"  # noqa: E731
+    lines = [f"### An hour of video: {s['frames']:,} frames at {fps:g} FPS", ""] + provenance(r)
+    lines += [f"The {s['preset']} model ({s['image_size']} px, tubelet {'x'.join(map(str, s['tubelet']))}, "
+              f"{s['params'] / 1e6:.2f}M parameters), {s['batch']} clips of {s['frames']:,} frames "
+              f"({minutes(s['frames'])}) at {s['mask_ratio']:.0%} random masking: {s['visible_tokens']:,} of "
+              f"{s['tokens']:,} tokens a clip. Step = forward (both towers, InfoNCE), backward, fused AdamW, "
+              "fp32. Saved bytes are exact (`saved_bytes`) except where marked FakeTensors.", ""]
+    rows = [[f"{s['batch']} x {s['frames']:,}f @ {s['mask_ratio']:.0%}", "whole model", f"{s['visible_tokens']:,}",
+             f"{s['saved_bytes'] / MiB:.1f}"],
+            [f"{s['batch']} x {s['short_frames']:,}f @ 0%", "whole model", f"{s['short_visible_tokens']:,}",
+             f"{s['short_saved_bytes'] / MiB:.1f}"],
+            [f"{s['batch']} x {s['frames']:,}f @ {s['mask_ratio']:.0%}", "video tower", f"{s['visible_tokens']:,}",
+             f"{s['video_saved_bytes'] / MiB:.1f}"],
+            [f"{s['batch']} x {s['frames']:,}f @ 0%", "video tower", f"{s['tokens']:,}",
+             f"{s['video_saved_bytes_unmasked_fake'] / MiB:.1f} (FakeTensors)"]]
+    lines += table(["clips", "part", "tokens a clip", "saved MiB"], rows)
+    peak = s["peak_rss_bytes"]
+    peak_text = (f"raised the resident set by {peak / MiB:.1f} MiB at its peak ({peak / s['saved_bytes']:.2f}x "
+                 "the saved bytes)" if peak is not None else "peak resident memory not measured (no /proc)")
+    lines += [f"**{s['frames']:,} frames at {s['mask_ratio']:.0%} masking save {s['saved_bytes'] / MiB:.1f} MiB: "
+              f"{s['saved_bytes'] / s['short_saved_bytes']:.3f}x what {s['short_frames']:,} frames unmasked save, "
+              f"and the video tower {s['video_saved_bytes'] / s['video_saved_bytes_unmasked_fake']:.3f}x of its "
+              f"unmasked count. The first step {peak_text}; a step took {s['step_s']:.2f} s (median of "
+              f"{len(s['step_s_samples'])}, {min(s['step_s_samples']):.2f}-{max(s['step_s_samples']):.2f} s).** "
+              f"The uint8 batch is {s['uint8_batch_bytes'] / MiB:.1f} MiB.", ""]
+    plans = r["plans"]
+    lines += [f"`longvivit plan` for {s['frames']:,} frames at {plans[0]['mask_ratio']:.0%} masking "
+              f"({plans[0]['gpus']} GPUs, ZeRO-3):", ""]
+    rows = [[f"`{p['command']}`", f"{p['params'] / 1e6:.0f}M ({p['trainable_params'] / 1e6:.0f}M trainable)",
+             f"{p['micro_batch']} x {p['frames']:,}f @ {p['mask_ratio']:.0%}",
+             f"{p['visible_tokens']:,} of {p['tokens']:,}",
+             f"{p['bytes']['activations'] / GiB:.2f}", f"{p['bytes']['inputs'] / GiB:.2f}", f"{p['total'] / GiB:.2f}",
+             "**fits**" if p["fits"] else "**does not fit**", f"{p['headroom'] / GiB:.1f}", p["max_micro_batch"],
+             f"{p['max_frames']:,} ({minutes(p['max_frames'])})"] for p in plans]
+    lines += table(["command", "params", "micro-batch", "visible tokens a clip", "activations GiB", "inputs GiB",
+                    "total GiB", "verdict", "headroom GiB", "max micro-batch", "max frames"], rows)
+    fit = [p for p in plans if p["fits"]]
+    lines += [f"**{len(fit)} of {len(plans)} configs fit {s['frames']:,} frames on {plans[0]['gpus']} x "
+              f"{plans[0]['gpu_mem'] / GiB:.0f} GiB"
+              + "".join(f"; {p['preset']}: {p['total'] / GiB:.1f} GiB per GPU at micro-batch {p['micro_batch']}, "
+                        f"up to {p['max_micro_batch']} clips a GPU" for p in plans) + ".**", ""]
+    return lines
+
+
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
-            ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section), ("padding", padding_section)]
+            ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section), ("padding", padding_section),
+            ("hour", hour_section)]
 
 
 OPTIONAL = {"tradeoff_seeds", "peers_profile"}

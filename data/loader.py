@@ -6,6 +6,7 @@
         batch["real_frames"]      # int64 (B,): frames before edge padding
         batch["text_ids"], batch["text_mask"]   # int64 / bool (B, L)
         batch["index"]            # int64 (B,): global sample index in the split
+        batch["captions"]         # training=False only: B lists of every caption (str) of the clip
     state = loader.state_dict()   # mid-epoch; a fresh loader.load_state_dict(state) resumes
 
 DataLoader workers read encoded clips and captions from the StreamingDataset; a background
@@ -152,7 +153,8 @@ class VideoLoader:
             self._count_failures(raw["index"], good, error)
         rows: list = [None] * len(plans)
         for k, pos in enumerate(good):
-            rows[pos] = _Row(video[k], plans[pos].real_frames, captions[pos], raw["index"][pos])
+            rows[pos] = _Row(video[k], plans[pos].real_frames, captions[pos], raw["index"][pos],
+                             list(raw["captions"][pos]))
         return rows
 
     def _fallbacks(self, rows: list, reserve: deque, decoded: _ReadAhead) -> list | None:
@@ -196,13 +198,16 @@ class VideoLoader:
                  for s, r in zip(_rows(raw, "num_frames", "width", "height"), rngs)]
         return captions, plans
 
-    def _assemble(self, rows: list[tuple]) -> dict[str, torch.Tensor]:
-        video, real, captions, index = zip(*rows)
+    def _assemble(self, rows: list[_Row]) -> dict:
+        video, real, captions, index, all_captions = zip(*rows)
         ids, mask = self.tokenizer.encode(captions, self.cfg.text_length)
         to = dict(device=self.device, non_blocking=True)
-        return {"video": torch.stack(video), "real_frames": torch.tensor(real).to(**to),
-                "text_ids": ids.to(**to), "text_mask": mask.to(**to),
-                "index": torch.tensor(index, dtype=torch.int64).to(**to)}
+        batch = {"video": torch.stack(video), "real_frames": torch.tensor(real).to(**to),
+                 "text_ids": ids.to(**to), "text_mask": mask.to(**to),
+                 "index": torch.tensor(index, dtype=torch.int64).to(**to)}
+        if not self.training:  # evaluation queries with every caption (train/evaluate.py)
+            batch["captions"] = list(all_captions)
+        return batch
 
     def _count_failures(self, indices: list[int], good: list[int], error: str) -> None:
         decoded = set(good)
@@ -265,8 +270,9 @@ class _Row(NamedTuple):
     """One decoded sample, as _assemble stacks it."""
     video: torch.Tensor  # (T, H, W, C) uint8
     real_frames: int
-    caption: str
+    caption: str  # the one tokenized into text_ids
     index: int
+    captions: list[str]  # all of the sample's, in stored order (eval batches carry them)
 
 
 class _ReadAhead:

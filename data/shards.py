@@ -93,7 +93,6 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     """Transcode every row of `manifest` into MDS shards in `out`; returns the summary.
     workers=0 transcodes in this process; progress=None shows a bar only on a terminal;
     part=(i, n) takes only rows i, i+n, i+2n, ... (one task of an array job)."""
-    from streaming import MDSWriter  # imports torch + transformers: only when writing
     from tqdm import tqdm
 
     validated(opts)
@@ -101,8 +100,7 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     out = prepare_out(Path(out), overwrite, _is_shard_output, "shards")
     written, rejects, hours, video_bytes, stopped = 0, [], 0.0, 0, None
     try:
-        with MDSWriter(out=str(out), columns=COLUMNS, compression=compression,
-                       size_limit=shard_size) as writer:
+        with _mds_writer(out, compression, shard_size) as writer:
             results = _transcode_all(entries, opts, workers)
             bar = tqdm(results, total=len(entries), unit="video", desc="shards",
                        disable=None if progress is None else not progress)
@@ -121,6 +119,23 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     finally:
         summary = _finish(out, written, rejects, hours, video_bytes, stopped)
     return summary
+
+
+def _mds_writer(out: Path, compression: str | None, shard_size: str | int):
+    """streaming's MDSWriter, except that it never writes a shard of no samples. Before a
+    sample that would take the shard being built past the size limit, streaming flushes
+    that shard even when it holds nothing, so a first sample bigger than the limit (a long
+    clip against --shard-size) left an empty shard.00000.mds, whose 0 samples the reader
+    divides by every epoch (numpy warnings). A sample bigger than the limit is still
+    written, alone in its shard (tests/test_hour.py)."""
+    from streaming import MDSWriter  # imports torch + transformers: only when writing
+
+    class Writer(MDSWriter):
+        def flush_shard(self) -> None:
+            if self.new_samples:
+                super().flush_shard()
+
+    return Writer(out=str(out), columns=COLUMNS, compression=compression, size_limit=shard_size)
 
 
 def _write(writer, row: Row, sample: dict) -> dict | Reject:

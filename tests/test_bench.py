@@ -146,3 +146,12 @@ def test_report_verdicts_follow_the_numbers():
     masked = dict(cell, mask_ratio=0.75, time_vs_unmasked=0.5, bytes_vs_unmasked=0.25)
     text = "\n".join(report.masking_section({"parts": [], "cells": [dict(cell, mask_ratio=0.0), masked]}))
     assert "(target <= 0.27: met)" in text and "(target <= 0.30: MISSED)" in text and "FakeTensors" not in text
+
+
+def test_hour_statements_follow_the_numbers():
+    r = json.loads((ROOT / "bench" / "results" / "hour.json").read_text().strip().splitlines()[-1])
+    r["step"] = dict(r["step"], saved_bytes=2 * r["step"]["short_saved_bytes"], peak_rss_bytes=None)
+    r["plans"] = [dict(r["plans"][0], fits=False, total=90 * GiB)] + r["plans"][1:]
+    text = "\n".join(report.hour_section(r))
+    assert "2.000x what 360 frames unmasked save" in text and "not measured" in text
+    assert f"1 of {len(r['plans'])} configs fit" in text and "**does not fit**" in text and "90.0 GiB per GPU" in text

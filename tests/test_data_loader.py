@@ -29,7 +29,7 @@ def data_cfg(synth_data, **overrides) -> DataConfig:
 
 
 def epoch(loader) -> list[dict]:
-    return [{k: v.clone() for k, v in b.items()} for b in loader]
+    return [{k: v.clone() if torch.is_tensor(v) else v for k, v in b.items()} for b in loader]
 
 
 _source_frames: dict[tuple, np.ndarray] = {}

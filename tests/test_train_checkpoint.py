@@ -59,12 +59,11 @@ def test_resume_refuses_other_architecture(tmp_path):
              "text": {"width": 64}}
     d = _tag(ckpt.ckpt_root(tmp_path), 4, model=model, world=2)
     same_but_masked = {**model, "preset": "x", "video": {**model["video"], "mask_ratio": 0.75}}
-    ckpt.check_compatible(d, same_but_masked, world_size=2)  # training knobs may change
+    ckpt.check_compatible(d, same_but_masked)  # training knobs may change
     wider = {**model, "video": {**model["video"], "width": 96}}
     with pytest.raises(ConfigError, match=r"^model\.video\.width: .*64.*96"):
-        ckpt.check_compatible(d, wider, world_size=2)
-    with pytest.raises(ConfigError, match=r"^resume: .*2 ranks.* 1"):
-        ckpt.check_compatible(d, model, world_size=1)
+        ckpt.check_compatible(d, wider)
+    assert ckpt.saved_world_size(d) == 2  # another world size resumes (tests/test_train_elastic.py)
 
 
 def test_rng_roundtrip():

@@ -1,5 +1,5 @@
-"""LONGVIVIT_FAULT=NAME:STEP[:RANK]: a fault point fires at its step, on every rank or on
-the one named, and nowhere else."""
+"""LONGVIVIT_FAULT=NAME:STEPS[:RANK]: a fault point fires at its step (or steps FIRST-LAST), on
+every rank or on the one named, and nowhere else."""
 import signal
 
 from longvivit.train import faults
@@ -11,6 +11,9 @@ def test_a_point_is_armed_at_its_step_on_every_rank_or_the_named_one(monkeypatch
     assert not faults.armed("stop_in_step", 4, 0) and not faults.armed("kill_during_save", 3, 0)
     monkeypatch.setenv("LONGVIVIT_FAULT", "hold_for_signal:3:1")
     assert faults.armed("hold_for_signal", 3, 1) and not faults.armed("hold_for_signal", 3, 0)
+    monkeypatch.setenv("LONGVIVIT_FAULT", "nan_loss:3-4:1")  # a range of steps
+    assert [s for s in range(1, 7) if faults.armed("nan_loss", s, 1)] == [3, 4]
+    assert not faults.armed("nan_loss", 3, 0)
     monkeypatch.delenv("LONGVIVIT_FAULT")
     assert not faults.armed("stop_in_step", 3, 0)
 

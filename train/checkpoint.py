@@ -9,6 +9,8 @@ Layout under the run's output directory:
         run_config.yaml             the resolved run config
         complete                    written last, by rank 0, after every rank has finished
       latest                        the newest complete tag (DeepSpeed's own pointer file)
+      universal-step00000100/       only while a run on another world size resumes that tag:
+                                    DeepSpeed's universal form of it (see to_universal)
 
 A tag counts only once `complete` exists: it is written atomically (tmp + os.replace)
 after a barrier that every rank reaches only when its own files are on disk, so a run
@@ -19,6 +21,11 @@ state_dict() / load_state_dict() (the trainer's step, its data loader, the RNGs:
 run.checkpoint_parts). save and load go over whatever parts they are given, so a second
 loader or a new counter is one more entry in that dict and no change here. The engine is
 not a part: DeepSpeed writes its model, optimizer and schedule shards itself.
+
+Resuming on another world size (M ranks from a tag written by N): rank 0 converts the
+tag's ZeRO shards to DeepSpeed's universal checkpoint (to_universal), the engine, built
+with "checkpoint": {"load_universal": true}, loads that, and each part's state for the
+new rank is derived from the N saved ones (rescaled_states).
 """
 from __future__ import annotations
 
@@ -183,8 +190,9 @@ def stored_config(tag_dir: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(tag_dir / CONFIG_FILE), resolve=True)
 
 
-def check_compatible(tag_dir: Path, model_cfg: dict, world_size: int) -> None:
-    """Refuse to resume a checkpoint whose model architecture or world size differs."""
+def check_compatible(tag_dir: Path, model_cfg: dict) -> None:
+    """Refuse to resume a checkpoint whose model architecture differs (another world size
+    is fine: see to_universal)."""
     old = _flatten(stored_config(tag_dir)["model"])
     new = _flatten(model_cfg)
     for key in sorted(set(old) | set(new)):
@@ -195,11 +203,6 @@ def check_compatible(tag_dir: Path, model_cfg: dict, world_size: int) -> None:
                 f"model.{key}: the checkpoint {tag_dir} was trained with {old.get(key)!r}, this run "
                 f"has {new.get(key)!r}; refusing to resume another architecture (use another out= "
                 f"or resume=never with init=checkpoint:{tag_dir})")
-    meta = json.loads((tag_dir / MARKER).read_text())
-    if meta["world_size"] != world_size:
-        raise ConfigError(
-            f"resume: the checkpoint {tag_dir} was written by {meta['world_size']} ranks, this run has "
-            f"{world_size}; ZeRO shards and data loader positions are per rank")
 
 
 def resume_tag(out: str | Path, resume: str) -> Path | None:
@@ -227,28 +230,100 @@ def tag_step(tag_dir: Path) -> int:
     return int(json.loads((tag_dir / MARKER).read_text())["step"])
 
 
-def load(engine: DeepSpeedEngine, tag_dir: Path, parts: Mapping[str, Stateful]) -> None:
-    """Restore the engine (model, optimizer, schedule) and this rank's `parts`."""
-    _, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+def saved_world_size(tag_dir: Path) -> int:
+    """The number of ranks that wrote a complete tag (from its marker)."""
+    return int(json.loads((tag_dir / MARKER).read_text())["world_size"])
+
+
+def load(engine: DeepSpeedEngine, tag_dir: Path, parts: Mapping[str, Stateful],
+         universal: Path | None = None) -> None:
+    """Restore the engine (model, optimizer, schedule) and this rank's `parts`. With
+    `universal` (to_universal's folder; the engine built with load_universal) the engine
+    loads that, and the parts get states derived from every saved rank's."""
+    load_dir = tag_dir.parent if universal is None else universal
+    _, client = engine.load_checkpoint(str(load_dir), tag=tag_dir.name,
                                        load_optimizer_states=True, load_lr_scheduler_states=True)
     if client is None:
-        raise RuntimeError(f"DeepSpeed could not load {tag_dir}")
-    saved = torch.load(rank_file(tag_dir, engine.global_rank), weights_only=False)
-    missing = sorted(set(parts) - set(saved))
+        raise RuntimeError(f"DeepSpeed could not load {load_dir / tag_dir.name}")
+    if universal is None:
+        states = torch.load(rank_file(tag_dir, engine.global_rank), weights_only=False)
+    else:
+        states = rescaled_states(tag_dir, parts, engine.global_rank, engine.world_size)
+    missing = sorted(set(parts) - set(states))
     if missing:  # a part this trainer has and the one that wrote the checkpoint had not
         raise RuntimeError(f"{tag_dir}: no saved state for {', '.join(missing)} "
-                           f"(it holds {', '.join(saved)})")
+                           f"(it holds {', '.join(states)})")
     for name, part in parts.items():
-        part.load_state_dict(saved[name])
+        part.load_state_dict(states[name])
+    if universal is not None:
+        dist.barrier()  # every rank has read the universal copy: it is not needed again
+        if engine.global_rank == 0:
+            shutil.rmtree(universal, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- another world size
+
+def universal_dir(tag_dir: Path) -> Path:
+    """Where to_universal puts a tag's universal form: a sibling of the tag (the name does
+    not match step*, so list_tags, prune and resume never take it for a tag)."""
+    return tag_dir.parent / f"universal-{tag_dir.name}"
+
+
+def to_universal(tag_dir: Path, rank: int) -> Path:
+    """Convert `tag_dir`'s ZeRO shards (any stage) to DeepSpeed's universal checkpoint, on
+    rank 0 while the others wait; returns the folder to hand to load(universal=...).
+
+    Written aside and renamed into place: a run killed mid-conversion leaves only the
+    .tmp folder, which the next conversion (or remove_incomplete) deletes, and the tag
+    itself is never touched. The result holds the tag's DeepSpeed files only (the parts
+    stay in the tag); load deletes it once every rank has loaded."""
+    final = universal_dir(tag_dir)
+    if rank == 0 and not final.is_dir():
+        from argparse import Namespace
+
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+        work = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(work, ignore_errors=True)
+        # one worker each: no process pool inside a rank (and the CPU ranks are busy anyway)
+        ds_to_universal(Namespace(input_folder=str(tag_dir), output_folder=str(work / tag_dir.name),
+                                  num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                  strict=True, inject_missing_state=False))
+        faults.fault_point("kill_during_conversion", tag_step(tag_dir), rank)
+        os.replace(work, final)
+    dist.barrier()  # no rank loads before rank 0 has renamed the result into place
+    return final
+
+
+def rescaled_states(tag_dir: Path, parts: Mapping[str, Stateful], rank: int, world_size: int) -> dict:
+    """This rank's state of each part, derived from the states every saved rank wrote.
+
+    A part that knows how to redistribute its state over another world size (a data
+    loader's position) has a static `rescale_state(states, rank, world_size)`, `states`
+    being the saved ranks' in rank order; any other part (the step counter, identical on
+    every rank; the RNGs) takes saved rank `rank % N`'s."""
+    n = saved_world_size(tag_dir)
+    saved = [torch.load(rank_file(tag_dir, r), weights_only=False) for r in range(n)]
+    out = {}
+    for name in saved[0]:
+        states = [s[name] for s in saved]
+        rescale = getattr(parts.get(name), "rescale_state", None)
+        out[name] = rescale(states, rank, world_size) if rescale is not None else states[rank % n]
+    return out
 
 
 def remove_incomplete(out: str | Path) -> list[Path]:
-    """Delete tags a killed run left half-written (call on rank 0 before training starts)."""
-    removed = [t for t in list_tags(ckpt_root(out)) if not is_complete(t)]
+    """Delete tags a killed run left half-written, and universal conversions a killed run
+    left behind (call on rank 0 before training starts)."""
+    root = ckpt_root(out)
+    removed = [t for t in list_tags(root) if not is_complete(t)]
     for t in removed:
         shutil.rmtree(t, ignore_errors=True)
+    for p in (*root.glob("universal-step*"), *root.glob(".universal-step*.tmp")) if root.is_dir() else ():
+        shutil.rmtree(p, ignore_errors=True)
     return removed
 
 
 __all__ = ["Stateful", "RNGState", "save", "load", "prune", "resume_tag", "rank0_choice", "find_checkpoint",
-           "check_compatible", "remove_incomplete", "newest_complete", "tag_for", "tag_step", "ckpt_root"]
+           "check_compatible", "remove_incomplete", "newest_complete", "tag_for", "tag_step", "ckpt_root",
+           "saved_world_size", "to_universal", "rescaled_states"]

@@ -74,9 +74,12 @@ class RunConfig:
     eval_max_batches: int = 0  # 0: the whole val split
     checkpoint_every: int = 0  # 0: only at the end
     keep_last: int = 3
+    # stop after this many non-finite steps in a row (each one skipped, not applied), with
+    # no checkpoint of them and exit status 3; 0: skip them and never stop
+    max_nonfinite_steps: int = 3
     peak_tflops: float = 0.0  # MFU denominator per device; 0: measured (CPU) or spec table (GPU)
     progress: bool = True  # tqdm bar on rank 0
-    save_eval_embeddings: bool = False  # rank 0 writes out/eval_embeddings.pt (export checks)
+    save_eval_embeddings: bool = False  # rank 0 writes out/eval_embeddings.safetensors (export checks)
     local: bool = False  # the config's local form: tiny dims, synthetic data, CPU twin (train/local.py)
     local_dir: str = "runs/local"  # local runs, data and open_clip files
 
@@ -84,7 +87,7 @@ class RunConfig:
         check(self.steps > 0, "steps", f"{self.steps} must be > 0")
         check(self.grad_accum > 0, "grad_accum", f"{self.grad_accum} must be > 0")
         check(0.0 <= self.eval_mask_ratio < 1.0, "eval_mask_ratio", f"{self.eval_mask_ratio} is outside [0, 1)")
-        for key in ("log_every", "eval_every", "checkpoint_every", "eval_max_batches"):
+        for key in ("log_every", "eval_every", "checkpoint_every", "eval_max_batches", "max_nonfinite_steps"):
             check(getattr(self, key) >= 0, key, f"{getattr(self, key)} must be >= 0")
         check(self.keep_last >= 1, "keep_last", f"{self.keep_last} must be >= 1")
         check(self.init == "" or self.init.split(":", 1)[0] in ("open_clip", "checkpoint"), "init",

@@ -123,6 +123,10 @@ def report(summary: dict, total_s: float, train_s: float) -> dict:
     print(f"  held-out text->video R@1 {ev['t2v_r1']:.1f}% (chance {ev['chance_r1']:.2f}%, "
           f"{ev['t2v_r1'] / ev['chance_r1']:.1f}x), R@5 {ev['t2v_r5']:.1f}%, "
           f"video->text R@1 {ev['v2t_r1']:.1f}% over {ev['pairs']} pairs")
+    if "zeroshot_top1" in ev:
+        line.update(zeroshot_top1=ev["zeroshot_top1"], zeroshot_chance=ev["zeroshot_chance_top1"])
+        print(f"  zero-shot classification of the first object: top-1 {ev['zeroshot_top1']:.1f}% "
+              f"(chance {ev['zeroshot_chance_top1']:.1f}%), mean per class {ev['zeroshot_mean_per_class']:.1f}%")
     print(f"  checkpoints: {summary['checkpoints']}\n  TensorBoard: tensorboard --logdir {summary['tensorboard']}")
     print(json.dumps(line), flush=True)
     return line

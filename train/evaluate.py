@@ -1,60 +1,138 @@
-"""Zero-shot retrieval: text-to-video and video-to-text R@1/5/10 and median rank.
+"""Zero-shot retrieval on the val split: every caption a query, and whole-clip paragraphs.
 
-    longvivit eval CHECKPOINT [--data SHARDS] [--batch-size N] [--mask-ratio R] [--out FILE]
+    longvivit eval CHECKPOINT [--data SHARDS] [--batch-size N] [--mask-ratio R]
+                   [--tasks t2v_v2t,paragraph] [--dual-softmax [--dsl-temperature T]]
+                   [--save-embeddings FILE.safetensors] [--out FILE]
+    longvivit eval --from-embeddings FILE.safetensors [--tasks ...] [--dual-softmax]
+    torchrun --nproc_per_node 8 -m longvivit.train.cli eval CHECKPOINT ...
+    deepspeed --num_gpus 8 --module longvivit.train.cli eval CHECKPOINT ...
 
 CHECKPOINT is a run directory, its checkpoints/ directory, a tag directory or an exported
-directory (model.safetensors + config.yaml). Ends with one JSON line of metrics, with the
-shards evaluated (`data`) and how many of their clips failed to decode (`decode_failures`:
-those are left out of `pairs`).
+directory (model.safetensors + config.yaml). Under a launcher every rank holds the whole
+model, embeds its part of the split, and the embeddings are all-gathered (dist.py); rank 0
+prints and writes.
 
-Ties: the rank of the correct item is 1 + the number of *other* candidates scoring at
-least as high (the pessimistic rank). A model that maps everything to one point scores
-R@1 = 0, not 100%, whatever the order of the candidates.
+Tasks (metrics: retrieval.py):
+  t2v_v2t    every caption of every clip is a query: text-to-video ranks each caption's
+             clip among all clips; video-to-text counts a hit at k when any of the clip's
+             captions is among the first k of all captions
+  paragraph  each clip's captions joined in order (`paragraph_text`) into one query,
+             tokenized at the text tower's context_length, against the same clip embedding
+             (the whole clip at the model's frame count: data.frames = model.video.frames);
+             t2v_* / v2t_* in its line mean paragraph-to-video / video-to-paragraph
+  zeroshot   when every clip of the split has a class label (the shards' `label` column):
+             each clip classified among the classes the split names, by prompt templates
+             (zeroshot.py; --templates FILE to override): top-1, top-5, mean per-class
+
+Output: one JSON line per task, {"task": ..., metrics, "decode_failures", "data",
+"checkpoint"}, the t2v_v2t line last (a script reading the last line gets t2v_r1 etc. as
+before). `pairs` counts the distinct clips evaluated, `captions` the queries; clips that
+failed to decode are left out of both and counted in `decode_failures`. --dual-softmax adds
+dsl_* keys beside the plain ones (retrieval.dual_softmax).
+
+--save-embeddings writes the embeddings (video, text, paragraph, the clips' sample `index`
+and `caption_video`: the video row each caption belongs to) so --from-embeddings can score
+them again, with other options, without a model.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import dist
+from .retrieval import retrieval_metrics
+from .zeroshot import DEFAULT_TEMPLATES, classification_metrics, classifier, labels_of, read_templates
+
+TASKS = ("zeroshot", "paragraph", "t2v_v2t")  # in printing order: t2v_v2t last
+DSL_TEMPERATURE = 0.01  # sim / 0.01: CLIP's logit scale of 100, as DSL evaluations use
 
 
-def ranks_of_diagonal(sim: torch.Tensor) -> torch.Tensor:
-    """sim (N, N): row i's correct column is i. Pessimistic 1-based rank of it per row."""
-    correct = sim.diagonal().unsqueeze(1)  # (N, 1)
-    at_least = (sim >= correct).sum(dim=1)  # counts the correct column itself
-    return at_least  # = 1 + others scoring >= correct
+# ---------------------------------------------------------------------------- embeddings
+
+@dataclass
+class Embeddings:
+    """A split's L2-normalised embeddings, clips in sample-index order."""
+    index: torch.Tensor  # (Nv,) int64: each clip's sample index in the split
+    video: torch.Tensor  # (Nv, E)
+    text: torch.Tensor  # (Nt, E): every caption, grouped by clip, in stored order
+    caption_video: torch.Tensor  # (Nt,) int64: the row of `video` each caption describes
+    paragraph: torch.Tensor | None = None  # (Nv, E): each clip's captions as one query
+    classes: torch.Tensor | None = None  # (C, E): zero-shot class embeddings (labelled splits)
+    label: torch.Tensor | None = None  # (Nv,) int64: each clip's class row in `classes`
+    decode_failures: int = 0
+
+    def save(self, path: str | Path, **info: str) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"index": self.index, "video": self.video, "text": self.text,
+                   "caption_video": self.caption_video}
+        for name in ("paragraph", "classes", "label"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        meta = {"decode_failures": str(self.decode_failures), **{k: str(v) for k, v in info.items()}}
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple["Embeddings", dict[str, str]]:
+        """(embeddings, the info saved with them)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            t = {k: f.get_tensor(k) for k in f.keys()}
+            meta = dict(f.metadata() or {})
+        emb = cls(t["index"], t["video"], t["text"], t["caption_video"], t.get("paragraph"),
+                  t.get("classes"), t.get("label"), int(meta.pop("decode_failures", 0)))
+        return emb, meta
 
 
-def retrieval_metrics(sim: torch.Tensor) -> dict:
-    """sim[i, j] = similarity of text i and video j; pair i is (text i, video i)."""
-    sim = sim.double()
-    out = {"pairs": int(sim.shape[0])}
-    for name, s in (("t2v", sim), ("v2t", sim.t())):
-        ranks = ranks_of_diagonal(s).double()
-        for k in (1, 5, 10):
-            out[f"{name}_r{k}"] = 100.0 * (ranks <= k).double().mean().item()
-        out[f"{name}_median_rank"] = ranks.quantile(0.5).item()  # averages the middle two when N is even
-        out[f"{name}_mean_rank"] = ranks.mean().item()
-    out["chance_r1"] = 100.0 / max(1, out["pairs"])
-    return out
+def paragraph_text(captions: list[str]) -> str:
+    """A clip's captions as one query: in stored order, separated by a space."""
+    return " ".join(c.strip() for c in captions)
 
 
-# ---------------------------------------------------------------------------- eval loop
+def caption_queries(batch: dict, tokenizer, length: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(ids, mask) of every caption of the batch's clips, clip by clip, and the number per
+    clip. Batches without caption strings (data.source=synthetic) have their one tokenized
+    caption."""
+    captions = batch.get("captions")
+    if captions is None:
+        return batch["text_ids"], batch["text_mask"], [1] * len(batch["text_ids"])
+    ids, mask = tokenizer.encode([c for clip in captions for c in clip], length)
+    device = batch["text_ids"].device
+    return ids.to(device), mask.to(device), [len(clip) for clip in captions]
+
+
+def paragraph_queries(batch: dict, tokenizer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of each clip's paragraph (its one caption when the batch has no strings)."""
+    captions = batch.get("captions")
+    if captions is None:
+        return batch["text_ids"], batch["text_mask"]
+    ids, mask = tokenizer.encode([paragraph_text(clip) for clip in captions], length)
+    device = batch["text_ids"].device
+    return ids.to(device), mask.to(device)
+
 
 @torch.no_grad()
-def embed_split(model, loader, mask_ratio: float = 0.0, max_batches: int = 0) -> dict:
-    """Video and text embeddings of this rank's part of a split, keyed by sample index.
+def embed_split(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
+                paragraphs: bool = False) -> dict:
+    """This rank's part of the split: {sample index: (video (E,), captions (C, E),
+    paragraph (E,) or None)}.
 
     Under ZeRO-3 every rank must run the same number of forwards (each forward gathers
     the partitioned weights), so a rank that runs out of batches repeats its last one
     and throws the result away until no rank has batches left.
     """
+    tokenizer, text_length = getattr(loader, "tokenizer", None), loader.cfg.text_length
+    context_length = model.cfg.text.context_length  # paragraphs: as long as the tower reads
     it, last, out, n = iter(loader), None, {}, 0
     while True:
         batch = next(it, None) if not (max_batches and n >= max_batches) else None
@@ -64,50 +142,96 @@ def embed_split(model, loader, mask_ratio: float = 0.0, max_batches: int = 0) ->
         batch = batch if real else last
         v = model.encode_video(batch["video"], mask_ratio=mask_ratio, normalize=True,
                                real_frames=batch["real_frames"])
-        t = model.encode_text(batch["text_ids"], batch["text_mask"], normalize=True)
+        ids, mask, counts = caption_queries(batch, tokenizer, text_length)
+        t = model.encode_text(ids, mask, normalize=True).float().cpu().split(counts)
+        p = [None] * len(counts)
+        if paragraphs:
+            p = model.encode_text(*paragraph_queries(batch, tokenizer, context_length), normalize=True)
+            p = p.float().cpu()
         if real:
+            v = v.float().cpu()
             for i, idx in enumerate(batch["index"].tolist()):
-                out[idx] = (v[i].float().cpu(), t[i].float().cpu())
+                # clones: a view would pickle the whole batch's storage into the gather
+                out[idx] = (v[i].clone(), t[i].clone(), None if p[i] is None else p[i].clone())
             last, n = batch, n + 1
 
 
-def gather_embeddings(local: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_embeddings(local: dict) -> Embeddings:
     """All-gather per-rank embeddings, dedupe by sample index (the val split may repeat
-    samples to even ranks out): (index (N,), video (N, E), text (N, E)), sorted by index."""
+    samples to even ranks out), in index order."""
     merged = {}
     for part in dist.all_gather_object(local):
         merged.update(part)
     if not merged:
         raise RuntimeError("the val split yielded no samples")
     keys = sorted(merged)
-    video = F.normalize(torch.stack([merged[k][0] for k in keys]), dim=-1)
-    text = F.normalize(torch.stack([merged[k][1] for k in keys]), dim=-1)
-    return torch.tensor(keys), video, text
+    video, captions, paragraphs = zip(*(merged[k] for k in keys))
+    counts = torch.tensor([len(c) for c in captions])
+    return Embeddings(
+        index=torch.tensor(keys), video=F.normalize(torch.stack(video), dim=-1),
+        text=F.normalize(torch.cat(captions), dim=-1),
+        caption_video=torch.repeat_interleave(torch.arange(len(keys)), counts),
+        paragraph=None if paragraphs[0] is None else F.normalize(torch.stack(paragraphs), dim=-1))
 
 
-def embed(model, loader, mask_ratio: float = 0.0, max_batches: int = 0):
-    """(index, video, text) embeddings of the whole split, gathered from every rank, with
-    the model in eval mode meanwhile."""
+def embed(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
+          paragraphs: bool = False, templates: Sequence[str] = DEFAULT_TEMPLATES) -> Embeddings:
+    """The whole split's embeddings, gathered from every rank (call on every rank), with
+    the model in eval mode meanwhile; a labelled split's zero-shot classes too."""
     was_training = model.training
     model.eval()
     try:
-        return gather_embeddings(embed_split(model, loader, mask_ratio, max_batches))
+        emb = gather_embeddings(embed_split(model, loader, mask_ratio, max_batches, paragraphs))
+        add_classes(emb, model, loader, templates)
     finally:
         model.train(was_training)
+    emb.decode_failures = int(dist.all_reduce([loader.decode_failures])[0])
+    return emb
+
+
+def add_classes(emb: Embeddings, model, loader, templates: Sequence[str]) -> None:
+    """The zero-shot classes of a split whose every clip has a label (shards' `label`
+    column; synthetic batches have none): the same on every rank."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        return
+    labels = labels_of(dataset, emb.index.tolist())
+    if all(labels):
+        _, emb.classes, emb.label = classifier(model, loader.tokenizer, loader.cfg.text_length, labels, templates)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+def task_metrics(emb: Embeddings, tasks: list[str], dsl_temperature: float | None = None) -> list[dict]:
+    """One metrics dict per task, in TASKS order."""
+    lines = []
+    for task in (t for t in TASKS if t in tasks):
+        if task == "zeroshot":
+            if emb.classes is None:
+                continue  # the split has no labels (or not on every clip)
+            metrics = classification_metrics(emb.video, emb.classes, emb.label)
+        elif task == "paragraph":
+            if emb.paragraph is None:
+                raise ValueError("no paragraph embeddings (embedded without the paragraph task)")
+            metrics = retrieval_metrics(emb.paragraph @ emb.video.t(), None, dsl_temperature)
+        else:
+            metrics = retrieval_metrics(emb.text @ emb.video.t(), emb.caption_video, dsl_temperature)
+        lines.append({"task": task, **metrics, "decode_failures": emb.decode_failures})
+    return lines
 
 
 def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
              embeddings_file: Path | None = None) -> dict:
-    """Retrieval metrics of the whole split (the same on every rank). `embeddings_file`:
-    also save (index, video, text) there; pass it on one rank only, as every rank holds
-    all of them."""
-    index, video, text = embed(model, loader, mask_ratio, max_batches)
-    metrics = retrieval_metrics(text @ video.t())
-    # clips that failed to decode were replaced by others of the split: `pairs` counts the
-    # distinct ones evaluated, decode_failures the ones missing from them
-    metrics["decode_failures"] = int(dist.all_reduce([loader.decode_failures])[0])
+    """The t2v_v2t metrics of the whole split, the same on every rank (the trainer's eval),
+    with a labelled split's zero-shot accuracy as zeroshot_* keys.
+    `embeddings_file`: also save the embeddings there (a .safetensors file); pass it on one
+    rank only, as every rank holds all of them."""
+    emb = embed(model, loader, mask_ratio, max_batches)
     if embeddings_file is not None:
-        torch.save({"index": index, "video": video, "text": text}, embeddings_file)
+        emb.save(embeddings_file)
+    *classified, metrics = task_metrics(emb, ["zeroshot", "t2v_v2t"])
+    for line in classified:
+        metrics.update({f"zeroshot_{k}": line[k] for k in ("top1", "top5", "mean_per_class", "chance_top1")})
     return metrics
 
 
@@ -115,36 +239,103 @@ def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="longvivit eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="run dir, checkpoints dir, tag dir or exported dir")
+    p.add_argument("checkpoint", nargs="?", help="run dir, checkpoints dir, tag dir or exported dir")
     p.add_argument("--data", help="val shards (default: the checkpoint's data.val)")
     p.add_argument("--tokenizer", help="sentencepiece model (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=0, help="default: the run's data.batch_size")
     p.add_argument("--mask-ratio", type=float, default=0.0, help="0 (default): unmasked")
-    p.add_argument("--max-batches", type=int, default=0)
-    p.add_argument("--out", help="also write the JSON to this file")
-    return p.parse_args(argv)
+    p.add_argument("--max-batches", type=int, default=0, help="per rank; 0: the whole split")
+    p.add_argument("--tasks", help=f"comma-separated from {','.join(TASKS)} (default: all; "
+                   "with --from-embeddings, all the file holds)")
+    p.add_argument("--dual-softmax", action="store_true",
+                   help="also report dual-softmax re-ranked metrics (dsl_* keys)")
+    p.add_argument("--dsl-temperature", type=float, default=DSL_TEMPERATURE)
+    p.add_argument("--templates", metavar="FILE", help="zero-shot prompt templates, one per line with {} "
+                   "for the class name (default: zeroshot.DEFAULT_TEMPLATES)")
+    p.add_argument("--save-embeddings", metavar="FILE", help="write the embeddings (.safetensors)")
+    p.add_argument("--from-embeddings", metavar="FILE",
+                   help="score embeddings saved by --save-embeddings instead of a checkpoint")
+    p.add_argument("--out", help="also write the JSON lines to this file")
+    args = p.parse_args(argv)
+    if (args.checkpoint is None) == (args.from_embeddings is None):
+        p.error("give a CHECKPOINT or --from-embeddings FILE (one of them)")
+    tasks = args.tasks.split(",") if args.tasks else []
+    if unknown := [t for t in tasks if t not in TASKS]:
+        p.error(f"unknown task(s) {', '.join(unknown)}: choose from {', '.join(TASKS)}")
+    if args.dsl_temperature <= 0:
+        p.error(f"--dsl-temperature {args.dsl_temperature} must be > 0")
+    return args
+
+
+def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv,
+                     paragraphs: bool) -> tuple[Embeddings, str]:
+    """This checkpoint's embeddings of the split (call on every rank), and the split."""
+    from . import export
+    from .run import clean_streaming_shm, device_for, open_loader
+
+    model, cfg = export.load_any(args.checkpoint)
+    cfg.data.val = args.data or cfg.data.val
+    cfg.data.tokenizer = args.tokenizer or cfg.data.tokenizer
+    cfg.data.batch_size = args.batch_size or cfg.data.batch_size
+    device = device_for(d)
+    clean_streaming_shm(cfg)
+    loader = open_loader(cfg, "val", device, d, training=False)
+    try:
+        templates = read_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
+        emb = embed(model.to(device), loader, args.mask_ratio, args.max_batches, paragraphs, templates)
+        return emb, str(cfg.data.val)
+    finally:
+        loader.close()
+
+
+def report(lines: list[dict], out: str | None) -> None:
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if out:
+        Path(out).write_text(text)
+    print(text, end="", flush=True)
+
+
+def from_embeddings(args: argparse.Namespace) -> int:
+    emb, info = Embeddings.load(args.from_embeddings)
+    held = [t for t in TASKS if (t != "paragraph" or emb.paragraph is not None)
+            and (t != "zeroshot" or emb.classes is not None)]
+    tasks = args.tasks.split(",") if args.tasks else held
+    try:
+        lines = task_metrics(emb, tasks, args.dsl_temperature if args.dual_softmax else None)
+    except ValueError as err:  # a task the file holds no embeddings for
+        print(f"longvivit eval: {args.from_embeddings}: {err}", file=sys.stderr)
+        return 2
+    report([{**line, **info} for line in lines], args.out)
+    return 0
+
+
+def start_process_group(d: dist.DistEnv) -> None:
+    """Under a launcher (world size > 1); one plain process needs none."""
+    from .run import device_for
+
+    dist.setup_env(d)
+    if device_for(d).type == "cuda":
+        torch.cuda.set_device(device_for(d))
+    # the timeout the trainer takes (run.train)
+    dist.init_process_group(timedelta(seconds=int(os.environ.get("LONGVIVIT_DIST_TIMEOUT", "1800"))))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import export
-
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    model, run_cfg = export.load_any(args.checkpoint)
-    data_cfg = run_cfg.data
-    data_cfg.val = args.data or data_cfg.val
-    data_cfg.tokenizer = args.tokenizer or data_cfg.tokenizer
-    data_cfg.batch_size = args.batch_size or data_cfg.batch_size
-    from longvivit.data import build_loader
-    from longvivit.data.tokenizer import make_tokenizer
-
-    device = torch.device("cpu")
-    tokenizer = make_tokenizer(run_cfg.model.text.tokenizer, data_cfg.tokenizer)  # the one it trained with
-    loader = build_loader(data_cfg, "val", device=device, rank=0, world_size=1, training=False,
-                          tokenizer=tokenizer)
-    metrics = evaluate(model, loader, args.mask_ratio, args.max_batches)
-    metrics.update(data=str(data_cfg.val), checkpoint=str(args.checkpoint))
-    line = json.dumps(metrics)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
-    print(line)
+    if args.from_embeddings:
+        return from_embeddings(args)
+    tasks = args.tasks.split(",") if args.tasks else list(TASKS)
+    d = dist.read_env()
+    if d.world_size > 1:
+        start_process_group(d)
+    try:
+        emb, data = embed_checkpoint(args, d, "paragraph" in tasks)
+        if d.is_main:
+            info = {"data": data, "checkpoint": str(args.checkpoint)}
+            if args.save_embeddings:
+                emb.save(args.save_embeddings, **info)
+            lines = task_metrics(emb, tasks, args.dsl_temperature if args.dual_softmax else None)
+            report([{**line, **info} for line in lines], args.out)
+    finally:
+        dist.shutdown(d)
     return 0

@@ -1,5 +1,6 @@
-"""Fault injection for the tests: LONGVIVIT_FAULT=NAME:STEP[:RANK] arms the point NAME at
-step STEP, on every rank that reaches it, or on rank RANK only.
+"""Fault injection for the tests: LONGVIVIT_FAULT=NAME:STEPS[:RANK] arms the point NAME at
+STEPS (one step N, or the steps FIRST-LAST), on every rank that reaches it, or on rank RANK
+only.
 
     kill_during_save  (checkpoint.save, rank 0): SIGKILL after rank 0's shard files and the
                       run config of STEP are written, before the tag is complete
@@ -7,6 +8,11 @@ step STEP, on every rank that reaches it, or on rank RANK only.
     hold_for_signal   (run.loop): wait after step STEP is logged, saved and evaluated, just
                       before the stop agreement, until a stop signal arrives, so that a test
                       can signal a run at a known step however fast its steps are
+    kill_during_conversion  (checkpoint, rank 0): SIGKILL while a checkpoint of another
+                      world size is being converted to a universal one, before the rename
+    nan_loss          (run.train_step): every micro-batch loss of the step is NaN in value
+                      (NaN added: its gradients stay finite, so only the trainer's own check
+                      of the loss can keep the step from being applied)
 """
 from __future__ import annotations
 
@@ -17,13 +23,23 @@ from typing import Callable
 
 
 def armed(name: str, step: int, rank: int) -> bool:
-    return os.environ.get("LONGVIVIT_FAULT") in (f"{name}:{step}", f"{name}:{step}:{rank}")
+    fault, _, where = os.environ.get("LONGVIVIT_FAULT", "").partition(":")
+    steps, _, only_rank = where.partition(":")
+    first, _, last = steps.partition("-")
+    if fault != name or not first.isdigit() or not (last or first).isdigit():
+        return False
+    return int(first) <= step <= int(last or first) and only_rank in ("", str(rank))
 
 
 def fault_point(name: str, step: int, rank: int, sig: int = signal.SIGKILL) -> None:
     """Send this process `sig` if the point is armed."""
     if armed(name, step, rank):
         os.kill(os.getpid(), sig)
+
+
+def nan_point(name: str, step: int, rank: int, value):
+    """`value` + NaN if the point is armed (a tensor's gradient passes through unchanged)."""
+    return value + float("nan") if armed(name, step, rank) else value
 
 
 def hold_point(name: str, step: int, rank: int, released: Callable[[], bool], timeout: float = 600.0) -> None:

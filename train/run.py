@@ -11,15 +11,16 @@ Runs the same way as one plain process, under the deepspeed launcher, torchrun o
 Phases: validate (config, shards, precision, ds_config, out, resume target, init weights;
 exit 2 on any error, before a process group or output directory exists) -> setup (process
 group, model, engine, loaders, resume) -> loop (step, log, checkpoint, eval, stop on
-request) -> finish (checkpoint, eval, summary.json). Each rank validates what it sees of
-`out`; once the process group is up, every rank takes the resume target rank 0 chose. A
-finished run (that checkpoint is at `steps`) stops there: one line says so, nothing is
-written.
+request; skip a non-finite step, exit 3 after max_nonfinite_steps of them in a row) ->
+finish (checkpoint, eval, summary.json). Each rank validates what it sees of `out`; once
+the process group is up, every rank takes the resume target rank 0 chose. A finished run
+(that checkpoint is at `steps`) stops there: one line says so, nothing is written.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -49,6 +50,8 @@ if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
     Loader = VideoLoader | SyntheticBatches  # what open_loader returns
 
 EXIT_CONFIG = 2
+# max_nonfinite_steps non-finite steps in a row; not 75: a requeued run would replay them
+EXIT_NONFINITE = 3
 
 
 # ---------------------------------------------------------------------------- validate
@@ -64,7 +67,8 @@ Run it as one process, or one process per GPU under `deepspeed`, `torchrun` or `
 (RANK/WORLD_SIZE/LOCAL_RANK or SLURM's variables are read). It resumes by itself from
 the newest complete checkpoint in `out` (resume=never|PATH to change that);
 SIGUSR1/SIGTERM stop all ranks after the same step with a checkpoint (exit 75: requeue
-me)."""
+me). A step whose loss or gradient norm is not finite is skipped; max_nonfinite_steps of
+them in a row stop the run with no checkpoint of them (exit 3)."""
 
 
 def split_argv(argv: list[str]) -> tuple[str, list[str]]:
@@ -127,10 +131,10 @@ def check_out(cfg: RunConfig) -> None:
     check(os.access(existing, os.W_OK | os.X_OK), "out", f"{cfg.out!r}: {existing} is not writable")
 
 
-def check_resume(cfg: RunConfig, tag: Path, world_size: int) -> None:
-    """The checkpoint to resume from fits this run: same architecture and world size, and
-    not past `steps`."""
-    checkpoint.check_compatible(tag, to_dict(cfg.model), world_size)
+def check_resume(cfg: RunConfig, tag: Path) -> None:
+    """The checkpoint to resume from fits this run: same architecture (any world size: see
+    rescale), and not past `steps`."""
+    checkpoint.check_compatible(tag, to_dict(cfg.model))
     step = checkpoint.tag_step(tag)
     check(step <= cfg.steps, "steps", f"{cfg.steps} is below step {step} of the checkpoint {tag} "
           "this run would resume from (raise steps=, or start over with resume=never and another out=)")
@@ -151,7 +155,7 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     check_tokenizer(cfg)
     tag = checkpoint.resume_tag(cfg.out, cfg.resume)
     if tag is not None:
-        check_resume(cfg, tag, d.world_size)
+        check_resume(cfg, tag)
     else:  # init weights load only when not resuming
         check_init(cfg)
     return cfg, ds_config, tag
@@ -291,12 +295,15 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if d.is_main:
         checkpoint.remove_incomplete(cfg.out)
+    universal = rescale(cfg, tag, d) if tag is not None else None
+    if universal is not None:  # the engine reads the universal form instead of the rank shards
+        ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     engine = build_engine(build_model(cfg, tag is not None), cfg, ds_config)
     clean_streaming_shm(cfg)
     loader = open_loader(cfg, "train", device, d, training=True)
     state = TrainState()
     if tag is not None:
-        checkpoint.load(engine, tag, checkpoint_parts(state, loader))
+        checkpoint.load(engine, tag, checkpoint_parts(state, loader), universal)
     step = state.step
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
@@ -308,6 +315,28 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     run.visible_tokens = v.visible_tokens()
     run.peak = peak_tflops(device, cfg.peak_tflops)
     return run
+
+
+def rescale(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> Path | None:
+    """Resuming a checkpoint written by another number of ranks: rank 0 converts it to
+    DeepSpeed's universal form (the others wait) and says in one JSON line what changed.
+    The per-device batch and grad_accum are the run config's, so the global batch follows
+    the world size. None when the world size is the checkpoint's."""
+    saved_world = checkpoint.saved_world_size(tag)
+    if saved_world == d.world_size:
+        return None
+    if d.is_main:
+        old = checkpoint.stored_config(tag)
+        old_batch, old_accum = old["data"]["batch_size"], old.get("grad_accum", 1)
+        batch, accum = cfg.data.batch_size, cfg.grad_accum
+        print(json.dumps({"event": "rescale", "checkpoint": str(tag), "step": checkpoint.tag_step(tag),
+                          "world_size": [saved_world, d.world_size], "batch_per_rank": [old_batch, batch],
+                          "grad_accum": [old_accum, accum],
+                          "global_batch": [old_batch * old_accum * saved_world, batch * accum * d.world_size],
+                          "message": f"resuming a checkpoint of {saved_world} ranks on {d.world_size}: "
+                                     "converting it to a universal checkpoint; the per-rank batch is "
+                                     "kept, so the global batch changes"}), flush=True)
+    return checkpoint.to_universal(tag, d.rank)
 
 
 def resolved_yaml(cfg: RunConfig) -> str:
@@ -361,12 +390,14 @@ def train_step(run: Run, stream: Iterator[dict]) -> dict:
         batch = next(stream)
         loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"],
                                generator=mask_generator(run, micro), real_frames=batch["real_frames"])
-        engine.backward(loss)
+        loss = faults.nan_point("nan_loss", run.state.step + 1, run.d.rank, loss)
+        engine.backward(nan_grads_if_nonfinite(loss))
         engine.step()
         losses.append(loss.detach().float())
         scales.append(float(metrics["logit_scale"]))
         indices += batch["index"].tolist()
-    return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices, "lr": lr}
+    return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices, "lr": lr,
+            "skipped": not engine.was_step_applied()}
 
 
 def whole_batch_train_step(run: Run, stream: Iterator[dict]) -> dict:
@@ -384,14 +415,30 @@ def whole_batch_train_step(run: Run, stream: Iterator[dict]) -> dict:
                                    real_frames=b["real_frames"])
 
     def forward(b: dict, g: torch.Generator, negatives):
-        return engine(b["video"], b["text_ids"], b["text_mask"], generator=g, real_frames=b["real_frames"],
-                      negatives=negatives)
+        loss, metrics = engine(b["video"], b["text_ids"], b["text_mask"], generator=g,
+                               real_frames=b["real_frames"], negatives=negatives)
+        return faults.nan_point("nan_loss", run.state.step + 1, run.d.rank, loss), metrics
 
-    # the k backward passes sum to the whole batch's gradient: no division by k
-    loss, metrics = whole_batch_step(batches, generators, embed, forward,
-                                     lambda loss: engine.backward(loss, scale_wrt_gas=False), engine.step)
+    def backward(loss: torch.Tensor) -> None:  # the k passes sum to the whole batch's gradient: no division by k
+        engine.backward(nan_grads_if_nonfinite(loss), scale_wrt_gas=False)
+
+    loss, metrics = whole_batch_step(batches, generators, embed, forward, backward, engine.step)
     return {"loss": loss.detach().float(), "logit_scale": float(metrics["logit_scale"]),
-            "indices": [i for b in batches for i in b["index"].tolist()], "lr": lr}
+            "indices": [i for b in batches for i in b["index"].tolist()], "lr": lr,
+            "skipped": not engine.was_step_applied()}
+
+
+def nan_grads_if_nonfinite(loss: torch.Tensor) -> torch.Tensor:
+    """`loss` unchanged if its value is finite, else `loss` * NaN, whose gradients are all NaN.
+
+    Skipping a step is DeepSpeed's: at the accumulation boundary its ZeRO optimizer (stages
+    1-3; fp32 and bf16 as fp16) skips the update when the global gradient norm, reduced over
+    ranks, is not finite: weights, optimizer state and LR schedule stay as they were, the
+    gradients are dropped, engine.skipped_steps counts it. A loss can be NaN while its
+    gradients are finite (a NaN that came in without a gradient): this makes them NaN, so a
+    non-finite loss on any rank skips the step on every rank. No host sync."""
+    finite = torch.isfinite(loss.detach())
+    return loss * torch.where(finite, 1.0, float("nan")).to(loss.dtype)
 
 
 def grad_norm(engine: DeepSpeedEngine) -> float:
@@ -399,17 +446,21 @@ def grad_norm(engine: DeepSpeedEngine) -> float:
     return float(norm) if norm is not None else float("nan")
 
 
-def log_step(run: Run, out: dict, timer: StepTimer) -> None:
-    """metrics.jsonl every step (loss, lr, batch indices); TensorBoard every log_every."""
+def log_step(run: Run, out: dict, timer: StepTimer) -> float:
+    """metrics.jsonl every step (loss, lr, batch indices, skipped); TensorBoard every
+    log_every and at every skipped step. Returns the loss (mean over ranks: non-finite on
+    every rank if it is on one)."""
     loss, failures, data_wait = dist.dist_mean([out["loss"].item(), run.loader.decode_failures, timer.data])
     seconds, _ = timer.lap()
     samples = run.cfg.data.batch_size * run.cfg.grad_accum * run.d.world_size
     run.window.add(Throughput(samples, seconds, data_wait))
     step = run.state.step
-    run.log.record(step, kind="step", loss=loss, lr=out["lr"], indices=out["indices"])
+    run.log.record(step, kind="step", loss=loss, lr=out["lr"], indices=out["indices"], skipped=out["skipped"])
     run.log.progress(step, loss, run.window.per_second(run.window.samples))
-    if step % max(1, run.cfg.log_every) == 0 or step == run.cfg.steps:
+    due = step % max(1, run.cfg.log_every) == 0 or step == run.cfg.steps
+    if due or out["skipped"] or not math.isfinite(loss):
         log_scalars(run, out, loss, failures * run.d.world_size)
+    return loss
 
 
 def log_scalars(run: Run, out: dict, loss: float, failures: float) -> None:
@@ -418,7 +469,8 @@ def log_scalars(run: Run, out: dict, loss: float, failures: float) -> None:
 
     w = run.window
     scalars = {"loss": loss, "lr": out["lr"], "logit_scale": out["logit_scale"],
-               "grad_norm": grad_norm(run.engine), "data_wait": w.per_second(w.data_wait),
+               "grad_norm": grad_norm(run.engine), "skipped_steps": run.engine.skipped_steps,
+               "data_wait": w.per_second(w.data_wait),
                "decode_failures": failures, "memory_gb": memory_gb(run.device),
                **throughput(w.samples, w.samples * run.visible_tokens, w.seconds, run.flops_per_sample,
                             run.peak, run.d.world_size)}
@@ -432,7 +484,7 @@ def run_eval(run: Run) -> dict:
 
     cfg = run.cfg
     # written for tests that compare the engine's embeddings against an export
-    keep = Path(cfg.out) / "eval_embeddings.pt" if cfg.save_eval_embeddings and run.d.is_main else None
+    keep = Path(cfg.out) / "eval_embeddings.safetensors" if cfg.save_eval_embeddings and run.d.is_main else None
     loader = open_loader(cfg, "val", run.device, run.d, training=False)
     try:
         metrics = evaluate(run.engine.module, loader, cfg.eval_mask_ratio, cfg.eval_max_batches, keep)
@@ -453,19 +505,50 @@ def every(n: int, step: int, last: int) -> bool:
     return n > 0 and step % n == 0 and step != last
 
 
+class NonFiniteStop(Exception):
+    """Non-finite steps `first`..`last` in a row end the run, with no checkpoint of them."""
+
+    def __init__(self, first: int, last: int, why: str):
+        steps = f"step {last}" if first == last else f"steps {first}-{last}"
+        count = last - first + 1
+        super().__init__(f"{steps}: {count} non-finite step{'s' * (count > 1)} in a row ({why})")
+        self.first, self.last = first, last
+
+
+def nonfinite_since(run: Run, out: dict, loss: float, since: int) -> int:
+    """The first of the non-finite steps in a row that end at this one; 0 if this one is
+    finite. Non-finite: the loss (mean over ranks), or the gradient norm (DeepSpeed skipped
+    the step; under fp16 that is the loss scaler's overflow, which is not counted). Both are
+    reduced over ranks, so every rank returns the same. Raises NonFiniteStop at
+    max_nonfinite_steps in a row, or at once if DeepSpeed applied one."""
+    step, limit, skipped = run.state.step, run.cfg.max_nonfinite_steps, out["skipped"]
+    if math.isfinite(loss) and (not skipped or run.cfg.precision == "fp16"):
+        return 0
+    since = since or step
+    if not skipped:  # e.g. ZeRO stage 0, whose optimizer has no overflow check: the weights are lost
+        raise NonFiniteStop(since, step, "DeepSpeed applied this one: its optimizer does not skip non-finite "
+                                         "gradients under this ds_config")
+    if limit and step - since + 1 >= limit:
+        raise NonFiniteStop(since, step, f"max_nonfinite_steps={limit}; each was skipped")
+    return since
+
+
 def loop(run: Run, stop: StopRequest) -> bool:
-    """Train to cfg.steps; False if a stop request ended it early (after a checkpoint)."""
+    """Train to cfg.steps; False if a stop request ended it early (after a checkpoint).
+    Raises NonFiniteStop (nonfinite_since)."""
     from .logging import StepTimer
 
     cfg, rank, timer = run.cfg, run.d.rank, StepTimer()
     stream = batches(run.loader, timer)
+    bad_since = 0  # the first of the non-finite steps in a row up to the last one (0: it was finite)
     while run.state.step < cfg.steps:
         out = train_step(run, stream)
         run.state.step += 1
         step = run.state.step
         faults.fault_point("stop_in_step", step, rank, signal.SIGTERM)
-        log_step(run, out, timer)
-        if every(cfg.checkpoint_every, step, cfg.steps):
+        bad_since = nonfinite_since(run, out, log_step(run, out, timer), bad_since)
+        # no checkpoint at a non-finite step: if the run stops on them, the newest one is from before
+        if every(cfg.checkpoint_every, step, cfg.steps) and not bad_since:
             save(run)
         if every(cfg.eval_every, step, cfg.steps):
             run_eval(run)
@@ -494,6 +577,18 @@ def finish(run: Run, stop: StopRequest, completed: bool, t_start: float) -> int:
     if run.d.is_main:
         write_summary(run, tag, metrics, time.time() - t_start)
     return 0
+
+
+def report_nonfinite(run: Run, err: NonFiniteStop) -> int:
+    """Every rank says where it stopped; rank 0 says why in one line on stderr."""
+    tag = str(run.saved) if run.saved is not None else None
+    print(json.dumps({"event": "nonfinite", "rank": run.d.rank, "first": err.first, "step": err.last,
+                      "checkpoint": tag, "exit": EXIT_NONFINITE}), flush=True)
+    if run.d.is_main:
+        newest = f"the newest checkpoint, {tag}, is from before them" if tag else "no checkpoint was written"
+        print(f"longvivit train: {err}: stopped at step {err.last} without saving; {newest} "
+              f"(exit {EXIT_NONFINITE})", file=sys.stderr, flush=True)
+    return EXIT_NONFINITE
 
 
 def write_summary(run: Run, tag: Path, metrics: dict, seconds: float) -> None:
@@ -534,7 +629,10 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
             return report_finished(cfg, tag, d)
         run = setup(cfg, ds_config, tag, d)
         announce(run, tag)
-        completed = loop(run, stop)
+        try:
+            completed = loop(run, stop)
+        except NonFiniteStop as err:
+            return report_nonfinite(run, err)
         return finish(run, stop, completed, t_start)
     finally:
         if run is not None:

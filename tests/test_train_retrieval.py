@@ -1,0 +1,283 @@
+"""Retrieval with every caption a query (train/retrieval.py) and `longvivit eval` end to end.
+
+Metrics: a hand-made matrix with several captions per video and ties, a naive loop
+reference on random tied matrices, the one-caption case equal to the square evaluation,
+dual-softmax re-ranking. End to end, on synthetic long clips with 1, 2 or 3 captions each
+and a randomly initialised exported tiny model: the eval loader carries every caption,
+the caption and paragraph embeddings are the model's on those strings, 2 CPU ranks under
+torchrun give the single process's metrics and embeddings, and saved embeddings give the
+same lines again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from longvivit.train.evaluate import Embeddings, main as eval_main, paragraph_text
+from longvivit.train.retrieval import (dual_softmax, ranks_of_diagonal, retrieval_metrics, t2v_ranks,
+                                       v2t_ranks)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------- metrics
+
+def test_several_captions_per_video_hand_made():
+    # rows: captions, columns: videos V0..V3; c0, c1 -> V0; c2, c3, c4 -> V1; c5 -> V2; c6 -> V3
+    sim = torch.tensor([
+        [0.9, 0.1, 0.3, 0.0],  # c0: V0 on top                          t2v rank 1
+        [0.9, 0.9, 0.1, 0.0],  # c1: V0 ties V1                          t2v rank 2 (pessimistic)
+        [0.5, 0.4, 0.6, 0.0],  # c2: V0 and V2 beat V1                   t2v rank 3
+        [0.2, 0.8, 0.3, 0.0],  # c3                                      t2v rank 1
+        [0.7, 0.7, 0.7, 0.7],  # c4: all tie                             t2v rank 4
+        [0.1, 0.2, 0.3, 0.0],  # c5                                      t2v rank 1
+        [0.5, 0.5, 0.5, 0.2],  # c6: V3 last                             t2v rank 4
+    ])
+    caption_video = torch.tensor([0, 0, 1, 1, 1, 2, 3])
+    assert t2v_ranks(sim, caption_video).tolist() == [1, 2, 3, 1, 4, 1, 4]
+    # v2t, the video's best own caption against the other videos' captions:
+    # V0: c0 and c1 tie at 0.9 on top (both correct: a hit at 1, not rank 2)     -> 1
+    # V1: best own c3 0.8; c1 0.9 beats it                                        -> 2
+    # V2: own c5 0.3; c0 ties at 0.3, c2 0.6, c3 0.3, c4 0.7, c6 0.5 count        -> 6
+    # V3: own c6 0.2; c4 0.7                                                      -> 2
+    assert v2t_ranks(sim, caption_video).tolist() == [1, 2, 6, 2]
+    m = retrieval_metrics(sim, caption_video)
+    assert (m["pairs"], m["videos"], m["captions"]) == (4, 4, 7)
+    assert m["t2v_r1"] == pytest.approx(100 * 3 / 7) and m["t2v_r5"] == m["t2v_r10"] == 100.0
+    assert m["t2v_median_rank"] == 2.0 and m["t2v_mean_rank"] == pytest.approx(16 / 7)
+    assert (m["v2t_r1"], m["v2t_r5"], m["v2t_r10"]) == (25.0, 75.0, 100.0)
+    assert m["v2t_median_rank"] == 2.0 and m["v2t_mean_rank"] == pytest.approx(11 / 4)
+    assert m["chance_r1"] == 25.0
+    assert not any(k.startswith("dsl_") for k in m)
+
+
+def naive_ranks(sim: torch.Tensor, caption_video: list[int]) -> tuple[list[int], list[int]]:
+    """Loops: t2v 1 + wrong videos scoring >= the right one; v2t the best over the video's
+    captions of 1 + other videos' captions scoring >= that caption."""
+    n_text, n_video = sim.shape
+    t2v = [1 + sum(sim[i, j] >= sim[i, caption_video[i]] for j in range(n_video) if j != caption_video[i])
+           for i in range(n_text)]
+    v2t = []
+    for j in range(n_video):
+        own = [c for c in range(n_text) if caption_video[c] == j]
+        wrong = [c for c in range(n_text) if caption_video[c] != j]
+        v2t.append(min(1 + sum(sim[w, j] >= sim[c, j] for w in wrong) for c in own))
+    return [int(r) for r in t2v], [int(r) for r in v2t]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ranks_match_a_naive_loop_on_tied_matrices(seed):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, 4, (9,), generator=g)
+    caption_video = torch.repeat_interleave(torch.arange(9), counts)
+    caption_video = caption_video[torch.randperm(len(caption_video), generator=g)]  # any order
+    sim = torch.randint(0, 4, (len(caption_video), 9), generator=g).float()  # many ties
+    t2v, v2t = naive_ranks(sim, caption_video.tolist())
+    assert t2v_ranks(sim, caption_video).tolist() == t2v
+    assert v2t_ranks(sim, caption_video).tolist() == v2t
+
+
+def test_one_caption_per_video_is_the_square_evaluation():
+    sim = torch.randint(0, 5, (12, 12), generator=torch.Generator().manual_seed(0)).float()
+    assert t2v_ranks(sim, torch.arange(12)).tolist() == ranks_of_diagonal(sim).tolist()
+    assert v2t_ranks(sim, torch.arange(12)).tolist() == ranks_of_diagonal(sim.t()).tolist()
+    assert retrieval_metrics(sim) == retrieval_metrics(sim, torch.arange(12))
+
+
+def test_a_video_without_captions_is_an_error():
+    with pytest.raises(ValueError, match="no caption"):
+        retrieval_metrics(torch.rand(3, 3), torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="caption_video"):
+        retrieval_metrics(torch.rand(3, 3), torch.tensor([0, 1, 3]))
+
+
+def test_dual_softmax_demotes_a_hub_video():
+    """Video 3 scores 0.9 with every caption, each caption 0.8 with its own video: plain
+    text-to-video puts the hub first for all but its own caption; the softmax over
+    captions spreads the hub's column thin, so every caption finds its own video."""
+    n = 4
+    sim = torch.full((n, n), 0.1)
+    sim.fill_diagonal_(0.8)
+    sim[:, 3] = 0.9
+    plain = retrieval_metrics(sim)
+    assert plain["t2v_r1"] == 25.0
+    m = retrieval_metrics(sim, dsl_temperature=0.05)
+    assert m["dsl_t2v_r1"] == 100.0 and m["dsl_temperature"] == 0.05
+    assert all(m[k] == plain[k] for k in plain)  # the plain keys are unchanged beside dsl_*
+    # the formula: sim * softmax(sim / T) over the other axis
+    for_videos, for_captions = dual_softmax(sim.double(), 0.05)
+    e = (sim.double() / 0.05).exp()
+    torch.testing.assert_close(for_videos, sim.double() * e / e.sum(0, keepdim=True))
+    torch.testing.assert_close(for_captions, sim.double() * e / e.sum(1, keepdim=True))
+
+
+# ---------------------------------------------------------------------------- end to end
+
+VIDEOS, FRAMES, SIZE, BATCH = 16, 32, 32, 3
+
+
+def caption_sets(row: dict, i: int) -> list[str]:
+    """1, 2 or 3 captions (clip i's two phrasings, and a third made of the first)."""
+    first, second = row["caption"]
+    return [[first], [first, second], [first, second, f"in this clip {first}"]][i % 3]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+    """Synthetic clips of 16-32 frames, val captions per caption_sets, its shards and
+    tokenizer, and an export directory of a randomly initialised tiny model at 32 frames."""
+    from safetensors.torch import save_file
+
+    from longvivit.config import to_yaml
+    from longvivit.data import train_tokenizer, write_benchmark, write_shards
+    from longvivit.data.shards import ShardOptions
+    from longvivit.model import build_model
+    from longvivit.train.config import load_run_config
+
+    root = tmp_path_factory.mktemp("retrieval")
+    write_benchmark(root / "synth", videos=VIDEOS, frames=FRAMES, min_frames=16, size=SIZE, seed=5,
+                    val_fraction=0.5)
+    rows = [json.loads(line) for line in (root / "synth" / "val.jsonl").read_text().splitlines()]
+    rows = [{**row, "caption": caption_sets(row, i)} for i, row in enumerate(rows)]
+    (root / "synth" / "val3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = write_shards(root / "synth" / "val3.jsonl", root / "val", ShardOptions(size=SIZE), progress=False)
+    assert summary["skipped"] == 0, summary
+    tok = train_tokenizer([root / "synth" / "train.jsonl"], root / "spm")
+    cfg = load_run_config(ROOT / "train" / "configs" / "demo.yaml", overrides=[
+        f"model.video.frames={FRAMES}", "model.text.context_length=96", f"data.val={root / 'val'}",
+        f"data.train={root / 'val'}", f"data.tokenizer={tok}", f"data.batch_size={BATCH}",
+        "data.text_length=32", "data.num_workers=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    export = root / "export"
+    export.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(export / "model.safetensors"))
+    (export / "config.yaml").write_text(to_yaml(cfg.model))
+    (export / "run_config.yaml").write_text(to_yaml(cfg))
+    shutil.copy(tok, export / "tokenizer.model")
+    return {"root": root, "rows": rows, "export": export, "val": root / "val"}
+
+
+def run_eval(args: list[str], capsys) -> list[dict]:
+    assert eval_main([str(a) for a in args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def single(bench, tmp_path_factory) -> dict:
+    """One plain process: `longvivit eval EXPORT --save-embeddings ...` (in this process)."""
+    out = tmp_path_factory.mktemp("single")
+    code = eval_main([str(bench["export"]), "--save-embeddings", str(out / "emb.safetensors"),
+                      "--out", str(out / "lines.jsonl")])
+    assert code == 0
+    lines = [json.loads(x) for x in (out / "lines.jsonl").read_text().splitlines()]
+    return {"lines": lines, "emb": out / "emb.safetensors"}
+
+
+def test_eval_loader_carries_every_caption_training_batches_do_not(bench):
+    from longvivit.data import DataConfig, build_loader
+    from longvivit.config import load_config
+
+    cfg = load_config(DataConfig, dict(val=str(bench["val"]), train=str(bench["val"]),
+                                       tokenizer=str(bench["export"] / "tokenizer.model"),
+                                       frames=FRAMES, image_size=SIZE, batch_size=BATCH, num_workers=0,
+                                       text_length=32))
+    seen = {}
+    for batch in build_loader(cfg, "val", torch.device("cpu"), 0, 1, training=False):
+        seen.update(zip(batch["index"].tolist(), batch["captions"]))
+    assert seen == {i: row["caption"] for i, row in enumerate(bench["rows"])}
+    batch = next(iter(build_loader(cfg, "train", torch.device("cpu"), 0, 1, training=True)))
+    assert "captions" not in batch and set(batch) == {"video", "real_frames", "text_ids", "text_mask", "index"}
+
+
+def test_lines_per_task_and_queries_are_the_model_on_every_caption(bench, single):
+    """One line per task, t2v_v2t last; the text rows are the model's embeddings of every
+    caption of every clip in stored order, the paragraph rows of the clips' joined captions
+    (tokenized at context_length, past data.text_length), and the lines score them."""
+    from longvivit.data.tokenizer import Tokenizer
+    from longvivit.train.export import load_exported
+
+    rows, lines = bench["rows"], single["lines"]
+    assert [x["task"] for x in lines] == ["zeroshot", "paragraph", "t2v_v2t"]  # synth rows are labelled
+    emb, info = Embeddings.load(single["emb"])
+    counts = [len(r["caption"]) for r in rows]
+    assert counts[:3] == [1, 2, 3] and info["data"] == str(bench["val"])
+    assert emb.index.tolist() == list(range(len(rows))) and emb.video.shape[0] == len(rows)
+    assert emb.caption_video.tolist() == [i for i, n in enumerate(counts) for _ in range(n)]
+
+    model, tok = load_exported(bench["export"]), Tokenizer(bench["export"] / "tokenizer.model")
+    with torch.no_grad():
+        text = model.encode_text(*tok.encode([c for r in rows for c in r["caption"]], 32), normalize=True)
+        par_ids, par_mask = tok.encode([paragraph_text(r["caption"]) for r in rows], 96)
+        par = model.encode_text(par_ids, par_mask, normalize=True)
+    assert par_mask.sum(1).max() > 32  # paragraphs are longer than one caption's budget
+    torch.testing.assert_close(emb.text, text, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(emb.paragraph, par, atol=1e-5, rtol=1e-4)
+
+    by_task = {x["task"]: x for x in lines}
+    want = {"t2v_v2t": retrieval_metrics(text @ emb.video.t(), emb.caption_video),
+            "paragraph": retrieval_metrics(par @ emb.video.t())}
+    for task, metrics in want.items():
+        assert by_task[task]["decode_failures"] == 0 and by_task[task]["checkpoint"] == str(bench["export"])
+        assert {k: by_task[task][k] for k in metrics} == pytest.approx(metrics), task
+    assert by_task["t2v_v2t"]["captions"] == sum(counts) and by_task["paragraph"]["captions"] == len(rows)
+    assert by_task["t2v_v2t"]["pairs"] == by_task["paragraph"]["pairs"] == len(rows)
+
+
+def test_saved_embeddings_reproduce_the_lines(single, tmp_path, capsys):
+    again = run_eval(["--from-embeddings", single["emb"]], capsys)
+    assert again == single["lines"]
+    dsl = run_eval(["--from-embeddings", single["emb"], "--tasks", "t2v_v2t", "--dual-softmax"], capsys)
+    assert len(dsl) == 1 and dsl[0]["task"] == "t2v_v2t" and "dsl_v2t_median_rank" in dsl[0]
+    assert {k: v for k, v in dsl[0].items() if not k.startswith("dsl_")} == single["lines"][-1]
+    emb, _ = Embeddings.load(single["emb"])
+    emb.paragraph = None
+    emb.save(tmp_path / "no_paragraph.safetensors")
+    assert [x["task"] for x in run_eval(["--from-embeddings", tmp_path / "no_paragraph.safetensors"], capsys)] \
+        == ["zeroshot", "t2v_v2t"]  # the tasks the file holds
+    emb.classes = emb.label = None
+    emb.save(tmp_path / "unlabelled.safetensors")
+    assert [x["task"] for x in run_eval(["--from-embeddings", tmp_path / "unlabelled.safetensors"], capsys)] \
+        == ["t2v_v2t"]
+    assert eval_main(["--from-embeddings", str(tmp_path / "no_paragraph.safetensors"), "--tasks", "paragraph"]) == 2
+    assert "no paragraph embeddings" in capsys.readouterr().err
+
+
+def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
+    """Each rank embeds half the clips (batches of 3: a different batching than one
+    process's), the gathered embeddings and the metrics are the single process's."""
+    from longvivit.train.dist import free_port
+
+    port = free_port()
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+           "127.0.0.1", "--master_port", str(port), "-m", "longvivit.train.cli", "eval", str(bench["export"]),
+           "--save-embeddings", str(tmp_path / "emb.safetensors")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+            p.unlink(missing_ok=True)
+    assert proc.returncode == 0, output[-4000:]
+    lines = [json.loads(x) for x in output.splitlines() if x.startswith('{"task"')]
+    assert [x["task"] for x in lines] == ["zeroshot", "paragraph", "t2v_v2t"], output[-4000:]  # rank 0 only
+    for got, want in zip(lines, single["lines"]):
+        assert got == pytest.approx(want)
+    two, _ = Embeddings.load(tmp_path / "emb.safetensors")
+    one, _ = Embeddings.load(single["emb"])
+    assert torch.equal(two.index, one.index) and torch.equal(two.caption_video, one.caption_video)
+    for name in ("video", "text", "paragraph", "classes"):
+        torch.testing.assert_close(getattr(two, name), getattr(one, name), atol=1e-5, rtol=1e-4)
