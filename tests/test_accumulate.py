@@ -9,13 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dist_support import LOSSES, data_parallel
 from longvivit.model import build_model, model_config
 from longvivit.train.accumulate import whole_batch_step
 from longvivit.train.dist import free_port
 
 K, M = 3, 2  # micro-batches per step, samples per micro-batch
-LOSSES = {"gather_with_grad": ["gather=gather_with_grad"], "local_loss": ["gather=local_loss"],
-          "siglip": ["loss=siglip", "init_logit_scale=2.302585", "init_logit_bias=-2"]}
 
 
 def model_for(mode):
@@ -84,13 +83,7 @@ def _worker(rank, world, port, out_dir):
     try:
         results = {}
         for mode in LOSSES:
-            loss, grads = accumulated(model_for(mode), rank)
-            losses = [torch.zeros(()) for _ in range(world)]
-            dist.all_gather(losses, loss)
-            for g in grads.values():  # what DeepSpeed does with data-parallel gradients
-                dist.all_reduce(g)
-                g /= world
-            results[mode] = (torch.stack(losses), grads)
+            results[mode] = data_parallel(*accumulated(model_for(mode), rank), world)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

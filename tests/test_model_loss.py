@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from dist_support import LOSSES, data_parallel
 from longvivit.model import ContrastiveLoss, SigLipLoss, build_model, model_config
 from longvivit.train.dist import free_port
 
@@ -96,10 +97,6 @@ def batch(cfg, n, seed=0):
     return video, ids, mask
 
 
-LOSSES = {"gather_with_grad": ["gather=gather_with_grad"], "local_loss": ["gather=local_loss"],
-          "siglip": ["loss=siglip", "init_logit_scale=2.302585", "init_logit_bias=-2"]}
-
-
 def run_step(mode, rows):
     """Same weights everywhere; returns (loss, {name: grad}) on the samples `rows` of one batch."""
     torch.manual_seed(0)
@@ -116,13 +113,7 @@ def _worker(rank, world, port, out_dir):
     try:
         results = {}
         for mode in LOSSES:
-            loss, grads = run_step(mode, slice(2 * rank, 2 * rank + 2))
-            losses = [torch.zeros(()) for _ in range(world)]
-            dist.all_gather(losses, loss)
-            for g in grads.values():  # what DDP / DeepSpeed do with data-parallel gradients
-                dist.all_reduce(g)
-                g /= world
-            results[mode] = (torch.stack(losses), grads)
+            results[mode] = data_parallel(*run_step(mode, slice(2 * rank, 2 * rank + 2)), world)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -152,14 +152,22 @@ def run_case(case: str, *overrides: str):
     return results[case]
 
 
-def test_accumulated_micro_batches_equal_one_step_on_the_same_samples():
-    accum = [f"grad_accum={ACCUM}", "optim.clip=0.5"]
+def engine_equals_reference(*accum: str) -> tuple[list[float], dict]:
+    """The ZeRO-3 engine and plain PyTorch on the same steps: losses, pre-clip gradient
+    norms (the gradient's scale, which AdamW's step hardly shows) and weights agree.
+    Returns the reference's (losses, weights)."""
     losses, weights, norms = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", *accum)
     ref_losses, ref_weights, ref_norms = run_case("reference", *accum)
     assert torch.allclose(torch.tensor(losses), torch.tensor(ref_losses), atol=1e-5), (losses, ref_losses)
     assert torch.allclose(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-4), (norms, ref_norms)
     diffs = {n: (weights[n] - r).abs().max().item() for n, r in ref_weights.items()}
     assert max(diffs.values()) < 2e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    return ref_losses, ref_weights
+
+
+def test_accumulated_micro_batches_equal_one_step_on_the_same_samples():
+    accum = [f"grad_accum={ACCUM}", "optim.clip=0.5"]
+    _, ref_weights = engine_equals_reference(*accum)
     # the steps did move the weights (the comparison is not between two untouched models)
     torch.manual_seed(0)
     from longvivit.model import build_model
@@ -169,14 +177,7 @@ def test_accumulated_micro_batches_equal_one_step_on_the_same_samples():
 
 
 def test_whole_batch_accumulation_equals_one_step_on_one_loss_over_all_samples():
-    accum = ["grad_accum=3", "grad_accum_loss=whole_batch", "optim.clip=0.5"]
-    losses, weights, norms = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", *accum)
-    ref_losses, ref_weights, ref_norms = run_case("reference", *accum)
-    assert torch.allclose(torch.tensor(losses), torch.tensor(ref_losses), atol=1e-5), (losses, ref_losses)
-    # the gradient itself (AdamW's step hardly depends on its scale): the k passes' sum
-    assert torch.allclose(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-4), (norms, ref_norms)
-    diffs = {n: (weights[n] - r).abs().max().item() for n, r in ref_weights.items()}
-    assert max(diffs.values()) < 2e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    ref_losses, _ = engine_equals_reference("grad_accum=3", "grad_accum_loss=whole_batch", "optim.clip=0.5")
     plain, _, _ = run_case("reference", "grad_accum=3", "optim.clip=0.5")
     assert abs(plain[0] - ref_losses[0]) > 1e-2  # 12 samples' negatives, not 4's: another loss
 
