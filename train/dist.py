@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -90,13 +91,16 @@ def extensions_dir() -> str:
     return str(Path(get_default_build_root()) / f"env-{env}")
 
 
-def init_process_group(timeout) -> None:
-    """The process group for the variables setup_env exported (gloo on CPU)."""
+def init_process_group(timeout: timedelta | None = None) -> None:
+    """The process group for the variables setup_env exported (gloo on CPU). timeout None:
+    LONGVIVIT_DIST_TIMEOUT seconds (what slurm/train.sbatch sets), else 1800."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     # The CPU accelerator asks for ccl; gloo is what a CPU-only torch always has.
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
+    if timeout is None:
+        timeout = timedelta(seconds=int(os.environ.get("LONGVIVIT_DIST_TIMEOUT", "1800")))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
 
 

@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -316,8 +314,7 @@ def start_process_group(d: dist.DistEnv) -> None:
     dist.setup_env(d)
     if device_for(d).type == "cuda":
         torch.cuda.set_device(device_for(d))
-    # the timeout the trainer takes (run.train)
-    dist.init_process_group(timedelta(seconds=int(os.environ.get("LONGVIVIT_DIST_TIMEOUT", "1800"))))
+    dist.init_process_group()  # the trainer's timeout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -620,10 +619,9 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     t_start = time.time()
     dist.setup_env(d)
     stop = StopRequest()
-    timeout = timedelta(seconds=int(os.environ.get("LONGVIVIT_DIST_TIMEOUT", "1800")))
     run = None
     try:
-        dist.init_process_group(timeout)
+        dist.init_process_group()
         tag = checkpoint.rank0_choice(tag)
         if finished(cfg, tag):
             return report_finished(cfg, tag, d)
