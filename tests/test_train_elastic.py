@@ -7,15 +7,13 @@ sample index of the epoch is trained on exactly once; and a run killed while it 
 the checkpoint resumes on the next start.
 """
 import os
-import signal
-import subprocess
 
 import pytest
 import torch
 
 from longvivit.data.reader import clean_stale_shared_memory
 from longvivit.train.dist import free_port
-from train_support import CONFIGS, DEEPSPEED, ROOT, Launch, events, step_lines
+from train_support import CONFIGS, DEEPSPEED, ROOT, Launch, communicate, events, step_lines
 
 # ~4 minutes each on 2 cores (conversion, three launches): `make test-all` runs them
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
@@ -37,20 +35,16 @@ def train(tmp_path, procs, steps, name, env=None):
 def dump(tmp_path, procs, batches, name, *extra, steps=4) -> dict:
     """resumed_state.py on `procs` ranks: the state setup leaves (see that script)."""
     out = tmp_path / f"{name}.pt"
-    cmd = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(free_port()), "--no_local_rank",
+    port = free_port()
+    cmd = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(port), "--no_local_rank",
            str(ROOT / "tests" / "scripts" / "resumed_state.py"), str(out), str(batches),
            str(CONFIGS / "demo.yaml"), "progress=false", *common(tmp_path, steps), *extra]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, cwd=ROOT)
     try:
-        text, _ = proc.communicate(timeout=400)
+        rc, text = communicate(cmd, port, 400, env, cwd=ROOT)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
         clean_stale_shared_memory()
-    assert proc.returncode == 0, text[-3000:]
+    assert rc == 0, text[-3000:]
     return torch.load(out, weights_only=False)
 
 

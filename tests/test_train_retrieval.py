@@ -13,10 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +21,7 @@ import torch
 from longvivit.train.evaluate import Embeddings, main as eval_main, paragraph_text
 from longvivit.train.retrieval import (dual_softmax, ranks_of_diagonal, retrieval_metrics, t2v_ranks,
                                        v2t_ranks)
-
-ROOT = Path(__file__).resolve().parent.parent
+from train_support import ROOT, communicate
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -261,17 +257,8 @@ def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
            "127.0.0.1", "--master_port", str(port), "-m", "longvivit.train.cli", "eval", str(bench["export"]),
            "--save-embeddings", str(tmp_path / "emb.safetensors")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
-            p.unlink(missing_ok=True)
-    assert proc.returncode == 0, output[-4000:]
+    rc, output = communicate(cmd, port, 600, env)
+    assert rc == 0, output[-4000:]
     lines = [json.loads(x) for x in output.splitlines() if x.startswith('{"task"')]
     assert [x["task"] for x in lines] == ["zeroshot", "paragraph", "t2v_v2t"], output[-4000:]  # rank 0 only
     for got, want in zip(lines, single["lines"]):

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import torch
 
 from longvivit.train.dist import free_port
-from train_support import events, export, listing, step_lines
+from train_support import communicate, events, export, listing, step_lines
 
 pytestmark = pytest.mark.multiproc
 
@@ -61,17 +60,7 @@ def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: in
            "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
            "data.batch_size=4", f"checkpoint_every={STEPS // 2}", "log_every=1", "optim.warmup_steps=2",
            "progress=false", "data.num_workers=0", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, output
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
-            p.unlink(missing_ok=True)
+    return communicate(cmd, port, timeout, env)
 
 
 @pytest.fixture(scope="module")

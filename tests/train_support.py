@@ -2,7 +2,8 @@
 
 `Launch` starts the launcher in its own process group with its output in a file (so a test
 can watch a run while it goes); leaving the `with` block kills whatever is left and removes
-the job's /dev/shm buffers, whether the test passed or not.
+the job's /dev/shm buffers, whether the test passed or not. `communicate` does the same for
+a launcher command a test only waits for.
 """
 from __future__ import annotations
 
@@ -44,8 +45,7 @@ class Launch:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._out.close()
-        for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{self.port}_*"):
-            p.unlink(missing_ok=True)
+        remove_shm_buffers(self.port)
 
     def wait(self, timeout: float = 300) -> int:
         return self.proc.wait(timeout=timeout)
@@ -65,6 +65,27 @@ class Launch:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"gave up waiting for {what} (rc={self.proc.poll()}):\n{self.output[-3000:]}")
             time.sleep(0.1)
+
+
+def remove_shm_buffers(port: int) -> None:
+    """DeepSpeed's shared-memory all-reduce buffers of the job on `port`."""
+    for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+        p.unlink(missing_ok=True)
+
+
+def communicate(cmd: list[str], port: int, timeout: float, env: dict, cwd: Path | None = None) -> tuple[int, str]:
+    """(exit status, stdout and stderr) of a launcher command on `port`, run in its own
+    process group; whatever happens, what is left of it is killed and its buffers removed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, cwd=cwd)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        remove_shm_buffers(port)
 
 
 def run(config: str | Path, *overrides: str, log: Path, timeout: float = 300,
