@@ -5,9 +5,36 @@ names the offending key.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from longvivit.config import check, choice
+
+
+@dataclass
+class ImageConfig:
+    """Image-text pairs beside the videos (the paper's stage 1; InternVideo2 mixes them the
+    same way): shards written by `longvivit shards --still-images` (each image a one-frame
+    clip), read like the videos' (resolution, text length, tokenizer, flip, workers: data's),
+    one batch of images in place of a batch of videos on a `proportion` of the optimizer
+    steps: step s (from 1) is an image step when floor(s * p) > floor((s - 1) * p), so any
+    N steps hold floor(N * p) or one fewer or more of them, the same on every rank and after
+    a resume. Each source keeps its own batch size and mask ratio; its loss is logged on its
+    own (loss_image, loss_video)."""
+    train: str = ""  # image shards ("" : no images)
+    proportion: float = 0.0  # of the optimizer steps
+    batch_size: int = 32  # per device
+    mask_ratio: float = 0.5  # of an image's patch tokens dropped before the encoder
+
+    def validate(self) -> None:
+        check(0.0 <= self.proportion < 1.0, "proportion", f"{self.proportion} is outside [0, 1)")
+        check(self.proportion == 0.0 or bool(self.train), "train",
+              f"is empty but proportion={self.proportion}: image steps need image shards")
+        check(self.batch_size > 0, "batch_size", f"{self.batch_size} must be > 0")
+        check(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"{self.mask_ratio} is outside [0, 1)")
+
+    def is_image_step(self, step: int) -> bool:
+        """Whether optimizer step `step` (counted from 1) trains on images."""
+        return self.train != "" and int(step * self.proportion) > int((step - 1) * self.proportion)
 
 
 @dataclass
@@ -37,6 +64,7 @@ class DataConfig:
     # a resumed run keeps the value it started with). Fix it to get the same order on any
     # node count.
     canonical_nodes: int = 0
+    images: ImageConfig = field(default_factory=ImageConfig)
 
     def validate(self) -> None:
         check(self.synthetic_samples > 0, "synthetic_samples", f"{self.synthetic_samples} must be > 0")

@@ -1,6 +1,6 @@
 """The synthetic long-video benchmark: captions that only the whole clip can match.
 
-    longvivit synth --out DIR [--videos N] [--frames F] [--seed S] [--size 64]
+    longvivit synth --out DIR [--videos N] [--frames F] [--seed S] [--size 64] [--images N]
 
 Each video is K events (default 3-4), each in its own time segment of the clip: an object
 of one of 6 colours and 4 shapes appears, moves up or down, grows or shrinks, and leaves,
@@ -12,6 +12,12 @@ three whose event lists differ in one attribute of one event, or only in their o
 
 The motions are vertical and the shapes left-right symmetric on purpose: the loader's
 horizontal flip must not change what a caption says.
+
+With --images N the benchmark also has N image-caption pairs (stage 1 of the recipe trains
+on images beside the videos): single events rendered as stills, one object of a colour,
+shape and size at the top, middle or bottom of a background frame, captioned in the words
+of the video captions ("a small red circle at the top"): DIR/images/*.png and
+DIR/images.jsonl, for `longvivit shards --still-images`.
 
 Output: DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl manifests for
 `longvivit shards` (whole families go to one split; each row's "label", its first object
@@ -42,7 +48,9 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "cross")
 ACTIONS = ("moves up", "moves down", "grows", "shrinks")
 Event = tuple[str, str, str]  # (colour, shape, action)
-OUTPUTS = ("videos", "train.jsonl", "val.jsonl", "benchmark.json")  # all write_benchmark writes
+SIZES = {"small": 0.12, "big": 0.28}  # half-extent of a still's object, in frame sides
+PLACES = {"at the top": 0.25, "in the middle": 0.5, "at the bottom": 0.75}  # centre row
+OUTPUTS = ("videos", "train.jsonl", "val.jsonl", "benchmark.json", "images", "images.jsonl")  # all write_benchmark writes
 
 
 @dataclass
@@ -56,6 +64,7 @@ class SynthConfig:
     hard_negatives: float = 0.5  # fraction of videos that belong to a 3-video hard-negative family
     val_fraction: float = 0.2
     seed: int = 0
+    images: int = 0  # image-caption pairs (stills of single events)
 
     def validate(self) -> None:
         lo = self.min_frames or self.frames
@@ -68,6 +77,7 @@ class SynthConfig:
         check(self.videos >= 2, "videos", f"{self.videos} must be >= 2")
         check(0 < self.val_fraction < 1, "val_fraction", f"{self.val_fraction} is outside (0, 1)")
         check(0 <= self.hard_negatives <= 1, "hard_negatives", f"{self.hard_negatives} is outside [0, 1]")
+        check(self.images >= 0, "images", f"{self.images} must be >= 0")
 
 
 # ----------------------------------------------------------------------------- event lists
@@ -194,6 +204,36 @@ def render(events: list[Event], frames: int, size: int, rng: np.random.Generator
     return video.clip(0, 255).astype(np.uint8)
 
 
+def render_still(colour: str, shape: str, size: str, place: str, side: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8: one object on a background frame (an event's still)."""
+    frame = _background(rng, side, 1)[0]
+    x = side * rng.uniform(0.35, 0.65)
+    frame[_shape_mask(shape, side, x, side * PLACES[place], side * SIZES[size])] = COLOURS[colour]
+    return frame.clip(0, 255).astype(np.uint8)
+
+
+def still_captions(colour: str, shape: str, size: str, place: str) -> list[str]:
+    return [f"a {size} {colour} {shape} {place}", f"{place}, a {colour} {shape}, {size}"]
+
+
+def write_images(out: Path, cfg: SynthConfig) -> None:
+    """cfg.images stills -> out/images/*.png and out/images.jsonl (label: the object)."""
+    from PIL import Image
+
+    (out / "images").mkdir()
+    rows = []
+    for i in range(cfg.images):
+        rng = np.random.default_rng([cfg.seed, 1 << 20, i])  # apart from the videos' streams
+        colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+        size, place = str(rng.choice(list(SIZES))), str(rng.choice(list(PLACES)))
+        name = f"images/{i:06d}.png"
+        Image.fromarray(render_still(colour, shape, size, place, cfg.size, rng)).save(out / name)
+        rows.append({"video": name, "caption": still_captions(colour, shape, size, place),
+                     "id": f"synth-image-{i:06d}", "label": f"{colour} {shape}"})
+    write_jsonl(out / "images.jsonl", rows)
+
+
 # ----------------------------------------------------------------------------- writing
 
 def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: int = 0,
@@ -218,9 +258,11 @@ def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: 
                             "label": label(events), "family": family, "events": [list(e) for e in events]})
     for split, split_rows in rows.items():
         write_jsonl(out / f"{split}.jsonl", split_rows)
+    if cfg.images:
+        write_images(out, cfg)
     (out / "benchmark.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     return {"out": str(out), "train": len(rows["train"]), "val": len(rows["val"]),
-            "families": listing[-1][0] + 1, "frames": cfg.frames, "size": cfg.size}
+            "images": cfg.images, "families": listing[-1][0] + 1, "frames": cfg.frames, "size": cfg.size}
 
 
 def _val_count(listing: list[tuple[int, list[Event]]], fraction: float) -> int:
@@ -244,13 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-negatives", type=float, default=SynthConfig.hard_negatives)
     p.add_argument("--val-fraction", type=float, default=SynthConfig.val_fraction)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=0,
+                   help="also write this many image-caption pairs (stills; images.jsonl)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     try:
         summary = write_benchmark(a.out, a.videos, a.frames, a.seed, overwrite=a.overwrite,
                                   min_frames=a.min_frames, size=a.size, min_events=a.events[0],
                                   max_events=a.events[1], hard_negatives=a.hard_negatives,
-                                  val_fraction=a.val_fraction)
+                                  val_fraction=a.val_fraction, images=a.images)
     except (ValueError, FileExistsError) as err:
         print(f"longvivit synth: {err}", file=sys.stderr)
         return 2

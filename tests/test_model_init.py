@@ -76,10 +76,13 @@ def test_static_video_embeds_like_the_image_tower(case, tmp_path):
     with torch.no_grad():
         image = clip.encode_image(frame.permute(0, 3, 1, 2))  # (B, 64)
         video = model.encode_video(static, mask_ratio=0.0)
+        still = model.encode_video(frame[:, None], mask_ratio=0.0)  # T = 1: an image
     cosine = F.cosine_similarity(image, video).min().item()
     print(f"{case}: static-video cosine {cosine:.7f}")
     assert cosine >= 0.999
     assert torch.allclose(image, video, atol=1e-4, rtol=1e-3)
+    # an image beside the videos takes the image tower's own path
+    assert torch.allclose(image, still, atol=1e-4, rtol=1e-3)
 
 
 def test_the_cls_key_bias_is_what_makes_the_match_exact(tmp_path, monkeypatch):

@@ -73,6 +73,23 @@ def test_a_padded_clip_alone_embeds_as_in_a_batch_with_a_longer_one():
     assert torch.allclose(both[0], alone[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_an_image_embeds_as_the_one_content_frame_of_a_padded_clip(case):
+    """An image (T = 1) gets the first temporal position and the tubelet kernel summed over
+    time: the same as a clip whose only content is that frame, whatever the weights (here
+    random, with a non-zero temporal table)."""
+    m = model(CASES[case])
+    image = torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    # the loader repeats the last frame, so the first tubelet (t = 2) is the image twice;
+    # the slices after it are dropped whatever they hold
+    padded = torch.randint(0, 256, (2, FRAMES, 32, 32, 3), dtype=torch.uint8)
+    padded[:, :2] = image
+    with torch.no_grad():
+        still = m.encode_video(image, mask_ratio=0.0)
+        clip = m.encode_video(padded, mask_ratio=0.0, real_frames=torch.ones(2, dtype=torch.long))
+    assert torch.allclose(still, clip, atol=1e-5), (still - clip).abs().max()
+
+
 @pytest.mark.parametrize("scheme", ["random", "tube"])
 def test_masking_keeps_the_ratio_of_each_clips_own_tokens(scheme):
     slices, spatial, ratio = 8, 16, 0.75

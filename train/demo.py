@@ -1,12 +1,16 @@
-"""`longvivit demo [--out DIR]`: the whole path on this machine, end to end.
+"""`longvivit demo [--out DIR]`: the paper's two-stage recipe on this machine, end to end.
 
-    synth (long clips, 64 frames at 1 FPS) -> MDS shards -> sentencepiece tokenizer ->
-    train the tiny model with ZeRO-3 on 2 processes (the real deepspeed launcher; CPU
-    accelerator and gloo when there is no GPU) -> zero-shot retrieval on the held-out
-    split -> a summary, ending with one JSON line.
+    synth (long clips, 64 frames at 1 FPS, and image-caption stills) -> MDS shards (the
+    stills with --still-images) -> an open_clip CLIP of the tiny shape with random weights
+    (what a lab would download) -> stage 1, ShortViViT: 16 frames plus images, both towers
+    from the CLIP -> stage 2, LongViViT: all 64 frames at 75% masking, the last 2 video
+    blocks trained, from stage 1 -> held-out retrieval of each stage next to chance, ending
+    with one JSON line (stage 2's numbers, and stage 1's under "short").
 
-The training run is train/configs/demo.yaml with its data paths pointed into DIR; its
-checkpoints, TensorBoard logs and metrics.jsonl land in DIR/train.
+Each stage runs the tiny model with ZeRO-3 on 2 processes under the real deepspeed launcher
+(CPU accelerator and gloo when there is no GPU): train/configs/demo_short.yaml, then
+demo_long.yaml, with their paths pointed into DIR; their checkpoints, TensorBoard logs and
+metrics.jsonl land in DIR/short and DIR/long.
 """
 from __future__ import annotations
 
@@ -23,17 +27,18 @@ from pathlib import Path
 from . import dist
 from .config import CONFIG_DIR
 
-DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+STAGES = {"short": CONFIG_DIR / "demo_short.yaml", "long": CONFIG_DIR / "demo_long.yaml"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="longvivit demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="everything the demo writes (default runs/demo)")
     p.add_argument("--videos", type=int, default=400, help="synthetic videos (80%% train, 20%% val)")
-    p.add_argument("--frames", type=int, default=64, help="frames per clip at 1 FPS")
+    p.add_argument("--images", type=int, default=800, help="synthetic image-caption pairs (stage 1)")
+    p.add_argument("--frames", type=int, default=64, help="frames per clip at 1 FPS (stage 2's)")
     p.add_argument("--procs", type=int, default=2, help="training processes (ZeRO-3 ranks)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("overrides", nargs="*", help="key=value overrides of train/configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of both stages' configs")
     return p.parse_args(argv)
 
 
@@ -46,18 +51,29 @@ def step(name: str, fn, *args, **kwargs):
 
 
 def prepare_data(out: Path, args: argparse.Namespace) -> dict:
-    """Synthetic benchmark -> shards -> tokenizer; returns the data.* overrides."""
-    from longvivit.data import train_tokenizer, write_benchmark, write_shards
+    """Synthetic benchmark -> shards; returns the data.* overrides."""
+    from longvivit.data import write_benchmark, write_shards
     from longvivit.data.shards import ShardOptions
 
     step("synth", write_benchmark, out / "synth", videos=args.videos, frames=args.frames,
-         seed=args.seed, size=32, overwrite=True)
-    for split in ("train", "val"):
-        step(f"shards {split}", write_shards, out / "synth" / f"{split}.jsonl", out / "shards" / split,
-             ShardOptions(size=32), workers=2, overwrite=True, progress=False)
-    tok = step("tokenizer", train_tokenizer, [out / "shards" / "train"], out / "tokenizer" / "spm")
-    return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val",
-            "data.tokenizer": tok}
+         seed=args.seed, size=32, images=args.images, overwrite=True)
+    for split, still in (("train", False), ("val", False), ("images", True)):
+        manifest = out / "synth" / f"{split}.jsonl"
+        step(f"shards {split}", write_shards, manifest, out / "shards" / split,
+             ShardOptions(size=32, still_images=still), workers=2, overwrite=True, progress=False)
+    return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val"}
+
+
+def make_open_clip(out: Path, overrides: list[str]) -> Path:
+    """The open_clip CLIP that stage 1 starts from, of stage 1's shapes (random weights,
+    seed 0: a stand-in for a downloaded checkpoint)."""
+    from .config import load_run_config
+    from .local import make_open_clip as build
+
+    path = out / "open_clip" / "tiny-clip.pt"
+    path.unlink(missing_ok=True)
+    build(load_run_config(STAGES["short"], overrides=overrides), path)
+    return path
 
 
 def launcher() -> list[str]:
@@ -66,10 +82,10 @@ def launcher() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
-def train_command(out: Path, procs: int, port: int, overrides: dict, extra: list[str]) -> list[str]:
-    kv = [f"{k}={v}" for k, v in overrides.items()] + [f"out={out / 'train'}", "progress=false"]
+def train_command(config: Path, out: Path, procs: int, port: int, overrides: dict, extra: list[str]) -> list[str]:
+    kv = [f"{k}={v}" for k, v in overrides.items()] + [f"out={out}", "progress=false"]
     return [*launcher(), "--num_gpus", str(procs), "--master_port", str(port),
-            "--module", "longvivit.train.cli", "train", str(DEMO_CONFIG), *kv, *extra]
+            "--module", "longvivit.train.cli", "train", str(config), *kv, *extra]
 
 
 def run_launcher(cmd: list[str], log_path: Path, port: int) -> int:
@@ -111,41 +127,66 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def report(summary: dict, total_s: float, train_s: float) -> dict:
+def stage_line(summary: dict, seconds: float) -> dict:
     ev = summary["eval"]
     line = {"t2v_r1": ev["t2v_r1"], "chance": ev["chance_r1"], "v2t_r1": ev["v2t_r1"],
             "t2v_r5": ev["t2v_r5"], "pairs": ev["pairs"], "steps": summary["steps"],
-            "seconds": round(total_s, 1), "train_seconds": round(train_s, 1),
-            "samples_per_s": round(summary["samples_per_s"], 2), "checkpoints": summary["checkpoints"],
-            "tensorboard": summary["tensorboard"]}
-    print(f"\nlongvivit demo: {summary['steps']} steps of ZeRO-3 training in {train_s:.0f} s "
-          f"({line['samples_per_s']} samples/s), {total_s:.0f} s in all")
-    print(f"  held-out text->video R@1 {ev['t2v_r1']:.1f}% (chance {ev['chance_r1']:.2f}%, "
-          f"{ev['t2v_r1'] / ev['chance_r1']:.1f}x), R@5 {ev['t2v_r5']:.1f}%, "
-          f"video->text R@1 {ev['v2t_r1']:.1f}% over {ev['pairs']} pairs")
+            "train_seconds": round(seconds, 1), "samples_per_s": round(summary["samples_per_s"], 2),
+            "checkpoints": summary["checkpoints"], "tensorboard": summary["tensorboard"]}
     if "zeroshot_top1" in ev:
-        line.update(zeroshot_top1=ev["zeroshot_top1"], zeroshot_chance=ev["zeroshot_chance_top1"])
-        print(f"  zero-shot classification of the first object: top-1 {ev['zeroshot_top1']:.1f}% "
-              f"(chance {ev['zeroshot_chance_top1']:.1f}%), mean per class {ev['zeroshot_mean_per_class']:.1f}%")
-    print(f"  checkpoints: {summary['checkpoints']}\n  TensorBoard: tensorboard --logdir {summary['tensorboard']}")
+        line.update(zeroshot_top1=ev["zeroshot_top1"], zeroshot_chance=ev["zeroshot_chance_top1"],
+                    zeroshot_mean_per_class=ev["zeroshot_mean_per_class"])
+    return line
+
+
+def print_stage(name: str, line: dict) -> None:
+    print(f"  {name}: {line['steps']} steps of ZeRO-3 training in {line['train_seconds']:.0f} s "
+          f"({line['samples_per_s']} samples/s)")
+    print(f"    held-out text->video R@1 {line['t2v_r1']:.1f}% (chance {line['chance']:.2f}%, "
+          f"{line['t2v_r1'] / line['chance']:.1f}x), R@5 {line['t2v_r5']:.1f}%, "
+          f"video->text R@1 {line['v2t_r1']:.1f}% over {line['pairs']} pairs")
+    if "zeroshot_top1" in line:
+        print(f"    zero-shot classification of the first object: top-1 {line['zeroshot_top1']:.1f}% "
+              f"(chance {line['zeroshot_chance']:.1f}%), mean per class {line['zeroshot_mean_per_class']:.1f}%")
+    print(f"    checkpoints: {line['checkpoints']}\n    TensorBoard: tensorboard --logdir {line['tensorboard']}")
+
+
+def report(stages: dict[str, dict], total_s: float) -> dict:
+    """Both stages' lines; the last line of stdout is stage 2's as JSON, stage 1's under "short"."""
+    print(f"\nlongvivit demo: the two-stage recipe in {total_s:.0f} s")
+    for name, title in (("short", "stage 1, 16 frames + images"), ("long", "stage 2, 64 frames at 75% masking")):
+        print_stage(title, stages[name])
+    line = {**stages["long"], "seconds": round(total_s, 1), "short": stages["short"]}
     print(json.dumps(line), flush=True)
     return line
+
+
+def train_stage(name: str, out: Path, args: argparse.Namespace, overrides: dict) -> dict | int:
+    """Run one stage under the launcher; its summary line, or the launcher's exit status."""
+    port, t0 = dist.free_port(), time.time()
+    extra = ([f"model.video.frames={args.frames}"] if name == "long" else []) + args.overrides
+    cmd = train_command(STAGES[name], out / name, args.procs, port, overrides, extra)
+    print(f"[demo] train {name}: {' '.join(cmd)}", flush=True)
+    rc = run_launcher(cmd, out / f"{name}.log", port)
+    if rc != 0:
+        print(f"longvivit demo: stage {name} failed with status {rc}; see {out / f'{name}.log'}", file=sys.stderr)
+        return rc
+    return stage_line(json.loads((out / name / "summary.json").read_text()), time.time() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t0, out = time.time(), Path(args.out).resolve()
-    shutil.rmtree(out / "train", ignore_errors=True)  # the demo always trains from scratch
+    for name in STAGES:  # the demo always trains from scratch
+        shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(out, args)
-    port = dist.free_port()
-    t_train = time.time()
-    cmd = train_command(out, args.procs, port, data, [f"model.video.frames={args.frames}", *args.overrides])
-    print(f"[demo] train: {' '.join(cmd)}", flush=True)
-    rc = run_launcher(cmd, out / "train.log", port)
-    if rc != 0:
-        print(f"longvivit demo: training failed with status {rc}; see {out / 'train.log'}", file=sys.stderr)
-        return rc
-    summary = json.loads((out / "train" / "summary.json").read_text())
-    report(summary, time.time() - t0, time.time() - t_train)
+    clip = step("open_clip", make_open_clip, out, args.overrides)
+    stages = {}
+    for name, init in (("short", f"open_clip:{clip}"), ("long", f"checkpoint:{out / 'short'}")):
+        images = {"data.images.train": out / "shards" / "images"} if name == "short" else {}
+        stages[name] = train_stage(name, out, args, {**data, **images, "init": init})
+        if isinstance(stages[name], int):
+            return stages[name]
+    report(stages, time.time() - t0)
     return 0

@@ -12,9 +12,11 @@ runs in seconds on CPU, keeping everything that decides whether it works:
              wide, 2 deep; embeddings 64: the same for every config, so stages chain),
              frames (8 if the config has <= 16, else 16), image size (two or more patches
              a side, ~32 px), micro-batch <= 4, steps <= 20 (warmup a quarter of them),
-             eval <= 2 batches, no loader workers
-  data       the synthetic benchmark (24-frame clips at 1 FPS, 32 px VP9 shards and a
-             sentencepiece model), made once under `local_dir`/data
+             eval <= 2 batches, no loader workers; global_batch 0 (a cluster's global
+             batch on a laptop's ranks would mean a huge grad_accum or micro-batch)
+  data       the synthetic benchmark (24-frame clips at 1 FPS, 32 px VP9 shards, image
+             stills as one-frame shards for data.images, and a sentencepiece model), made
+             once under `local_dir`/data
   paths      out=runs/X -> `local_dir`/X; init=checkpoint:runs/X[/checkpoints/...] ->
              checkpoint:`local_dir`/X[/checkpoints/...], so stages chain locally as they
              do on the cluster; init=open_clip:PATH -> an open_clip CLIP built here with
@@ -44,7 +46,7 @@ VIDEO_WIDTH, VIDEO_HEADS, VIDEO_DEPTH, MAX_TRAINABLE = 128, 2, 6, 4
 TEXT_WIDTH, TEXT_DEPTH, TEXT_HEADS, TEXT_VOCAB = 64, 2, 2, 512
 EMBED_DIM = 64
 MAX_BATCH, MAX_STEPS, MAX_EVAL_BATCHES = 4, 20, 2
-DATA_VIDEOS, DATA_FRAMES, DATA_SIZE = 48, 24, 32
+DATA_VIDEOS, DATA_FRAMES, DATA_SIZE, DATA_IMAGES = 48, 24, 32, 32
 
 
 def local_frames(frames: int) -> int:
@@ -107,8 +109,10 @@ def local_changes(cfg: RunConfig) -> dict:
             "tokenizer": str(data_dir / "spm.model"), "frames": "${model.video.frames}",
             "image_size": "${model.video.image_size}", "batch_size": min(d.batch_size, MAX_BATCH),
             "num_workers": 0, "synthetic_samples": min(d.synthetic_samples, 64)}
+    if d.images.proportion:
+        data["images"] = {"train": str(data_dir / "images"), "batch_size": min(d.images.batch_size, MAX_BATCH)}
     changes = {"model": {"embed_dim": EMBED_DIM, "video": video, "text": text}, "data": data,
-               "out": local_path(cfg.out, ld), "steps": steps,
+               "out": local_path(cfg.out, ld), "steps": steps, "global_batch": 0,
                "optim": {"warmup_steps": min(cfg.optim.warmup_steps, max(1, steps // 4))},
                "eval_max_batches": min(cfg.eval_max_batches or MAX_EVAL_BATCHES, MAX_EVAL_BATCHES)}
     if cfg.init.startswith("checkpoint:"):
@@ -157,13 +161,14 @@ def make_data(root: Path) -> None:
 
     tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_benchmark(tmp / "synth", videos=DATA_VIDEOS, frames=DATA_FRAMES, seed=0, size=DATA_SIZE)
-    for split in ("train", "val"):
-        write_shards(tmp / "synth" / f"{split}.jsonl", tmp / split, ShardOptions(size=DATA_SIZE),
-                     workers=1, progress=False)
-    # from the manifest, not the shards: reading shards with streaming under a launcher's
+    write_benchmark(tmp / "synth", videos=DATA_VIDEOS, frames=DATA_FRAMES, seed=0, size=DATA_SIZE,
+                    images=DATA_IMAGES)
+    for split in ("train", "val", "images"):
+        write_shards(tmp / "synth" / f"{split}.jsonl", tmp / split,
+                     ShardOptions(size=DATA_SIZE, still_images=split == "images"), workers=1, progress=False)
+    # from the manifests, not the shards: reading shards with streaming under a launcher's
     # RANK/WORLD_SIZE would start a process group while the other ranks wait on the lock
-    train_tokenizer([tmp / "synth" / "train.jsonl"], tmp / "spm")
+    train_tokenizer([tmp / "synth" / "train.jsonl", tmp / "synth" / "images.jsonl"], tmp / "spm")
     shutil.rmtree(tmp / "synth")
     shutil.rmtree(root, ignore_errors=True)
     os.replace(tmp, root)
