@@ -5,6 +5,7 @@
     video.py      PyAV: read videos as a player shows them, encode, decode frames by index
     shards.py     manifest -> MDS shards (`longvivit shards`)
     output.py     the output folder rules synth and shards share (--overwrite)
+    remote.py     shards in object storage (s3://...): streaming's uploader, errors naming the URL
     tokenizer.py  sentencepiece training and encoding (`longvivit tokenizer`)
     config.py     DataConfig
     reader.py     StreamingDataset over the shards, launcher environment, shared memory

@@ -31,6 +31,8 @@ from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLE
 
 from longvivit.launch_env import launcher_local_world_size, local_rank, local_world_size
 
+from .remote import is_remote
+
 log = logging.getLogger(__name__)
 
 
@@ -123,10 +125,6 @@ def clean_stale_shared_memory() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- dataset
-
-def is_remote(path: str) -> bool:
-    return "://" in path
-
 
 def cache_dir(source: str, local_cache: str) -> str:
     """Where a remote split is cached: `local_cache` per split, or a folder under /tmp

@@ -1,6 +1,6 @@
 """Manifest -> MDS shards: every clip cut, resampled, resized and re-encoded once.
 
-    longvivit shards MANIFEST --out DIR [--fps 1] [--size 256] [--codec vp9|h264]
+    longvivit shards MANIFEST --out DIR|URL [--fps 1] [--size 256] [--codec vp9|h264]
                      [--keyframe-interval 8] [--crf 20] [--workers N]
                      [--shard-size 64mb] [--compression zstd] [--overwrite] [--part I/N]
                      [--still-images]
@@ -23,6 +23,12 @@ undecodable caption, duplicate id, malformed row) is skipped and listed with its
 DIR/rejects.jsonl; it never stops the run. DIR/summary.json holds the counts, and the last
 line of stdout is the same summary as one JSON line; both are written however the run
 ends. The exit status is non-zero only when nothing could be written.
+
+--out s3://bucket/prefix (or another URL streaming writes to) uploads each shard as soon as
+it is written, then index.json, rejects.jsonl and summary.json; only the shard being built
+stays on local disk. The store, bucket and prefix are checked before any clip is transcoded
+(remote.py): an unreachable endpoint (S3_ENDPOINT_URL), a missing bucket, refused
+credentials or a non-empty prefix without --overwrite is a one-line error naming the URL.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import multiprocessing as mp
 import os
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,6 +48,7 @@ from longvivit.config import check, choice, validated
 
 from .manifest import Reject, Row, read_manifest, write_jsonl
 from .output import prepare_out
+from .remote import RemoteOutput, is_remote, open_remote_output, storage_errors
 from .video import CODECS, VideoError, encode, read_resampled
 
 COLUMNS = {
@@ -90,17 +98,22 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
                  workers: int = 0, shard_size: str | int = "64mb",
                  compression: str | None = None, overwrite: bool = False,
                  progress: bool | None = None, part: tuple[int, int] = (0, 1)) -> dict:
-    """Transcode every row of `manifest` into MDS shards in `out`; returns the summary.
+    """Transcode every row of `manifest` into MDS shards in `out` (a folder, or a remote
+    URL such as s3://bucket/prefix: see remote.py); returns the summary.
     workers=0 transcodes in this process; progress=None shows a bar only on a terminal;
     part=(i, n) takes only rows i, i+n, i+2n, ... (one task of an array job)."""
     from tqdm import tqdm
 
     validated(opts)
     entries = list(read_manifest(manifest))[part[0]::part[1]]  # a missing manifest fails first
-    out = prepare_out(Path(out), overwrite, _is_shard_output, "shards")
-    written, rejects, hours, video_bytes, stopped = 0, [], 0.0, 0, None
+    if is_remote(str(out)):
+        target = open_remote_output(str(out), overwrite, "shards")
+    else:
+        target = prepare_out(Path(out), overwrite, _is_shard_output, "shards")
+    written, rejects, hours, video_bytes, stopped, shards = 0, [], 0.0, 0, None, []
     try:
-        with _mds_writer(out, compression, shard_size) as writer:
+        with _mds_writer(target, compression, shard_size) as writer:
+            shards = writer.shards  # the index entries of the shards flushed so far
             results = _transcode_all(entries, opts, workers)
             bar = tqdm(results, total=len(entries), unit="video", desc="shards",
                        disable=None if progress is None else not progress)
@@ -117,17 +130,18 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
         stopped = f"{type(err).__name__}: {err}"
         raise
     finally:
-        summary = _finish(out, written, rejects, hours, video_bytes, stopped)
+        summary = _finish(target, shards, written, rejects, hours, video_bytes, stopped)
     return summary
 
 
-def _mds_writer(out: Path, compression: str | None, shard_size: str | int):
+def _mds_writer(target: Path | RemoteOutput, compression: str | None, shard_size: str | int):
     """streaming's MDSWriter, except that it never writes a shard of no samples. Before a
     sample that would take the shard being built past the size limit, streaming flushes
     that shard even when it holds nothing, so a first sample bigger than the limit (a long
     clip against --shard-size) left an empty shard.00000.mds, whose 0 samples the reader
     divides by every epoch (numpy warnings). A sample bigger than the limit is still
-    written, alone in its shard (tests/test_hour.py)."""
+    written, alone in its shard (tests/test_hour.py). A remote target: each shard is
+    written to the staging folder, uploaded as soon as it is flushed and removed."""
     from streaming import MDSWriter  # imports torch + transformers: only when writing
 
     class Writer(MDSWriter):
@@ -135,7 +149,9 @@ def _mds_writer(out: Path, compression: str | None, shard_size: str | int):
             if self.new_samples:
                 super().flush_shard()
 
-    return Writer(out=str(out), columns=COLUMNS, compression=compression, size_limit=shard_size)
+    out = (str(target.staging), target.url) if isinstance(target, RemoteOutput) else str(target)
+    with storage_errors(target.url) if isinstance(target, RemoteOutput) else nullcontext():
+        return Writer(out=out, columns=COLUMNS, compression=compression, size_limit=shard_size)
 
 
 def _write(writer, row: Row, sample: dict) -> dict | Reject:
@@ -146,20 +162,30 @@ def _write(writer, row: Row, sample: dict) -> dict | Reject:
     return sample
 
 
-def _finish(out: Path, written: int, rejects: list[dict], hours: float, video_bytes: int,
-            stopped: str | None) -> dict:
-    """Write OUT/rejects.jsonl and OUT/summary.json; returns the summary."""
-    write_jsonl(out / REJECTS, rejects)
+def _finish(target: Path | RemoteOutput, shards: list[dict], written: int, rejects: list[dict],
+            hours: float, video_bytes: int, stopped: str | None) -> dict:
+    """Write rejects.jsonl and summary.json beside the shards (uploaded, for a remote
+    target); returns the summary."""
+    remote = isinstance(target, RemoteOutput)
+    local, out = (target.staging, target.url) if remote else (target, str(target))
+    files = [s["zip_data"] or s["raw_data"] for s in shards]  # what each shard is stored as
     summary = {
         "written": written, "skipped": len(rejects),
         "reasons": dict(sorted(Counter(r["reason"] for r in rejects).items())),
         "hours": round(hours, 6), "video_bytes": video_bytes,
-        "shard_bytes": sum(p.stat().st_size for p in out.glob("shard.*")),
-        "shards": len(list(out.glob("shard.*"))), "out": str(out), "rejects": str(out / REJECTS),
+        "shard_bytes": sum(f["bytes"] for f in files), "shards": len(files),
+        "out": out, "rejects": f"{out}/{REJECTS}",
     }
     if stopped:
         summary["stopped"] = stopped
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    local.mkdir(parents=True, exist_ok=True)  # streaming removes a remote's staging folder
+    write_jsonl(local / REJECTS, rejects)
+    (local / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    if remote:
+        try:
+            target.upload(REJECTS, SUMMARY)
+        finally:
+            target.close()
     return summary
 
 
@@ -216,7 +242,8 @@ def merge_parts(out: str | Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="longvivit shards", description=__doc__.split("\n\n")[0])
     p.add_argument("manifest", nargs="?", help="JSONL or CSV manifest")
-    p.add_argument("--out", help="output directory for the MDS shards")
+    p.add_argument("--out", help="output directory for the MDS shards, or a remote URL "
+                   "(s3://bucket/prefix; S3_ENDPOINT_URL for an S3-compatible server)")
     p.add_argument("--merge", metavar="DIR", help="instead of writing: merge the part folders "
                    "DIR/*/ (one per slurm/shards.sbatch array task) into one dataset in DIR")
     p.add_argument("--fps", type=float, default=ShardOptions.fps)
@@ -260,7 +287,7 @@ def _print_summary(fn, *args) -> int:
     """Run a writer; its summary is the last line of stdout. Exit 1 when nothing was written."""
     try:
         summary = fn(*args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad options, an output refused, a store unreachable
         print(f"longvivit shards: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
