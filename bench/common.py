@@ -145,16 +145,17 @@ def peak_rss_increase(fn: Callable[[], object]) -> int | None:
     earlier and reused by fn, so it is a step's own peak only on a heap that has not yet
     held such a step (measure the first one). None where /proc does not allow it."""
     try:
-        before = _proc_status_bytes("VmRSS")
+        before = proc_status_bytes("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         return None
     fn()
-    return _proc_status_bytes("VmHWM") - before
+    return proc_status_bytes("VmHWM") - before
 
 
-def _proc_status_bytes(key: str) -> int:
+def proc_status_bytes(key: str) -> int:
+    """A /proc/self/status memory entry (VmRSS, VmHWM, ...) in bytes."""
     with open("/proc/self/status") as f:
         line = next(line for line in f if line.startswith(key + ":"))
     return int(line.split()[1]) * 1024  # kB

@@ -352,11 +352,49 @@ def hour_section(r: dict) -> list[str]:
     return lines
 
 
+def zero_init_section(parts: list[dict]) -> list[str]:
+    lines = ["### Building the model under ZeRO-3: whole on every rank vs partitioned (deepspeed.zero.Init)", ""]
+    for r in parts:
+        lines += provenance(r)
+    lines += ["Each way in fresh processes (CPU accelerator, gloo, 1 thread), built as `longvivit train` builds "
+              "it (train/construct.py; demo.yaml with the preset, ds_configs/zero3_cpu.json, fp32). Peak rise = "
+              "how far a rank's resident set rose above where it stood before the build, at its highest (VmHWM "
+              "reset first); MALLOC_MMAP_THRESHOLD_ as listed (glibc: its default, which keeps freed heap "
+              "blocks resident; bench/zero_init.py says why the default runs use a fixed one).", ""]
+    rows = [zero_init_row(r, way, x) for r in parts for way, result in r["results"].items() for x in result["ranks"]]
+    lines += table(["preset", "params", "malloc", "way", "rank", "params held", "peak rise MiB", "VmHWM MiB",
+                    "build s", "weights vs whole build (gathered)"], rows)
+    for r in parts:
+        high = r["highest_peak_rss_increase_bytes"]
+        malloc = f"MALLOC_MMAP_THRESHOLD_={r['mmap_threshold']}" if r["mmap_threshold"] else "glibc's default malloc"
+        if "partitioned_over_whole" in r:
+            lines += [f"**{r['preset']} ({malloc}): the highest partitioned rank peaked "
+                      f"{high['partitioned'] / MiB:,.0f} MiB above its start, {r['partitioned_over_whole']:.2f}x the "
+                      f"highest whole rank's {high['whole'] / MiB:,.0f} MiB.**", ""]
+        else:
+            whole = 4 * r["results"]["partitioned"]["ranks"][0]["params_total"]
+            lines += [f"**{r['preset']} ({malloc}): the highest partitioned rank peaked "
+                      f"{high['partitioned'] / MiB:,.0f} MiB above its start, {high['partitioned'] / whole:.2f}x "
+                      f"the {whole / MiB:,.0f} MiB of the whole model's fp32 weights.**", ""]
+    return lines
+
+
+def zero_init_row(r: dict, way: str, x: dict) -> list:
+    """One rank of one way of building (bench/zero_init.py)."""
+    check = x.get("check")
+    same = "" if check is None else (f"{check['compared'] - len(check['differ'])} of {check['compared']} equal"
+                                     + (", no-decay names equal" if check["same_no_weight_decay"] else ""))
+    malloc = f"{r['mmap_threshold']} B" if r["mmap_threshold"] else "glibc"
+    return [r["preset"], f"{x['params_total'] / 1e6:.0f}M", malloc, way, x["rank"], f"{x['params_held'] / 1e6:.1f}M",
+            f"{x['peak_rss_increase_bytes'] / MiB:,.0f}", f"{x['vm_hwm_bytes'] / MiB:,.0f}", f"{x['build_s']:.1f}",
+            same]
+
+
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
             ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section), ("padding", padding_section),
-            ("hour", hour_section)]
+            ("hour", hour_section), ("zero_init", zero_init_section)]
 
 
 OPTIONAL = {"tradeoff_seeds", "peers_profile"}
@@ -489,8 +527,8 @@ def render(results: Path) -> str:
              "Regenerate everything with `bash bench/run_all.sh`; this part is rendered by "
              "`bench/report.py` from bench/results/*.json.", ""]
     for name, section in SECTIONS:
-        if name == "padding":
-            r = [load(results, p.stem) for p in sorted(results.glob("padding_*.json"))]
+        if name in ("padding", "zero_init"):
+            r = [load(results, p.stem) for p in sorted(results.glob(f"{name}_*.json"))]
         else:
             r = merged(results, name) if name == "masking" else load(results, name)
         if r:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .loss import ContrastiveLoss, SigLipLoss
 from .text import build_text_tower
+from .transformer import full_shape, init_generator
 from .video import VideoEncoder
 
 
@@ -41,8 +42,9 @@ class DualEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.video = VideoEncoder(cfg.video, cfg.embed_dim)
-        self.text = build_text_tower(cfg.text, cfg.embed_dim)
+        generator = init_generator()  # both towers draw their initial weights from it, in turn
+        self.video = VideoEncoder(cfg.video, cfg.embed_dim, generator)
+        self.text = build_text_tower(cfg.text, cfg.embed_dim, generator)
         # 1-D, not 0-dim: DeepSpeed (and FSDP) cannot broadcast or partition 0-dim parameters
         self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.init_logit_scale)))
         if cfg.loss == "siglip":  # only then: an InfoNCE checkpoint keeps its parameter set
@@ -116,8 +118,8 @@ class DualEncoder(nn.Module):
         """Parameter names to exclude from weight decay: biases, norms, position and CLS
         embeddings, the temporal gates and the temperature."""
         named = ("pos_embed", "cls_token", "logit_scale", "temporal_gate")
-        return {name for name, p in self.named_parameters()
-                if p.ndim <= 1 or any(part in name for part in named)}
+        return {name for name, p in self.named_parameters()  # full_shape: also under ZeRO-3
+                if len(full_shape(p)) <= 1 or any(part in name for part in named)}
 
 
 def build_model(cfg: ModelConfig) -> DualEncoder:

@@ -1,6 +1,6 @@
 """Image-to-video initialisation from an open_clip ViT image tower saved as a state dict.
 
-    init_from_open_clip(model, "ViT-B-16.pt")   # before the engine shards the model
+    init_from_open_clip(model, "ViT-B-16.pt")   # before the engine wraps the model
 
 The file may hold a whole open_clip CLIP model ("visual." keys), the visual tower alone,
 or a training checkpoint ({"state_dict": ...}, "module." prefixes); .safetensors works too.
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .text import ClipTextEncoder
+from .transformer import full_shape
 from .video import FactorizedBlock, VideoEncoder, resize_spatial
 
 BLOCK_RENAMES = {
@@ -95,13 +96,13 @@ def video_state_from_image(image: dict[str, torch.Tensor], video: VideoEncoder) 
     out = {
         "patch_embed.weight": conv[:, :, None].repeat(1, 1, t, 1, 1) / t,  # (D, 3, t, p, p)
         "pos_embed.spatial": resize_spatial(pos[1:], cfg.image_size // p),
-        "pos_embed.temporal": torch.zeros_like(video.pos_embed.temporal, device="cpu"),
+        "pos_embed.temporal": torch.zeros(full_shape(video.pos_embed.temporal)),
         "norm.weight": image.pop("ln_post.weight"), "norm.bias": image.pop("ln_post.bias"),
         "head.weight": image.pop("proj").t(),  # (E, D)
     }
-    _expect(out["head.weight"].shape == video.head.weight.shape,
+    _expect(out["head.weight"].shape == full_shape(video.head.weight),
             f"image projection {tuple(out['head.weight'].shape)} != video head "
-            f"{tuple(video.head.weight.shape)} (embed_dim)")
+            f"{tuple(full_shape(video.head.weight))} (embed_dim)")
     if video.cls_token is not None:
         out["cls_token"] = cls + pos[0]
     else:
@@ -147,18 +148,19 @@ def text_state_from_clip(text: dict[str, torch.Tensor], tower: ClipTextEncoder) 
     """Map an open_clip TextTransformer state dict onto a ClipTextEncoder's names."""
     text = dict(text)
     token = text.pop("token_embedding.weight")  # (V, D)
-    _expect(tuple(token.shape) == tuple(tower.token_embed.weight.shape),
+    _expect(tuple(token.shape) == tuple(full_shape(tower.token_embed.weight)),
             f"text token_embedding {tuple(token.shape)} != model (vocab_size, width) "
-            f"{tuple(tower.token_embed.weight.shape)}")
+            f"{tuple(full_shape(tower.token_embed.weight))}")
     pos = text.pop("positional_embedding")  # (77, D)
     L = tower.cfg.context_length
     _expect(pos.shape[0] >= L, f"CLIP context length {pos.shape[0]} < text.context_length {L}")
     proj = text.pop("text_projection")  # (D, E) parameter, or a Linear's (E, D) weight
-    proj = proj.t() if proj.shape == tower.head.weight.shape[::-1] else proj
+    head = full_shape(tower.head.weight)
+    proj = proj.t() if proj.shape == head[::-1] else proj
     out = {"token_embed.weight": token, "pos_embed": pos[:L], "head.weight": proj,
            "norm.weight": text.pop("ln_final.weight"), "norm.bias": text.pop("ln_final.bias")}
-    _expect(out["head.weight"].shape == tower.head.weight.shape,
-            f"text projection {tuple(proj.shape)} != text head {tuple(tower.head.weight.shape)} (embed_dim)")
+    _expect(out["head.weight"].shape == head,
+            f"text projection {tuple(proj.shape)} != text head {tuple(head)} (embed_dim)")
     out.update(_resblocks(text, tower.blocks, "text", "model text"))
     text.pop("attn_mask", None)  # a buffer older open_clip versions saved
     _expect(not text, f"open_clip text parts with no counterpart: {sorted(text)[:6]}")
@@ -167,35 +169,50 @@ def text_state_from_clip(text: dict[str, torch.Tensor], tower: ClipTextEncoder) 
 
 def init_from_open_clip(model: torch.nn.Module, path: str | Path) -> dict:
     """Initialise `model` (a DualEncoder or a VideoEncoder) from the open_clip file `path`:
-    the video tower always (every parameter, strict load); a DualEncoder's CLIP-style text
-    tower, temperature and SigLIP bias too when the file holds a whole CLIP model. Returns
-    a summary: video tensors loaded, whether the spatial table was resized, what else."""
-    video = model.video if hasattr(model, "video") else model
-    state = load_open_clip(path)
-    image = image_part(state, path)
-    video_state = video_state_from_image(image, video)
-    video.load_state_dict(video_state, strict=True)
-    grid = video.cfg.image_size // video.cfg.tubelet[1]
-    summary = {"tensors": len(video_state),
-               "resized_positions": image["positional_embedding"].shape[0] != grid * grid + 1,
-               "text": False, "logit_scale": False, "logit_bias": False}
-    if video is not model:
-        summary.update(_init_text_and_scales(model, state))
+    the video tower always (every parameter); a DualEncoder's CLIP-style text tower (every
+    parameter), temperature and SigLIP bias too when the file holds a whole CLIP model.
+    Returns a summary: video tensors loaded, whether the spatial table was resized, what
+    else. (A model deepspeed.zero.Init partitioned loads open_clip_state another way,
+    train/construct.py.)"""
+    state, summary = open_clip_state(model, path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    check_loaded(model, state, missing, unexpected)
     return summary
 
 
-def _init_text_and_scales(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict:
-    done = {}
-    text = text_part(state)
-    if text and isinstance(model.text, ClipTextEncoder):
-        model.text.load_state_dict(text_state_from_clip(text, model.text), strict=True)
-        done["text"] = True
-    for name in ("logit_scale", "logit_bias"):
-        if name in state and hasattr(model, name):
-            with torch.no_grad():
-                getattr(model, name).copy_(state[name].reshape(1))  # open_clip's are 0-dim
-            done[name] = True
-    return done
+def open_clip_state(model: torch.nn.Module, path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(the entries of `model`'s state dict that the open_clip file `path` gives, the
+    summary init_from_open_clip returns). Reads `path` memory-mapped where torch.load can
+    (a torch.save zip file): no copy of the whole file is made, tensors come in as used."""
+    video = model.video if hasattr(model, "video") else model
+    prefix = "video." if video is not model else ""
+    source = load_open_clip(path, mmap=True)
+    image = image_part(source, path)
+    state = {prefix + k: v for k, v in video_state_from_image(image, video).items()}
+    grid = video.cfg.image_size // video.cfg.tubelet[1]
+    summary = {"tensors": len(state),
+               "resized_positions": image["positional_embedding"].shape[0] != grid * grid + 1,
+               "text": False, "logit_scale": False, "logit_bias": False}
+    if video is not model:
+        text = text_part(source)
+        if text and isinstance(model.text, ClipTextEncoder):
+            state.update({"text." + k: v for k, v in text_state_from_clip(text, model.text).items()})
+            summary["text"] = True
+        for name in ("logit_scale", "logit_bias"):
+            if name in source and hasattr(model, name):
+                state[name] = source[name].reshape(1)  # open_clip's are 0-dim
+                summary[name] = True
+    return state, summary
+
+
+def check_loaded(model: torch.nn.Module, state: dict, missing: list[str], unexpected: list[str]) -> None:
+    """After loading open_clip_state(model, ...): nothing was left over, and every
+    parameter of each tower the file initialised came from it."""
+    towers = [t for t in ("video.", "text.") if any(k.startswith(t) for k in state)]
+    towers = towers if hasattr(model, "video") else [""]  # a VideoEncoder: all of it
+    incomplete = [k for k in missing if any(k.startswith(t) for t in towers)]
+    _expect(not incomplete and not unexpected,
+            f"parameters not in the file: {incomplete[:6]}; file tensors with no parameter: {unexpected[:6]}")
 
 
 def _expect(cond: bool, msg: str) -> None:

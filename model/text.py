@@ -12,26 +12,44 @@ not needed and the embedding is again the same whatever the padding.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from .config import TextConfig
-from .transformer import Block, init_weights, run_blocks
+from .transformer import Block, Linear, fill_, init_generator, run_blocks
+
+
+class TokenEmbedding(nn.Embedding):
+    """nn.Embedding whose table is init(std=std) from `generator`, in its own __init__
+    (transformer.py says why)."""
+
+    def __init__(self, vocab_size: int, width: int, init, std: float, generator: torch.Generator):
+        super().__init__(vocab_size, width)
+        fill_(self.weight, init, generator, std=std)
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, cfg: TextConfig, embed_dim: int):
+    # (init, std) of the token and position embeddings
+    token_init, pos_init = (nn.init.trunc_normal_, 0.02), (nn.init.trunc_normal_, 0.02)
+
+    def __init__(self, cfg: TextConfig, embed_dim: int, generator: Optional[torch.Generator] = None):
+        """generator: the CPU generator the initial weights are drawn from (None: one seeded
+        from torch's global generator, see transformer.init_generator)."""
         super().__init__()
+        generator = init_generator(generator)  # before any part is built
         self.cfg = cfg
-        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
+        # each part draws its initial weights from `generator` as it is built (transformer.py)
+        self.token_embed = TokenEmbedding(cfg.vocab_size, cfg.width, *self.token_init, generator)
         self.pos_embed = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation)
+        init, std = self.pos_init
+        fill_(self.pos_embed, init, generator, std=std)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation, generator)
                                     for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
-        self.head = nn.Linear(cfg.width, embed_dim, bias=False)
+        self.head = Linear(cfg.width, embed_dim, bias=False, generator=generator)
         self.checkpointed = 0
-        self.apply(init_weights)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def set_grad_checkpointing(self, blocks: int | bool = True) -> None:
         self.checkpointed = len(self.blocks) if blocks is True else int(blocks)
@@ -55,11 +73,8 @@ class TextEncoder(nn.Module):
 class ClipTextEncoder(TextEncoder):
     """open_clip's TextTransformer with CLIP's defaults (see the module docstring)."""
 
-    def __init__(self, cfg: TextConfig, embed_dim: int):
-        super().__init__(cfg, embed_dim)
-        # open_clip's init for the embeddings (its blocks' init only matters without weights)
-        nn.init.normal_(self.token_embed.weight, std=0.02)
-        nn.init.normal_(self.pos_embed, std=0.01)
+    # open_clip's init for the embeddings (its blocks' init only matters without weights)
+    token_init, pos_init = (nn.init.normal_, 0.02), (nn.init.normal_, 0.01)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, L) open_clip BPE ids, mask unused (see the module docstring) -> (B, E)."""
@@ -73,5 +88,6 @@ class ClipTextEncoder(TextEncoder):
         return self.head(x[torch.arange(B, device=ids.device), eot])  # (B, E)
 
 
-def build_text_tower(cfg: TextConfig, embed_dim: int) -> TextEncoder:
-    return ClipTextEncoder(cfg, embed_dim) if cfg.arch == "clip" else TextEncoder(cfg, embed_dim)
+def build_text_tower(cfg: TextConfig, embed_dim: int, generator: Optional[torch.Generator] = None) -> TextEncoder:
+    tower = ClipTextEncoder if cfg.arch == "clip" else TextEncoder
+    return tower(cfg, embed_dim, generator)

@@ -1,4 +1,5 @@
-"""The transformer block both towers share, and how a stack of them runs.
+"""The transformer block both towers share, how a stack of them runs, and how the towers'
+weights start (one CPU generator, drawn module by module as they are built).
 
 Pre-norm blocks (x + attn(norm(x)), then x + mlp(norm(x))) with torch's
 scaled_dot_product_attention, so the fused CPU/GPU kernels are used whenever no additive
@@ -16,6 +17,66 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
+# ----------------------------------------------------------------------------- initial weights
+#
+# A tower's initial weights are a function of one CPU generator (seeded from torch's global
+# one: torch.manual_seed(s) then a build gives the same weights) and nothing else: each
+# value is drawn in fp32 on the CPU and copied into its parameter whatever the parameter's
+# device or dtype, and every module draws its own parameters in its own __init__, in the
+# order the modules are built. That is what lets a sharded build hold exactly the weights
+# of a whole one: deepspeed.zero.Init (train/construct.py) creates the parameters on the
+# accelerator in the training dtype and partitions each module's as soon as its __init__
+# returns, so nothing may touch a module's parameters after that (no init pass over the
+# built model). nn.Linear's and nn.Embedding's own default init still runs first, from
+# torch's global generator, and is overwritten.
+
+
+def init_generator(generator: Optional[torch.Generator] = None) -> torch.Generator:
+    """`generator`, or a new CPU generator seeded by one draw from torch's global one.
+    Taken before any submodule is built, so that what the default inits draw (on whatever
+    device the parameters are made) does not move it."""
+    if generator is not None:
+        return generator
+    seed = int(torch.randint(2**62, (1,), device="cpu"))
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+@torch.no_grad()
+def fill_(param: torch.Tensor, init, generator: torch.Generator, **kwargs) -> None:
+    """param <- init(fp32 CPU tensor of param's shape, generator=generator, **kwargs),
+    rounded once to param's dtype (as casting an fp32 model would). Nothing on the meta
+    device (presets.num_params, the planner)."""
+    if param.is_meta:
+        return
+    if param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous():
+        init(param, generator=generator, **kwargs)  # the same draws, without a second copy
+        return
+    # .float(): fp32 even inside a context that makes new tensors another dtype (zero.Init)
+    values = torch.empty(tuple(param.shape), device="cpu").float()
+    param.copy_(init(values, generator=generator, **kwargs))
+
+
+def full_shape(param: torch.Tensor) -> torch.Size:
+    """A parameter's shape, also when it is a ZeRO-3 partition (1-D; the shape is in ds_shape)."""
+    return getattr(param, "ds_shape", param.shape)
+
+
+def init_linear(module: nn.Module, generator: torch.Generator) -> None:
+    """ViT/BERT-style: truncated normal(0.02) weight, zero bias (a Linear or a Conv)."""
+    fill_(module.weight, nn.init.trunc_normal_, generator, std=0.02)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear initialised ViT/BERT-style from `generator` in its own __init__."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__(in_features, out_features, bias)
+        init_linear(self, init_generator(generator))
+
+
 class QuickGELU(nn.Module):
     """OpenAI CLIP's activation; its released ViT weights were trained with it."""
 
@@ -27,11 +88,12 @@ ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, generator: Optional[torch.Generator] = None):
         super().__init__()
+        generator = init_generator(generator)
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width, generator=generator)
+        self.proj = Linear(width, width, generator=generator)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, D = x.shape
@@ -67,7 +129,7 @@ class _ActivationLinear(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None
 
 
-class ActivationLinear(nn.Linear):
+class ActivationLinear(Linear):
     """The MLP's output projection applied to the pre-activation: forward(h, act) =
     linear(act(h)). Same parameters and result as Linear after the activation, but only h
     is saved for backward: a transformer block then keeps 12 instead of 16 token-width
@@ -83,12 +145,14 @@ class ActivationLinear(nn.Linear):
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, mlp_ratio: float, activation: str = "gelu"):
+    def __init__(self, width: int, mlp_ratio: float, activation: str = "gelu",
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
+        generator = init_generator(generator)
         hidden = int(width * mlp_ratio)
-        self.fc1 = nn.Linear(width, hidden)
+        self.fc1 = Linear(width, hidden, generator=generator)
         self.act = ACTIVATIONS[activation]()
-        self.fc2 = ActivationLinear(hidden, width)
+        self.fc2 = ActivationLinear(hidden, width, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(x), self.act)  # = fc2(act(fc1(x))), act recomputed in backward
@@ -97,12 +161,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block over a (B, N, D) token sequence."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu"):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu",
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads)
+        generator = init_generator(generator)
+        self.norm1 = nn.LayerNorm(width)  # LayerNorms start at weight 1, bias 0: no draws
+        self.attn = Attention(width, heads, generator)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, mlp_ratio, activation)
+        self.mlp = MLP(width, mlp_ratio, activation, generator)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attn_mask)  # (B, N, D)
@@ -119,14 +185,3 @@ def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, attn_mask: Optional
         else:
             x = block(x, attn_mask)
     return x
-
-
-def init_weights(module: nn.Module) -> None:
-    """ViT/BERT-style init: truncated normal(0.02) weights, zero biases, unit LayerNorms."""
-    if isinstance(module, (nn.Linear, nn.Conv3d, nn.Embedding)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

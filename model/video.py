@@ -4,7 +4,9 @@ Input: video (B, T, H, W, C), one layout everywhere. uint8 (0..255) is normalise
 CLIP's mean/std; a floating-point video is taken as already normalised. T must be a
 multiple of the tubelet's t and H, W of its p; another T or H, W than the config's works
 (the position tables are resized on the fly), but a checkpoint for it is better loaded
-into a model built for it (load_state_dict resizes the tables once).
+into a model built for it (load_state_dict resizes the tables once). T = 1 is an image
+(image-text pairs beside the videos): it takes the 2D patch path and the first temporal
+position (VideoEncoder.as_tubelet, .positions).
 
 Token t * S + s is the tubelet at temporal slice t and spatial position s (row-major over
 the (H/p, W/p) grid). Every token carries spatial[s] + temporal[t] before masking, so the
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from . import masking
 from .config import VideoConfig
-from .transformer import Attention, Block, init_weights, run_blocks
+from .transformer import Attention, Block, Linear, fill_, full_shape, init_generator, init_linear, run_blocks
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,8 +51,9 @@ class TubeletEmbed(nn.Conv3d):
     (Subclassing rather than wrapping keeps the weight this module's own parameter, which
     ZeRO-3 gathers when this module's forward runs.)"""
 
-    def __init__(self, tubelet, width: int, channels: int = 3):
+    def __init__(self, tubelet, width: int, channels: int = 3, generator: Optional[torch.Generator] = None):
         super().__init__(channels, width, kernel_size=tuple(tubelet), stride=tuple(tubelet), bias=False)
+        init_linear(self, init_generator(generator))
 
     def forward(self, x: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, C, T, H, W); index (B, n) of the kept tokens or None for all -> (B, n, D)."""
@@ -90,10 +93,13 @@ class PositionEmbedding(nn.Module):
     """pos[t, s] = temporal[t] + spatial[s]; a state dict from another number of frames or
     another resolution is interpolated when loaded (plain load_state_dict works)."""
 
-    def __init__(self, slices: int, grid: int, width: int):
+    def __init__(self, slices: int, grid: int, width: int, generator: Optional[torch.Generator] = None):
         super().__init__()
+        generator = init_generator(generator)
         self.spatial = nn.Parameter(torch.empty(grid * grid, width))
         self.temporal = nn.Parameter(torch.empty(slices, width))
+        for table in (self.spatial, self.temporal):
+            fill_(table, nn.init.trunc_normal_, generator, std=0.02)
 
     def forward(self, slices: int, grid: int, index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Embeddings of the tokens `index` (B, n) -> (B, n, D); all N tokens -> (1, N, D)."""
@@ -114,7 +120,7 @@ class PositionEmbedding(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, resize in (("spatial", resize_spatial), ("temporal", resize_temporal)):
             key, param = prefix + name, getattr(self, name)
-            shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the full shape here
+            shape = full_shape(param)  # also under ZeRO-3
             size = math.isqrt(shape[0]) if name == "spatial" else shape[0]
             incoming = state_dict.get(key)
             # numel 0: DeepSpeed's ZeRO-3 checkpoints hold empty placeholders in the module
@@ -140,10 +146,20 @@ class FactorizedBlock(Block):
     checkpoints share them.
     """
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu"):
-        super().__init__(width, heads, mlp_ratio, activation)
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu",
+                 generator: Optional[torch.Generator] = None):
+        generator = init_generator(generator)
+        spatial = generator.get_state()
+        super().__init__(width, heads, mlp_ratio, activation, generator)
+        rest = generator.get_state()
+        # Temporal attention starts as the spatial one (the paper's init): the same draws
+        # again. Block draws nothing before its attention (norm1 starts at ones and zeros),
+        # so replaying the generator from where the block began gives the spatial weights
+        # without reading them (under zero.Init they are partitioned by now).
+        generator.set_state(spatial)
         self.temporal_norm = nn.LayerNorm(width)
-        self.temporal_attn = Attention(width, heads)
+        self.temporal_attn = Attention(width, heads, generator)
+        generator.set_state(rest)
         self.temporal_gate = nn.Parameter(torch.zeros(1))  # 1-D: DeepSpeed cannot partition 0-dim
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -156,48 +172,35 @@ class FactorizedBlock(Block):
         h = self.temporal_attn(self.temporal_norm(h), keys).view(B, S, T, D).transpose(1, 2)
         return x + torch.tanh(self.temporal_gate) * h  # (B, T', S, D)
 
-    @torch.no_grad()
-    def copy_spatial_to_temporal(self) -> None:
-        """Temporal attention starts from the spatial attention's weights (the paper's init)."""
-        self.temporal_norm.load_state_dict(self.norm1.state_dict())
-        self.temporal_attn.load_state_dict(self.attn.state_dict())
-
 
 # ----------------------------------------------------------------------------- encoder
 
 
 class VideoEncoder(nn.Module):
-    def __init__(self, cfg: VideoConfig, embed_dim: int):
+    def __init__(self, cfg: VideoConfig, embed_dim: int, generator: Optional[torch.Generator] = None):
+        """generator: the CPU generator the initial weights are drawn from (None: one seeded
+        from torch's global generator, see transformer.init_generator)."""
         super().__init__()
+        generator = init_generator(generator)  # before any part is built
         self.cfg = cfg
         t, p, _ = cfg.tubelet
-        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(CLIP_STD) * 255, persistent=False)
-        self.patch_embed = TubeletEmbed(cfg.tubelet, cfg.width)
-        self.pos_embed = PositionEmbedding(cfg.frames // t, cfg.image_size // p, cfg.width)
+        # each part draws its initial weights from `generator` as it is built (transformer.py)
+        self.patch_embed = TubeletEmbed(cfg.tubelet, cfg.width, generator=generator)
+        self.pos_embed = PositionEmbedding(cfg.frames // t, cfg.image_size // p, cfg.width, generator)
         self.cls_token = nn.Parameter(torch.empty(cfg.width)) if cfg.cls_token else None
+        if self.cls_token is not None:
+            fill_(self.cls_token, nn.init.trunc_normal_, generator, std=0.02)
         self.ln_pre = nn.LayerNorm(cfg.width) if cfg.ln_pre else nn.Identity()
         block = FactorizedBlock if cfg.attention == "factorized" else Block
         self.blocks = nn.ModuleList(
-            block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation) for _ in range(cfg.depth))
+            block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation, generator) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
-        self.head = nn.Linear(cfg.width, embed_dim, bias=False)
+        self.head = Linear(cfg.width, embed_dim, bias=False, generator=generator)
         # leading blocks recomputed in backward; set here only (the trainer and plan.py rely on it)
         self.checkpointed = cfg.grad_checkpointing
         self.frozen_prefix = 0  # leading blocks run without autograd (see freeze)
-        self.init_parameters()
         if cfg.trainable_last_k is not None:
             self.freeze(cfg.trainable_last_k, cfg.train_stem)
-
-    def init_parameters(self) -> None:
-        self.apply(init_weights)
-        nn.init.trunc_normal_(self.pos_embed.spatial, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed.temporal, std=0.02)
-        if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for block in self.blocks:
-            if isinstance(block, FactorizedBlock):
-                block.copy_spatial_to_temporal()
 
     def freeze(self, last_k: int, train_stem: bool = True) -> None:
         """Train only the last `last_k` blocks (plus final norm and head, and the stem:
@@ -226,6 +229,9 @@ class VideoEncoder(nn.Module):
         frame repeated) is dropped before the encoder like masked tokens and never pooled.
         A tubelet that straddles the end of a clip counts as content."""
         x = self.normalize(video)  # (B, C, T, H, W)
+        still = x.shape[2] == 1  # an image (T = 1): the 2D patch path, see `as_tubelet`
+        if still:
+            x = self.as_tubelet(x)  # (B, C, t, H, W)
         slices, grid = self.token_grid(x)
         if self.cfg.attention == "factorized" and mask_scheme != "tube" and mask_ratio > 0:
             raise ValueError("factorized attention needs mask_scheme='tube' "
@@ -241,13 +247,31 @@ class VideoEncoder(nn.Module):
         rows = slices if real is None else int(real.max())  # temporal slices in the token rows
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and self.frozen_prefix == 0):
-            x = self.patch_embed(x, index) + self.pos_embed(slices, grid, index)  # (B, n, D)
+            x = self.patch_embed(x, index) + self.positions(slices, grid, index, still)  # (B, n, D)
             x = self.ln_pre(self.with_cls(x, rows))  # (B, 1+n, D) | (B, T', 1+s, D)
             bias = self.cls_bias(x, slices) if real is None else self.padding_bias(x, real, valid, rows)
             x = run_blocks(self.blocks[: self.frozen_prefix], x, bias)
         x = run_blocks(self.blocks[self.frozen_prefix:], x, bias,
                        max(0, self.checkpointed - self.frozen_prefix))
         return self.head(self.pool(self.norm(x), valid))  # (B, E)
+
+    def as_tubelet(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, 1, H, W) -> (B, C, t, H, W), the image repeated over one tubelet. The tubelet
+        kernel then acts as its sum over time, which for a tower initialised from an image
+        model (each time step 1/t of the 2D kernel, model/init.py) is that model's 2D patch
+        kernel: an image takes the path it took in the image tower."""
+        return image.repeat(1, 1, self.cfg.tubelet[0], 1, 1)
+
+    def positions(self, slices: int, grid: int, index: Optional[torch.Tensor], still: bool) -> torch.Tensor:
+        """Position embeddings of the kept tokens, (B, n, D) or (1, N, D) for all of them.
+        An image gets those of the first temporal slice of the model's own clip length,
+        temporal[0] + spatial[s], as it would as the only content frame of a padded clip;
+        resizing the temporal table to one slice would give it an average of the table."""
+        if not still:
+            return self.pos_embed(slices, grid, index)
+        table_slices = self.cfg.frames // self.cfg.tubelet[0]
+        pos = self.pos_embed(table_slices, grid, index)  # the first slice's tokens are 0..S-1
+        return pos if index is not None else pos[:, : grid * grid]
 
     def real_slices(self, real_frames: Optional[torch.Tensor], slices: int) -> Optional[torch.Tensor]:
         """Temporal slices holding content, (B,) int64; None when every clip fills them all."""
@@ -260,7 +284,10 @@ class VideoEncoder(nn.Module):
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, C) uint8 or normalised float -> (B, C, T, H, W) in the weights' dtype."""
         if video.dtype == torch.uint8:
-            video = (video.float() - self.pixel_mean) / self.pixel_std
+            # float32 constants made here, not buffers: zero.Init would cast buffers to bf16
+            mean = torch.tensor(CLIP_MEAN, device=video.device) * 255
+            std = torch.tensor(CLIP_STD, device=video.device) * 255
+            video = (video.float() - mean) / std
         return video.to(self.patch_embed.weight.dtype).permute(0, 4, 1, 2, 3)
 
     def token_grid(self, x: torch.Tensor) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """A real SLURM (slurmctld, slurmd, munged from Debian's packages) on localhost for tests.
 
-`slurm/local-cluster` installs and starts it; the fixture gives it a private state folder and
-free ports, and stops it (cancelling every job first) however the tests end.
+`slurm/local-cluster` installs and starts it; the fixtures give it a private state folder and
+free ports, and stop it (cancelling every job first) however the tests end. `cluster` has one
+node, this host; `two_node_cluster` has two, each slurmd in its own network namespace.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -46,9 +49,10 @@ class Cluster:
     env: dict  # the environment for sbatch/squeue/scontrol (SLURM_CONF set)
     state_dir: Path
 
-    def run(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), env=self.env, check=check, text=True,
-                              capture_output=True, timeout=60, **kw)
+    def run(self, *args: str, check: bool = True, timeout: float = 60, env: dict | None = None,
+            **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), env={**self.env, **(env or {})}, check=check, text=True,
+                              capture_output=True, timeout=timeout, **kw)
 
     def sbatch(self, *args: str, env: dict | None = None) -> int:
         out = subprocess.run(["sbatch", "--parsable", *args], env={**self.env, **(env or {})},
@@ -77,26 +81,42 @@ class Cluster:
         self.run("scancel", "--full", "--user", "root", check=False)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM daemons run as root")
-    state_dir = tmp_path_factory.mktemp("slurm") / "cluster"
+@contextmanager
+def local_cluster(state_dir: Path, nodes: int = 1) -> Iterator[Cluster]:
+    """`slurm/local-cluster` with `nodes` nodes (more than one: one network namespace each),
+    stopped (jobs, daemons, namespaces, bridge, state) however the block ends."""
     env = {**os.environ, "LONGVIVIT_SLURM_DIR": str(state_dir),
-           "LONGVIVIT_SLURM_PORT": str(free_port_pair())}
-    try:
-        subprocess.run([str(LOCAL_CLUSTER), "start"], env=env, check=True, timeout=900,
-                       capture_output=True, text=True)
-    except subprocess.CalledProcessError as err:
-        subprocess.run([str(LOCAL_CLUSTER), "stop"], env=env, timeout=120)
-        raise RuntimeError(f"local-cluster start failed:\n{err.stdout}\n{err.stderr}") from None
+           "LONGVIVIT_SLURM_PORT": str(free_port_pair()), "LONGVIVIT_SLURM_NODES": str(nodes)}
     c = Cluster({**env, "SLURM_CONF": str(state_dir / "slurm.conf")}, state_dir)
     try:
+        start = subprocess.run([str(LOCAL_CLUSTER), "start"], env=env, timeout=900,
+                               capture_output=True, text=True)
+        if start.returncode != 0:
+            raise RuntimeError(f"local-cluster start failed:\n{start.stdout}\n{start.stderr}")
         yield c
     finally:
         c.cancel_all()
         subprocess.run([str(LOCAL_CLUSTER), "stop"], env=env, timeout=180)
-        assert not state_dir.exists()
+    assert not state_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM daemons run as root")
+    with local_cluster(tmp_path_factory.mktemp("slurm") / "cluster") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """Nodes node1 and node2, each slurmd in its own network, UTS and mount namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM daemons run as root")
+    with local_cluster(tmp_path_factory.mktemp("slurm2") / "cluster", nodes=2) as c:
+        yield c
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"lv{c.env['LONGVIVIT_SLURM_PORT']}-" not in namespaces  # stop removed them
 
 
 def read_jsonl(path: Path) -> list[dict]:

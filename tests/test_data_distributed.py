@@ -1,5 +1,6 @@
 """Two ranks under the real deepspeed launcher on CPU: disjoint samples covering the
-epoch, and exact resume from a mid-epoch state."""
+epoch, and exact resume from a mid-epoch state, on the same 2 ranks and on 1 rank with
+twice the per-rank batch (a resume that keeps the global batch: global_batch_by=batch_size)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from data_support import synth_data  # noqa: F401 (fixture)
 
+from longvivit.config import load_config
+from longvivit.data import DataConfig, build_loader
 from longvivit.data.reader import clean_stale_shared_memory
 from longvivit.train.dist import free_port
 
@@ -59,3 +63,23 @@ def test_two_ranks_disjoint_and_exact_resume_under_deepspeed(synth_data, tmp_pat
         assert r["head"] + r["tail"] == r["full"]  # the rest, in the uninterrupted order
     resumed = [i for r in ranks for i in r["head"] + r["tail"]]
     assert sorted(resumed) == list(range(16))  # no repeats, none lost
+
+    # rank 0's state (all ranks': streaming's sample_in_epoch is global) on 1 rank of batch 4
+    batches = rest_on_one_rank(synth_data, ranks[0]["state"], batch_size=4)
+    assert [len(b) for b in batches] == [4, 4, 4]
+    assert sorted(ranks[0]["head"] + ranks[1]["head"] + sum(batches, [])) == list(range(16))
+
+
+def rest_on_one_rank(synth_data, state: dict, batch_size: int) -> list[list[int]]:
+    """The indices of each batch a 1-rank loader of `batch_size` (otherwise data_ranks.py's
+    config) yields after loading `state`."""
+    cfg = load_config(DataConfig, dict(train=str(synth_data["shards_all"]), val=str(synth_data["shards_all"]),
+                                       tokenizer=str(synth_data["tokenizer"]), frames=4, image_size=24,
+                                       batch_size=batch_size, num_workers=2))
+    loader = build_loader(cfg, "train", torch.device("cpu"), 0, 1, training=True)
+    try:
+        loader.load_state_dict(state)
+        return [b["index"].tolist() for b in loader]
+    finally:
+        loader.close()
+        clean_stale_shared_memory()

@@ -166,3 +166,6 @@ def test_cli_refuses_a_bad_config_in_one_line_and_names_overrides_it_ignores(tmp
     assert p.ignored == ["steps", "optim.lr", "local_dir"]
     assert "ignored (no effect on memory): steps, optim.lr, local_dir" in plan.table(p).splitlines()
     assert make_plan(config, [], gpus=1, gpu_mem=GiB, search=False).ignored == []
+    # global_batch_by=batch_size: the micro-batch on 2 GPUs is derived from the global batch (not 4)
+    fixed = make_plan(config, ["global_batch=4", "global_batch_by=batch_size"], gpus=2, gpu_mem=GiB, search=False)
+    assert fixed.micro_batch == 2 and fixed.ignored == []

@@ -1,6 +1,7 @@
 """slurm/train.sbatch against real SLURM daemons on localhost: a 2-rank ZeRO-3 job,
-preemption -> checkpoint -> requeue -> resume, a killed rank, and two hosts (network
-namespaces) training like one."""
+preemption -> checkpoint -> requeue -> resume, a killed rank, two hosts (network
+namespaces) training like one, and a real two-node SLURM (one slurmd per namespace): a
+2-node job, and one preempted that comes back on 1 node."""
 from __future__ import annotations
 
 import json
@@ -12,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_support import synth_data  # noqa: F401  (session fixture)
 from slurm_support import (ROOT, TRAIN_SBATCH, cluster, dev_shm, events,  # noqa: F401
-                           read_jsonl, remove_new_shm)
+                           read_jsonl, remove_new_shm, two_node_cluster)
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.timeout(900)]
 
@@ -30,15 +32,15 @@ def overrides(data: dict, out: Path, steps: int, checkpoint_every: int) -> list[
             f"steps={steps}", f"checkpoint_every={checkpoint_every}", "eval_every=0",
             "data.canonical_nodes=1",
             "eval_max_batches=1", "log_every=1", "progress=false", "optim.warmup_steps=2",
-            f"out={out}"]
+            "timeouts.collective_s=60", f"out={out}"]
 
 
-def submit(cluster, tmp: Path, args: list[str], env: dict | None = None) -> tuple[int, Path]:  # noqa: F811
+def submit(cluster, tmp: Path, args: list[str], env: dict | None = None,  # noqa: F811
+           shape: list[str] = CPU_JOB) -> tuple[int, Path]:
     logs = tmp / "logs"
-    job = cluster.sbatch(*CPU_JOB, f"--output={tmp}/slurm-%j.out", "--time=20",
+    job = cluster.sbatch(*shape, f"--output={tmp}/slurm-%j.out", "--time=20",
                          str(TRAIN_SBATCH), *args,
-                         env={"LONGVIVIT_LOGS": str(logs), "DS_ACCELERATOR": "cpu",
-                              "LONGVIVIT_DIST_TIMEOUT": "60", **(env or {})})
+                         env={"LONGVIVIT_LOGS": str(logs), "DS_ACCELERATOR": "cpu", **(env or {})})
     return job, logs / str(job)
 
 
@@ -193,7 +195,7 @@ def slurm_task_env(rank: int, nodes: int, master: str, port: int) -> dict:
             "SLURM_LOCALID": str(rank % per_node), "SLURM_NODEID": str(rank // per_node),
             "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nodes})" if nodes > 1 else "2",
             "MASTER_ADDR": master, "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu",
-            "LONGVIVIT_DIST_TIMEOUT": "120", "OMP_NUM_THREADS": "1"}
+            "OMP_NUM_THREADS": "1"}
 
 
 def run_ranks(commands: list[list[str]], envs: list[dict], logs: list[Path]) -> None:
@@ -219,7 +221,8 @@ def test_two_hosts_train_like_one_host(two_hosts, synth_data, tmp_path, shm_clea
     losses = {}
     for nodes in (1, 2):
         out = tmp_path / f"nodes{nodes}"
-        args = [longvivit, "train", *overrides(synth_data, out, steps=4, checkpoint_every=0)]
+        args = [longvivit, "train", *overrides(synth_data, out, steps=4, checkpoint_every=0),
+                "timeouts.collective_s=120"]
         logs = [tmp_path / f"nodes{nodes}-rank{r}.log" for r in (0, 1)]
         port = free_port()
         if nodes == 1:
@@ -257,3 +260,78 @@ def test_shards_array_job_writes_parts_and_merges_them(cluster, synth_data, tmp_
     assert summary["written"] == rows and summary["skipped"] == 0 and summary["parts"] == 2, logs
     ids = {StreamingDataset(local=str(out), batch_size=1)[i]["id"] for i in range(rows)}
     assert len(ids) == rows  # every row once, read through the merged index
+
+
+# ------------------------------------------------------------------ two SLURM nodes
+
+TWO_NODES = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+
+
+def test_two_node_job_trains_as_one_zero3_group(two_node_cluster, synth_data, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    job, logs = submit(two_node_cluster, tmp_path, overrides(synth_data, out, steps=2, checkpoint_every=2),
+                       shape=TWO_NODES)
+    state = two_node_cluster.wait_state(job, DONE, 600)
+    text = batch_log(tmp_path, job)
+    assert state == "COMPLETED", text
+    assert two_node_cluster.job(job)["NodeList"] == "node[1-2]"
+    assert "2 node(s), 2 rank(s), master node1:" in text
+
+    starts = [events(logs / f"rank-{r}.log", "start")[0] for r in (0, 1)]
+    assert [(s["rank"], s["world_size"]) for s in starts] == [(0, 2), (1, 2)]
+    total = starts[0]["params_total"]
+    for s in starts:  # ZeRO-3 across the nodes: each rank holds about half of every parameter
+        assert abs(s["params_local"] - total / 2) <= 0.01 * total, s
+    assert step_rows(out) == [1, 2]
+    assert (out / "checkpoints" / "step00000002" / "complete").exists()
+
+
+def fresh_indices(cluster, data: dict, tmp: Path, batches: int) -> list[list[int]]:  # noqa: F811
+    """What each rank of a fresh 2-node run draws in its first `batches` batches (the metrics
+    log records rank 0's only): tests/scripts/resumed_state.py under srun on both nodes."""
+    from longvivit.train.dist import free_port
+
+    dump = tmp / "fresh.pt"
+    cluster.run("srun", *TWO_NODES, f"--output={tmp}/fresh-%t.log", str(ROOT / ".venv" / "bin" / "python"),
+                str(ROOT / "tests" / "scripts" / "resumed_state.py"), str(dump), str(batches),
+                *overrides(data, tmp / "fresh", steps=batches, checkpoint_every=0), "resume=never",
+                env={"MASTER_ADDR": "node1", "MASTER_PORT": str(free_port()),
+                     "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
+                timeout=600, cwd=ROOT)
+    return torch.load(dump, weights_only=False)["indices"]
+
+
+@pytest.mark.slow  # ~1.5 minutes on 2 cores: two training phases, the conversion, the reference run
+def test_two_node_job_preempted_comes_back_on_one_node(two_node_cluster, synth_data, tmp_path):  # noqa: F811
+    """2 nodes x 1 rank for `stop` steps, preempted, requeued, shrunk to 1 node x 1 rank
+    (`scontrol update NumNodes=1 NumTasks=1` while it waits), resumed through the universal
+    checkpoint to the end of the epoch: 16 samples of shards_all, 4 per step on 2 ranks, 2 on 1."""
+    c, out, stop, steps, samples = two_node_cluster, tmp_path / "run", 2, 6, 16
+    data = {**synth_data, "shards_train": synth_data["shards_all"]}
+    job, logs = submit(c, tmp_path, overrides(data, out, steps, checkpoint_every=1000),
+                       env={"LONGVIVIT_FAULT": f"hold_for_signal:{stop}:1"}, shape=TWO_NODES)
+    wait_for(lambda: len(step_rows(out)) >= stop, 300, f"{stop} training steps")
+    c.run("scancel", "--signal=USR1", "--batch", str(job))
+    wait_for(lambda: c.job(job).get("Restarts") == "1" and c.state(job) == "PENDING", 300,
+             "the job to requeue")  # it waits out SLURM's requeue delay (~2 minutes)
+    c.run("scontrol", "update", f"JobId={job}", "NumNodes=1", "NumTasks=1")
+    c.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    state = c.wait_state(job, DONE, 600)
+    text = batch_log(tmp_path, job)
+    assert state == "COMPLETED", text
+    assert "requeueing job" in text and "restart 1: 1 node(s), 1 rank(s), master node1:" in text
+    assert c.job(job)["NodeList"] == "node1"
+
+    (rescale,) = events(logs / "rank-0.log", "rescale")  # the log is appended across the restart
+    assert rescale["world_size"] == [2, 1] and rescale["step"] == stop
+    starts = events(logs / "rank-0.log", "start")
+    assert [(s["world_size"], s["step"]) for s in starts] == [(2, 0), (1, stop)]
+    assert Path(starts[1]["resumed_from"]).name == f"step{stop:08d}"
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "step"]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+
+    fresh = fresh_indices(c, data, tmp_path, stop)
+    assert fresh[0] == [i for r in rows[:stop] for i in r["indices"]]  # the reference drew what rank 0 trained on
+    seen = fresh[0] + fresh[1] + [i for r in rows[stop:] for i in r["indices"]]
+    assert sorted(seen) == list(range(samples)), seen  # the whole epoch, every sample once

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from longvivit.config import ConfigError
-from longvivit.train.config import load_run_config, resolve_ds_config
+from longvivit.train.config import keep_global_batch, load_run_config, resolve_ds_config
 from longvivit.train.dist import free_port, read_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,14 @@ SYNTHETIC = "data.source=synthetic"  # past the data checks, to the ones after t
     (["ds_config={tmp}/zero_string.json"], "ds_config.zero_optimization"),
     (["data.train=/nonexistent/shards"], "data.train"),
     (["data.source=nope"], "data.source"),
+    (["eval_gallery=-1"], "eval_gallery"),
+    (["timeouts.data_s=-1"], "timeouts.data_s"),
+    (["timeouts.collective_s=0"], "timeouts.collective_s"),
+    (["timeouts.checkpoint_s=soon"], "timeouts.checkpoint_s"),
+    (["global_batch=-8"], "global_batch"),
+    (["global_batch_by=steps"], "global_batch_by"),
+    (["global_batch=40"], "global_batch"),  # WORLD_SIZE=2 x data.batch_size=16 does not divide it
+    (["global_batch=3", "global_batch_by=batch_size"], "global_batch"),  # nor grad_accum=1 x 2
     ([SYNTHETIC, "resume=/nonexistent"], "resume"),
     ([SYNTHETIC, "init=open_clip:/nonexistent/clip.pt"], "init"),
     ([SYNTHETIC, "init=open_clip:{tmp}/garbage.pt"], "init"),
@@ -101,6 +109,59 @@ def test_ds_config_auto_filled_and_validated():
     assert "_comment" not in ds
     bf16 = resolve_ds_config(load_run_config(DEMO, overrides=["precision=bf16"]), world_size=1)
     assert bf16["bf16"]["enabled"] is True
+
+
+@pytest.mark.parametrize("by, world, batch, accum", [
+    ("grad_accum", 1, 16, 4), ("grad_accum", 2, 16, 2), ("grad_accum", 4, 16, 1),
+    ("batch_size", 1, 32, 2), ("batch_size", 2, 16, 2), ("batch_size", 4, 8, 2)])
+def test_global_batch_derives_grad_accum_or_the_per_device_batch(by, world, batch, accum, tmp_path):
+    """global_batch=64 (demo: data.batch_size=16; grad_accum=2 given, replaced under
+    global_batch_by=grad_accum): the derived value is what the ds_config and the stored
+    run config hold."""
+    from longvivit.train.run import resolved_yaml
+
+    cfg = keep_global_batch(load_run_config(DEMO, overrides=["global_batch=64", f"global_batch_by={by}",
+                                                             "grad_accum=2"]), world)
+    assert (cfg.data.batch_size, cfg.grad_accum) == (batch, accum)
+    ds = resolve_ds_config(cfg, world)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (batch, accum)
+    assert ds["train_batch_size"] == 64
+    (tmp_path / "stored.yaml").write_text(resolved_yaml(cfg))  # as a checkpoint stores it
+    stored = load_run_config(tmp_path / "stored.yaml")
+    assert (stored.global_batch, stored.data.batch_size, stored.grad_accum) == (64, batch, accum)
+    assert keep_global_batch(stored, world) == stored  # running the stored config runs the same
+
+
+def test_global_batch_not_divisible_names_the_keys_and_world_size():
+    cfg = load_run_config(DEMO, overrides=["global_batch=40"])  # loads: the world size is not known yet
+    with pytest.raises(ConfigError, match=r"^global_batch: 40 is not a multiple of data\.batch_size=16 x "
+                                          r"world_size=2 \(= 32\)"):
+        keep_global_batch(cfg, 2)
+    with pytest.raises(ConfigError, match=r"^global_batch: 40 is not a multiple of grad_accum=3 x world_size=2 "):
+        keep_global_batch(load_run_config(DEMO, overrides=["global_batch=40", "global_batch_by=batch_size",
+                                                           "grad_accum=3"]), 2)
+    unfixed = load_run_config(DEMO)
+    assert keep_global_batch(unfixed, 3) is unfixed  # global_batch=0: the batch follows the world size
+
+
+def test_rescale_event_says_what_it_kept():
+    """The rescale line's reason (train/run.py rescale_kept), from 2 ranks to 1 (the
+    resumes themselves: tests/test_train_elastic.py)."""
+    from longvivit.train.run import rescale_kept
+
+    def kept(*overrides, batch, accum, global_batch):
+        return rescale_kept(load_run_config(DEMO, overrides=list(overrides)), batch, accum, global_batch)
+
+    what, why = kept(batch=[16, 16], accum=[1, 1], global_batch=[32, 16])
+    assert what == "batch_per_rank" and "global batch follows the world size: 32 -> 16" in why
+    what, why = kept("global_batch=32", batch=[16, 16], accum=[1, 2], global_batch=[32, 32])
+    assert what == "global_batch" and why == ("the global batch (32) is kept, as global_batch= fixes it: "
+                                              "grad_accum 1 -> 2 (global_batch_by=grad_accum)")
+    what, why = kept("global_batch=32", "global_batch_by=batch_size", batch=[16, 32], accum=[1, 1],
+                     global_batch=[32, 32])
+    assert what == "global_batch" and "the per-rank batch 16 -> 32 (global_batch_by=batch_size)" in why
+    _, why = kept("global_batch=64", batch=[16, 16], accum=[1, 4], global_batch=[32, 64])
+    assert why.startswith("the global batch is global_batch=64 (the checkpoint's was 32): grad_accum 1 -> 4")
 
 
 def test_presets_and_interpolation():

@@ -4,18 +4,24 @@ The engine's state right after the load (tests/scripts/resumed_state.py: fp32 we
 Adam moments gathered whole, Adam's step, the schedule) must equal what a resume on the
 writing world size loads, tensor by tensor; the step continues; over the whole run every
 sample index of the epoch is trained on exactly once; and a run killed while it converts
-the checkpoint resumes on the next start.
+the checkpoint resumes on the next start. With global_batch fixed, a resume on 1 rank keeps
+the 2 ranks' global batch by doubling grad_accum or the per-rank batch.
 """
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from longvivit.data.reader import clean_stale_shared_memory
+from longvivit.train.config import load_run_config
 from longvivit.train.dist import free_port
+from longvivit.train.engine import warmup_cosine
 from train_support import CONFIGS, DEEPSPEED, ROOT, Launch, communicate, events, step_lines
 
-# ~4 minutes each on 2 cores (conversion, three launches): `make test-all` runs them
+# ~3 minutes for the module on 2 cores (conversions, twelve launches, two of them shared in
+# two_rank_run): `make test-all` runs them
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 B = 2  # per-rank batch
 
@@ -25,8 +31,8 @@ def common(tmp_path, steps):
             f"steps={steps}", f"out={tmp_path / 'run'}", "checkpoint_every=0")
 
 
-def train(tmp_path, procs, steps, name, env=None):
-    with Launch(CONFIGS / "demo.yaml", *common(tmp_path, steps), log=tmp_path / f"{name}.log",
+def train(tmp_path, procs, steps, name, *extra, env=None):
+    with Launch(CONFIGS / "demo.yaml", *common(tmp_path, steps), *extra, log=tmp_path / f"{name}.log",
                 procs=procs, env=env) as job:
         rc = job.wait(400)
         return rc, job.output
@@ -66,13 +72,28 @@ def logged(run_dir, steps) -> list[int]:
     return [i for x in step_lines(run_dir) if x["step"] in steps for i in x["indices"]]
 
 
-def test_two_ranks_resume_on_one_and_a_kill_during_conversion(tmp_path):
-    run_dir = tmp_path / "run"
-    rc, _ = train(tmp_path, 2, 2, "two")
-    assert rc == 0
-    # what the 2 ranks drew in steps 1-2 (metrics.jsonl logs rank 0's): the same setup on a fresh out
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory) -> tuple[Path, list[list[int]]]:
+    """A run of 2 steps on 2 ranks (per-rank batch B, grad_accum 1; the tests resume copies
+    of it) and what each rank drew in them, [rank 0's, rank 1's]."""
+    tmp_path = tmp_path_factory.mktemp("two_ranks")
+    rc, out = train(tmp_path, 2, 2, "two")
+    assert rc == 0, out[-3000:]
+    # metrics.jsonl logs rank 0's: the same setup on a fresh out gives both ranks'
     fresh = dump(tmp_path, 2, 2, "fresh", "resume=never", f"out={tmp_path / 'fresh'}")["indices"]
-    assert fresh[0] == logged(run_dir, {1, 2})
+    assert fresh[0] == logged(tmp_path / "run", {1, 2})
+    return tmp_path / "run", fresh
+
+
+def copy_of(two_rank_run, tmp_path) -> tuple[Path, list[list[int]]]:
+    """two_rank_run's output directory copied to tmp_path/run (where common() points out=)."""
+    run_dir, fresh = two_rank_run
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run", fresh
+
+
+def test_two_ranks_resume_on_one_and_a_kill_during_conversion(two_rank_run, tmp_path):
+    run_dir, fresh = copy_of(two_rank_run, tmp_path)
     ref = dump(tmp_path, 2, 0, "ref")  # the same world size: DeepSpeed's own per-rank load
 
     rc, out = train(tmp_path, 1, 4, "killed", env={"LONGVIVIT_FAULT": "kill_during_conversion:2"})
@@ -86,6 +107,7 @@ def test_two_ranks_resume_on_one_and_a_kill_during_conversion(tmp_path):
     assert rc == 0, out[-3000:]
     (event,) = events(out, "rescale")
     assert event["world_size"] == [2, 1] and event["global_batch"] == [2 * B, B]
+    assert event["kept"] == "batch_per_rank" and "global batch follows the world size" in event["message"]
     assert [e["step"] for e in events(out, "start")] == [2]
     assert [x["step"] for x in step_lines(run_dir)] == [1, 2, 3, 4]
     assert_each_sample_once(fresh[0] + fresh[1] + logged(run_dir, {3, 4}))
@@ -107,3 +129,34 @@ def test_one_rank_resumes_on_two(tmp_path):
     assert [x["step"] for x in step_lines(run_dir)] == [1, 2, 3, 4, 5]
     assert got["indices"][0] == logged(run_dir, {4, 5})  # the dump drew what the run trained on
     assert_each_sample_once(logged(run_dir, {1, 2, 3}) + got["indices"][0] + got["indices"][1])
+
+
+@pytest.mark.parametrize("by, batch, accum", [("grad_accum", B, 2), ("batch_size", 2 * B, 1)])
+def test_two_ranks_resume_on_one_keeping_the_global_batch(two_rank_run, tmp_path, by, batch, accum):
+    """global_batch=2B on 1 rank: global_batch_by=grad_accum doubles grad_accum, batch_size
+    the per-rank batch; every step trains 2B samples, each sample of the epoch once, the
+    schedule follows the optimizer steps, and the stored configs say what ran."""
+    run_dir, fresh = copy_of(two_rank_run, tmp_path)
+    rc, out = train(tmp_path, 1, 4, "one", f"global_batch={2 * B}", f"global_batch_by={by}")
+    assert rc == 0, out[-3000:]
+    (event,) = events(out, "rescale")
+    assert event["world_size"] == [2, 1] and event["global_batch"] == [2 * B, 2 * B]
+    assert event["batch_per_rank"] == [B, batch] and event["grad_accum"] == [1, accum]
+    assert event["kept"] == "global_batch"
+    derived = f"grad_accum 1 -> {accum}" if by == "grad_accum" else f"the per-rank batch {B} -> {batch}"
+    assert f"the global batch ({2 * B}) is kept" in event["message"] and derived in event["message"]
+
+    lines = step_lines(run_dir)
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and [e["step"] for e in events(out, "start")] == [2]
+    ranks = {1: 2, 2: 2, 3: 1, 4: 1}  # metrics.jsonl holds rank 0's indices: x world size per step
+    assert [len(x["indices"]) * ranks[x["step"]] for x in lines] == [2 * B] * 4
+    assert_each_sample_once(fresh[0] + fresh[1] + logged(run_dir, {3, 4}))
+
+    for stored in (run_dir / "run_config.yaml", run_dir / "checkpoints" / "step00000004" / "run_config.yaml"):
+        cfg = load_run_config(stored)  # what ran, runnable as it is on 1 rank
+        assert (cfg.global_batch, cfg.data.batch_size, cfg.grad_accum) == (2 * B, batch, accum), stored
+    # the schedule moved once per optimizer step, not per micro-batch: step 4 runs at its
+    # value after 3 steps. (Step 3 runs at the rate the checkpoint's optimizer state holds,
+    # from the 2-step run's schedule: raising steps= on a resume shifts only later steps.)
+    o, (last,) = cfg.optim, [x for x in lines if x["step"] == 4]
+    assert last["lr"] == pytest.approx(o.lr * warmup_cosine(3, o.warmup_steps, cfg.steps, o.min_lr_ratio))

@@ -65,6 +65,14 @@ def test_local_form_keeps_what_matters_and_shrinks_the_rest(name, tmp_path):
     assert Path(local.out).parent == tmp_path and Path(local.data.train).is_relative_to(tmp_path)
 
 
+def test_local_form_unfixes_the_global_batch_unless_the_command_line_fixes_it(tmp_path):
+    """A cluster's global batch on a laptop's ranks would mean a huge grad_accum or micro-batch."""
+    fixed = {"global_batch": 4096, "global_batch_by": "batch_size"}
+    local = ["local=true", f"local_dir={tmp_path}"]
+    assert load_run_config(CONFIGS / "demo.yaml", fixed, overrides=local).global_batch == 0
+    assert load_run_config(CONFIGS / "demo.yaml", fixed, overrides=[*local, "global_batch=8"]).global_batch == 8
+
+
 @pytest.mark.parametrize("name", ["short_L16", "long_L256"])
 def test_a_local_runs_stored_config_runs_as_it_is(name, tmp_path):
     """The run_config.yaml a local run stores holds the local form already applied."""

@@ -6,7 +6,10 @@ dual-softmax re-ranking. End to end, on synthetic long clips with 1, 2 or 3 capt
 and a randomly initialised exported tiny model: the eval loader carries every caption,
 the caption and paragraph embeddings are the model's on those strings, 2 CPU ranks under
 torchrun give the single process's metrics and embeddings, and saved embeddings give the
-same lines again.
+same lines again. Pictures: --report's page in headless chromium (every task's numbers,
+the gallery's queries and their top clips from the embeddings, every image loaded), the
+same gallery and frame strips from 2 ranks, --log-dir's TensorBoard image, and --report
+refused with --from-embeddings.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import sys
 import pytest
 import torch
 
+from browser_support import ReportPage, loaded_dom, processes_using
 from longvivit.train.evaluate import Embeddings, main as eval_main, paragraph_text
 from longvivit.train.retrieval import (dual_softmax, ranks_of_diagonal, retrieval_metrics, t2v_ranks,
                                        v2t_ranks)
@@ -169,13 +173,15 @@ def run_eval(args: list[str], capsys) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def single(bench, tmp_path_factory) -> dict:
-    """One plain process: `longvivit eval EXPORT --save-embeddings ...` (in this process)."""
+    """One plain process: `longvivit eval EXPORT --save-embeddings ... --report ... --log-dir
+    ...` (in this process)."""
     out = tmp_path_factory.mktemp("single")
     code = eval_main([str(bench["export"]), "--save-embeddings", str(out / "emb.safetensors"),
-                      "--out", str(out / "lines.jsonl")])
+                      "--out", str(out / "lines.jsonl"), "--report", str(out / "report"),
+                      "--log-dir", str(out / "run")])
     assert code == 0
     lines = [json.loads(x) for x in (out / "lines.jsonl").read_text().splitlines()]
-    return {"lines": lines, "emb": out / "emb.safetensors"}
+    return {"lines": lines, "emb": out / "emb.safetensors", "report": out / "report", "run": out / "run"}
 
 
 def test_eval_loader_carries_every_caption_training_batches_do_not(bench):
@@ -245,6 +251,70 @@ def test_saved_embeddings_reproduce_the_lines(single, tmp_path, capsys):
         == ["t2v_v2t"]
     assert eval_main(["--from-embeddings", str(tmp_path / "no_paragraph.safetensors"), "--tasks", "paragraph"]) == 2
     assert "no paragraph embeddings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's error: usage and one line
+        eval_main(["--from-embeddings", str(single["emb"]), "--report", str(tmp_path / "report")])
+    assert exit_.value.code == 2 and "need the clips' frames" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def report_page(report) -> ReportPage:
+    page = ReportPage()
+    page.feed((report / "index.html").read_text(encoding="utf-8"))
+    return page
+
+
+def test_report_opens_in_chromium_with_the_metrics_and_the_gallery(bench, single, tmp_path):
+    """The page as headless chromium loads it: each task's table holds its line's numbers;
+    the gallery's 4 queries are clips 0-3's first captions, each with the 3 clips its
+    caption embedding scores highest, the right one marked; every image is loaded (a
+    frame strip of 4 thumbnails of the 32 px clips); no chromium process is left."""
+    profile = tmp_path / "profile"
+    page = ReportPage()
+    page.feed(loaded_dom(single["report"] / "index.html", profile))
+    assert not processes_using(profile)
+    for line in single["lines"]:
+        numbers = {k: v for k, v in line.items() if isinstance(v, (int, float))}
+        table = page.tables[line["task"]]
+        assert table.keys() == numbers.keys(), line["task"]
+        for key, value in numbers.items():
+            assert float(table[key]) == pytest.approx(value, abs=0.005), (line["task"], key)
+
+    emb, _ = Embeddings.load(single["emb"])
+    assert [s["caption"] for s in page.sections] == [row["caption"][0] for row in bench["rows"][:4]]
+    for clip, section in enumerate(page.sections):
+        first = int((emb.caption_video == clip).nonzero()[0])
+        top = (emb.text[first] @ emb.video.t()).topk(3).indices.tolist()
+        hits = [f for f in section["figures"] if f["class"].startswith("hit")]
+        assert [f["clip"] for f in hits] == top and section["clip"] == clip
+        assert [f["class"] for f in hits] == ["hit right" if c == clip else "hit wrong" for c in top]
+        assert [f["clip"] for f in section["figures"] if "right" in f["class"]] == [clip]  # missed or a hit
+
+    images = sum(len(s["figures"]) for s in page.sections)
+    assert page.body["data-images"] == f"{images}/{images}" and images >= 12
+    from PIL import Image
+
+    for section in page.sections:
+        for f in section["figures"]:
+            assert Image.open(single["report"] / f["src"]).size == (4 * SIZE, SIZE)
+
+
+def test_log_dir_gets_the_metrics_and_the_gallery_image(single):
+    """--log-dir: the trainer's eval record in RUN_DIR at the export's step 0: eval/* in
+    RUN_DIR/tb with the gallery image the report shows, an eval line in metrics.jsonl."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(single["run"] / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    (image,) = acc.Images("eval/gallery")
+    width, height = Image.open(single["report"] / "gallery.png").size
+    assert (image.step, image.width, image.height) == (0, width, height)
+    retrieval, zeroshot = single["lines"][-1], single["lines"][0]
+    assert acc.Scalars("eval/t2v_r1")[0].value == pytest.approx(retrieval["t2v_r1"])
+    assert acc.Scalars("eval/zeroshot_top1")[0].value == pytest.approx(zeroshot["top1"])
+    assert acc.Scalars("eval/paragraph_t2v_r1")[0].value == pytest.approx(single["lines"][1]["t2v_r1"])
+    (line,) = [json.loads(x) for x in (single["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert line["kind"] == "eval" and line["step"] == 0 and line["v2t_r1"] == pytest.approx(retrieval["v2t_r1"])
 
 
 def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
@@ -256,7 +326,7 @@ def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
            "127.0.0.1", "--master_port", str(port), "-m", "longvivit.train.cli", "eval", str(bench["export"]),
-           "--save-embeddings", str(tmp_path / "emb.safetensors")]
+           "--save-embeddings", str(tmp_path / "emb.safetensors"), "--report", str(tmp_path / "report")]
     rc, output = communicate(cmd, port, 600, env)
     assert rc == 0, output[-4000:]
     lines = [json.loads(x) for x in output.splitlines() if x.startswith('{"task"')]
@@ -268,3 +338,8 @@ def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
     assert torch.equal(two.index, one.index) and torch.equal(two.caption_video, one.caption_video)
     for name in ("video", "text", "paragraph", "classes"):
         torch.testing.assert_close(getattr(two, name), getattr(one, name), atol=1e-5, rtol=1e-4)
+    # the gallery: the same queries and hits, each strip gathered from the rank that decoded the clip
+    one_page, two_page = report_page(single["report"]), report_page(tmp_path / "report")
+    assert two_page.sections == one_page.sections and len(two_page.sections) == 4
+    for src in {f["src"] for s in one_page.sections for f in s["figures"]}:
+        assert (tmp_path / "report" / src).read_bytes() == (single["report"] / src).read_bytes(), src

@@ -4,15 +4,18 @@
       model: ModelConfig   (starts from the preset named by model.preset, then YAML, then CLI)
       data:  DataConfig    (shards, tokenizer, frames/sampling/resolution, batch size per device)
       optim: OptimConfig   (AdamW + warmup/cosine + clipping)
-      ... steps, grad_accum, ds_config, precision, intervals, out, seed, init, resume
+      timeouts: TimeoutConfig  (the process group's timeout, the watchdog's limit per phase)
+      ... steps, grad_accum, global_batch, ds_config, precision, intervals, out, seed, init, resume
 
 `load_run_config(path, overrides)` returns it validated, or raises ConfigError naming the
 key, before anything heavy happens (no process group, no model, no output directory).
-`resolve_ds_config` fills the DeepSpeed JSON's "auto" entries from the run config and
-rejects explicit entries that disagree with it.
+`keep_global_batch(cfg, world_size)` derives grad_accum or data.batch_size from a fixed
+global_batch once the world size is known; `resolve_ds_config` fills the DeepSpeed JSON's
+"auto" entries from the run config and rejects explicit entries that disagree with it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,16 +55,48 @@ class OptimConfig:
 
 
 @dataclass
+class TimeoutConfig:
+    """How long a rank may go without progress, in seconds. collective_s is the process
+    group's timeout (a collective that waits longer for a peer fails). The others are the
+    per-rank watchdog's limits by phase (train/watchdog.py): a rank that stays longer in one
+    phase without finishing it says which rank, phase and step, dumps its threads' stacks
+    and exits 4, which ends the job; 0 turns a phase's limit off."""
+    collective_s: float = 1800.0
+    setup_s: float = 3600.0  # process group to first step: engine, loaders, resume (and its conversion)
+    data_s: float = 1800.0  # waiting for one batch
+    step_s: float = 1800.0  # the rest of a step: forward, backward, optimizer, its logging and collectives
+    checkpoint_s: float = 3600.0  # writing one checkpoint, on every rank
+    eval_s: float = 3600.0  # one evaluation pass
+
+    def validate(self) -> None:
+        check(self.collective_s > 0, "collective_s", f"{self.collective_s} must be > 0")
+        for name in self.limits():
+            value = getattr(self, f"{name}_s")
+            check(value >= 0, f"{name}_s", f"{value} must be >= 0 (0: no limit)")
+
+    def limits(self) -> dict[str, float]:
+        """The watchdog's limit of each phase, by phase name."""
+        return {name: getattr(self, f"{name}_s") for name in ("setup", "data", "step", "checkpoint", "eval")}
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # micro-batches per optimizer step
     # per_micro_batch: each micro-batch its own loss (its samples the only negatives), the
     # step their mean; whole_batch: the micro-batches form one contrastive batch of
     # grad_accum * batch_size per rank (open_clip's --accum-freq; train/accumulate.py)
     grad_accum_loss: str = choice("per_micro_batch", "whole_batch")
+    # samples per optimizer step over all ranks (data.batch_size * grad_accum * world size),
+    # kept on any world size by deriving global_batch_by's key from it at startup
+    # (keep_global_batch: the given value of that key is replaced); 0: not fixed, the global
+    # batch follows the world size
+    global_batch: int = 0
+    global_batch_by: str = choice("grad_accum", "batch_size")  # the key derived: grad_accum | data.batch_size
     ds_config: str = "ds_configs/zero3_cpu.json"  # relative: to the working dir, else REPO_ROOT
     precision: str = choice("fp32", "bf16", "fp16")  # must agree with the ds_config
     out: str = "runs/default"  # checkpoints, TensorBoard logs, metrics.jsonl
@@ -72,6 +107,7 @@ class RunConfig:
     eval_every: int = 0  # 0: only at the end
     eval_mask_ratio: float = 0.0  # eval is unmasked by default
     eval_max_batches: int = 0  # 0: the whole val split
+    eval_gallery: int = 4  # query captions in each eval's retrieval gallery (TensorBoard eval/gallery); 0: none
     checkpoint_every: int = 0  # 0: only at the end
     keep_last: int = 3
     # stop after this many non-finite steps in a row (each one skipped, not applied), with
@@ -86,8 +122,10 @@ class RunConfig:
     def validate(self) -> None:
         check(self.steps > 0, "steps", f"{self.steps} must be > 0")
         check(self.grad_accum > 0, "grad_accum", f"{self.grad_accum} must be > 0")
+        check(self.global_batch >= 0, "global_batch", f"{self.global_batch} must be >= 0 (0: not fixed)")
         check(0.0 <= self.eval_mask_ratio < 1.0, "eval_mask_ratio", f"{self.eval_mask_ratio} is outside [0, 1)")
-        for key in ("log_every", "eval_every", "checkpoint_every", "eval_max_batches", "max_nonfinite_steps"):
+        for key in ("log_every", "eval_every", "checkpoint_every", "eval_max_batches", "eval_gallery",
+                    "max_nonfinite_steps"):
             check(getattr(self, key) >= 0, key, f"{getattr(self, key)} must be >= 0")
         check(self.keep_last >= 1, "keep_last", f"{self.keep_last} must be >= 1")
         check(self.init == "" or self.init.split(":", 1)[0] in ("open_clip", "checkpoint"), "init",
@@ -131,6 +169,26 @@ def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     return cfg
 
 
+def keep_global_batch(cfg: RunConfig, world_size: int) -> RunConfig:
+    """`cfg` with grad_accum (global_batch_by=grad_accum) or data.batch_size (batch_size)
+    derived so that data.batch_size * grad_accum * world_size == global_batch; `cfg` itself
+    when global_batch is 0. ConfigError naming the keys and the world size when
+    global_batch is not a multiple of the other two."""
+    if not cfg.global_batch:
+        return cfg
+    by_accum = cfg.global_batch_by == "grad_accum"
+    kept, kept_key = (cfg.data.batch_size, "data.batch_size") if by_accum else (cfg.grad_accum, "grad_accum")
+    per_unit = kept * world_size
+    check(cfg.global_batch % per_unit == 0, "global_batch",
+          f"{cfg.global_batch} is not a multiple of {kept_key}={kept} x world_size={world_size} (= {per_unit}), "
+          f"so no whole {'grad_accum' if by_accum else 'data.batch_size'} gives it (global_batch_by="
+          f"{cfg.global_batch_by}; change global_batch, {kept_key} or global_batch_by)")
+    derived = cfg.global_batch // per_unit
+    if by_accum:
+        return dataclasses.replace(cfg, grad_accum=derived)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=derived))
+
+
 def repo_path(path: str) -> Path:
     """A path from a config: absolute, relative to the working dir, else to REPO_ROOT (so
     `train/configs/demo.yaml` and `ds_configs/zero3.json` work from anywhere)."""
@@ -145,9 +203,10 @@ def check_data(cfg: RunConfig) -> None:
     A synthetic source needs neither."""
     if cfg.data.source == "synthetic":
         return
-    for key in ("train", "val"):
-        path = getattr(cfg.data, key)
-        if "://" in path:
+    images = cfg.data.images
+    for key, path in (("train", cfg.data.train), ("val", cfg.data.val),
+                      ("images.train", images.train if images.proportion else "")):
+        if "://" in path or (key == "images.train" and not path):
             continue
         check(bool(path) and (Path(path) / "index.json").is_file(), f"data.{key}",
               f"no MDS shards at {path!r} (missing index.json)")
@@ -227,5 +286,5 @@ def zero_stage(ds: dict) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-__all__ = ["RunConfig", "OptimConfig", "load_run_config", "resolve_ds_config", "check_data",
-           "check_precision", "repo_path", "zero_stage", "ConfigError"]
+__all__ = ["RunConfig", "OptimConfig", "TimeoutConfig", "load_run_config", "keep_global_batch", "resolve_ds_config",
+           "check_data", "check_precision", "repo_path", "zero_stage", "ConfigError"]

@@ -12,7 +12,9 @@ Collectives (`all_reduce`, `dist_mean`, `dist_max`, `dist_any`, `all_gather_obje
 process group's backend takes (`collective_device`: CUDA under NCCL, which rejects CPU
 tensors; CPU under gloo) and runs whenever a process group exists, at world size 1 too, so
 a one-GPU run exercises the same calls a 64-GPU run makes. Without a process group (one
-plain process, e.g. `longvivit eval`) they return the local value.
+plain process, e.g. `longvivit eval`) they return the local value. While one waits, the
+rank's watchdog phase says so (watchdog.waiting): a hang report then tells a rank stuck
+waiting for its peers from the one they wait for.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from pathlib import Path
 import torch
 
 from longvivit import launch_env
+
+from . import watchdog
 
 
 @dataclass(frozen=True)
@@ -91,16 +95,15 @@ def extensions_dir() -> str:
     return str(Path(get_default_build_root()) / f"env-{env}")
 
 
-def init_process_group(timeout: timedelta | None = None) -> None:
-    """The process group for the variables setup_env exported (gloo on CPU). timeout None:
-    LONGVIVIT_DIST_TIMEOUT seconds (what slurm/train.sbatch sets), else 1800."""
+def init_process_group(timeout: timedelta) -> None:
+    """The process group for the variables setup_env exported (gloo on CPU). `timeout`
+    bounds the rendezvous and every collective (the run config's timeouts.collective_s):
+    one that waits longer for a peer fails instead of hanging."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     # The CPU accelerator asks for ccl; gloo is what a CPU-only torch always has.
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
-    if timeout is None:
-        timeout = timedelta(seconds=int(os.environ.get("LONGVIVIT_DIST_TIMEOUT", "1800")))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
 
 
@@ -140,7 +143,8 @@ def all_reduce(values, op: str = "sum") -> torch.Tensor:
     if op not in ops:
         raise ValueError(f"all_reduce: op {op!r} is not one of {', '.join(ops)}")
     work = t.to(collective_device(g.get_backend()), copy=True)
-    g.all_reduce(work, op=ops[op])
+    with watchdog.waiting("all_reduce"):
+        g.all_reduce(work, op=ops[op])
     return work.to(t.device)
 
 
@@ -169,7 +173,8 @@ def all_gather_object(obj) -> list:
     if g is None:
         return [obj]
     out = [None] * g.get_world_size()
-    g.all_gather_object(out, obj)
+    with watchdog.waiting("all_gather_object"):
+        g.all_gather_object(out, obj)
     return out
 
 
@@ -177,10 +182,11 @@ def barrier() -> None:
     g = _group()
     if g is None:
         return
-    if "nccl" in g.get_backend():  # NCCL's barrier needs the device, or it guesses one
-        g.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        g.barrier()
+    with watchdog.waiting("barrier"):
+        if "nccl" in g.get_backend():  # NCCL's barrier needs the device, or it guesses one
+            g.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            g.barrier()
 
 
 def shm_buffers(d: DistEnv) -> list[Path]:
@@ -191,11 +197,19 @@ def shm_buffers(d: DistEnv) -> list[Path]:
 
 
 def shutdown(d: DistEnv) -> None:
-    """Tear the process group down and remove this rank's /dev/shm buffer."""
+    """Tear the process group down and remove this rank's /dev/shm buffer (also when the
+    barrier fails: a peer that died, e.g. ended by its watchdog)."""
     g = _group()
-    if g is not None:
-        barrier()
-        g.destroy_process_group()
+    try:
+        if g is not None:
+            barrier()
+            g.destroy_process_group()
+    finally:
+        remove_shm_buffer(d)
+
+
+def remove_shm_buffer(d: DistEnv) -> None:
+    """This rank's DeepSpeed buffer in /dev/shm (also when it ends without shutdown: watchdog)."""
     for path in shm_buffers(d):
         if path.name.endswith(f"_{d.rank}"):
             path.unlink(missing_ok=True)
@@ -207,5 +221,6 @@ def broadcast_object(obj, src: int = 0):
     if g is None:
         return obj
     box = [obj]
-    g.broadcast_object_list(box, src=src, device=collective_device(g.get_backend()))
+    with watchdog.waiting("broadcast_object"):
+        g.broadcast_object_list(box, src=src, device=collective_device(g.get_backend()))
     return box[0]

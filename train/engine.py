@@ -63,10 +63,11 @@ def build_engine(model: nn.Module, cfg: RunConfig, ds_config: dict):
     return engine
 
 
-def partitioned_numel(engine) -> tuple[int, int]:
-    """(parameters this rank holds, parameters of the whole model) under any ZeRO stage."""
+def partitioned_numel(module: nn.Module) -> tuple[int, int]:
+    """(parameters this rank holds, parameters of the whole model) of an engine's module (or
+    a model deepspeed.zero.Init built) under any ZeRO stage."""
     local = total = 0
-    for p in engine.module.parameters():
+    for p in module.parameters():
         if hasattr(p, "ds_tensor"):  # ZeRO-3: the partition lives in ds_tensor
             local += p.ds_tensor.numel()
             total += p.ds_numel

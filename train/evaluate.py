@@ -3,6 +3,7 @@
     longvivit eval CHECKPOINT [--data SHARDS] [--batch-size N] [--mask-ratio R]
                    [--tasks t2v_v2t,paragraph] [--dual-softmax [--dsl-temperature T]]
                    [--save-embeddings FILE.safetensors] [--out FILE]
+                   [--report DIR] [--log-dir RUN_DIR] [--gallery N] [--collective-timeout S]
     longvivit eval --from-embeddings FILE.safetensors [--tasks ...] [--dual-softmax]
     torchrun --nproc_per_node 8 -m longvivit.train.cli eval CHECKPOINT ...
     deepspeed --num_gpus 8 --module longvivit.train.cli eval CHECKPOINT ...
@@ -33,6 +34,13 @@ dsl_* keys beside the plain ones (retrieval.dual_softmax).
 --save-embeddings writes the embeddings (video, text, paragraph, the clips' sample `index`
 and `caption_video`: the video row each caption belongs to) so --from-embeddings can score
 them again, with other options, without a model.
+
+Pictures (gallery.py): --report DIR writes DIR/index.html, every task's metrics and a
+gallery of the first --gallery N (default 4) clips' first captions, each with its top-3
+clips as frame strips, the right one marked (report.py); --log-dir RUN_DIR adds the metrics
+and the gallery image (`eval/gallery`) to RUN_DIR/tb and RUN_DIR/metrics.jsonl at the
+checkpoint's step, as the trainer's evals are. The gallery needs the clips' frames: neither
+works with --from-embeddings.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -47,11 +56,14 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
+from .config import TimeoutConfig
+from .gallery import Gallery, clips_shown, select_queries, thumbnail_strip
 from .retrieval import retrieval_metrics
 from .zeroshot import DEFAULT_TEMPLATES, classification_metrics, classifier, labels_of, read_templates
 
 TASKS = ("zeroshot", "paragraph", "t2v_v2t")  # in printing order: t2v_v2t last
 DSL_TEMPERATURE = 0.01  # sim / 0.01: CLIP's logit scale of 100, as DSL evaluations use
+ZEROSHOT_SCALARS = ("top1", "top5", "mean_per_class", "chance_top1")  # beside the retrieval metrics
 
 
 # ---------------------------------------------------------------------------- embeddings
@@ -67,6 +79,7 @@ class Embeddings:
     classes: torch.Tensor | None = None  # (C, E): zero-shot class embeddings (labelled splits)
     label: torch.Tensor | None = None  # (Nv,) int64: each clip's class row in `classes`
     decode_failures: int = 0
+    gallery: Gallery | None = None  # retrieval pictures (embed(gallery_queries=N)); not saved
 
     def save(self, path: str | Path, **info: str) -> None:
         from safetensors.torch import save_file
@@ -121,9 +134,10 @@ def paragraph_queries(batch: dict, tokenizer, length: int) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def embed_split(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
-                paragraphs: bool = False) -> dict:
+                paragraphs: bool = False, thumbnails: dict | None = None) -> dict:
     """This rank's part of the split: {sample index: (video (E,), captions (C, E),
-    paragraph (E,) or None)}.
+    paragraph (E,) or None)}. `thumbnails`, when given, gets {sample index: (strip,
+    caption strings)} of every clip of a batch that has caption strings (gallery.py).
 
     Under ZeRO-3 every rank must run the same number of forwards (each forward gathers
     the partitioned weights), so a rank that runs out of batches repeats its last one
@@ -151,7 +165,15 @@ def embed_split(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
             for i, idx in enumerate(batch["index"].tolist()):
                 # clones: a view would pickle the whole batch's storage into the gather
                 out[idx] = (v[i].clone(), t[i].clone(), None if p[i] is None else p[i].clone())
+            if thumbnails is not None and batch.get("captions") is not None:
+                keep_thumbnails(thumbnails, batch)
             last, n = batch, n + 1
+
+
+def keep_thumbnails(thumbnails: dict, batch: dict) -> None:
+    real = batch["real_frames"].tolist()
+    for i, idx in enumerate(batch["index"].tolist()):
+        thumbnails[idx] = (thumbnail_strip(batch["video"][i], real[i]), list(batch["captions"][i]))
 
 
 def gather_embeddings(local: dict) -> Embeddings:
@@ -173,18 +195,38 @@ def gather_embeddings(local: dict) -> Embeddings:
 
 
 def embed(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
-          paragraphs: bool = False, templates: Sequence[str] = DEFAULT_TEMPLATES) -> Embeddings:
+          paragraphs: bool = False, templates: Sequence[str] = DEFAULT_TEMPLATES,
+          gallery_queries: int = 0) -> Embeddings:
     """The whole split's embeddings, gathered from every rank (call on every rank), with
-    the model in eval mode meanwhile; a labelled split's zero-shot classes too."""
+    the model in eval mode meanwhile; a labelled split's zero-shot classes too; with
+    gallery_queries > 0 the gallery of that many queries (None without caption strings)."""
     was_training = model.training
     model.eval()
+    thumbnails = {} if gallery_queries > 0 else None
     try:
-        emb = gather_embeddings(embed_split(model, loader, mask_ratio, max_batches, paragraphs))
+        emb = gather_embeddings(embed_split(model, loader, mask_ratio, max_batches, paragraphs, thumbnails))
         add_classes(emb, model, loader, templates)
     finally:
         model.train(was_training)
     emb.decode_failures = int(dist.all_reduce([loader.decode_failures])[0])
+    if thumbnails is not None:
+        emb.gallery = gather_gallery(emb, thumbnails, gallery_queries)
     return emb
+
+
+def gather_gallery(emb: Embeddings, thumbnails: dict, queries: int) -> Gallery | None:
+    """The gallery of the first `queries` clips' first captions (call on every rank: each
+    holds the same embeddings, so each picks the same clips), its strips and captions
+    gathered from the ranks that embedded them. None when a clip shown has none (batches
+    without caption strings: data.source=synthetic)."""
+    picked = select_queries(emb.text, emb.video, emb.caption_video, emb.index, queries)
+    shown = clips_shown(picked)
+    merged = {}
+    for part in dist.all_gather_object({k: v for k, v in thumbnails.items() if k in shown}):
+        merged.update(part)
+    if not picked or not shown <= merged.keys():
+        return None
+    return Gallery(picked, len(emb.index), {k: merged[k][0] for k in shown}, {k: merged[k][1] for k in shown})
 
 
 def add_classes(emb: Embeddings, model, loader, templates: Sequence[str]) -> None:
@@ -219,18 +261,30 @@ def task_metrics(emb: Embeddings, tasks: list[str], dsl_temperature: float | Non
 
 
 def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
-             embeddings_file: Path | None = None) -> dict:
+             embeddings_file: Path | None = None, gallery_queries: int = 0) -> tuple[dict, Gallery | None]:
     """The t2v_v2t metrics of the whole split, the same on every rank (the trainer's eval),
-    with a labelled split's zero-shot accuracy as zeroshot_* keys.
+    with a labelled split's zero-shot accuracy as zeroshot_* keys, and the gallery of
+    `gallery_queries` queries (None for 0, or without caption strings).
     `embeddings_file`: also save the embeddings there (a .safetensors file); pass it on one
     rank only, as every rank holds all of them."""
-    emb = embed(model, loader, mask_ratio, max_batches)
+    emb = embed(model, loader, mask_ratio, max_batches, gallery_queries=gallery_queries)
     if embeddings_file is not None:
         emb.save(embeddings_file)
-    *classified, metrics = task_metrics(emb, ["zeroshot", "t2v_v2t"])
-    for line in classified:
-        metrics.update({f"zeroshot_{k}": line[k] for k in ("top1", "top5", "mean_per_class", "chance_top1")})
-    return metrics
+    return eval_scalars(task_metrics(emb, ["zeroshot", "t2v_v2t"])), emb.gallery
+
+
+def eval_scalars(lines: list[dict]) -> dict:
+    """Task lines as one dict, as the trainer logs and summarises them: the t2v_v2t line as
+    it is, then the zeroshot line's accuracies and the paragraph line's ranks with the
+    task's name in front (zeroshot_top1, paragraph_t2v_r1, ...)."""
+    by_task = {line["task"]: line for line in lines}
+    out = dict(by_task.get("t2v_v2t", {}))
+    for task, line in by_task.items():
+        if task == "t2v_v2t":
+            continue
+        keep = ZEROSHOT_SCALARS if task == "zeroshot" else [k for k in line if k.startswith(("t2v_", "v2t_", "dsl_"))]
+        out.update({f"{task}_{k}": line[k] for k in keep})
+    return out
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -254,9 +308,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--from-embeddings", metavar="FILE",
                    help="score embeddings saved by --save-embeddings instead of a checkpoint")
     p.add_argument("--out", help="also write the JSON lines to this file")
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html: the metrics and the retrieval gallery")
+    p.add_argument("--log-dir", metavar="RUN_DIR", help="add the metrics and the gallery image to "
+                   "RUN_DIR/tb and RUN_DIR/metrics.jsonl at the checkpoint's step")
+    p.add_argument("--gallery", type=int, default=4, metavar="N",
+                   help="query captions in the gallery of --report / --log-dir (default 4; 0: none)")
+    p.add_argument("--collective-timeout", type=float, default=TimeoutConfig.collective_s, metavar="S",
+                   help="under a launcher: seconds a collective may wait for a peer before it fails "
+                        "(a run config's timeouts.collective_s; default %(default)g)")
     args = p.parse_args(argv)
     if (args.checkpoint is None) == (args.from_embeddings is None):
         p.error("give a CHECKPOINT or --from-embeddings FILE (one of them)")
+    if args.from_embeddings and (args.report or args.log_dir):
+        p.error("--report and --log-dir need the clips' frames, which an embeddings file does not hold: "
+                "give the CHECKPOINT instead")
+    if args.gallery < 0:
+        p.error(f"--gallery {args.gallery} must be >= 0")
+    if args.collective_timeout <= 0:
+        p.error(f"--collective-timeout {args.collective_timeout:g} must be > 0")
     tasks = args.tasks.split(",") if args.tasks else []
     if unknown := [t for t in tasks if t not in TASKS]:
         p.error(f"unknown task(s) {', '.join(unknown)}: choose from {', '.join(TASKS)}")
@@ -265,8 +334,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv,
-                     paragraphs: bool) -> tuple[Embeddings, str]:
+def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv, paragraphs: bool,
+                     gallery_queries: int = 0) -> tuple[Embeddings, str]:
     """This checkpoint's embeddings of the split (call on every rank), and the split."""
     from . import export
     from .run import clean_streaming_shm, device_for, open_loader
@@ -280,7 +349,8 @@ def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv,
     loader = open_loader(cfg, "val", device, d, training=False)
     try:
         templates = read_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
-        emb = embed(model.to(device), loader, args.mask_ratio, args.max_batches, paragraphs, templates)
+        emb = embed(model.to(device), loader, args.mask_ratio, args.max_batches, paragraphs, templates,
+                    gallery_queries)
         return emb, str(cfg.data.val)
     finally:
         loader.close()
@@ -307,14 +377,47 @@ def from_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_process_group(d: dist.DistEnv) -> None:
+def checkpoint_step(path: str | Path) -> int:
+    """The step of the checkpoint `path` names; 0 for an export directory (it keeps none)."""
+    from . import checkpoint, export
+
+    return 0 if export.is_export(path) else checkpoint.tag_step(checkpoint.find_checkpoint(path))
+
+
+def log_eval(out: str | Path, step: int, lines: list[dict], gallery: Gallery | None) -> None:
+    """The trainer's eval record in run directory `out`: eval/* scalars and the gallery
+    image in out/tb, an "eval" line in out/metrics.jsonl."""
+    from .gallery import render
+    from .logging import RunLogger
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    log = RunLogger(out, 0, 0, step, progress=False)
+    try:
+        log.scalars(step, {k: v for k, v in eval_scalars(lines).items() if isinstance(v, (int, float))}, "eval")
+        if gallery is not None:
+            log.image(step, "eval/gallery", render(gallery))
+    finally:
+        log.close()
+
+
+def write_pictures(args: argparse.Namespace, lines: list[dict], gallery: Gallery | None, info: dict) -> None:
+    """--report and --log-dir (rank 0)."""
+    if args.report:
+        from .report import write_report
+
+        write_report(args.report, lines, gallery, info)
+    if args.log_dir:
+        log_eval(args.log_dir, checkpoint_step(args.checkpoint), lines, gallery)
+
+
+def start_process_group(d: dist.DistEnv, timeout_s: float) -> None:
     """Under a launcher (world size > 1); one plain process needs none."""
     from .run import device_for
 
     dist.setup_env(d)
     if device_for(d).type == "cuda":
         torch.cuda.set_device(device_for(d))
-    dist.init_process_group()  # the trainer's timeout
+    dist.init_process_group(timedelta(seconds=timeout_s))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,15 +427,17 @@ def main(argv: list[str] | None = None) -> int:
     tasks = args.tasks.split(",") if args.tasks else list(TASKS)
     d = dist.read_env()
     if d.world_size > 1:
-        start_process_group(d)
+        start_process_group(d, args.collective_timeout)
+    gallery = args.gallery if args.report or args.log_dir else 0
     try:
-        emb, data = embed_checkpoint(args, d, "paragraph" in tasks)
+        emb, data = embed_checkpoint(args, d, "paragraph" in tasks, gallery)
         if d.is_main:
             info = {"data": data, "checkpoint": str(args.checkpoint)}
             if args.save_embeddings:
                 emb.save(args.save_embeddings, **info)
             lines = task_metrics(emb, tasks, args.dsl_temperature if args.dual_softmax else None)
             report([{**line, **info} for line in lines], args.out)
+            write_pictures(args, lines, emb.gallery, info)
     finally:
         dist.shutdown(d)
     return 0

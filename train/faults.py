@@ -13,6 +13,10 @@ only.
     nan_loss          (run.train_step): every micro-batch loss of the step is NaN in value
                       (NaN added: its gradients stay finite, so only the trainer's own check
                       of the loss can keep the step from being applied)
+    stall_PHASE       (watchdog.begin / watchdog.phase): on entering phase PHASE (setup,
+                      step, data, checkpoint, eval) of step STEP (setup: 0), the rank stops
+                      there for an hour, as one stuck in that phase would: its watchdog must
+                      end the job (tests/test_train_watchdog.py)
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a run reports: TensorBoard scalars, a JSONL line per step, a progress bar (rank 0).
+"""What a run reports: TensorBoard scalars and images, a JSONL line per step, a progress bar (rank 0).
 
 Throughput and utilisation:
     samples/s       global samples per second of step wall time
@@ -109,6 +109,11 @@ class RunLogger:
         for key, value in values.items():
             self.writer.add_scalar(f"{prefix}/{key}", float(value), step)
         self.jsonl.write(json.dumps({"kind": prefix, "step": step, **_plain(values)}) + "\n")
+
+    def image(self, step: int, tag: str, image) -> None:
+        """A picture, (H, W, 3) uint8 (e.g. eval/gallery)."""
+        if self.active:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def record(self, step: int, **fields) -> None:
         """A JSONL-only line (e.g. the batch indices a step consumed)."""

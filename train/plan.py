@@ -48,7 +48,7 @@ from longvivit.config import ConfigError
 from longvivit.model.config import ModelConfig
 
 
-from .config import RunConfig, load_run_config, repo_path, resolve_ds_config, zero_stage
+from .config import RunConfig, keep_global_batch, load_run_config, repo_path, resolve_ds_config, zero_stage
 
 CONTEXT_BYTES = 2**30  # CUDA context + cuBLAS/NCCL workspaces, outside the caching allocator
 FRAGMENTATION = 0.10  # allocator fragmentation and transients not counted as saved tensors
@@ -71,9 +71,10 @@ DS_DEFAULTS = {"reduce_bucket_size": int(5e8), "allgather_bucket_size": int(5e8)
 
 # The run-config keys (and the sections under them) that change the plan; an override of
 # any other key (steps, optim.*, data.train, out, ...) has no effect on memory and is
-# reported in the plan's `ignored`.
+# reported in the plan's `ignored`. global_batch, global_batch_by and grad_accum set the
+# micro-batch under global_batch_by=batch_size (keep_global_batch).
 PLAN_KEYS = ("model", "precision", "ds_config", "data.batch_size", "data.text_length", "data.frames",
-             "data.image_size", "local")
+             "data.image_size", "local", "global_batch", "global_batch_by", "grad_accum")
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20,
@@ -345,7 +346,8 @@ def ignored_overrides(overrides: list[str]) -> list[str]:
 
 def make_plan(config: str, overrides: list[str], gpus: int, gpu_mem: int,
               search: bool = True) -> Plan:
-    cfg = load_run_config(repo_path(config), overrides=overrides)
+    # the micro-batch training would run on `gpus` (global_batch_by=batch_size derives it)
+    cfg = keep_global_batch(load_run_config(repo_path(config), overrides=overrides), gpus)
     zero = zero_settings(resolve_ds_config(cfg, gpus))
     counts = count_params(cfg.model, zero["stage3_param_persistence_threshold"])
     states = state_bytes(counts, cfg.precision, zero, gpus)

@@ -15,6 +15,9 @@ request; skip a non-finite step, exit 3 after max_nonfinite_steps of them in a r
 finish (checkpoint, eval, summary.json). Each rank validates what it sees of `out`; once
 the process group is up, every rank takes the resume target rank 0 chose. A finished run
 (that checkpoint is at `steps`) stops there: one line says so, nothing is written.
+From setup on, each rank's watchdog (watchdog.py) times its phases: setup, step, and within
+a step data, checkpoint and eval; a rank stuck in one past its timeouts.*_s limit says so
+and exits 4.
 """
 from __future__ import annotations
 
@@ -26,15 +29,18 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
 from longvivit.config import ConfigError, check, to_dict, to_yaml
+from longvivit.data.config import DataConfig
 
-from . import checkpoint, dist, faults
-from .config import (RunConfig, check_data, check_precision, load_run_config, repo_path,
+from . import checkpoint, dist, faults, watchdog
+from .construct import build_model
+from .config import (RunConfig, check_data, check_precision, keep_global_batch, load_run_config, repo_path,
                      resolve_ds_config)
 
 if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
@@ -51,6 +57,8 @@ if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
 EXIT_CONFIG = 2
 # max_nonfinite_steps non-finite steps in a row; not 75: a requeued run would replay them
 EXIT_NONFINITE = 3
+# a rank made no progress within its phase's limit (timeouts.*_s): watchdog.EXIT_HANG
+EXIT_HANG = watchdog.EXIT_HANG
 
 
 # ---------------------------------------------------------------------------- validate
@@ -67,7 +75,9 @@ Run it as one process, or one process per GPU under `deepspeed`, `torchrun` or `
 the newest complete checkpoint in `out` (resume=never|PATH to change that);
 SIGUSR1/SIGTERM stop all ranks after the same step with a checkpoint (exit 75: requeue
 me). A step whose loss or gradient norm is not finite is skipped; max_nonfinite_steps of
-them in a row stop the run with no checkpoint of them (exit 3)."""
+them in a row stop the run with no checkpoint of them (exit 3). A rank that stays in one
+phase (setup, data, step, checkpoint, eval) longer than timeouts.PHASE_s ends the job with
+a line naming it, the phase and the step (exit 4)."""
 
 
 def split_argv(argv: list[str]) -> tuple[str, list[str]]:
@@ -142,7 +152,9 @@ def check_resume(cfg: RunConfig, tag: Path) -> None:
 def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | None]:
     """Everything that can be wrong with a run, checked before any heavy work."""
     path, overrides = split_argv(argv)
-    cfg = load_run_config(repo_path(path), overrides=overrides)
+    # a fixed global_batch derives grad_accum or data.batch_size for this world size: the
+    # stored run_config.yaml and the ds_config hold what runs
+    cfg = keep_global_batch(load_run_config(repo_path(path), overrides=overrides), d.world_size)
     check_precision(cfg.precision, device_for(d).type)
     ds_config = resolve_ds_config(cfg, d.world_size)
     check_out(cfg)
@@ -219,6 +231,7 @@ class Run:
     log: RunLogger
     config_yaml: str
     state: TrainState
+    images: Loader | None = None  # the image-text pairs beside the videos (data.images)
     flops_per_sample: float = 0.0
     visible_tokens: int = 0
     peak: float = 0.0
@@ -226,37 +239,17 @@ class Run:
     total: Throughput = field(default_factory=Throughput)  # every step this process logged, for the summary
     saved: Path | None = None  # the newest checkpoint of this run's state (written or resumed from)
     saved_step: int = -1
+    source_losses: dict = field(default_factory=dict)  # source -> its losses since the last TensorBoard line
 
 
-def checkpoint_parts(state: TrainState, loader: Loader) -> dict[str, checkpoint.Stateful]:
-    """What a checkpoint holds of this rank besides the engine, by name: a second loader or
-    another kind of state is one more entry here (checkpoint.save/load take any)."""
+def checkpoint_parts(state: TrainState, loader: Loader, images: Loader | None = None) -> dict[str, checkpoint.Stateful]:
+    """What a checkpoint holds of this rank besides the engine, by name: the image loader
+    or another kind of state is one more entry here (checkpoint.save/load take any)."""
     # they load in this order: the RNGs last, so that nothing loaded after them draws from them
-    return {"train": state, "loader": loader, "rng": checkpoint.RNGState()}
-
-
-def init_weights(model, init: str) -> None:
-    if not init:
-        return
-    kind, path = init.split(":", 1)
-    if kind == "open_clip":
-        from longvivit.model import init_from_open_clip
-
-        init_from_open_clip(model, path)
-    else:
-        from .export import load_state_dict_any
-
-        model.load_state_dict(load_state_dict_any(path))  # interpolates position tables
-
-
-def build_model(cfg: RunConfig, resuming: bool):
-    from longvivit.model import build_model as build
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build(cfg.model)
-    if not resuming:
-        init_weights(model, cfg.init)
-    return model
+    parts = {"train": state, "loader": loader}
+    if images is not None:
+        parts["images"] = images
+    return {**parts, "rng": checkpoint.RNGState()}
 
 
 def clean_streaming_shm(cfg: RunConfig) -> None:
@@ -269,17 +262,30 @@ def clean_streaming_shm(cfg: RunConfig) -> None:
     dist.barrier()
 
 
-def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool) -> Loader:
-    """This rank's loader of `split` from the configured source (shards or synthetic)."""
-    if cfg.data.source == "synthetic":
+def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool,
+                data: DataConfig | None = None) -> Loader:
+    """This rank's loader of `split` from the configured source (shards or synthetic);
+    `data` in place of cfg.data (image_data)."""
+    data = data or cfg.data
+    if data.source == "synthetic":
         from longvivit.data.synthetic_batches import SyntheticBatches
 
-        return SyntheticBatches(cfg.data, split, device, d.rank, d.world_size, training,
+        return SyntheticBatches(data, split, device, d.rank, d.world_size, training,
                                 cfg.model.text.vocab_size, cfg.model.text.tokenizer)
     from longvivit.data import build_loader
 
-    return build_loader(cfg.data, split, device=device, rank=d.rank, world_size=d.world_size,
+    return build_loader(data, split, device=device, rank=d.rank, world_size=d.world_size,
                         training=training, clean_shm=False, tokenizer=tokenizer_for(cfg))
+
+
+def image_data(cfg: RunConfig) -> DataConfig | None:
+    """The data config of the image loader (one-frame clips of data.images.train at its
+    batch size), None without images."""
+    images = cfg.data.images
+    if images.proportion == 0:
+        return None
+    return dataclasses.replace(cfg.data, train=images.train, batch_size=images.batch_size, frames=1,
+                               sampling="uniform")
 
 
 def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
@@ -297,17 +303,20 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     universal = rescale(cfg, tag, d) if tag is not None else None
     if universal is not None:  # the engine reads the universal form instead of the rank shards
         ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
-    engine = build_engine(build_model(cfg, tag is not None), cfg, ds_config)
+    # under ZeRO-3 built partitioned (deepspeed.zero.Init), see construct.py
+    engine = build_engine(build_model(cfg, tag is not None, ds_config), cfg, ds_config)
     clean_streaming_shm(cfg)
     loader = open_loader(cfg, "train", device, d, training=True)
+    images = image_data(cfg)
+    images = open_loader(cfg, "train", device, d, True, images) if images is not None else None
     state = TrainState()
     if tag is not None:
-        checkpoint.load(engine, tag, checkpoint_parts(state, loader), universal)
+        checkpoint.load(engine, tag, checkpoint_parts(state, loader, images), universal)
     step = state.step
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
     log = RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main)
-    run = Run(cfg, d, device, engine, loader, log, resolved_yaml(cfg), state)
+    run = Run(cfg, d, device, engine, loader, log, resolved_yaml(cfg), state, images)
     if tag is not None:  # the state at `step` is that checkpoint: finish() must not write it again
         run.saved, run.saved_step = tag, step
     run.flops_per_sample = flops_per_sample(cfg.model, v.mask_ratio)
@@ -318,24 +327,38 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
 
 def rescale(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> Path | None:
     """Resuming a checkpoint written by another number of ranks: rank 0 converts it to
-    DeepSpeed's universal form (the others wait) and says in one JSON line what changed.
-    The per-device batch and grad_accum are the run config's, so the global batch follows
-    the world size. None when the world size is the checkpoint's."""
+    DeepSpeed's universal form (the others wait) and says in one JSON line what changed
+    and what was kept (rescale_kept). None when the world size is the checkpoint's."""
     saved_world = checkpoint.saved_world_size(tag)
     if saved_world == d.world_size:
         return None
     if d.is_main:
         old = checkpoint.stored_config(tag)
-        old_batch, old_accum = old["data"]["batch_size"], old.get("grad_accum", 1)
-        batch, accum = cfg.data.batch_size, cfg.grad_accum
+        batch, accum = [old["data"]["batch_size"], cfg.data.batch_size], [old.get("grad_accum", 1), cfg.grad_accum]
+        global_batch = [batch[0] * accum[0] * saved_world, batch[1] * accum[1] * d.world_size]
+        kept, why = rescale_kept(cfg, batch, accum, global_batch)
         print(json.dumps({"event": "rescale", "checkpoint": str(tag), "step": checkpoint.tag_step(tag),
-                          "world_size": [saved_world, d.world_size], "batch_per_rank": [old_batch, batch],
-                          "grad_accum": [old_accum, accum],
-                          "global_batch": [old_batch * old_accum * saved_world, batch * accum * d.world_size],
+                          "world_size": [saved_world, d.world_size], "batch_per_rank": batch,
+                          "grad_accum": accum, "global_batch": global_batch, "kept": kept,
                           "message": f"resuming a checkpoint of {saved_world} ranks on {d.world_size}: "
-                                     "converting it to a universal checkpoint; the per-rank batch is "
-                                     "kept, so the global batch changes"}), flush=True)
+                                     f"converting it to a universal checkpoint; {why}"}), flush=True)
     return checkpoint.to_universal(tag, d.rank)
+
+
+def rescale_kept(cfg: RunConfig, batch: list[int], accum: list[int], global_batch: list[int]) -> tuple[str, str]:
+    """What a resume on another world size keeps ("global_batch" or "batch_per_rank") and
+    why, in words; the arguments are [checkpoint's, this run's]."""
+    if not cfg.global_batch:
+        return "batch_per_rank", (f"the per-rank batch ({batch[1]}) and grad_accum ({accum[1]}) are the run "
+                                  "config's (global_batch=0: not fixed), so the global batch follows the world "
+                                  f"size: {global_batch[0]} -> {global_batch[1]} (set global_batch= to keep it)")
+    derived = (f"grad_accum {accum[0]} -> {accum[1]}" if cfg.global_batch_by == "grad_accum"
+               else f"the per-rank batch {batch[0]} -> {batch[1]}")
+    if global_batch[0] == global_batch[1]:
+        held = f"the global batch ({cfg.global_batch}) is kept, as global_batch= fixes it"
+    else:  # global_batch itself was changed for this run
+        held = f"the global batch is global_batch={cfg.global_batch} (the checkpoint's was {global_batch[0]})"
+    return "global_batch", f"{held}: {derived} (global_batch_by={cfg.global_batch_by})"
 
 
 def resolved_yaml(cfg: RunConfig) -> str:
@@ -347,7 +370,7 @@ def resolved_yaml(cfg: RunConfig) -> str:
 def announce(run: Run, tag: Path | None) -> None:
     from .engine import partitioned_numel
 
-    local, total = partitioned_numel(run.engine)
+    local, total = partitioned_numel(run.engine.module)
     line = {"event": "start", "rank": run.d.rank, "pid": os.getpid(), "world_size": run.d.world_size,
             "backend": dist.backend(), "device": str(run.device),
             "params_local": local, "params_total": total, "step": run.state.step,
@@ -366,7 +389,8 @@ def batches(loader: Iterable[dict], timer: StepTimer) -> Iterator[dict]:
         it = iter(loader)
         while True:
             t0 = time.perf_counter()
-            batch = next(it, None)
+            with watchdog.phase("data"):
+                batch = next(it, None)
             timer.data_ready(time.perf_counter() - t0)
             if batch is None:
                 break
@@ -379,15 +403,26 @@ def mask_generator(run: Run, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(key % (2**63 - 1))
 
 
-def train_step(run: Run, stream: Iterator[dict]) -> dict:
-    """One optimizer step over grad_accum micro-batches."""
+def step_source(run: Run) -> str:
+    """What the next optimizer step trains on: "image" on data.images.proportion of the
+    steps (a function of the step alone: the same on every rank and after a resume)."""
+    return "image" if run.images is not None and run.cfg.data.images.is_image_step(run.state.step + 1) else "video"
+
+
+def source_mask_ratio(run: Run, source: str) -> float | None:
+    """The mask ratio of `source`'s batches (None: the model config's)."""
+    return run.cfg.data.images.mask_ratio if source == "image" else None
+
+
+def train_step(run: Run, stream: Iterator[dict], mask_ratio: float | None = None) -> dict:
+    """One optimizer step over grad_accum micro-batches of one source."""
     if run.cfg.grad_accum_loss == "whole_batch":
-        return whole_batch_train_step(run, stream)
+        return whole_batch_train_step(run, stream, mask_ratio)
     engine, losses, scales, indices = run.engine, [], [], []
     lr = engine.get_lr()[0]  # the rate this step uses (DeepSpeed steps the schedule after it)
     for micro in range(run.cfg.grad_accum):
         batch = next(stream)
-        loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"],
+        loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"], mask_ratio=mask_ratio,
                                generator=mask_generator(run, micro), real_frames=batch["real_frames"])
         loss = faults.nan_point("nan_loss", run.state.step + 1, run.d.rank, loss)
         engine.backward(nan_grads_if_nonfinite(loss))
@@ -399,7 +434,7 @@ def train_step(run: Run, stream: Iterator[dict]) -> dict:
             "skipped": not engine.was_step_applied()}
 
 
-def whole_batch_train_step(run: Run, stream: Iterator[dict]) -> dict:
+def whole_batch_train_step(run: Run, stream: Iterator[dict], mask_ratio: float | None = None) -> dict:
     """One optimizer step whose grad_accum micro-batches form one contrastive batch
     (train/accumulate.py): their inputs are kept for the second pass."""
     from .accumulate import whole_batch_step
@@ -410,11 +445,11 @@ def whole_batch_train_step(run: Run, stream: Iterator[dict]) -> dict:
     generators = [lambda micro=micro: mask_generator(run, micro) for micro in range(run.cfg.grad_accum)]
 
     def embed(b: dict, g: torch.Generator):
-        return engine.module.embed(b["video"], b["text_ids"], b["text_mask"], generator=g,
+        return engine.module.embed(b["video"], b["text_ids"], b["text_mask"], mask_ratio, generator=g,
                                    real_frames=b["real_frames"])
 
     def forward(b: dict, g: torch.Generator, negatives):
-        loss, metrics = engine(b["video"], b["text_ids"], b["text_mask"], generator=g,
+        loss, metrics = engine(b["video"], b["text_ids"], b["text_mask"], mask_ratio=mask_ratio, generator=g,
                                real_frames=b["real_frames"], negatives=negatives)
         return faults.nan_point("nan_loss", run.state.step + 1, run.d.rank, loss), metrics
 
@@ -446,15 +481,19 @@ def grad_norm(engine: DeepSpeedEngine) -> float:
 
 
 def log_step(run: Run, out: dict, timer: StepTimer) -> float:
-    """metrics.jsonl every step (loss, lr, batch indices, skipped); TensorBoard every
+    """metrics.jsonl every step (loss, lr, source, batch indices, skipped); TensorBoard every
     log_every and at every skipped step. Returns the loss (mean over ranks: non-finite on
     every rank if it is on one)."""
-    loss, failures, data_wait = dist.dist_mean([out["loss"].item(), run.loader.decode_failures, timer.data])
+    failures = sum(loader.decode_failures for loader in (run.loader, run.images) if loader is not None)
+    loss, failures, data_wait = dist.dist_mean([out["loss"].item(), failures, timer.data])
     seconds, _ = timer.lap()
-    samples = run.cfg.data.batch_size * run.cfg.grad_accum * run.d.world_size
-    run.window.add(Throughput(samples, seconds, data_wait))
+    source = out.get("source", "video")
+    batch = run.cfg.data.images.batch_size if source == "image" else run.cfg.data.batch_size
+    run.window.add(Throughput(batch * run.cfg.grad_accum * run.d.world_size, seconds, data_wait))
+    run.source_losses.setdefault(source, []).append(loss)
     step = run.state.step
-    run.log.record(step, kind="step", loss=loss, lr=out["lr"], indices=out["indices"], skipped=out["skipped"])
+    run.log.record(step, kind="step", loss=loss, lr=out["lr"], source=source, indices=out["indices"],
+                   skipped=out["skipped"])
     run.log.progress(step, loss, run.window.per_second(run.window.samples))
     due = step % max(1, run.cfg.log_every) == 0 or step == run.cfg.steps
     if due or out["skipped"] or not math.isfinite(loss):
@@ -473,11 +512,15 @@ def log_scalars(run: Run, out: dict, loss: float, failures: float) -> None:
                "decode_failures": failures, "memory_gb": memory_gb(run.device),
                **throughput(w.samples, w.samples * run.visible_tokens, w.seconds, run.flops_per_sample,
                             run.peak, run.d.world_size)}
+    if run.images is not None:  # each source's mean loss over its steps since the last line
+        scalars.update({f"loss_{source}": sum(losses) / len(losses) for source, losses in run.source_losses.items()})
+    run.source_losses = {}
     run.log.scalars(run.state.step, scalars)
     run.total.add(w)
     run.window = Throughput()
 
 
+@watchdog.phased("eval")
 def run_eval(run: Run) -> dict:
     from .evaluate import evaluate
 
@@ -486,15 +529,21 @@ def run_eval(run: Run) -> dict:
     keep = Path(cfg.out) / "eval_embeddings.safetensors" if cfg.save_eval_embeddings and run.d.is_main else None
     loader = open_loader(cfg, "val", run.device, run.d, training=False)
     try:
-        metrics = evaluate(run.engine.module, loader, cfg.eval_mask_ratio, cfg.eval_max_batches, keep)
+        metrics, gallery = evaluate(run.engine.module, loader, cfg.eval_mask_ratio, cfg.eval_max_batches, keep,
+                                    cfg.eval_gallery)
     finally:
         loader.close()
     run.log.scalars(run.state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
+    if gallery is not None and run.log.active:  # rendered on rank 0 only
+        from .gallery import render
+
+        run.log.image(run.state.step, "eval/gallery", render(gallery))
     return metrics
 
 
+@watchdog.phased("checkpoint")
 def save(run: Run) -> Path:
-    cfg, parts = run.cfg, checkpoint_parts(run.state, run.loader)
+    cfg, parts = run.cfg, checkpoint_parts(run.state, run.loader, run.images)
     run.saved = checkpoint.save(run.engine, cfg.out, run.state.step, parts, run.config_yaml, cfg.keep_last)
     run.saved_step = run.state.step
     return run.saved
@@ -538,10 +587,14 @@ def loop(run: Run, stop: StopRequest) -> bool:
     from .logging import StepTimer
 
     cfg, rank, timer = run.cfg, run.d.rank, StepTimer()
-    stream = batches(run.loader, timer)
+    streams = {"video": batches(run.loader, timer)}
+    if run.images is not None:
+        streams["image"] = batches(run.images, timer)
     bad_since = 0  # the first of the non-finite steps in a row up to the last one (0: it was finite)
     while run.state.step < cfg.steps:
-        out = train_step(run, stream)
+        watchdog.begin("step", run.state.step + 1)
+        source = step_source(run)
+        out = {**train_step(run, streams[source], source_mask_ratio(run, source)), "source": source}
         run.state.step += 1
         step = run.state.step
         faults.fault_point("stop_in_step", step, rank, signal.SIGTERM)
@@ -619,9 +672,10 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     t_start = time.time()
     dist.setup_env(d)
     stop = StopRequest()
+    watchdog.start(cfg.timeouts.limits(), d.rank, cleanup=lambda: dist.remove_shm_buffer(d))
     run = None
     try:
-        dist.init_process_group()
+        dist.init_process_group(timedelta(seconds=cfg.timeouts.collective_s))
         tag = checkpoint.rank0_choice(tag)
         if finished(cfg, tag):
             return report_finished(cfg, tag, d)
@@ -633,9 +687,12 @@ def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
             return report_nonfinite(run, err)
         return finish(run, stop, completed, t_start)
     finally:
+        watchdog.stop()
         if run is not None:
             run.log.close()
             run.loader.close()
+            if run.images is not None:
+                run.images.close()
         stop.restore()
         dist.shutdown(d)
 
