@@ -155,8 +155,10 @@ def test_two_ranks_resume_on_one_keeping_the_global_batch(two_rank_run, tmp_path
     for stored in (run_dir / "run_config.yaml", run_dir / "checkpoints" / "step00000004" / "run_config.yaml"):
         cfg = load_run_config(stored)  # what ran, runnable as it is on 1 rank
         assert (cfg.global_batch, cfg.data.batch_size, cfg.grad_accum) == (2 * B, batch, accum), stored
-    # the schedule moved once per optimizer step, not per micro-batch: step 4 runs at its
-    # value after 3 steps. (Step 3 runs at the rate the checkpoint's optimizer state holds,
-    # from the 2-step run's schedule: raising steps= on a resume shifts only later steps.)
-    o, (last,) = cfg.optim, [x for x in lines if x["step"] == 4]
-    assert last["lr"] == pytest.approx(o.lr * warmup_cosine(3, o.warmup_steps, cfg.steps, o.min_lr_ratio))
+    # the schedule moved once per optimizer step, not per micro-batch, and a resume that
+    # raised steps= runs on the new schedule from its first step (the checkpoint's optimizer
+    # state holds the 2-step run's rate): step s runs at its value after s - 1 steps
+    o = cfg.optim
+    for x in lines[2:]:
+        assert x["lr"] == pytest.approx(o.lr * warmup_cosine(x["step"] - 1, o.warmup_steps, cfg.steps,
+                                                             o.min_lr_ratio)), x["step"]

@@ -63,6 +63,15 @@ def build_engine(model: nn.Module, cfg: RunConfig, ds_config: dict):
     return engine
 
 
+def apply_schedule(engine) -> None:
+    """Set the optimizer's rate to this run's schedule at the step the engine is at. A loaded
+    checkpoint restores the rate its own run's schedule last set, so a resume with another
+    `steps` (another cosine) would run its first step at the old schedule's rate."""
+    sched = engine.lr_scheduler
+    for group, base, lam in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * lam(sched.last_epoch)
+
+
 def partitioned_numel(module: nn.Module) -> tuple[int, int]:
     """(parameters this rank holds, parameters of the whole model) of an engine's module (or
     a model deepspeed.zero.Init built) under any ZeRO stage."""

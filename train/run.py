@@ -206,16 +206,20 @@ class TrainState:
 
 @dataclass
 class Throughput:
-    """Samples trained over some steps, their wall time, and of it the time spent waiting
-    for batches (mean over ranks)."""
+    """Samples trained over some steps, their visible tokens and model FLOPs, their wall
+    time, and of it the time spent waiting for batches (mean over ranks)."""
     samples: int = 0
     seconds: float = 0.0
     data_wait: float = 0.0
+    tokens: float = 0.0
+    flops: float = 0.0
 
     def add(self, other: Throughput) -> None:
         self.samples += other.samples
         self.seconds += other.seconds
         self.data_wait += other.data_wait
+        self.tokens += other.tokens
+        self.flops += other.flops
 
     def per_second(self, amount: float) -> float:
         return amount / max(self.seconds, 1e-9)
@@ -232,8 +236,8 @@ class Run:
     config_yaml: str
     state: TrainState
     images: Loader | None = None  # the image-text pairs beside the videos (data.images)
-    flops_per_sample: float = 0.0
-    visible_tokens: int = 0
+    # source -> (visible tokens, model FLOPs) per sample: an image is one tubelet slice
+    per_sample: dict = field(default_factory=dict)
     peak: float = 0.0
     window: Throughput = field(default_factory=Throughput)  # the steps since the last TensorBoard line
     total: Throughput = field(default_factory=Throughput)  # every step this process logged, for the summary
@@ -291,7 +295,7 @@ def image_data(cfg: RunConfig) -> DataConfig | None:
 def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
     from longvivit.model import flops_per_sample
 
-    from .engine import build_engine
+    from .engine import apply_schedule, build_engine
     from .logging import RunLogger, peak_tflops
 
     device = device_for(d)
@@ -312,6 +316,7 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     state = TrainState()
     if tag is not None:
         checkpoint.load(engine, tag, checkpoint_parts(state, loader, images), universal)
+        apply_schedule(engine)
     step = state.step
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
@@ -319,8 +324,11 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     run = Run(cfg, d, device, engine, loader, log, resolved_yaml(cfg), state, images)
     if tag is not None:  # the state at `step` is that checkpoint: finish() must not write it again
         run.saved, run.saved_step = tag, step
-    run.flops_per_sample = flops_per_sample(cfg.model, v.mask_ratio)
-    run.visible_tokens = v.visible_tokens()
+    run.per_sample = {"video": (v.visible_tokens(), flops_per_sample(cfg.model, v.mask_ratio))}
+    if images is not None:
+        ratio = cfg.data.images.mask_ratio
+        still = dataclasses.replace(cfg.model, video=dataclasses.replace(v, frames=v.tubelet[0]))
+        run.per_sample["image"] = (still.video.visible_tokens(ratio), flops_per_sample(still, ratio))
     run.peak = peak_tflops(device, cfg.peak_tflops)
     return run
 
@@ -489,7 +497,9 @@ def log_step(run: Run, out: dict, timer: StepTimer) -> float:
     seconds, _ = timer.lap()
     source = out.get("source", "video")
     batch = run.cfg.data.images.batch_size if source == "image" else run.cfg.data.batch_size
-    run.window.add(Throughput(batch * run.cfg.grad_accum * run.d.world_size, seconds, data_wait))
+    samples = batch * run.cfg.grad_accum * run.d.world_size
+    tokens, flops = run.per_sample[source]
+    run.window.add(Throughput(samples, seconds, data_wait, samples * tokens, samples * flops))
     run.source_losses.setdefault(source, []).append(loss)
     step = run.state.step
     run.log.record(step, kind="step", loss=loss, lr=out["lr"], source=source, indices=out["indices"],
@@ -510,8 +520,8 @@ def log_scalars(run: Run, out: dict, loss: float, failures: float) -> None:
                "grad_norm": grad_norm(run.engine), "skipped_steps": run.engine.skipped_steps,
                "data_wait": w.per_second(w.data_wait),
                "decode_failures": failures, "memory_gb": memory_gb(run.device),
-               **throughput(w.samples, w.samples * run.visible_tokens, w.seconds, run.flops_per_sample,
-                            run.peak, run.d.world_size)}
+               **throughput(w.samples, w.tokens, w.seconds, w.flops / max(w.samples, 1), run.peak,
+                            run.d.world_size)}
     if run.images is not None:  # each source's mean loss over its steps since the last line
         scalars.update({f"loss_{source}": sum(losses) / len(losses) for source, losses in run.source_losses.items()})
     run.source_losses = {}
