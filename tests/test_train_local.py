@@ -48,6 +48,22 @@ def test_shipped_configs_are_the_recipe():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+def test_multi_node_configs_fix_the_sample_order_and_their_local_form_does_not(name, tmp_path):
+    """streaming resumes an epoch on another node count only with num_canonical_nodes fixed
+    (the physical node count must divide it or be a multiple of it)."""
+    import re
+
+    command = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0]
+    nodes = re.search(r"--nodes[= ](\d+)", command)
+    cfg = load_run_config(CONFIGS / f"{name}.yaml")
+    if nodes and int(nodes.group(1)) > 1:
+        n, c = int(nodes.group(1)), cfg.data.canonical_nodes
+        assert c > 0 and (c % n == 0 or n % c == 0), (name, n, c)
+    local = load_run_config(CONFIGS / f"{name}.yaml", overrides=["local=true", f"local_dir={tmp_path}"])
+    assert local.data.canonical_nodes == 0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_local_form_keeps_what_matters_and_shrinks_the_rest(name, tmp_path):
     full = load_run_config(CONFIGS / f"{name}.yaml")
     local = load_run_config(CONFIGS / f"{name}.yaml", overrides=["local=true", f"local_dir={tmp_path}"])

@@ -12,8 +12,10 @@ runs in seconds on CPU, keeping everything that decides whether it works:
              wide, 2 deep; embeddings 64: the same for every config, so stages chain),
              frames (8 if the config has <= 16, else 16), image size (two or more patches
              a side, ~32 px), micro-batch <= 4, steps <= 20 (warmup a quarter of them),
-             eval <= 2 batches, no loader workers; global_batch 0 (a cluster's global
-             batch on a laptop's ranks would mean a huge grad_accum or micro-batch)
+             eval <= 2 batches, no loader workers, global_batch 0 (a cluster's global
+             batch on a laptop's ranks would mean a huge grad_accum or micro-batch),
+             data.canonical_nodes 0 (a cluster config's fixed 64 would pad the tiny data
+             with repeats)
   data       the synthetic benchmark (24-frame clips at 1 FPS, 32 px VP9 shards, image
              stills as one-frame shards for data.images, and a sentencepiece model), made
              once under `local_dir`/data
@@ -108,7 +110,8 @@ def local_changes(cfg: RunConfig) -> dict:
     data = {"train": str(data_dir / "train"), "val": str(data_dir / "val"),
             "tokenizer": str(data_dir / "spm.model"), "frames": "${model.video.frames}",
             "image_size": "${model.video.image_size}", "batch_size": min(d.batch_size, MAX_BATCH),
-            "num_workers": 0, "synthetic_samples": min(d.synthetic_samples, 64)}
+            "num_workers": 0, "synthetic_samples": min(d.synthetic_samples, 64),
+            "canonical_nodes": 0}
     if d.images.proportion:
         data["images"] = {"train": str(data_dir / "images"), "batch_size": min(d.images.batch_size, MAX_BATCH)}
     changes = {"model": {"embed_dim": EMBED_DIM, "video": video, "text": text}, "data": data,
