@@ -342,6 +342,7 @@ def run_train_cell(out: Path, overrides: list[str]) -> dict:
     d = dist.read_env()
     cfg, ds_config, _ = run.validate([str(DEMO), *overrides, f"out={out}", "resume=never"], d)
     dist.setup_env(d)
+    dist.bind_device(d)
     dist.init_process_group(timedelta(minutes=10))
     try:
         trainer = run.setup(cfg, ds_config, None, d)

@@ -76,6 +76,7 @@ def init_single_process():
 
     d = dist.read_env({})
     dist.setup_env(d)
+    dist.bind_device(d)
     dist.init_process_group(timedelta(minutes=10))
     return d
 

@@ -89,6 +89,7 @@ def rank_main(way: str, preset: str, check: bool) -> None:
     torch.set_num_threads(1)
     d = dist.read_env()
     dist.setup_env(d)
+    dist.bind_device(d)
     dist.init_process_group(timedelta(seconds=600))
     try:
         cfg = run_config(preset)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from longvivit.config import ConfigError
 from longvivit.train import dist
 from longvivit.train.dist import free_port
 
@@ -104,12 +105,69 @@ def test_no_collective_outside_the_helpers():
     assert len(package_files()) > 30 and collective_calls((ROOT / "model/loss.py").read_text())
 
 
-def test_collective_device_follows_the_backend(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+def test_collective_device_follows_the_backend_and_the_bound_device(monkeypatch):
+    monkeypatch.setattr(dist, "_bound", None)
+    with pytest.raises(dist.DeviceNotBound, match="before this rank's device is bound"):
+        dist.collective_device("gloo")
+    monkeypatch.setattr(dist, "_bound", torch.device("cuda", 3))  # as bind_device leaves it on GPU 3
     assert dist.collective_device("nccl") == torch.device("cuda", 3)
     assert dist.collective_device("cpu:gloo,cuda:nccl") == torch.device("cuda", 3)
     assert dist.collective_device("gloo") == torch.device("cpu")
     assert dist.collective_device("mpi") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("local_rank, local_world, gpus, expected", [
+    (0, 1, 0, "cpu"), (1, 2, 0, "cpu"),  # no CUDA
+    (3, 8, 8, "cuda:3"), (1, 2, 8, "cuda:1"),  # one GPU per rank, by local rank
+    (5, 8, 1, "cuda:0"),  # srun --gpus-per-task=1 / --gpu-bind: each task sees only its own
+])
+def test_rank_device_places_each_rank(local_rank, local_world, gpus, expected):
+    assert dist.rank_device(local_rank, local_world, gpus) == torch.device(expected)
+
+
+def test_rank_device_refuses_fewer_gpus_than_ranks():
+    with pytest.raises(ConfigError, match="8 ranks on this node .* sees 4 GPUs"):
+        dist.rank_device(5, 8, 4)
+
+
+def test_ranks_sharing_a_gpu_are_named():
+    assert dist.shared_gpus([("a", "GPU-1"), ("a", "GPU-2"), ("b", "GPU-1")]) is None  # one per host
+    assert dist.shared_gpus([("a", None), ("a", None)]) is None  # CPU ranks share the CPU
+    clash = dist.shared_gpus([("a", "GPU-1"), ("b", "GPU-1"), ("a", "GPU-1")])
+    assert clash.startswith("ranks 0 and 2 are both on GPU GPU-1 of a")
+
+
+def _bind_order(rank: int, world: int, port: int, bind_first: bool, results) -> None:
+    """The trainer's start as it was (process group, then the resume choice, then the
+    device) or as it is (the device first)."""
+    import torch.distributed as tdist
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    d = dist.DistEnv(rank, world, rank, world, "127.0.0.1", port)
+    if bind_first:
+        dist.bind_device(d)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results[rank] = ("ok", dist.broadcast_object(f"choice of rank {rank}"))
+    except dist.DeviceNotBound as err:
+        results[rank] = ("refused", str(err))
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("bind_first", [False, True])
+def test_a_collective_before_the_device_is_bound_fails_on_cpu_as_under_nccl(bind_first):
+    """NCCL refuses a collective on a rank whose device is not yet bound (its tensors go to
+    GPU 0); the collectives refuse it on gloo too, so this order fails on CPU."""
+    results = mp.Manager().dict()
+    mp.spawn(_bind_order, args=(2, free_port(), bind_first, results), nprocs=2, join=True)
+    for rank in range(2):
+        if bind_first:
+            assert results[rank] == ("ok", "choice of rank 0")
+        else:
+            kind, message = results[rank]
+            assert kind == "refused" and message.startswith("broadcast_object before this rank's device is bound")
 
 
 def test_without_a_process_group_the_helpers_return_local_values():
@@ -124,6 +182,7 @@ def _ranks(rank: int, world: int, port: int, results) -> None:
     import torch.distributed as tdist
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.bind_device(dist.DistEnv(rank, world, rank, world, "127.0.0.1", port))
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     calls = []
     real = tdist.all_reduce

@@ -160,6 +160,7 @@ def _engine_roundtrip(rank: int, port: int, out: str, results) -> None:
 
     d = dist.DistEnv(0, 1, 0, 1, "127.0.0.1", port)
     dist.setup_env(d)
+    dist.bind_device(d)
     dist.init_process_group(timedelta(seconds=120))
     try:
         cfg = load_run_config(DEMO, overrides=["model.video.frames=4", "data.batch_size=2"])
@@ -202,6 +203,9 @@ def _views(rank: int, port: int, root: str, results) -> None:
     """Each rank looks at its own copy of `out`: rank 1's lags behind rank 0's."""
     import torch.distributed as tdist
 
+    from longvivit.train import dist
+
+    dist.bind_device(dist.DistEnv(rank, 2, rank, 2, "127.0.0.1", port))
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         out = Path(root) / f"view{rank}"

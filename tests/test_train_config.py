@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from longvivit.config import ConfigError
 from longvivit.train.config import keep_global_batch, load_run_config, resolve_ds_config
@@ -36,6 +37,7 @@ BAD_FILES = {
     "syntax.yaml": "model: {video: [\n",
     "list.json": "[1, 2]",
     "zero_string.json": '{"zero_optimization": "three"}',
+    "unmarked.json": '{"zero_optimization": {"stage": 3}}',  # says neither "_accelerator": "cuda" nor "cpu"
     "garbage.pt": "not a torch file",
     "afile": "",
 }
@@ -53,6 +55,9 @@ SYNTHETIC = "data.source=synthetic"  # past the data checks, to the ones after t
     (["model.text.heads=0"], "model.text.heads"),
     (["precision=fp16"], "precision"),
     (["ds_config=ds_configs/zero3.json"], "ds_config.bf16.enabled"),
+    # no CUDA here: a GPU run is refused, not trained on CPUs over gloo
+    (["ds_config=ds_configs/zero3.json", "precision=bf16"], "ds_config"),
+    (["ds_config={tmp}/unmarked.json", "precision=bf16"], "precision"),
     (["ds_config={tmp}/list.json"], "ds_config"),
     (["ds_config={tmp}/zero_string.json"], "ds_config.zero_optimization"),
     (["data.train=/nonexistent/shards"], "data.train"),
@@ -208,3 +213,26 @@ def test_torch_extensions_are_cached_per_python_environment(monkeypatch):
     os.environ["TORCH_EXTENSIONS_DIR"] = "/mine"
     setup_env(read_env({}))
     assert os.environ["TORCH_EXTENSIONS_DIR"] == "/mine"
+
+
+GPU_CONFIGS = sorted(p.name for p in (ROOT / "train" / "configs").glob("*.yaml")
+                     if load_run_config(p).ds_config and "_cpu" not in load_run_config(p).ds_config)
+
+
+def test_the_shipped_gpu_configs_are_the_ones_we_think():
+    assert {"short_B16.yaml", "short_L16.yaml", "long_L256.yaml", "g_1b.yaml"} <= set(GPU_CONFIGS)
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_a_shipped_gpu_config_is_refused_without_cuda_and_its_local_form_runs(name, tmp_path, monkeypatch):
+    """Without CUDA the real form exits 2 in one line saying why (it would train on CPUs
+    over gloo); its local form is the CPU form and passes that check."""
+    from longvivit.train import run
+
+    proc = _train([], tmp_path, ROOT / "train" / "configs" / name)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("longvivit train: ds_config: ds_configs/") and "is written for GPUs" in line, line
+    assert "no CUDA device (this torch" in line or "finds no usable GPU" in line, line
+    cfg = load_run_config(ROOT / "train" / "configs" / name, overrides=["local=true", f"local_dir={tmp_path}"])
+    run.check_accelerator(cfg, torch.device("cpu"))  # no error

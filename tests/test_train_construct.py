@@ -64,6 +64,7 @@ def _ranks(rank: int, port: int, files: dict, results) -> None:
 
     d = dist.DistEnv(rank, 2, rank, 2, "127.0.0.1", port)
     dist.setup_env(d)
+    dist.bind_device(d)
     dist.init_process_group(timedelta(seconds=120))
     try:
         for case, overrides in CASES.items():

@@ -103,6 +103,9 @@ def test_two_ranks_resume_on_one_and_a_kill_during_conversion(two_rank_run, tmp_
 
     got = dump(tmp_path, 1, 0, "got")  # converts again, from scratch
     assert_same_state(got, ref)
+    # every Adam tensor (step, exp_avg, exp_avg_sq of each flat partition) checked on its
+    # parameter's device after the universal load, as after DeepSpeed's own
+    assert got["placed"]["tensors"] >= 3 and got["misplaced"] == [] and ref["misplaced"] == []
     rc, out = train(tmp_path, 1, 4, "one")
     assert rc == 0, out[-3000:]
     (event,) = events(out, "rescale")

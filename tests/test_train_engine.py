@@ -132,6 +132,7 @@ def _worker(rank: int, port: int, case: str, overrides: list, results) -> None:
 
     d = dist.DistEnv(0, 1, 0, 1, "127.0.0.1", port)
     dist.setup_env(d)
+    dist.bind_device(d)
     dist.init_process_group(timedelta(seconds=120))
     try:
         cfg = run_config(*overrides)
@@ -188,3 +189,36 @@ def test_bf16_engine_trains_close_to_fp32():
     diffs = [abs(a - b) for a, b in zip(fp32, bf16)]
     print({"fp32": fp32, "bf16": bf16, "diffs": diffs})
     assert diffs[0] < 0.02 and max(diffs) < 0.05, (fp32, bf16)
+
+
+def test_optimizer_state_off_its_parameters_device_is_found_and_moved():
+    """What a universal-checkpoint load can leave: a fused AdamW's step on another device
+    (there the CPU, here the meta device, the only other one a CPU machine has) and in
+    another dtype. place_optimizer_state moves it where torch's own load_state_dict puts it."""
+    from longvivit.train.engine import misplaced_optimizer_state, place_optimizer_state
+
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = torch.optim.AdamW([p], fused=True)
+    p.grad = torch.randn(4)
+    opt.step()
+    assert misplaced_optimizer_state(opt) == []
+    opt.state[p]["step"] = torch.tensor(1.0, dtype=torch.float64, device="meta")
+    opt.state[p]["exp_avg"] = opt.state[p]["exp_avg"].to("meta")
+    (wrong_avg, wrong_step) = sorted(misplaced_optimizer_state(opt))
+    assert wrong_avg == "0.exp_avg: meta torch.float32, wants cpu torch.float32"
+    assert wrong_step == "0.step: meta torch.float64, wants cpu torch.float32"
+    opt.state[p]["step"] = torch.tensor(1.0, dtype=torch.float64)  # meta holds no value to move
+    opt.state[p]["exp_avg"] = torch.zeros(4)
+    placed = place_optimizer_state(opt)
+    assert placed == {"tensors": 3, "moved": ["0.step"]} and misplaced_optimizer_state(opt) == []
+    assert opt.state[p]["step"].dtype == torch.float32
+    opt.step()  # the fused kernel takes it
+
+
+def test_a_plain_optimizers_step_may_stay_on_the_cpu():
+    from longvivit.train.engine import misplaced_optimizer_state
+
+    p = torch.nn.Parameter(torch.randn(4, device="meta"))
+    opt = torch.optim.AdamW([p], foreach=False)
+    opt.state[p] = {"step": torch.tensor(2.0), "exp_avg": torch.zeros(4, device="meta")}
+    assert misplaced_optimizer_state(opt) == []  # torch keeps a non-fused step on the CPU

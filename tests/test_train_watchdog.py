@@ -12,6 +12,9 @@ a fault point (stall_PHASE, train/faults.py) the test arms on rank 1 only:
 - in a checkpoint write: rank 1 is named in phase checkpoint; rank 0, stuck since the same
   moment, may report too and then says it was waiting for the others in a barrier; the
   stalled checkpoint is not complete.
+- an exception on rank 1 while rank 0 is stuck elsewhere: rank 1 leaves at once (no
+  barrier on its way out, which under NCCL would hold it for timeouts.collective_s), so the
+  launcher ends rank 0 before its own watchdog has to.
 """
 import threading
 from pathlib import Path
@@ -154,3 +157,18 @@ def test_a_rank_stalled_writing_a_checkpoint_ends_the_job_naming_rank_and_phase(
         assert "waiting for the other ranks in barrier" in hang_lines(output, 0)[0]
     assert [x["step"] for x in step_lines(tmp_path / "train")] == [1]
     assert not list((tmp_path / "train").rglob("complete"))  # the stalled checkpoint never became one
+
+
+@pytest.mark.multiproc
+def test_an_exception_on_one_rank_ends_both_before_any_watchdog_or_collective_timeout(tmp_path):
+    """Rank 1 raises at the start of step 2 while rank 0 is stuck entering it (for an hour).
+    The job ends with rank 1's error, before rank 0's watchdog (timeouts.step_s) reports:
+    rank 1 waited for no one on its way out. Before, its exit path began with a barrier,
+    which waited until rank 0's watchdog ended rank 0 (and under NCCL, whose barrier does not
+    notice a dead peer, for timeouts.collective_s)."""
+    rc, output, _ = stalled_run(tmp_path, "raise_in_step:2:1,stall_step:2:0", "timeouts.step_s=300",
+                                "timeouts.collective_s=1200")
+    assert rc != 0, output[-4000:]
+    assert "InjectedFault: fault point raise_in_step at step 2 on rank 1" in output, output[-4000:]
+    assert events(output, "hang") == [], output[-4000:]  # the launcher ended rank 0 first
+    assert [x["step"] for x in step_lines(tmp_path / "train")] == [1]

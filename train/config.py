@@ -264,6 +264,12 @@ def _fill_precision(ds: dict, precision: str, name: str) -> None:
               f"{section['enabled']} in {name} disagrees with precision={precision}")
 
 
+def ds_config_accelerator(path: str) -> str | None:
+    """What a ds_config is written for: its "_accelerator" entry ("cuda" or "cpu"; every
+    shipped one says), None when it does not say."""
+    return load_ds_json(path).get("_accelerator")
+
+
 def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict:
     """The DeepSpeed config dict for this run: "auto" filled in, disagreements rejected."""
     ds = {k: v for k, v in load_ds_json(cfg.ds_config).items() if not k.startswith("_")}  # "_comment"
@@ -287,4 +293,4 @@ def zero_stage(ds: dict) -> int:
 
 
 __all__ = ["RunConfig", "OptimConfig", "TimeoutConfig", "load_run_config", "keep_global_batch", "resolve_ds_config",
-           "check_data", "check_precision", "repo_path", "zero_stage", "ConfigError"]
+           "check_data", "check_precision", "ds_config_accelerator", "repo_path", "zero_stage", "ConfigError"]

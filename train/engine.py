@@ -84,3 +84,57 @@ def partitioned_numel(module: nn.Module) -> tuple[int, int]:
             local += p.numel()
             total += p.numel()
     return local, total
+
+
+def base_optimizer(engine) -> torch.optim.Optimizer:
+    """The torch optimizer an engine steps (ZeRO's and the bf16 optimizers wrap it as .optimizer)."""
+    opt = engine.optimizer
+    while not isinstance(opt, torch.optim.Optimizer) and hasattr(opt, "optimizer"):
+        opt = opt.optimizer
+    return opt
+
+
+def _state_home(flags: dict, param: torch.Tensor, key: str, value: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+    """Where a state tensor must live for the optimizer's kernel: with its parameter; a
+    'step' too under fused or capturable (as a float32 scalar), where torch's own
+    load_state_dict puts it. (A plain optimizer's 'step' may stay where it is.)"""
+    if key == "step" and not (flags.get("fused") or flags.get("capturable")):
+        return value.device, value.dtype
+    return param.device, (torch.float32 if key == "step" else value.dtype)
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer):
+    """(name, its state dict, key, parameter, where it belongs) of every state tensor. Over
+    optimizer.state, not param_groups: ZeRO-3 lists a group's flat partition in
+    param_groups only while it steps it."""
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for i, (param, state) in enumerate(optimizer.state.items()):
+        flags = groups.get(id(param), optimizer.defaults)
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                yield f"{i}.{key}", state, key, value, _state_home(flags, param, key, value)
+
+
+def place_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """Move every state tensor that is not where the kernel reads it (_state_home) there,
+    then check that none is left elsewhere. A universal-checkpoint load sets the state
+    itself (DeepSpeed's load_hp_checkpoint_state_from_checkpoint_dir_stage3) and leaves
+    'step' where torch.load put it, on the CPU, which the fused AdamW kernel on a GPU reads
+    without checking. Returns {"tensors": state tensors seen, "moved": [their names]}."""
+    seen, moved = 0, []
+    for name, state, key, value, (device, dtype) in list(_state_tensors(optimizer)):
+        seen += 1
+        if value.device != device or value.dtype != dtype:
+            state[key] = value.to(device=device, dtype=dtype)
+            moved.append(name)
+    if wrong := misplaced_optimizer_state(optimizer):
+        raise RuntimeError(f"optimizer state off its parameters' devices after loading: {', '.join(wrong[:5])}")
+    return {"tensors": seen, "moved": moved}
+
+
+def misplaced_optimizer_state(optimizer: torch.optim.Optimizer) -> list[str]:
+    """"name: device dtype, wants device dtype" of each state tensor not where the kernel
+    reads it."""
+    return [f"{name}: {value.device} {value.dtype}, wants {device} {dtype}"
+            for name, _, _, value, (device, dtype) in _state_tensors(optimizer)
+            if value.device != device or value.dtype != dtype]

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .config import TimeoutConfig
+from .config import ConfigError, TimeoutConfig
 from .gallery import Gallery, clips_shown, select_queries, thumbnail_strip
 from .retrieval import retrieval_metrics
 from .zeroshot import DEFAULT_TEMPLATES, classification_metrics, classifier, labels_of, read_templates
@@ -338,13 +338,13 @@ def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv, paragraphs: bool
                      gallery_queries: int = 0) -> tuple[Embeddings, str]:
     """This checkpoint's embeddings of the split (call on every rank), and the split."""
     from . import export
-    from .run import clean_streaming_shm, device_for, open_loader
+    from .run import clean_streaming_shm, open_loader
 
     model, cfg = export.load_any(args.checkpoint)
     cfg.data.val = args.data or cfg.data.val
     cfg.data.tokenizer = args.tokenizer or cfg.data.tokenizer
     cfg.data.batch_size = args.batch_size or cfg.data.batch_size
-    device = device_for(d)
+    device = dist.bound_device()
     clean_streaming_shm(cfg)
     loader = open_loader(cfg, "val", device, d, training=False)
     try:
@@ -411,13 +411,12 @@ def write_pictures(args: argparse.Namespace, lines: list[dict], gallery: Gallery
 
 
 def start_process_group(d: dist.DistEnv, timeout_s: float) -> None:
-    """Under a launcher (world size > 1); one plain process needs none."""
-    from .run import device_for
-
+    """Bind this rank's device, then the process group under a launcher (world size > 1);
+    one plain process needs none."""
     dist.setup_env(d)
-    if device_for(d).type == "cuda":
-        torch.cuda.set_device(device_for(d))
-    dist.init_process_group(timedelta(seconds=timeout_s))
+    dist.bind_device(d)
+    if d.world_size > 1:
+        dist.init_process_group(timedelta(seconds=timeout_s))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,8 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         return from_embeddings(args)
     tasks = args.tasks.split(",") if args.tasks else list(TASKS)
     d = dist.read_env()
-    if d.world_size > 1:
+    try:
         start_process_group(d, args.collective_timeout)
+    except ConfigError as err:  # no device for this rank (dist.rank_device)
+        print(f"longvivit eval: {err}", file=sys.stderr)
+        return 2
     gallery = args.gallery if args.report or args.log_dir else 0
     try:
         emb, data = embed_checkpoint(args, d, "paragraph" in tasks, gallery)

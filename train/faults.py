@@ -1,6 +1,6 @@
 """Fault injection for the tests: LONGVIVIT_FAULT=NAME:STEPS[:RANK] arms the point NAME at
 STEPS (one step N, or the steps FIRST-LAST), on every rank that reaches it, or on rank RANK
-only.
+only; several, separated by commas, arm each of them.
 
     kill_during_save  (checkpoint.save, rank 0): SIGKILL after rank 0's shard files and the
                       run config of STEP are written, before the tag is complete
@@ -10,6 +10,8 @@ only.
                       can signal a run at a known step however fast its steps are
     kill_during_conversion  (checkpoint, rank 0): SIGKILL while a checkpoint of another
                       world size is being converted to a universal one, before the rename
+    raise_in_step     (run.loop): a RuntimeError at the start of step STEP, as from a bug or
+                      a failed kernel on that rank
     nan_loss          (run.train_step): every micro-batch loss of the step is NaN in value
                       (NaN added: its gradients stay finite, so only the trainer's own check
                       of the loss can keep the step from being applied)
@@ -27,12 +29,26 @@ from typing import Callable
 
 
 def armed(name: str, step: int, rank: int) -> bool:
-    fault, _, where = os.environ.get("LONGVIVIT_FAULT", "").partition(":")
+    return any(_armed(spec, name, step, rank) for spec in os.environ.get("LONGVIVIT_FAULT", "").split(","))
+
+
+def _armed(spec: str, name: str, step: int, rank: int) -> bool:
+    fault, _, where = spec.partition(":")
     steps, _, only_rank = where.partition(":")
     first, _, last = steps.partition("-")
     if fault != name or not first.isdigit() or not (last or first).isdigit():
         return False
     return int(first) <= step <= int(last or first) and only_rank in ("", str(rank))
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def raise_point(name: str, step: int, rank: int) -> None:
+    """Raise InjectedFault if the point is armed."""
+    if armed(name, step, rank):
+        raise InjectedFault(f"fault point {name} at step {step} on rank {rank}")
 
 
 def fault_point(name: str, step: int, rank: int, sig: int = signal.SIGKILL) -> None:

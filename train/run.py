@@ -40,8 +40,8 @@ from longvivit.data.config import DataConfig
 
 from . import checkpoint, dist, faults, watchdog
 from .construct import build_model
-from .config import (RunConfig, check_data, check_precision, keep_global_batch, load_run_config, repo_path,
-                     resolve_ds_config)
+from .config import (RunConfig, check_data, check_precision, ds_config_accelerator, keep_global_batch,
+                     load_run_config, repo_path, resolve_ds_config)
 
 if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
     from deepspeed import DeepSpeedEngine
@@ -88,10 +88,6 @@ def split_argv(argv: list[str]) -> tuple[str, list[str]]:
     return args[0], args[1:]
 
 
-def device_for(d: dist.DistEnv) -> torch.device:
-    return torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def check_tokenizer(cfg: RunConfig) -> None:
     if cfg.data.source == "synthetic":
         return
@@ -131,6 +127,24 @@ def check_init(cfg: RunConfig) -> None:
         raise ConfigError(f"init: {cfg.init!r}: cannot read it ({type(err).__name__}: {reason})") from None
 
 
+def check_accelerator(cfg: RunConfig, device: torch.device) -> None:
+    """Without a usable GPU, refuse a run meant for GPUs instead of training it on CPUs over
+    gloo without a word: a ds_config written for CUDA ("_accelerator": "cuda"), or bf16
+    with a ds_config not written for the CPU. The local form (local=true) is any config's
+    CPU form; a *_cpu.json ds_config says the CPU is meant."""
+    if device.type != "cpu" or cfg.local:
+        return
+    meant = ds_config_accelerator(cfg.ds_config)
+    if meant == "cuda":
+        key, what = "ds_config", f"{cfg.ds_config} is written for GPUs"
+    elif cfg.precision == "bf16" and meant != "cpu":
+        key, what = "precision", f"bf16 with {cfg.ds_config} (not marked \"_accelerator\": \"cpu\") is a GPU run"
+    else:
+        return
+    raise ConfigError(f"{key}: {what}, and there is no CUDA device ({dist.cuda_problem()}): it would train on "
+                      "CPUs over gloo; run it on a GPU node, or its CPU form with local=true")
+
+
 def check_out(cfg: RunConfig) -> None:
     """`out` is a directory, or can be made one: its nearest existing ancestor is a
     writable directory (not a file)."""
@@ -155,8 +169,10 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     # a fixed global_batch derives grad_accum or data.batch_size for this world size: the
     # stored run_config.yaml and the ds_config hold what runs
     cfg = keep_global_batch(load_run_config(repo_path(path), overrides=overrides), d.world_size)
-    check_precision(cfg.precision, device_for(d).type)
+    device = dist.device_for(d)
+    check_precision(cfg.precision, device.type)
     ds_config = resolve_ds_config(cfg, d.world_size)
+    check_accelerator(cfg, device)
     check_out(cfg)
     if cfg.local:  # the config is valid: make the synthetic data / open_clip file it reads
         from .local import prepare
@@ -244,6 +260,7 @@ class Run:
     saved: Path | None = None  # the newest checkpoint of this run's state (written or resumed from)
     saved_step: int = -1
     source_losses: dict = field(default_factory=dict)  # source -> its losses since the last TensorBoard line
+    optimizer_state: dict | None = None  # after a resume: the state tensors checked and moved (place_optimizer_state)
 
 
 def checkpoint_parts(state: TrainState, loader: Loader, images: Loader | None = None) -> dict[str, checkpoint.Stateful]:
@@ -295,12 +312,10 @@ def image_data(cfg: RunConfig) -> DataConfig | None:
 def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> Run:
     from longvivit.model import flops_per_sample
 
-    from .engine import apply_schedule, build_engine
+    from .engine import apply_schedule, base_optimizer, build_engine, place_optimizer_state
     from .logging import RunLogger, peak_tflops
 
-    device = device_for(d)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = dist.bound_device()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if d.is_main:
         checkpoint.remove_incomplete(cfg.out)
@@ -313,17 +328,18 @@ def setup(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) ->
     loader = open_loader(cfg, "train", device, d, training=True)
     images = image_data(cfg)
     images = open_loader(cfg, "train", device, d, True, images) if images is not None else None
-    state = TrainState()
+    state, placed = TrainState(), None
     if tag is not None:
         checkpoint.load(engine, tag, checkpoint_parts(state, loader, images), universal)
         apply_schedule(engine)
+        placed = place_optimizer_state(base_optimizer(engine))
     step = state.step
     torch.manual_seed(cfg.seed + 1000 * d.rank + step)  # anything unseeded differs per rank
     v = cfg.model.video
     log = RunLogger(cfg.out, d.rank, cfg.steps, step, cfg.progress and d.is_main)
     run = Run(cfg, d, device, engine, loader, log, resolved_yaml(cfg), state, images)
     if tag is not None:  # the state at `step` is that checkpoint: finish() must not write it again
-        run.saved, run.saved_step = tag, step
+        run.saved, run.saved_step, run.optimizer_state = tag, step, placed
     run.per_sample = {"video": (v.visible_tokens(), flops_per_sample(cfg.model, v.mask_ratio))}
     if images is not None:
         ratio = cfg.data.images.mask_ratio
@@ -382,7 +398,8 @@ def announce(run: Run, tag: Path | None) -> None:
     line = {"event": "start", "rank": run.d.rank, "pid": os.getpid(), "world_size": run.d.world_size,
             "backend": dist.backend(), "device": str(run.device),
             "params_local": local, "params_total": total, "step": run.state.step,
-            "resumed_from": str(tag) if tag else None, "peak_tflops_per_device": run.peak}
+            "resumed_from": str(tag) if tag else None, "optimizer_state": run.optimizer_state,
+            "peak_tflops_per_device": run.peak}
     print(json.dumps(line), flush=True)
     run.log.config(run.config_yaml)
     if run.d.is_main:
@@ -426,7 +443,7 @@ def train_step(run: Run, stream: Iterator[dict], mask_ratio: float | None = None
     """One optimizer step over grad_accum micro-batches of one source."""
     if run.cfg.grad_accum_loss == "whole_batch":
         return whole_batch_train_step(run, stream, mask_ratio)
-    engine, losses, scales, indices = run.engine, [], [], []
+    engine, losses, indices = run.engine, [], []
     lr = engine.get_lr()[0]  # the rate this step uses (DeepSpeed steps the schedule after it)
     for micro in range(run.cfg.grad_accum):
         batch = next(stream)
@@ -436,10 +453,10 @@ def train_step(run: Run, stream: Iterator[dict], mask_ratio: float | None = None
         engine.backward(nan_grads_if_nonfinite(loss))
         engine.step()
         losses.append(loss.detach().float())
-        scales.append(float(metrics["logit_scale"]))
-        indices += batch["index"].tolist()
-    return {"loss": torch.stack(losses).mean(), "logit_scale": scales[-1], "indices": indices, "lr": lr,
-            "skipped": not engine.was_step_applied()}
+        indices.append(batch["index"])
+    # tensors, read on the host once per step (log_step), not once per micro-batch
+    return {"loss": torch.stack(losses).mean(), "logit_scale": metrics["logit_scale"].detach(),
+            "indices": torch.cat(indices).tolist(), "lr": lr, "skipped": not engine.was_step_applied()}
 
 
 def whole_batch_train_step(run: Run, stream: Iterator[dict], mask_ratio: float | None = None) -> dict:
@@ -465,7 +482,7 @@ def whole_batch_train_step(run: Run, stream: Iterator[dict], mask_ratio: float |
         engine.backward(nan_grads_if_nonfinite(loss), scale_wrt_gas=False)
 
     loss, metrics = whole_batch_step(batches, generators, embed, forward, backward, engine.step)
-    return {"loss": loss.detach().float(), "logit_scale": float(metrics["logit_scale"]),
+    return {"loss": loss.detach().float(), "logit_scale": metrics["logit_scale"].detach(),
             "indices": [i for b in batches for i in b["index"].tolist()], "lr": lr,
             "skipped": not engine.was_step_applied()}
 
@@ -516,7 +533,7 @@ def log_scalars(run: Run, out: dict, loss: float, failures: float) -> None:
     from .logging import memory_gb, throughput
 
     w = run.window
-    scalars = {"loss": loss, "lr": out["lr"], "logit_scale": out["logit_scale"],
+    scalars = {"loss": loss, "lr": out["lr"], "logit_scale": float(out["logit_scale"]),
                "grad_norm": grad_norm(run.engine), "skipped_steps": run.engine.skipped_steps,
                "data_wait": w.per_second(w.data_wait),
                "decode_failures": failures, "memory_gb": memory_gb(run.device),
@@ -603,6 +620,7 @@ def loop(run: Run, stop: StopRequest) -> bool:
     bad_since = 0  # the first of the non-finite steps in a row up to the last one (0: it was finite)
     while run.state.step < cfg.steps:
         watchdog.begin("step", run.state.step + 1)
+        faults.raise_point("raise_in_step", run.state.step + 1, rank)
         source = step_source(run)
         out = {**train_step(run, streams[source], source_mask_ratio(run, source)), "source": source}
         run.state.step += 1
@@ -677,34 +695,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv) -> int:
+    """Set up, train and finish on this rank. The device is bound before the process group
+    starts (dist.bind_device). A rank leaving on an exception waits for no peer on its way
+    out (dist.shutdown failed=True): its exit is what ends the job."""
     from .preemption import StopRequest
 
     t_start = time.time()
     dist.setup_env(d)
     stop = StopRequest()
     watchdog.start(cfg.timeouts.limits(), d.rank, cleanup=lambda: dist.remove_shm_buffer(d))
-    run = None
+    built: list[Run] = []  # the Run setup() made, for the cleanup
+    failed = True
     try:
-        dist.init_process_group(timedelta(seconds=cfg.timeouts.collective_s))
-        tag = checkpoint.rank0_choice(tag)
-        if finished(cfg, tag):
-            return report_finished(cfg, tag, d)
-        run = setup(cfg, ds_config, tag, d)
-        announce(run, tag)
-        try:
-            completed = loop(run, stop)
-        except NonFiniteStop as err:
-            return report_nonfinite(run, err)
-        return finish(run, stop, completed, t_start)
+        status = train_phases(cfg, ds_config, tag, d, stop, built, t_start)
+        failed = False
+        return status
     finally:
         watchdog.stop()
-        if run is not None:
+        for run in built:
             run.log.close()
             run.loader.close()
             if run.images is not None:
                 run.images.close()
         stop.restore()
-        dist.shutdown(d)
+        dist.shutdown(d, failed=failed)
+
+
+def train_phases(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.DistEnv, stop: StopRequest,
+                 built: list, t_start: float) -> int:
+    dist.bind_device(d)
+    dist.init_process_group(timedelta(seconds=cfg.timeouts.collective_s))
+    try:
+        dist.check_distinct_gpus()
+    except ConfigError as err:  # the same on every rank: rank 0 says it
+        if d.is_main:
+            print(f"longvivit train: {err}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    tag = checkpoint.rank0_choice(tag)
+    if finished(cfg, tag):
+        return report_finished(cfg, tag, d)
+    run = setup(cfg, ds_config, tag, d)
+    built.append(run)
+    announce(run, tag)
+    try:
+        completed = loop(run, stop)
+    except NonFiniteStop as err:
+        return report_nonfinite(run, err)
+    return finish(run, stop, completed, t_start)
 
 
 __all__ = ["main", "validate", "train"]

@@ -7,7 +7,8 @@ Runs train.run's validate and setup as `longvivit train` does (resume from the n
 checkpoint in `out`, through the universal conversion when it was written by another
 number of ranks), then writes to DUMP, from rank 0: every trained parameter's fp32 master
 weights and Adam moments gathered whole (under any ZeRO stage), Adam's step counts, the
-schedule's state, the step, and the sample indices every rank's loader yields in its next
+schedule's state, the step, the optimizer state the resume checked (and any found off its
+parameter's device), and the sample indices every rank's loader yields in its next
 BATCHES batches (the metrics log records rank 0's only). Nothing is trained or saved.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
 from longvivit.train import checkpoint, dist, run
+from longvivit.train.engine import misplaced_optimizer_state
 
 
 def params(engine) -> dict:
@@ -45,6 +47,7 @@ def main() -> None:
     d = dist.read_env()
     cfg, ds_config, tag = run.validate(argv, d)
     dist.setup_env(d)
+    dist.bind_device(d)
     dist.init_process_group(timedelta(seconds=600))
     tag = checkpoint.rank0_choice(tag)
     r = run.setup(cfg, ds_config, tag, d)
@@ -53,7 +56,8 @@ def main() -> None:
     state = {"params": params(r.engine) if tag is not None else {}, "step": r.state.step,
              "adam_steps": sorted({float(s["step"]) for s in opt.state.values() if "step" in s}),
              "scheduler": {k: v for k, v in r.engine.lr_scheduler.state_dict().items() if k != "lr_lambdas"},
-             "universal_left": sorted(p.name for p in checkpoint.ckpt_root(cfg.out).glob("*universal-*"))}
+             "universal_left": sorted(p.name for p in checkpoint.ckpt_root(cfg.out).glob("*universal-*")),
+             "placed": r.optimizer_state, "misplaced": misplaced_optimizer_state(opt)}
     state["indices"] = next_indices(r.loader, batches)
     if d.is_main:
         torch.save(state, dump)
