@@ -2,7 +2,8 @@
 
 `slurm/local-cluster` installs and starts it; the fixtures give it a private state folder and
 free ports, and stop it (cancelling every job first) however the tests end. `cluster` has one
-node, this host; `two_node_cluster` has two, each slurmd in its own network namespace.
+node, this host; `two_node_cluster` has two, each slurmd in its own network namespace;
+`binding_cluster` has one node whose tasks are bound to their CPUs (task/affinity).
 """
 from __future__ import annotations
 
@@ -82,11 +83,12 @@ class Cluster:
 
 
 @contextmanager
-def local_cluster(state_dir: Path, nodes: int = 1) -> Iterator[Cluster]:
+def local_cluster(state_dir: Path, nodes: int = 1, task_plugin: str = "task/none") -> Iterator[Cluster]:
     """`slurm/local-cluster` with `nodes` nodes (more than one: one network namespace each),
     stopped (jobs, daemons, namespaces, bridge, state) however the block ends."""
     env = {**os.environ, "LONGVIVIT_SLURM_DIR": str(state_dir),
-           "LONGVIVIT_SLURM_PORT": str(free_port_pair()), "LONGVIVIT_SLURM_NODES": str(nodes)}
+           "LONGVIVIT_SLURM_PORT": str(free_port_pair()), "LONGVIVIT_SLURM_NODES": str(nodes),
+           "LONGVIVIT_SLURM_TASK_PLUGIN": task_plugin}
     c = Cluster({**env, "SLURM_CONF": str(state_dir / "slurm.conf")}, state_dir)
     try:
         start = subprocess.run([str(LOCAL_CLUSTER), "start"], env=env, timeout=900,
@@ -117,6 +119,17 @@ def two_node_cluster(tmp_path_factory):
         yield c
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"lv{c.env['LONGVIVIT_SLURM_PORT']}-" not in namespaces  # stop removed them
+
+
+@pytest.fixture(scope="module")
+def binding_cluster(tmp_path_factory):
+    """One node with TaskPlugin=task/affinity: each task is bound (sched_setaffinity) to the
+    CPUs its step gave it, as on a production cluster."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM daemons run as root")
+    with local_cluster(tmp_path_factory.mktemp("slurm-bind") / "cluster",
+                       task_plugin="task/affinity") as c:
+        yield c
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -22,6 +22,7 @@ from longvivit.train.plan import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import common  # noqa: E402  (bench/common.py: peak_rss_increase)
+from hour import HOUR_OVERRIDES  # noqa: E402  (bench/hour.py: what an hour of each config needs)
 
 HOUR = 3600  # frames: 60 minutes at 1 FPS
 RATIO = 0.9
@@ -132,8 +133,8 @@ def test_an_hour_trains_one_step_at_90_percent_masking(hour):
 
 @pytest.mark.parametrize("config", ["g_1b", "long_L256"])
 def test_the_plan_for_an_hour_of_g_and_L_fits_8_x_80GiB(config):
-    plan = make_plan(f"train/configs/{config}.yaml", [f"model.video.frames={HOUR}", f"model.video.mask_ratio={RATIO}"],
-                     gpus=8, gpu_mem=80 * GiB, search=False)
+    overrides = [f"model.video.frames={HOUR}", f"model.video.mask_ratio={RATIO}", *HOUR_OVERRIDES.get(config, [])]
+    plan = make_plan(f"train/configs/{config}.yaml", overrides, gpus=8, gpu_mem=80 * GiB, search=False)
     assert (plan.frames, plan.mask_ratio, plan.micro_batch) == (HOUR, RATIO, 8)
     assert plan.bytes["inputs"] >= plan.micro_batch * HOUR * 224 * 224 * 3  # the uint8 clips on the GPU
     print(f"\n{config}: {plan.total / GiB:.2f} GiB per GPU of {plan.gpu_mem / GiB:.0f}")

@@ -148,6 +148,22 @@ def test_cli_prints_a_table_then_one_json_line_and_its_limits_are_tight(tmp_path
     assert not at(f"model.video.frames={f + 4}").fits
 
 
+def test_plan_recommends_the_fewest_checkpointed_blocks_that_fit(tmp_path):
+    config = write_config(tmp_path, "tiny", 32, 0.5, batch=4, extra=", depth: 8, grad_checkpointing: 8")
+    at = lambda k, mem=80 * GiB: make_plan(config, [f"model.video.grad_checkpointing={k}"], 1, mem,  # noqa: E731
+                                           search=False).total
+    totals = [at(k) for k in range(9)]
+    # the shape the search relies on: one block costs more than none, then each one less
+    assert totals[1] > totals[0] and all(a > b for a, b in zip(totals[1:], totals[2:])), totals
+    assert make_plan(config, [], 1, 80 * GiB).min_grad_checkpointing == 0  # ample memory: none
+
+    budget = (totals[5] + totals[6]) // 2  # 6 checkpointed blocks fit, 5 do not
+    p = make_plan(config, [], 1, budget)
+    assert p.min_grad_checkpointing == 6 and p.grad_checkpointing == 8 and p.fits
+    assert "fewest checkpointed video blocks that fit (micro-batch 4, 32 frames): 6" in plan.table(p)
+    assert make_plan(config, [], 1, totals[8] - 1).min_grad_checkpointing is None  # not even all
+
+
 def test_masking_lets_more_frames_fit(tmp_path):
     budget = int(1.5 * GiB)
     frames = {r: make_plan(write_config(tmp_path, "tiny", 16, r, batch=4), [], 1, budget).max_frames

@@ -1,14 +1,16 @@
 """slurm/train.sbatch against real SLURM daemons on localhost: a 2-rank ZeRO-3 job,
-preemption -> checkpoint -> requeue -> resume, a killed rank, two hosts (network
-namespaces) training like one, and a real two-node SLURM (one slurmd per namespace): a
-2-node job, and one preempted that comes back on 1 node."""
+preemption -> checkpoint -> requeue -> resume, a killed rank, the CPUs srun binds each rank
+to, two hosts (network namespaces) training like one, and a real two-node SLURM (one slurmd
+per namespace): a 2-node job, and one preempted that comes back on 1 node."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,8 +18,8 @@ import pytest
 import torch
 
 from data_support import synth_data  # noqa: F401  (session fixture)
-from slurm_support import (ROOT, TRAIN_SBATCH, cluster, dev_shm, events,  # noqa: F401
-                           read_jsonl, remove_new_shm, two_node_cluster)
+from slurm_support import (ROOT, TRAIN_SBATCH, binding_cluster, cluster, dev_shm,  # noqa: F401
+                           events, read_jsonl, remove_new_shm, two_node_cluster)
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.timeout(900)]
 
@@ -118,6 +120,66 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, synth_data, tmp_pa
     assert f"step {stopped_at} " in text  # the stop note names the checkpointed step
     # every step exactly once: none lost, none run twice past the checkpoint
     assert step_rows(out) == list(range(1, steps + 1))
+
+
+# ------------------------------------------------------------------ CPUs per rank
+
+# Stands in for `longvivit`: records what srun gave the rank it started.
+PROBE = """#!{python}
+import json, os, sys
+out = os.path.join(os.environ["PROBE_OUT"], "rank-%s.json" % os.environ["SLURM_PROCID"])
+with open(out, "w") as f:
+    json.dump({{"argv": sys.argv[1:], "affinity": sorted(os.sched_getaffinity(0)),
+               "cpus_per_task": os.environ.get("SLURM_CPUS_PER_TASK")}}, f)
+"""
+
+
+def srun_inherits_cpus_per_task(cluster) -> bool:  # noqa: F811
+    """Whether a bare srun takes sbatch's --cpus-per-task: not in Slurm 22.05 to 23.02, which
+    read SRUN_CPUS_PER_TASK instead of SLURM_CPUS_PER_TASK (their RELEASE_NOTES)."""
+    out = cluster.run("srun", "--version").stdout
+    version = tuple(int(v) for v in re.search(r"(\d+)\.(\d+)", out).groups())
+    return not (22, 5) <= version < (23, 11)
+
+
+def probe_ranks(cluster, tmp: Path, name: str, shape: list[str], script: list[str]) -> list[dict]:  # noqa: F811
+    """Run `script` (sbatch arguments) as a job of `shape` whose ranks are the probe."""
+    out = tmp / name
+    out.mkdir()
+    # Bind to cores, what SLURM's automatic binding chooses once a node's ranks outnumber its
+    # sockets (8 ranks on a 2-socket GPU node); one rank on a one-socket node would get the socket.
+    job = cluster.sbatch(*shape, f"--output={out}/slurm-%j.out", "--time=5", *script,
+                         env={"LONGVIVIT": str(tmp / "probe"), "PROBE_OUT": str(out),
+                              "LONGVIVIT_LOGS": str(out / "logs"), "SLURM_CPU_BIND": "cores"})
+    state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 120)
+    assert state == "COMPLETED", batch_log(out, job)
+    return [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+
+
+def test_sbatch_srun_gives_each_rank_its_cpus_per_task(binding_cluster, tmp_path):  # noqa: F811
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("needs 2 CPUs: one rank with 2, or 2 ranks with cpus/2 each")
+    ranks = 2 if cpus >= 4 else 1
+    per_rank = cpus // ranks
+    shape = ["--nodes=1", f"--ntasks-per-node={ranks}", "--gpus-per-node=0", f"--cpus-per-task={per_rank}"]
+    probe = tmp_path / "probe"
+    probe.write_text(PROBE.format(python=sys.executable))
+    probe.chmod(0o755)
+
+    seen = probe_ranks(binding_cluster, tmp_path, "sbatch", shape, [str(TRAIN_SBATCH), "run.yaml"])
+    assert [r["argv"] for r in seen] == [["train", "run.yaml"]] * ranks
+    assert [r["cpus_per_task"] for r in seen] == [str(per_rank)] * ranks
+    assert [len(r["affinity"]) for r in seen] == [per_rank] * ranks, seen  # bound to that many CPUs
+    assert len({c for r in seen for c in r["affinity"]}) == ranks * per_rank  # and not the same ones
+
+    # The control: a bare `srun` in the same job shape, the srun line train.sbatch had. Slurm
+    # 22.05-23.02 bind its ranks to one CPU each though SLURM_CPUS_PER_TASK says otherwise,
+    # which shows this cluster binds and the assertions above depend on the srun line.
+    bare = probe_ranks(binding_cluster, tmp_path, "bare", shape, [f"--wrap=srun {probe}"])
+    assert [r["cpus_per_task"] for r in bare] == [str(per_rank)] * ranks
+    expected = per_rank if srun_inherits_cpus_per_task(binding_cluster) else 1
+    assert [len(r["affinity"]) for r in bare] == [expected] * ranks, bare
 
 
 def rank_pid(job: int, rank: int) -> int | None:

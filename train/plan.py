@@ -31,7 +31,10 @@ Frozen parameters (trainable_last_k) have neither gradients nor optimizer state.
 Activations are affine in the micro-batch, so they are measured at micro-batch 1 and 2
 and extrapolated; the token count depends on the frames, so max_frames re-measures every
 candidate (a doubling then bisection search over multiples of the tubelet's t frames, at
-the configured micro-batch and mask ratio).
+the configured micro-batch and mask ratio). min_grad_checkpointing is the fewest video blocks
+(from the first) to checkpoint for the configured micro-batch and frames to fit, each
+candidate measured the same way (none, then a bisection over 1..depth): the setting to use,
+as checkpointing a block costs a recomputation of its forward in the backward.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import torch
@@ -267,6 +270,7 @@ class Plan:
     fits: bool = False
     max_micro_batch: int = 0
     max_frames: int = 0
+    min_grad_checkpointing: int | None = None  # fewest checkpointed video blocks that fit; None: not even all
     ignored: list = field(default_factory=list)  # overrides that do not change the plan
     assumptions: list = field(default_factory=lambda: list(ASSUMPTIONS))
 
@@ -338,6 +342,35 @@ def largest_frames(cfg: RunConfig, states: dict, gpu_mem: int) -> int:
     return lo * t
 
 
+def with_checkpointing(cfg: RunConfig, blocks: int) -> RunConfig:
+    """`cfg` with its first `blocks` video blocks under activation checkpointing."""
+    video = replace(cfg.model.video, grad_checkpointing=blocks)
+    return replace(cfg, model=replace(cfg.model, video=video))
+
+
+def fewest_checkpointed(cfg: RunConfig, states: dict, gpu_mem: int) -> int | None:
+    """The fewest video blocks (from the first) to checkpoint for the configured micro-batch
+    and frames to fit, each candidate measured; None if not even all of them fit. Past none,
+    the total falls as blocks are added, and one block costs more than none (its saved input
+    and its recomputation on top of what it saved), so a bisection over 1..depth finds it."""
+    v, batch = cfg.model.video, cfg.data.batch_size
+
+    def fits(blocks: int) -> bool:
+        c = with_checkpointing(cfg, blocks)
+        parts = gpu_parts(c, states, measure_activations(c, batch), batch, v.frames)
+        return sum(parts.values()) <= gpu_mem
+
+    if fits(0):
+        return 0
+    if not fits(v.depth):
+        return None
+    lo, hi = 0, v.depth  # lo does not fit, hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
 def ignored_overrides(overrides: list[str]) -> list[str]:
     """The keys of `overrides` that the plan does not read (see PLAN_KEYS)."""
     keys = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
@@ -366,6 +399,7 @@ def make_plan(config: str, overrides: list[str], gpus: int, gpu_mem: int,
     if search:
         plan.max_micro_batch = largest_batch(cfg, states, base, slope, gpu_mem)
         plan.max_frames = largest_frames(cfg, states, gpu_mem)
+        plan.min_grad_checkpointing = fewest_checkpointed(cfg, states, gpu_mem)
     return plan
 
 
@@ -391,11 +425,17 @@ def table(plan: Plan) -> str:
         lines.append(f"{'host (offload)':<14}{gib(plan.host_bytes):>12}   per GPU process, CPU memory")
     lines += ["", f"largest micro-batch that fits: {plan.max_micro_batch}",
               f"most frames that fit (micro-batch {plan.micro_batch}, {plan.mask_ratio:.0%} masking): "
-              f"{plan.max_frames}", ""]
+              f"{plan.max_frames}",
+              f"fewest checkpointed video blocks that fit (micro-batch {plan.micro_batch}, "
+              f"{plan.frames} frames): {_blocks(plan.min_grad_checkpointing)}", ""]
     if plan.ignored:
         lines.append(f"ignored (no effect on memory): {', '.join(plan.ignored)}")
     lines += [f"assumption: {a}" for a in plan.assumptions]
     return "\n".join(lines)
+
+
+def _blocks(n: int | None) -> str:
+    return "not even all" if n is None else str(n)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
