@@ -32,3 +32,16 @@ def test_fault_point_signals_and_hold_point_waits_for_release(monkeypatch):
     polls = []
     faults.hold_point("hold_for_signal", 2, 0, lambda: polls.append(1) or len(polls) >= 3)
     assert len(polls) == 3
+
+
+def test_several_points_are_armed_at_once_and_raise_point_raises(monkeypatch):
+    monkeypatch.setenv("LONGVIVIT_FAULT", "raise_in_step:2:1,stall_step:2:0")
+    assert faults.armed("raise_in_step", 2, 1) and faults.armed("stall_step", 2, 0)
+    assert not faults.armed("raise_in_step", 2, 0) and not faults.armed("stall_step", 2, 1)
+    faults.raise_point("raise_in_step", 2, 0)  # not armed on rank 0: nothing
+    try:
+        faults.raise_point("raise_in_step", 2, 1)
+    except faults.InjectedFault as err:
+        assert str(err) == "fault point raise_in_step at step 2 on rank 1"
+    else:
+        raise AssertionError("raise_point did not raise")

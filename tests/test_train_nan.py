@@ -83,6 +83,20 @@ def test_nonfinite_steps_are_counted_in_a_row_and_stop_at_the_limit():
         nonfinite_since(fake_run(0), {"skipped": False}, nan, 0)
 
 
+def test_an_update_that_made_parameters_nonfinite_stops_at_once():
+    with pytest.raises(NonFiniteStop, match=r"^step 5: 1 non-finite step \(its update made parameters non-finite"):
+        nonfinite_since(fake_run(3), {"skipped": False, "params_nonfinite": True}, 1.0, 0)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_optimizer_numbers_must_be_finite(value):
+    from longvivit.train.config import load_run_config
+
+    for key in ("lr", "eps", "weight_decay", "clip"):
+        with pytest.raises(ConfigError, match=rf"^optim\.{key}: {value} is not a finite number$"):
+            load_run_config(CONFIGS / "demo.yaml", overrides=[f"optim.{key}={value}"])
+
+
 def test_max_nonfinite_steps_must_not_be_negative():
     from longvivit.train.config import load_run_config
 
@@ -159,3 +173,24 @@ def test_nonfinite_steps_in_a_row_stop_the_run_before_its_next_checkpoint(tmp_pa
     assert [(x["step"], x["skipped"]) for x in rerun] == [(s, False) for s in range(3, 7)]
     assert all(math.isfinite(x["loss"]) for x in rerun)
     assert [x["indices"] for x in rerun[:2]] == [x["indices"] for x in first[2:]]  # the same batches again
+
+
+@pytest.mark.multiproc
+def test_an_update_to_nonfinite_weights_stops_the_run_with_no_checkpoint_of_it(tmp_path):
+    """optim.lr=1e39 is a finite number, but not in float32: step 1's gradients are finite,
+    so DeepSpeed applies it, and the weights become inf/NaN. Before, the run went on (step 2
+    skipped as NaN) and its final checkpoint evaluated at R@1 100%; now step 1 stops it
+    (exit 3), nothing is saved, and nothing is left to evaluate."""
+    out = tmp_path / "train"
+    args = command(tmp_path, "steps=4", "checkpoint_every=1", "optim.lr=1e39", "optim.warmup_steps=0")
+    with Launch(*args, log=tmp_path / "log") as job:
+        rc = job.wait(300)
+        output = job.output
+    assert rc == EXIT_NONFINITE, output[-4000:]
+    assert sorted((s["rank"], s["step"], s["checkpoint"]) for s in events(output, "nonfinite")) == [
+        (0, 1, None), (1, 1, None)]
+    message = [x for x in output.splitlines() if x.startswith("longvivit train: ")]
+    assert message == ["longvivit train: step 1: 1 non-finite step (its update made parameters non-finite, which "
+                       "cannot be undone; is optim.lr too large for the precision?): stopped at step 1 without "
+                       "saving; no checkpoint was written (exit 3)"], output[-4000:]
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("step*"))

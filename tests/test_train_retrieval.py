@@ -99,6 +99,21 @@ def test_a_video_without_captions_is_an_error():
         retrieval_metrics(torch.rand(3, 3), torch.tensor([0, 1, 3]))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_are_never_a_hit(bad):
+    """A model whose embeddings went NaN (optim.lr=inf) scored 100%: every comparison with
+    NaN is False, so nothing outranked the correct item. Non-finite scores count against it."""
+    everything = torch.full((4, 4), bad)
+    m = retrieval_metrics(everything, torch.tensor([0, 1, 2, 3]), dsl_temperature=0.01)
+    for prefix in ("t2v", "v2t", "dsl_t2v", "dsl_v2t"):
+        assert m[f"{prefix}_r1"] == 0.0 and m[f"{prefix}_median_rank"] == 4.0, (prefix, m)
+    assert ranks_of_diagonal(everything).tolist() == [4, 4, 4, 4]
+    sim = torch.eye(4)  # perfect, but for one wrong video's NaN in row 0 and row 2's own NaN
+    sim[0, 3], sim[2, 2] = float("nan"), bad
+    assert t2v_ranks(sim, torch.arange(4)).tolist() == [2, 1, 4, 1]
+    assert v2t_ranks(sim, torch.arange(4)).tolist() == [1, 1, 4, 2]
+
+
 def test_dual_softmax_demotes_a_hub_video():
     """Video 3 scores 0.9 with every caption, each caption 0.8 with its own video: plain
     text-to-video puts the hub first for all but its own caption; the softmax over

@@ -23,6 +23,15 @@ def test_metrics_on_a_hand_made_case():
     assert m["videos"] == 5 and m["classes"] == 3 and m["chance_top1"] == pytest.approx(100 / 3)
 
 
+def test_non_finite_scores_are_never_right():
+    classes = F.normalize(torch.eye(3), dim=-1)
+    video = torch.eye(3)
+    video[1] = float("nan")  # one broken embedding: the other two stay right
+    m = classification_metrics(video, classes, torch.tensor([0, 1, 2]))
+    assert m["top1"] == pytest.approx(200 / 3) and m["mean_per_class"] == pytest.approx(200 / 3)
+    assert classification_metrics(torch.full((3, 3), float("nan")), classes, torch.tensor([0, 1, 2]))["top1"] == 0
+
+
 def test_class_embeddings_average_normalised_template_embeddings():
     table = {"a video of cat.": [2.0, 0.0], "cat.": [0.0, 1.0], "a video of dog.": [0.0, -3.0], "dog.": [0.0, -1.0]}
     embed = lambda texts: torch.tensor([table[t] for t in texts])  # noqa: E731

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Sequence
@@ -45,6 +46,8 @@ class OptimConfig:
     clip: float = 1.0  # global grad-norm clipping (DeepSpeed's gradient_clipping); 0 disables
 
     def validate(self) -> None:
+        for key in ("lr", "weight_decay", "eps", "clip"):  # inf or nan would train to NaN weights
+            check(math.isfinite(getattr(self, key)), key, f"{getattr(self, key)} is not a finite number")
         check(self.lr > 0, "lr", f"{self.lr} must be > 0")
         check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"{self.min_lr_ratio} is outside [0, 1]")
         check(self.warmup_steps >= 0, "warmup_steps", f"{self.warmup_steps} must be >= 0")

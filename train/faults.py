@@ -10,6 +10,9 @@ only; several, separated by commas, arm each of them.
                       can signal a run at a known step however fast its steps are
     kill_during_conversion  (checkpoint, rank 0): SIGKILL while a checkpoint of another
                       world size is being converted to a universal one, before the rename
+    kill_during_eval  (run.run_eval): SIGKILL once the eval at step STEP has embedded its
+                      split, before its line in metrics.jsonl (and, at the final step, before
+                      summary.json) is written
     raise_in_step     (run.loop): a RuntimeError at the start of step STEP, as from a bug or
                       a failed kernel on that rank
     nan_loss          (run.train_step): every micro-batch loss of the step is NaN in value

@@ -93,6 +93,8 @@ class RunLogger:
         self.tb_dir = out / "tb"
         self.writer = SummaryWriter(str(self.tb_dir))
         self.jsonl = open(out / "metrics.jsonl", "a", buffering=1)
+        if self.jsonl.tell() and not _ends_in_newline(out / "metrics.jsonl"):
+            self.jsonl.write("\n")  # a run killed mid-line: this one starts on a line of its own
         if progress:
             from tqdm import tqdm
 
@@ -133,6 +135,34 @@ class RunLogger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def _ends_in_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+def read_metrics(out: str | Path) -> list[dict]:
+    """metrics.jsonl of run directory `out` as it stands: one JSON object per line, in
+    order, without the lines a resume superseded. A {"kind": "resume", "step": S} line
+    (written when a run resumes from its checkpoint of step S) supersedes every earlier
+    line of a step after S (a killed run got that far; the resumed one runs those steps
+    again) and, with "redo_eval": true, the earlier eval line of step S (an eval that was
+    due there and did not finish runs again). A line cut short by a kill is skipped."""
+    path = Path(out) / "metrics.jsonl"
+    lines: list[dict] = []
+    for text in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if line.get("kind") == "resume":
+            step, redo = line["step"], line.get("redo_eval")
+            lines = [x for x in lines if x.get("step", 0) <= step
+                     and not (redo and x.get("kind") == "eval" and x.get("step") == step)]
+        lines.append(line)
+    return lines
 
 
 def _plain(values: dict) -> dict:

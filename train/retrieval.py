@@ -12,7 +12,10 @@ Ties count against the model: a correct item's rank is 1 + the number of *wrong*
 candidates scoring at least as high (a video's other captions are not wrong, so two of its
 captions tying at the top still make a hit at 1). A model that maps everything to one point
 scores R@1 = 0, not 100%, whatever the order of the candidates. With one caption per video
-this is exactly the square-matrix evaluation (ranks_of_diagonal).
+this is exactly the square-matrix evaluation (ranks_of_diagonal). Non-finite scores count
+against the model too (`beats`): a wrong candidate's NaN or inf outranks the correct one, and
+a correct item whose own score is not finite ranks last, so a model whose weights became
+NaN scores R@1 = 0, never 100% (comparisons with NaN are all False).
 
 Dual-softmax re-ranking (DSL, CAMoE; Cheng et al. 2021): each score is multiplied by a
 softmax over the *other* axis, sim * softmax(sim / T) over captions when ranking videos and
@@ -27,17 +30,22 @@ import torch
 KS = (1, 5, 10)
 
 
+def beats(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Where a candidate counts against the correct one: it scores at least as high, or
+    either score is not finite (both broadcast; the correct candidate counts itself)."""
+    return (scores >= correct) | ~torch.isfinite(scores) | ~torch.isfinite(correct)
+
+
 def ranks_of_diagonal(sim: torch.Tensor) -> torch.Tensor:
     """sim (N, N): row i's correct column is i. Pessimistic 1-based rank of it per row."""
     correct = sim.diagonal().unsqueeze(1)  # (N, 1)
-    at_least = (sim >= correct).sum(dim=1)  # counts the correct column itself
-    return at_least  # = 1 + others scoring >= correct
+    return beats(sim, correct).sum(dim=1)  # counts the correct column itself: 1 + others >= it
 
 
 def t2v_ranks(sim: torch.Tensor, caption_video: torch.Tensor) -> torch.Tensor:
     """(Nt,) rank of each caption's own video among all videos."""
     correct = sim.gather(1, caption_video[:, None])  # (Nt, 1)
-    return (sim >= correct).sum(dim=1)  # the correct column counts itself: 1 + wrong ones
+    return beats(sim, correct).sum(dim=1)  # the correct column counts itself: 1 + wrong ones
 
 
 def v2t_ranks(sim: torch.Tensor, caption_video: torch.Tensor) -> torch.Tensor:
@@ -47,8 +55,8 @@ def v2t_ranks(sim: torch.Tensor, caption_video: torch.Tensor) -> torch.Tensor:
     if not own.any(dim=0).all():
         missing = (~own.any(dim=0)).nonzero().flatten().tolist()
         raise ValueError(f"videos {missing[:10]} have no caption: video-to-text needs one")
-    best = sim.masked_fill(~own, float("-inf")).amax(dim=0)  # (Nv,)
-    return 1 + ((sim >= best[None, :]) & ~own).sum(dim=0)
+    best = sim.masked_fill(~own, float("-inf")).amax(dim=0)  # (Nv,); NaN if an own caption's is
+    return 1 + (beats(sim, best[None, :]) & ~own).sum(dim=0)
 
 
 def rank_summary(ranks: torch.Tensor, prefix: str) -> dict:

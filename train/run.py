@@ -188,6 +188,22 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     return cfg, ds_config, tag
 
 
+def eval_left_undone(cfg: RunConfig, tag: Path | None) -> bool:
+    """The eval due at the resumed checkpoint's step began and did not finish (a killed
+    run): the final one wrote no summary.json, a periodic one no eval line in
+    metrics.jsonl. Read on rank 0, which writes both."""
+    from .logging import read_metrics
+
+    if tag is None:
+        return False
+    step = checkpoint.tag_step(tag)
+    if step == cfg.steps:
+        return not (Path(cfg.out) / "summary.json").is_file()
+    if not every(cfg.eval_every, step, cfg.steps):
+        return False
+    return not any(x.get("kind") == "eval" and x.get("step") == step for x in read_metrics(cfg.out))
+
+
 def finished(cfg: RunConfig, tag: Path | None) -> bool:
     """The checkpoint this run would resume from is already at cfg.steps."""
     return tag is not None and checkpoint.tag_step(tag) == cfg.steps
@@ -391,7 +407,11 @@ def resolved_yaml(cfg: RunConfig) -> str:
     return to_yaml(dataclasses.replace(cfg, local=False))
 
 
-def announce(run: Run, tag: Path | None) -> None:
+def announce(run: Run, tag: Path | None, redo_eval: bool = False) -> None:
+    """The start event on every rank; on rank 0 the run config, and after a resume a
+    "resume" line in metrics.jsonl (logging.read_metrics: it supersedes the lines of later
+    steps, which a killed run wrote and this one runs again, and with redo_eval the eval
+    of its own step that did not finish)."""
     from .engine import partitioned_numel
 
     local, total = partitioned_numel(run.engine.module)
@@ -402,6 +422,8 @@ def announce(run: Run, tag: Path | None) -> None:
             "peak_tflops_per_device": run.peak}
     print(json.dumps(line), flush=True)
     run.log.config(run.config_yaml)
+    if tag is not None:
+        run.log.record(run.state.step, kind="resume", checkpoint=str(tag), redo_eval=redo_eval)
     if run.d.is_main:
         (Path(run.cfg.out) / "run_config.yaml").write_text(run.config_yaml)
 
@@ -500,6 +522,17 @@ def nan_grads_if_nonfinite(loss: torch.Tensor) -> torch.Tensor:
     return loss * torch.where(finite, 1.0, float("nan")).to(loss.dtype)
 
 
+def params_finite(module: torch.nn.Module) -> torch.Tensor:
+    """Whether every trained parameter this rank holds is finite (its ZeRO-3 partition,
+    ds_tensor, or the whole tensor), as a 0-dim tensor: read on the host with the step's
+    loss, in one all-reduce (log_step). One norm pass over the local weights."""
+    tensors = [getattr(p, "ds_tensor", p).detach() for p in module.parameters() if p.requires_grad]
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return torch.tensor(True)
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum())
+
+
 def grad_norm(engine: DeepSpeedEngine) -> float:
     norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else float("nan")
@@ -510,7 +543,9 @@ def log_step(run: Run, out: dict, timer: StepTimer) -> float:
     log_every and at every skipped step. Returns the loss (mean over ranks: non-finite on
     every rank if it is on one)."""
     failures = sum(loader.decode_failures for loader in (run.loader, run.images) if loader is not None)
-    loss, failures, data_wait = dist.dist_mean([out["loss"].item(), failures, timer.data])
+    loss, failures, data_wait, broken = dist.dist_mean([out["loss"].item(), failures, timer.data,
+                                                        float(not out.get("params_finite", True))])
+    out["params_nonfinite"] = broken > 0  # on any rank (nonfinite_since)
     seconds, _ = timer.lap()
     source = out.get("source", "video")
     batch = run.cfg.data.images.batch_size if source == "image" else run.cfg.data.batch_size
@@ -560,6 +595,7 @@ def run_eval(run: Run) -> dict:
                                     cfg.eval_gallery)
     finally:
         loader.close()
+    faults.fault_point("kill_during_eval", run.state.step, run.d.rank)
     run.log.scalars(run.state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
     if gallery is not None and run.log.active:  # rendered on rank 0 only
         from .gallery import render
@@ -586,7 +622,7 @@ class NonFiniteStop(Exception):
     def __init__(self, first: int, last: int, why: str):
         steps = f"step {last}" if first == last else f"steps {first}-{last}"
         count = last - first + 1
-        super().__init__(f"{steps}: {count} non-finite step{'s' * (count > 1)} in a row ({why})")
+        super().__init__(f"{steps}: {count} non-finite step{'s in a row' * (count > 1)} ({why})")
         self.first, self.last = first, last
 
 
@@ -595,8 +631,13 @@ def nonfinite_since(run: Run, out: dict, loss: float, since: int) -> int:
     finite. Non-finite: the loss (mean over ranks), or the gradient norm (DeepSpeed skipped
     the step; under fp16 that is the loss scaler's overflow, which is not counted). Both are
     reduced over ranks, so every rank returns the same. Raises NonFiniteStop at
-    max_nonfinite_steps in a row, or at once if DeepSpeed applied one."""
+    max_nonfinite_steps in a row, or at once if DeepSpeed applied one, or if the update made
+    a parameter non-finite on any rank (finite gradients, e.g. optim.lr=inf: nothing
+    DeepSpeed checks, and the weights are lost)."""
     step, limit, skipped = run.state.step, run.cfg.max_nonfinite_steps, out["skipped"]
+    if out.get("params_nonfinite"):
+        raise NonFiniteStop(since or step, step, "its update made parameters non-finite, which cannot be undone; "
+                                                 "is optim.lr too large for the precision?")
     if math.isfinite(loss) and (not skipped or run.cfg.precision == "fp16"):
         return 0
     since = since or step
@@ -623,6 +664,7 @@ def loop(run: Run, stop: StopRequest) -> bool:
         faults.raise_point("raise_in_step", run.state.step + 1, rank)
         source = step_source(run)
         out = {**train_step(run, streams[source], source_mask_ratio(run, source)), "source": source}
+        out["params_finite"] = params_finite(run.engine.module)
         run.state.step += 1
         step = run.state.step
         faults.fault_point("stop_in_step", step, rank, signal.SIGTERM)
@@ -732,11 +774,14 @@ def train_phases(cfg: RunConfig, ds_config: dict, tag: Path | None, d: dist.Dist
             print(f"longvivit train: {err}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     tag = checkpoint.rank0_choice(tag)
-    if finished(cfg, tag):
+    redo_eval = dist.broadcast_object(eval_left_undone(cfg, tag) if d.is_main else None)
+    if finished(cfg, tag) and not redo_eval:
         return report_finished(cfg, tag, d)
     run = setup(cfg, ds_config, tag, d)
     built.append(run)
-    announce(run, tag)
+    announce(run, tag, redo_eval)
+    if redo_eval and run.state.step < cfg.steps:  # the final one: finish() runs it
+        run_eval(run)
     try:
         completed = loop(run, stop)
     except NonFiniteStop as err:

@@ -4,8 +4,9 @@ normalised, averaged, normalised again) -> each video's class is the nearest.
 
 Metrics: top-1 and top-5 accuracy and the mean per-class accuracy (the mean over classes of
 the share of that class's videos ranked top-1; Kinetics and UCF papers report it when
-classes are unbalanced). Ties count against the model, as in retrieval (evaluate.py): the
-true class's rank is 1 + the number of other classes scoring at least as high.
+classes are unbalanced). Ties and non-finite scores count against the model, as in
+retrieval (retrieval.beats): the true class's rank is 1 + the number of other classes
+scoring at least as high, and last when its own score is not finite.
 
 Templates: DEFAULT_TEMPLATES, or a text file with one template per line, each holding "{}"
 where the class name goes (blank lines and lines starting with # skipped).
@@ -17,6 +18,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .retrieval import beats
 
 DEFAULT_TEMPLATES = (
     "a video of {}.",
@@ -62,7 +65,7 @@ def classification_metrics(video: torch.Tensor, classes: torch.Tensor, labels: t
     top-k accuracy (%), mean per-class accuracy (%) over the classes present, chance."""
     scores = video.double() @ classes.double().t()  # (N, C)
     correct = scores.gather(1, labels[:, None])  # (N, 1)
-    ranks = (scores >= correct).sum(1)  # pessimistic: 1 + others scoring at least as high
+    ranks = beats(scores, correct).sum(1)  # pessimistic: 1 + others scoring at least as high, or not finite
     out = {"videos": int(labels.numel()), "classes": int(classes.shape[0])}
     for k in ks:
         out[f"top{k}"] = 100.0 * (ranks <= k).double().mean().item()
