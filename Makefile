@@ -27,11 +27,13 @@ bench: setup
 # The measurements run once, inside pytest (each tests/gpu module's fixture writes its JSON).
 # Where pytest is missing, bench/gpu.py still measures and writes the JSON, asserting nothing.
 GPU_OUT ?= bench/results/gpu
+# GPU tests that live beside the CPU tests of their module (marked gpu, skipped without CUDA)
+GPU_ELSEWHERE := tests/test_data_decode.py::test_on_cuda_each_clip_decodes_where_it_can
 GPU_PY := $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
 gpu-check:
 	@if $(GPU_PY) -c "import pytest" 2>/dev/null; then \
-		GPU_OUT=$(abspath $(GPU_OUT)) $(GPU_PY) -m pytest -q tests/gpu; \
+		GPU_OUT=$(abspath $(GPU_OUT)) $(GPU_PY) -m pytest -q tests/gpu $(GPU_ELSEWHERE); \
 	else \
 		echo "gpu-check: pytest is not importable: measuring only (no assertions) with bench/gpu.py"; \
 		$(GPU_PY) bench/gpu.py --out $(GPU_OUT); \

@@ -9,7 +9,8 @@
     tokenizer.py  sentencepiece training and encoding (`longvivit tokenizer`)
     config.py     DataConfig
     reader.py     StreamingDataset over the shards, launcher environment, shared memory
-    decode.py     frame selection; decode (DALI on GPU, DALI or PyAV on CPU), resize/crop/flip
+    decode.py     frame selection; decode (NVDEC for the clips it takes, DALI or PyAV on
+                  CPU, JPEG stills by DALI's image decoder), resize/crop/flip
     loader.py     build_loader: prefetched batches, decode-failure handling, resume state
 
 The heavy libraries (torch, streaming, DALI) load on first use of the names below, so

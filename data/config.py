@@ -13,8 +13,9 @@ from longvivit.config import check, choice
 @dataclass
 class ImageConfig:
     """Image-text pairs beside the videos (the paper's stage 1; InternVideo2 mixes them the
-    same way): shards written by `longvivit shards --still-images` (each image a one-frame
-    clip), read like the videos' (resolution, text length, tokenizer, flip, workers: data's),
+    same way): shards written by `longvivit shards --still-images` (each image a JPEG, decoded
+    by DALI's image decoder; shards of one-frame clips, as stills were written before, are
+    read too), read like the videos' (resolution, text length, tokenizer, flip, workers: data's),
     one batch of images in place of a batch of videos on a `proportion` of the optimizer
     steps: step s (from 1) is an image step when floor(s * p) > floor((s - 1) * p), so any
     N steps hold floor(N * p) or one fewer or more of them, the same on every rank and after

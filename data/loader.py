@@ -195,7 +195,7 @@ class VideoLoader:
         captions = [c[int(r.integers(len(c)))] if r is not None else c[0]
                     for c, r in zip(raw["captions"], rngs)]
         plans = [plan_clip(s, self.cfg.frames, self.cfg.sampling, r, self.cfg.flip)
-                 for s, r in zip(_rows(raw, "num_frames", "width", "height"), rngs)]
+                 for s, r in zip(_rows(raw, "num_frames", "width", "height", "codec"), rngs)]
         return captions, plans
 
     def _assemble(self, rows: list[_Row]) -> dict:

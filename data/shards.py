@@ -3,7 +3,7 @@
     longvivit shards MANIFEST --out DIR|URL [--fps 1] [--size 256] [--codec vp9|h264]
                      [--keyframe-interval 8] [--crf 20] [--workers N]
                      [--shard-size 64mb] [--compression zstd] [--overwrite] [--part I/N]
-                     [--still-images]
+                     [--still-images [--jpeg-quality 95]]
     longvivit shards --merge DIR      (join DIR/*/ written by slurm/shards.sbatch parts)
 
 Each manifest row (see manifest.py) becomes one sample: the clip [start, end) (seconds
@@ -11,11 +11,16 @@ from the start of the video), as a player shows it (rotation, sample aspect rati
 video.py), at `fps`, short side `size` (shown aspect kept), encoded as
 VP9 in webm (decodable on CPU and GPU) or H.264 in mp4 (DALI decodes it only on GPU), with
 a keyframe at least every `keyframe-interval` frames so that decoding a few frames deep in
-a long clip costs only the frames from the keyframe before them.
+a long clip costs only the frames from the keyframe before them. With --still-images, a
+still image (PNG, JPEG, ...) without an `end` becomes a one-frame sample stored as a JPEG
+(codec "jpeg", Pillow at --jpeg-quality), the way image-text data sets are stored and
+decoded on GPUs (nvJPEG) rather than as a one-frame video; with an `end` it becomes a clip
+of the picture held from `start` to `end`. Shards of one-frame video clips, as stills were
+written before, stay readable.
 
-Columns: video (encoded bytes), captions (list of str), duration_s (the source seconds the
-clip covers: end - start, or up to the end of the video), fps, num_frames, width, height,
-id, codec.
+Columns: video (encoded bytes: a webm/mp4 clip, or a JPEG), captions (list of str),
+duration_s (the source seconds the clip covers: end - start, or up to the end of the
+video), fps, num_frames, width, height, id, codec (vp9, h264 or jpeg), label.
 
 A row that cannot be used (missing, unreadable, empty, corrupt or truncated file, a decode
 error, no video stream, a still image without --still-images, no frames in range, empty or
@@ -40,6 +45,7 @@ import sys
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -49,7 +55,7 @@ from longvivit.config import check, choice, validated
 from .manifest import Reject, Row, read_manifest, write_jsonl
 from .output import prepare_out
 from .remote import RemoteOutput, is_remote, open_remote_output, storage_errors
-from .video import CODECS, VideoError, encode, read_resampled
+from .video import CODECS, ClipInfo, VideoError, encode, encode_jpeg, is_picture, read_resampled
 
 COLUMNS = {
     "video": "bytes", "captions": "json", "duration_s": "float64", "fps": "float64",
@@ -66,13 +72,15 @@ class ShardOptions:
     codec: str = choice(*CODECS)
     keyframe_interval: int = 8  # frames
     crf: int = 20  # constant-quality level (lower: better and bigger)
-    still_images: bool = False  # a still image becomes a clip (held start..end, or one frame)
+    still_images: bool = False  # a still image becomes a sample (a JPEG, or held start..end a clip)
+    jpeg_quality: int = 95  # of a still image stored as JPEG (Pillow's 1-100 scale)
 
     def validate(self) -> None:
         check(self.fps > 0, "fps", f"{self.fps} must be > 0")
         check(self.size >= 0 and self.size % 2 == 0, "size", f"{self.size} must be an even number >= 0")
         check(self.keyframe_interval >= 1, "keyframe_interval", f"{self.keyframe_interval} must be >= 1")
         check(0 <= self.crf <= 63, "crf", f"{self.crf} is outside [0, 63]")
+        check(1 <= self.jpeg_quality <= 100, "jpeg_quality", f"{self.jpeg_quality} is outside [1, 100]")
 
 
 def transcode(row: Row, opts: ShardOptions) -> dict | Reject:
@@ -82,16 +90,40 @@ def transcode(row: Row, opts: ShardOptions) -> dict | Reject:
             raise VideoError("missing file", "no such file")
         if os.path.isfile(row.video) and os.path.getsize(row.video) == 0:
             raise VideoError("empty file", "zero bytes")
-        frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, row.end,
-                                still_images=opts.still_images)
-        data, info = encode(frames, opts.fps, opts.codec, opts.keyframe_interval, opts.crf)
+        picture = opts.still_images and row.end is None and is_picture(row.video)
+        return picture_sample(row, opts) if picture else clip_sample(row, opts)
     except VideoError as err:
         return Reject(row.line, row.video, err.reason, err.detail)
     except Exception as err:  # noqa: BLE001 -- one bad input must never stop the run
         return Reject(row.line, row.video, "failed", f"{type(err).__name__}: {err}")
-    return {"video": data, "captions": row.captions, "duration_s": frames.duration_s,
+
+
+def clip_sample(row: Row, opts: ShardOptions) -> dict:
+    """The row's clip encoded as a video (opts.codec): every video, and a still image held
+    from start to end. Raises VideoError for input that cannot be used."""
+    frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, row.end,
+                            still_images=opts.still_images)
+    data, info = encode(frames, opts.fps, opts.codec, opts.keyframe_interval, opts.crf)
+    return _sample(row, data, frames.duration_s, info, opts.codec)
+
+
+def picture_sample(row: Row, opts: ShardOptions) -> dict:
+    """A still image shown for one frame, stored as a JPEG (codec "jpeg") at
+    opts.jpeg_quality: the way image data sets are stored, decoded by DALI's image decoder
+    (nvJPEG on a GPU) where a one-frame clip needed a video decoder per image. Its pixels
+    are those clip_sample would encode (the same resampling), in RGB rather than YUV."""
+    frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, None,
+                            pix_fmt="rgb24", still_images=True)
+    (rgb,) = [frame.to_ndarray() for frame in frames]
+    rate = float(Fraction(opts.fps).limit_denominator(1001))  # as encode() rounds it
+    info = ClipInfo(1, rate, rgb.shape[1], rgb.shape[0])
+    return _sample(row, encode_jpeg(rgb, opts.jpeg_quality), frames.duration_s, info, "jpeg")
+
+
+def _sample(row: Row, data: bytes, duration_s: float, info: ClipInfo, codec: str) -> dict:
+    return {"video": data, "captions": row.captions, "duration_s": duration_s,
             "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
-            "height": info.height, "id": row.id, "codec": opts.codec, "label": row.label}
+            "height": info.height, "id": row.id, "codec": codec, "label": row.label}
 
 
 def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = ShardOptions(),
@@ -261,14 +293,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", default="0/1", metavar="I/N",
                    help="write only rows I, I+N, I+2N, ... (array jobs; see slurm/shards.sbatch)")
     p.add_argument("--still-images", action="store_true",
-                   help="take still images (PNG, JPEG, ...) as clips: the picture held from "
-                        "start to end, or for one frame (default: rejected)")
+                   help="take still images (PNG, JPEG, ...): one frame, stored as a JPEG, or "
+                        "with an end, a clip of the picture held from start to end "
+                        "(default: rejected)")
+    p.add_argument("--jpeg-quality", type=int, default=ShardOptions.jpeg_quality,
+                   help="JPEG quality of the still images (--still-images)")
     a = p.parse_args(argv)
     if a.merge:
         return _print_summary(merge_parts, a.merge)
     if not a.manifest or not a.out:
         p.error("a MANIFEST and --out are required (or --merge DIR)")
-    opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf, a.still_images)
+    opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf, a.still_images,
+                        a.jpeg_quality)
     return _print_summary(write_shards, a.manifest, a.out, opts, a.workers, a.shard_size,
                           a.compression, a.overwrite, None, _parse_part(a.part))
 

@@ -2,8 +2,9 @@
 
 Everything here works with PyAV alone (its bundled FFmpeg libraries); no `ffmpeg` binary
 is needed. `synth` encodes its videos with `encode`, `shards` transcodes with
-`read_resampled` + `encode`, the CPU decode path (decode.py) uses `decode_frames`, and the
-tests and the decode benchmark use `frames_at` as the reference decoder.
+`read_resampled` + `encode` (a still image with `encode_jpeg`, through Pillow), the CPU
+decode path (decode.py) uses `decode_frames`, and the tests and the decode benchmark use
+`frames_at` as the reference decoder.
 
 What a player shows, and so what `read_resampled` and `frames_at` return:
 - Time 0 is the start of the file (the container's start time): an MPEG-TS stream starts
@@ -370,6 +371,26 @@ def encode(frames: Iterable[av.VideoFrame | np.ndarray], fps: float = 1.0, codec
     return buf.getvalue(), ClipInfo(n, float(rate), stream.width, stream.height)
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """An (H, W, 3) uint8 RGB picture as JPEG bytes (Pillow's libjpeg: baseline, 4:2:0
+    chroma like the shards' VP9, no EXIF): the form image data sets store, which DALI's
+    image decoder decodes with nvJPEG on a GPU (baseline is the form the GPUs' hardware
+    JPEG decoders take; progressive JPEGs go to its slower CUDA path)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def is_picture(source: str | bytes) -> bool:
+    """Whether `source` is a still image (PNG, JPEG, ...: a picture demuxer, whatever its
+    name says) rather than a video; unreadable input raises VideoError as `read_resampled`
+    does."""
+    with _open(source) as container:
+        return is_still_image(container)
+
+
 def _add_stream(out, encoder: str, rate: Fraction, width: int, height: int,
                 keyframe_interval: int, crf: int):
     stream = out.add_stream(encoder, rate=rate)
@@ -407,7 +428,8 @@ def probe(source: str | bytes) -> ClipInfo:
 def decode_frames(data: bytes, indices: Sequence[int], stats: dict | None = None) -> np.ndarray:
     """RGB frames (len(indices), H, W, 3) uint8 of an encoded clip by frame index (any
     order, repeats allowed), bit-identical to DALI's decoder. Indices count frames in
-    presentation order from the first one with a non-negative timestamp, as DALI does.
+    presentation order from the first one with a non-negative timestamp, as DALI does; an
+    index past the last frame gives the last frame, as DALI's pad_mode "edge" does.
 
     Decoding starts at the keyframe before each wanted frame (found from the packets'
     flags, read without decoding) unless the decoder is already between the two, so a
@@ -417,9 +439,11 @@ def decode_frames(data: bytes, indices: Sequence[int], stats: dict | None = None
     with _open(data) as container:
         stream = _video_stream(container, threads=1)  # callers decode clips in parallel
         pts, last_key = _keyframe_index(container, stream)
-        if not pts or wanted[0] < 0 or wanted[-1] >= len(pts):
+        if not pts or wanted[0] < 0:
             raise VideoError("frame out of range", f"frames {wanted[0]}..{wanted[-1]} of a "
                              f"{len(pts)}-frame clip")
+        last = len(pts) - 1
+        wanted = sorted({min(i, last) for i in wanted})
         index = {p: i for i, p in enumerate(pts)}
         rgb, found, decoded = VideoReformatter(), {}, 0
         frames, next_index = None, None  # the decoder's output stream, the index it gives next
@@ -442,7 +466,7 @@ def decode_frames(data: bytes, indices: Sequence[int], stats: dict | None = None
                                          interpolation=RGB_FLAGS).to_ndarray()
     if stats is not None:
         stats["decoded"] = stats.get("decoded", 0) + decoded
-    return np.stack([found[int(i)] for i in indices])
+    return np.stack([found[min(int(i), last)] for i in indices])
 
 
 def _keyframe_index(container, stream) -> tuple[list[int], list[int]]:

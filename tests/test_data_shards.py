@@ -5,6 +5,7 @@ manifests), all made here with PyAV: each is written as a player shows it (check
 against the frames the test put in) or rejected with its reason."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from fractions import Fraction
@@ -13,6 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from data_support import (moving_frames, pattern_frames, psnr, read_jsonl, write_audio_only,
                           write_video)
 
@@ -284,6 +286,10 @@ def test_still_image_is_a_clip_only_when_asked(corpus, tmp_path):
     one, held = (LocalDataset(str(tmp_path / "s"))[i] for i in range(2))
     assert (one["num_frames"], one["duration_s"]) == (1, 0.5)  # one frame at 2 FPS
     assert (held["num_frames"], held["duration_s"]) == (4, 2.0)
+    assert (one["codec"], held["codec"]) == ("jpeg", "vp9")  # a picture as a JPEG; held: a clip
+    assert (one["width"], one["height"]) == (MOVIE.shape[2], MOVIE.shape[1])
+    picture = np.asarray(Image.open(io.BytesIO(one["video"])).convert("RGB"))
+    assert psnr(picture, MOVIE[0]) >= 30
     assert psnr(frames_at(held["video"], [1.5])[0], MOVIE[0]) >= 30
 
 

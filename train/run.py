@@ -316,7 +316,7 @@ def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEn
 
 
 def image_data(cfg: RunConfig) -> DataConfig | None:
-    """The data config of the image loader (one-frame clips of data.images.train at its
+    """The data config of the image loader (the stills of data.images.train at its
     batch size), None without images."""
     images = cfg.data.images
     if images.proportion == 0:
