@@ -9,21 +9,30 @@ script prints a JSON line saying it skipped, writes nothing and exits 0; a check
 libraries are missing (DALI, PyAV) records {"skipped": reason}. A check that raises records
 {"error": ...} and the others still run (device time is scarce); the exit status is then 1.
 
-Budgets on one H200 (each `longvivit train` process pays ~25-35 s of imports, NCCL and
-ZeRO-3 set-up before its first step; steps themselves take 0.05-0.3 s):
+Budgets on one H100 or H200, about 7.5 minutes in all (each `longvivit train` process pays
+~25-35 s of imports, NCCL and ZeRO set-up before its first step; steps take 0.05-0.5 s;
+training cells started together set up at once and take turns on the GPU for their steps,
+gpu_turn):
 
-  attention    ~20 s   SDPA kernels of the B video tower in bf16 under torch.profiler, and
-                       bf16 against fp32 on the same weights and clip
-  trainer      ~100 s  `longvivit train` ZeRO-3 bf16 over NCCL at world size 1: a straight
-                       20-step run and a run stopped at step 10 (the two at once), then the
-                       stopped run resumed to 20; losses and batch indices compared
-  plan_memory  ~120 s  `longvivit plan` against torch.cuda.max_memory_allocated of real steps,
-                       one process per cell (the untimed cells run at once: the allocator's
-                       peak is per process, so they cannot mix)
-  mfu          ~5 s    the trainer's logged MFU of the timed cells above (run alone), median
-                       after warm-up, next to a measured bf16 matmul peak
-  decode       ~60 s   DALI "mixed" H.264/VP9 against PyAV, and the loader against the step;
-                       ~0 s when DALI or PyAV is absent (skipped)
+  attention      ~20 s   SDPA kernels of the B video tower in bf16 under torch.profiler, and
+                         bf16 against fp32 on the same weights and clip
+  trainer        ~100 s  `longvivit train` ZeRO-3 bf16 over NCCL at world size 1: a straight
+                         20-step run and a run stopped at step 10 (the two at once), then the
+                         stopped run resumed to 20; losses and batch indices compared
+  plan_memory    ~60 s   `longvivit plan` against torch.cuda.max_memory_allocated of real
+                         steps, one process per cell (the allocator's peak is per process)
+  mfu            ~5 s    the trainer's logged MFU of the timed cells above, median after
+                         warm-up, next to a measured bf16 matmul peak
+  decode         ~130 s  DALI "mixed" H.264/VP9 against PyAV, the loader against the step,
+                         and the trainer's data_wait on GPU-decoded shards (short_B16's real
+                         form); ~0 s when DALI or PyAV is absent (skipped)
+  shipped        ~80 s   every shipped GPU config's real form (train/configs: short_B16,
+                         short_L16, long_L256, g_1b) training at micro-batch 2: step time,
+                         tokens/s, peak memory against the plan, host syncs per micro-batch
+  shipped_model  ~40 s   the same configs' models outside the engine: SDPA kernels of the
+                         video tower with and without the CLS bias, host syncs by real_frames
+  two_gpu        ~0 s    skipped below 2 GPUs; ~100 s with 2: two NCCL ranks, then the resume
+                         on one GPU
 
 Child processes run in the check's scratch folder (deleted afterwards, checkpoints and all),
 with their output in a log file there; a failed one's last lines go into the record.
@@ -56,7 +65,8 @@ import torch
 import common
 
 ROOT = Path(common.REPO)
-DEMO = ROOT / "train" / "configs" / "demo.yaml"  # its shard paths are ignored by data.source=synthetic
+CONFIGS = ROOT / "train" / "configs"
+DEMO = CONFIGS / "demo.yaml"  # its shard paths are ignored by data.source=synthetic
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False): the GPU acceptance suite needs one"
 
 # Acceptance thresholds (tests/gpu asserts them; the records carry them for the report).
@@ -88,7 +98,7 @@ class Cell:
     mask_ratio: float
     batch: int
     steps: int
-    timed: bool = False  # run alone on the GPU: its step times feed the MFU check
+    timed: bool = False  # its step times feed the MFU check (every cell steps alone on the GPU: gpu_turn)
 
     @property
     def name(self) -> str:
@@ -201,6 +211,93 @@ def run_check(name: str, out: Path) -> dict:
     return record
 
 
+# ---------------------------------------------------------------------------- host syncs
+
+SYNC_WARNING = "called a synchronizing CUDA operation"  # torch.cuda.set_sync_debug_mode("warn")'s message
+PASSED_THROUGH = {"warnings", "_py_warnings", "contextlib", "torch"}  # packages whose frames are no origin
+HARNESS = {__name__, "__main__"}  # this file, imported or run: the origin "harness"
+
+
+class SyncCounter:
+    """The host syncs in a block, each with where it came from: torch.cuda.set_sync_debug_mode
+    ("warn") turns every synchronizing CUDA call (a device value read on the host, a blocking
+    copy, a stream synchronize) into a warning, caught here with the Python stack at that
+    point. Syncs inside autograd's C++ backward surface at the end of .backward(), at its
+    caller. Without CUDA (set_mode None) nothing is counted and `active` is False."""
+
+    def __init__(self, set_mode: Callable[[str], None] | None | str = "cuda"):
+        if set_mode == "cuda":
+            set_mode = torch.cuda.set_sync_debug_mode if torch.cuda.is_available() else None
+        self.set_mode, self.active = set_mode, set_mode is not None
+        self.sites: list[dict] = []
+
+    def __enter__(self) -> SyncCounter:
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()  # restores the filters and showwarning on exit
+        warnings.filterwarnings("always", message=SYNC_WARNING)
+        self._show = warnings.showwarning
+        warnings.showwarning = self._seen
+        if self.set_mode is not None:
+            self.set_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.set_mode is not None:
+            self.set_mode("default")
+        self._catch.__exit__(*exc)
+
+    def _seen(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message).startswith(SYNC_WARNING):
+            self.sites.append(sync_site(sys._getframe(1)))
+        else:
+            self._show(message, category, filename, lineno, file, line)
+
+
+def sync_site(frame) -> dict:
+    """A sync's origin from the stack where it was raised: `at`, the innermost frame outside
+    torch and warnings ("module:line function"); `origin`, what that frame belongs to (model,
+    train, data: longvivit's folders; harness: this file, e.g. the .backward() it called;
+    else the top package, e.g. deepspeed); `via`, the innermost longvivit frame when `at`
+    is another package's."""
+    frames = []
+    while frame is not None:
+        frames.append((frame.f_globals.get("__name__", "?"), frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    outside = [f for f in frames if f[0].split(".")[0] not in PASSED_THROUGH]
+    ours = [f for f in frames if f[0].startswith("longvivit.")]
+    at = outside[0] if outside else frames[0]
+    return {"origin": sync_origin(at[0]), "at": f"{at[0]}:{at[1]} {at[2]}",
+            "via": f"{ours[0][0]}:{ours[0][1]} {ours[0][2]}" if ours and ours[0] != at else None}
+
+
+def sync_origin(module: str) -> str:
+    if module in HARNESS:
+        return "harness"
+    parts = module.split(".")
+    return parts[1] if parts[0] == "longvivit" and len(parts) > 1 else parts[0]
+
+
+def sync_table(sites: list[dict]) -> list[dict]:
+    """Sites counted: one row per (origin, at, via), most frequent first."""
+    counts: dict[tuple, int] = {}
+    for s in sites:
+        key = (s["origin"], s["at"], s["via"])
+        counts[key] = counts.get(key, 0) + 1
+    return [{"origin": o, "at": a, "via": v, "count": n}
+            for (o, a, v), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1]))]
+
+
+def counter_control(device: torch.device) -> int | None:
+    """Syncs the counter sees in one `.item()` of a device tensor: 1 when it works (a count
+    of 0 elsewhere then means none), None where it cannot count (no CUDA)."""
+    x = torch.ones(1, device=device)
+    with SyncCounter() as c:
+        x.item()
+    return len(c.sites) if c.active else None
+
+
 # ---------------------------------------------------------------------------- processes
 
 @dataclass
@@ -220,27 +317,68 @@ def lone_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def launch(commands: dict[str, list[str]], work: Path, timeout: float = 300,
-           env: dict | None = None) -> dict[str, Finished]:
-    """Start every command at once (output to work/NAME.log, `env` added to lone_env()), wait
-    for all of them; a command still running after `timeout` seconds is killed with its
-    process group."""
+def launch(commands: dict[str, list[str]], work: Path, timeout: float = 300, env: dict | None = None,
+           turns: Path | None = None, meanwhile: Callable[[], object] | None = None) -> dict[str, Finished]:
+    """Start every command at once (output to work/NAME.log, `env` added to lone_env()), call
+    `meanwhile`, wait for all of them; a command still running `timeout` seconds after the
+    start is killed with its process group. turns: the folder through which training cells
+    take turns on the GPU (gpu_turn): once every command has said it is ready there or has
+    ended, `go` is written."""
     started = {}
     for name, cmd in commands.items():
         log = open(work / f"{name}.log", "w")
         started[name] = (subprocess.Popen(cmd, cwd=work, env={**lone_env(), **(env or {})}, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True), log)
     deadline = time.monotonic() + timeout
+    if meanwhile is not None:
+        meanwhile()
+    while any(proc.poll() is None for proc, _ in started.values()) and time.monotonic() < deadline:
+        if turns is not None and all_ready(turns, {n: proc for n, (proc, _) in started.items()}):
+            (turns / "go").touch()
+        time.sleep(0.2)
     done = {}
     for name, (proc, log) in started.items():
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
         done[name] = Finished(proc.returncode, (work / f"{name}.log").read_text(errors="replace"))
     return done
+
+
+def all_ready(turns: Path, procs: dict[str, subprocess.Popen]) -> bool:
+    """Every process has written turns/ready.NAME or has ended (a cell that died in its
+    set-up holds no one up)."""
+    return all((turns / f"ready.{name}").exists() or proc.poll() is not None for name, proc in procs.items())
+
+
+TURN_WAIT_S = 600.0  # the longest a set-up cell waits for the others (then it goes on; recorded)
+
+
+@contextmanager
+def gpu_turn(turns: Path | None, name: str):
+    """The GPU to this process alone for the block, among cells launched together with
+    `turns` (launch): say ready, wait until every cell is set up (`go`: no other is still
+    building its model or engine), then hold turns/lock while the block runs. Their set-ups
+    (process start, imports, NCCL, model build: ~30 s each) overlap; their measured steps do
+    not. Yields a dict that records the seconds waited."""
+    waited = {"waited_s": 0.0, "go": True}
+    if turns is None:
+        yield waited
+        return
+    import fcntl
+
+    t0 = time.monotonic()
+    (turns / f"ready.{name}").touch()
+    while not (turns / "go").exists():
+        if time.monotonic() - t0 > TURN_WAIT_S:
+            waited["go"] = False
+            break
+        time.sleep(0.1)
+    with open(turns / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waited["waited_s"] = round(time.monotonic() - t0, 1)
+        yield waited
 
 
 def metrics(out: Path, kind: str) -> list[dict]:
@@ -329,39 +467,120 @@ class _NeverStop:
         return False
 
 
-def run_train_cell(out: Path, overrides: list[str]) -> dict:
+def run_train_cell(out: Path, overrides: list[str], config: Path = DEMO, turns: Path | None = None,
+                   sync_steps: int = 0) -> dict:
     """One `longvivit train` process minus its finish (final checkpoint and eval, which would
     only add minutes of disk writes): the trainer's own validate, setup and step loop, so
     metrics.jsonl holds its logged mfu/tflops/memory_gb. Called in a child process by
-    `bench/gpu.py --train-cell OUT -- OVERRIDES`."""
+    `bench/gpu.py --train-cell OUT [--config C] [--turns DIR] [--sync-steps N] -- OVERRIDES`.
+    turns: take a turn on the GPU with the cells launched beside it (gpu_turn) for the
+    steps; sync_steps: the last N steps run under SyncCounter (train_syncs)."""
     import torch.distributed as tdist
 
     from longvivit.train import dist, run
     from longvivit.train.logging import memory_gb
 
     d = dist.read_env()
-    cfg, ds_config, _ = run.validate([str(DEMO), *overrides, f"out={out}", "resume=never"], d)
+    make_init_file(config, overrides)
+    cfg, ds_config, _ = run.validate([str(config), *overrides, f"out={out}", "resume=never"], d)
     dist.setup_env(d)
     dist.bind_device(d)
     dist.init_process_group(timedelta(minutes=10))
     try:
         trainer = run.setup(cfg, ds_config, None, d)
         after_setup = memory_gb(trainer.device) * 2**30
+        syncs = {"control": counter_control(trainer.device), "steps": [], "log_steps": []}
         try:
-            run.loop(trainer, _NeverStop())
+            with gpu_turn(turns, out.name) as turn, train_syncs(run, cfg.steps - sync_steps, syncs):
+                run.loop(trainer, _NeverStop())
+                peaks = cell_peaks(trainer.device)
         finally:
+            for loader in (trainer.loader, trainer.images):
+                if loader is not None:
+                    loader.close()
             trainer.log.close()
-            trainer.loader.close()
-        cuda = trainer.device.type == "cuda"
         return {"backend": tdist.get_backend(), "steps": trainer.state.step, "peak_tflops": trainer.peak,
-                "peak_bytes": memory_gb(trainer.device) * 2**30, "peak_bytes_after_setup": after_setup,
-                "peak_reserved_bytes": torch.cuda.max_memory_reserved(trainer.device) if cuda else None}
+                "peak_bytes_after_setup": after_setup, **peaks, "turn": turn,
+                **({"syncs": syncs} if sync_steps else {})}
     finally:
         dist.shutdown(d)
 
 
-def cell_command(cell: Cell, out: Path) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--train-cell", str(out), "--", *cell.overrides()]
+def cell_peaks(device: torch.device) -> dict:
+    """The process's allocator peaks; then its cached blocks go back to the GPU for the
+    cells still to take their turn."""
+    from longvivit.train.logging import memory_gb
+
+    cuda = device.type == "cuda"
+    peaks = {"peak_bytes": memory_gb(device) * 2**30,
+             "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if cuda else None}
+    if cuda:
+        torch.cuda.empty_cache()
+    return peaks
+
+
+@contextmanager
+def train_syncs(run_module, first_step: int, syncs: dict):
+    """From step `first_step` + 1 on, run.train_step and run.log_step as the loop calls them,
+    each under a SyncCounter: per step, the micro-batches it drew, where each one's
+    real_frames lay (the model reads them back when they are on the GPU), and the sync
+    sites; the step's logging apart (one .item() and a collective per step)."""
+    step_fn, log_fn = run_module.train_step, run_module.log_step
+
+    def train_step(r, stream, *args, **kwargs):
+        if r.state.step < first_step:
+            return step_fn(r, stream, *args, **kwargs)
+        devices = []
+
+        def noted():  # not `yield from`: closing this must not close the loop's stream
+            for batch in stream:
+                devices.append(batch["real_frames"].device.type)
+                yield batch
+
+        with SyncCounter() as counter:
+            out = step_fn(r, noted(), *args, **kwargs)
+        syncs["steps"].append({"step": r.state.step + 1, "source": run_module.step_source(r),
+                               "real_frames_on": devices, "sites": sync_table(counter.sites)})
+        return out
+
+    def log_step(r, *args, **kwargs):
+        if r.state.step <= first_step:
+            return log_fn(r, *args, **kwargs)
+        with SyncCounter() as counter:
+            out = log_fn(r, *args, **kwargs)
+        syncs["log_steps"].append({"step": r.state.step, "sites": sync_table(counter.sites)})
+        return out
+
+    run_module.train_step, run_module.log_step = train_step, log_step
+    try:
+        yield syncs
+    finally:
+        run_module.train_step, run_module.log_step = step_fn, log_fn
+
+
+def make_init_file(config: Path, overrides: list[str]) -> None:
+    """An init=open_clip:PATH that shipped_init pointed into this run's scratch folder (no
+    real checkpoint is on a GPU node): an open_clip CLIP of the config's shape with random
+    weights, made here by the local form's maker (train/local.py) before validate reads it."""
+    from longvivit.train.config import load_run_config
+
+    cfg = load_run_config(config, overrides=overrides)
+    kind, _, path = cfg.init.partition(":")
+    if kind == "open_clip" and MADE_HERE in Path(path).parts and not Path(path).is_file():
+        from longvivit.train.local import make_open_clip
+
+        make_open_clip(cfg, Path(path))
+
+
+def cell_command(cell: Cell, out: Path, turns: Path | None = None) -> list[str]:
+    return train_cell_command(out, cell.overrides(), turns=turns)
+
+
+def train_cell_command(out: Path, overrides: list[str], config: Path = DEMO, turns: Path | None = None,
+                       sync_steps: int = 0) -> list[str]:
+    extra = ([f"--config={config}"] if config != DEMO else []) + ([f"--turns={turns}"] if turns else []) \
+        + ([f"--sync-steps={sync_steps}"] if sync_steps else [])
+    return [sys.executable, str(Path(__file__).resolve()), "--train-cell", str(out), *extra, "--", *overrides]
 
 
 _CELL_RESULTS: dict[Cell, dict] = {}  # shared by plan_memory and mfu: each cell runs once
@@ -369,15 +588,16 @@ _CELL_RESULTS: dict[Cell, dict] = {}  # shared by plan_memory and mfu: each cell
 
 def cell_results(cells: list[Cell], work: Path) -> dict[Cell, dict]:
     """Each cell's record ({"error"} if its process failed) and "train" metrics lines. The
-    untimed cells run at once; each timed cell then runs alone, so its step times see an
-    otherwise idle GPU."""
+    cells start at once and take turns on the GPU for their steps (gpu_turn), so a timed
+    cell's step times see an otherwise idle GPU."""
     require(TRAINER_NEEDS)
     todo = [c for c in cells if c not in _CELL_RESULTS]
-    groups = [[c for c in todo if not c.timed]] + [[c] for c in todo if c.timed]
-    for group in filter(None, groups):
+    if todo:
+        turns = work / "turns"
+        turns.mkdir(exist_ok=True)
         t0 = time.perf_counter()
-        done = launch({c.name: cell_command(c, work / c.name) for c in group}, work)
-        for c in group:
+        done = launch({c.name: cell_command(c, work / c.name, turns) for c in todo}, work, turns=turns)
+        for c in todo:
             _CELL_RESULTS[c] = read_cell(work / c.name, done[c.name], time.perf_counter() - t0)
     return {c: _CELL_RESULTS[c] for c in cells}
 
@@ -386,7 +606,7 @@ def read_cell(out: Path, finished: Finished, wall_s: float) -> dict:
     if finished.returncode != 0 or not (out / "cell.json").is_file():
         return {"error": f"exit status {finished.returncode}", "output": finished.tail()}
     return {**json.loads((out / "cell.json").read_text()), "wall_s": round(wall_s, 1),
-            "train": metrics(out, "train")}
+            "train": metrics(out, "train"), "step": metrics(out, "step")}
 
 
 def memory_row(cell: Cell, plan_bytes: dict, result: dict) -> dict:
@@ -603,8 +823,20 @@ def attention_record(tokens: int, kernels: list, ops: list, agreement: dict) -> 
 
 # ---------------------------------------------------------------------------- b. decode
 
-DECODE = dict(videos=48, video_frames=16, size=224, frames=16, batch=8, workers=4, steps=12)
+# 112 clips: the loader's feed (1 + 12 batches of 8) and the trainer's (FEED) stay inside one
+# epoch, whose start (new DataLoader workers, a new streaming iterator) is not steady state
+DECODE = dict(videos=112, video_frames=16, size=224, frames=16, batch=8, workers=4, steps=12)
 DECODE_NEEDS = ("nvidia.dali", "av", "streaming", "sentencepiece")
+# The trainer on the H.264 shards, GPU-decoded: short_B16's real form (its step is the cheapest
+# per clip of the shipped configs, so it asks the most of the loader), its batch cut to 8.
+FEED = dict(config="short_B16", batch=8, warmup=2, steps=12)
+FEED_NEEDS = ("open_clip",)  # short_B16's tokenizer, beside DECODE_NEEDS and TRAINER_NEEDS
+# The most of the trainer's step time spent waiting for batches (see trainer_feed): with
+# `prefetch` batches decoded ahead on the loader's thread, the step waits only when decoding a
+# batch takes longer than a step, and then waits 1 - step/decode of the time; 0.2 lets GPU
+# decoding (NVDEC, parsing and resizing beside the step) take up to 1.25 x the B16 step of the
+# same clips before it fails, i.e. the shipped configs lose at most a fifth of the GPU to data.
+FEED_WAIT_MAX = 0.2
 
 
 def psnr(a, b) -> float:
@@ -723,18 +955,418 @@ def check_decode(work: Path) -> dict:
     shards = {codec: codec_shards(manifest, work / codec, codec) for codec in ("h264", "vp9")}
     device = torch.device("cuda")
     return decode_record({codec: decode_psnr(path, device) for codec, path in shards.items()},
-                         loader_vs_step(shards["h264"], tokenizer, device))
+                         loader_vs_step(shards["h264"], tokenizer, device), trainer_feed(shards["h264"], work))
 
 
-def decode_record(codecs: dict, feed: dict) -> dict:
-    return {**DECODE, "codecs": codecs, "feed": feed, "psnr_min": PSNR_MIN_DB}
+def decode_record(codecs: dict, feed: dict, trainer: dict | None = None) -> dict:
+    return {**DECODE, "codecs": codecs, "feed": feed, "trainer_feed": trainer, "psnr_min": PSNR_MIN_DB}
+
+
+def feed_overrides(shards: Path) -> list[str]:
+    """FEED's config on `shards` (train and val), without its image steps (no image shards
+    here), at FEED's batch: the rest (frames, sampling, workers, prefetch, ds_config,
+    precision) as shipped."""
+    return [f"data.train={shards}", f"data.val={shards}", "data.images.proportion=0",
+            f"data.batch_size={FEED['batch']}", f"steps={FEED['steps']}", "log_every=1", "progress=false",
+            "eval_every=0", "checkpoint_every=0", "init=''"]
+
+
+def trainer_feed(shards: Path, work: Path) -> dict:
+    """The trainer's own data_wait (the fraction of each step's wall time spent waiting for
+    its batch, logged per step) on GPU-decoded shards: one `longvivit train` process of
+    FEED's config (run_train_cell), after FEED's warm-up steps (worker start-up, DALI's
+    pipeline build)."""
+    missing = missing_modules([*FEED_NEEDS, *TRAINER_NEEDS])
+    if missing:
+        return skipped(f"{', '.join(missing)} not importable here (the trainer on {FEED['config']} needs them)")
+    overrides = feed_overrides(shards)
+    out = work / "feed"
+    t0 = time.perf_counter()
+    done = launch({"feed": train_cell_command(out, overrides, CONFIGS / f"{FEED['config']}.yaml")}, work)
+    return feed_record(overrides, read_cell(out, done["feed"], time.perf_counter() - t0))
+
+
+def feed_record(overrides: list[str], result: dict) -> dict:
+    """data_wait over the steps after the warm-up, weighted by each step's seconds (its
+    batch over its samples/s): waited seconds over step seconds."""
+    record = {"config": FEED["config"], "overrides": overrides, "batch": FEED["batch"], "warmup": FEED["warmup"],
+              "steps": FEED["steps"], "data_wait_max": FEED_WAIT_MAX}
+    if "error" in result:
+        return {**record, "error": result["error"], "output": result["output"]}
+    lines = [x for x in result["train"] if x["step"] > FEED["warmup"]]
+    seconds = [FEED["batch"] / x["samples_per_s"] for x in lines]
+    waited = sum(x["data_wait"] * s for x, s in zip(lines, seconds))
+    return {**record, "backend": result["backend"], "steps_done": result["steps"],
+            "steps_measured": [x["step"] for x in lines], "data_wait_per_step": [x["data_wait"] for x in lines],
+            "data_wait": waited / sum(seconds) if lines else float("nan"),
+            "step_s_median": statistics.median(seconds) if lines else float("nan"),
+            "decode_failures": result["train"][-1]["decode_failures"] if result["train"] else None}
+
+
+# ---------------------------------------------------------------------------- f. the shipped configs
+
+# Each shipped GPU config in its real form (model, ds_config, precision, grad_accum, masking,
+# freezing, checkpointing, images) at a reduced micro-batch on synthetic clips on the GPU:
+# SHIPPED_BATCH clips (a negative for every positive), SHIPPED_IMAGE_BATCH images on the
+# image steps. 15 steps: with images on a fifth of them, steps 5, 10 and 15 are image steps.
+# Step times leave out the first SHIPPED_WARMUP video steps and the first image step (new
+# shapes: allocator growth, kernel selection); the last SHIPPED_SYNC_STEPS steps (a video
+# and an image step) run under SyncCounter and are left out too (warn mode costs time).
+SHIPPED_BATCH, SHIPPED_IMAGE_BATCH = 2, 16
+SHIPPED_STEPS, SHIPPED_WARMUP, SHIPPED_SYNC_STEPS = 15, 3, 2
+MADE_HERE = "made-by-gpu-suite"  # the scratch folder of init files made for a run (make_init_file)
+SYNC_REPEATS = 2  # micro-batches counted per real_frames variant (check_shipped_model)
+# Host syncs per micro-batch the model may make, by where real_frames lies: none unless it
+# is on the GPU, where which clips are whole is read back once (VideoEncoder.real_slices).
+MODEL_SYNCS_ALLOWED = {"none": 0, "host_whole": 0, "host_padded": 0, "device_whole": 1, "device_padded": 1}
+
+
+def shipped_configs() -> list[Path]:
+    """train/configs/*.yaml written for GPUs: their ds_config says "_accelerator": "cuda"
+    (without that entry: a ds_config not named *_cpu.json)."""
+    from longvivit.train.config import load_ds_json, load_run_config
+
+    found = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        ds_config = load_run_config(path).ds_config
+        meant = load_ds_json(ds_config).get("_accelerator") or ("cpu" if Path(ds_config).stem.endswith("_cpu")
+                                                               else "cuda")
+        if meant == "cuda":
+            found.append(path)
+    return found
+
+
+def shipped_init(cfg, work: Path) -> tuple[str, dict]:
+    """The init a one-GPU run of a shipped config can take, and why: the config's own where
+    its file is here; for an absent open_clip:PATH, an open_clip CLIP of the config's shape
+    with random weights made in the scratch folder (make_init_file), so the same load runs;
+    for an absent checkpoint:PATH (stage 1's output), random weights."""
+    shipped = cfg.init
+    kind, _, path = shipped.partition(":")
+    if not shipped:
+        return shipped, {"shipped": shipped, "ran": shipped, "why": "as shipped"}
+    if Path(path).exists():  # absolute: the run's working directory is its scratch folder
+        here = f"{kind}:{Path(path).resolve()}"
+        return here, {"shipped": shipped, "ran": here, "why": "as shipped"}
+    if kind == "open_clip" and not missing_modules(["open_clip"]):
+        made = f"open_clip:{work / MADE_HERE / Path(path).stem}.pt"
+        return made, {"shipped": shipped, "ran": made, "why": f"{path} is not on this machine: an open_clip CLIP of "
+                      "the config's shape with random weights, made here, goes through the same load"}
+    return "", {"shipped": shipped, "ran": "", "why": f"{path} is not on this machine: random weights"}
+
+
+def shipped_overrides(config: Path, work: Path) -> tuple[list[str], dict]:
+    """(the overrides of the config's one-GPU run, its init record): only the data source,
+    the batch sizes, the steps, logging and the init change; everything else is shipped."""
+    from longvivit.train.config import load_run_config
+
+    cfg = load_run_config(config)
+    init, note = shipped_init(cfg, work)
+    overrides = ["data.source=synthetic", f"data.batch_size={SHIPPED_BATCH}", f"steps={SHIPPED_STEPS}",
+                 "log_every=1", "progress=false", "eval_every=0", "checkpoint_every=0",
+                 f"init={init}" if init else "init=''"]
+    if cfg.data.images.proportion:
+        overrides.append(f"data.images.batch_size={SHIPPED_IMAGE_BATCH}")
+    return overrides, note
+
+
+def check_shipped(work: Path, configs: list[Path] | None = None, gpu_mem: int | None = None) -> dict:
+    """f. Every shipped GPU config's real form steps on this GPU (shipped_overrides): one
+    process each, started together, taking turns for their steps (gpu_turn). Per config:
+    step time, tokens/s and MFU by source (the trainer's logged numbers), the allocator's
+    peak against `longvivit plan` for the same overrides, and the host syncs of the last
+    steps' micro-batches by origin (train_syncs). configs, gpu_mem: for the CPU tests."""
+    require(TRAINER_NEEDS)
+    configs = configs or shipped_configs()
+    turns = work / "turns"
+    turns.mkdir()
+    runs = {c.stem: shipped_overrides(c, work) for c in configs}
+    commands = {c.stem: train_cell_command(work / c.stem, runs[c.stem][0], c, turns, SHIPPED_SYNC_STEPS)
+                for c in configs}
+    plans: dict[str, dict] = {}
+    gpu_mem = gpu_mem or torch.cuda.get_device_properties(0).total_memory
+    t0 = time.perf_counter()
+    done = launch(commands, work, turns=turns,
+                  meanwhile=lambda: plans.update({c.stem: shipped_plan(c, runs[c.stem][0], gpu_mem) for c in configs}))
+    wall = time.perf_counter() - t0
+    rows = {c.stem: shipped_row(c, *runs[c.stem], read_cell(work / c.stem, done[c.stem], wall), plans[c.stem])
+            for c in configs}
+    return {"batch": SHIPPED_BATCH, "image_batch": SHIPPED_IMAGE_BATCH, "steps": SHIPPED_STEPS,
+            "warmup": SHIPPED_WARMUP, "sync_steps": SHIPPED_SYNC_STEPS, "configs": rows}
+
+
+def shipped_plan(config: Path, overrides: list[str], gpu_mem: int) -> dict:
+    """`longvivit plan` of the run at one GPU (its bytes by part), or {"error"}."""
+    from longvivit.train.plan import make_plan
+
+    try:
+        plan = make_plan(str(config), overrides, gpus=1, gpu_mem=gpu_mem, search=False)
+    except Exception as err:  # noqa: BLE001 -- recorded; the run's own record still stands
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"bytes": plan.bytes, "total": plan.total,
+            "allocated": sum(v for k, v in plan.bytes.items() if k != "reserve")}
+
+
+def shipped_row(config: Path, overrides: list[str], init: dict, result: dict, plan: dict) -> dict:
+    from longvivit.train.config import load_run_config
+
+    cfg = load_run_config(config, overrides=overrides)
+    v, images = cfg.model.video, cfg.data.images
+    row = {"config": str(config.relative_to(ROOT)), "overrides": overrides, "init": init, "preset": cfg.model.preset,
+           "frames": v.frames, "image_size": v.image_size, "mask_ratio": v.mask_ratio, "batch": cfg.data.batch_size,
+           "grad_accum": cfg.grad_accum, "ds_config": cfg.ds_config, "precision": cfg.precision,
+           "grad_checkpointing": v.grad_checkpointing, "trainable_last_k": v.trainable_last_k,
+           "images": {"proportion": images.proportion, "batch": images.batch_size,
+                      "mask_ratio": images.mask_ratio} if images.proportion else None, "plan": plan}
+    if "error" in result:
+        return {**row, "error": result["error"], "output": result["output"]}
+    losses = [x["loss"] for x in result["step"]]
+    batches = {"video": cfg.data.batch_size * cfg.grad_accum, "image": images.batch_size * cfg.grad_accum}
+    row.update(backend=result["backend"], steps_done=result["steps"], losses=losses,
+               finite=bool(losses) and all(math.isfinite(x) for x in losses), turn=result["turn"],
+               peak_bytes=result["peak_bytes"], peak_reserved_bytes=result["peak_reserved_bytes"],
+               peak_bytes_after_setup=result["peak_bytes_after_setup"],
+               by_source=by_source(result["train"], result["step"], batches), syncs=sync_summary(result["syncs"]))
+    if "allocated" in plan:
+        row["plan_over_measured"] = plan["allocated"] / result["peak_bytes"]
+    return row
+
+
+def by_source(train: list[dict], steps: list[dict], batches: dict[str, int]) -> dict:
+    """Medians of the trainer's per-step numbers (log_every=1) by source over the timed steps:
+    after each source's warm-up (SHIPPED_WARMUP video steps, one image step), before the
+    sync steps. A step's seconds are its samples over its samples/s (one process)."""
+    source = {x["step"]: x.get("source", "video") for x in steps}
+    timed_until = SHIPPED_STEPS - SHIPPED_SYNC_STEPS
+    out = {}
+    for name, warm in (("video", SHIPPED_WARMUP), ("image", 1)):
+        lines = [x for x in train if source.get(x["step"]) == name and x["step"] <= timed_until][warm:]
+        if lines:
+            median = lambda key: statistics.median(x[key] for x in lines)  # noqa: E731
+            out[name] = {"steps": [x["step"] for x in lines], "step_s": statistics.median(
+                batches[name] / x["samples_per_s"] for x in lines), "samples_per_s": median("samples_per_s"),
+                "tokens_per_s": median("tokens_per_s"), "tflops": median("tflops"), "mfu": median("mfu")}
+    return out
+
+
+def sync_summary(syncs: dict) -> dict:
+    """train_syncs' steps folded into counts per micro-batch by origin; `model_allowed`: the
+    model syncs its micro-batches may make (one for each real_frames on the GPU)."""
+    steps, logs = syncs["steps"], syncs["log_steps"]
+    micro = sum(len(s["real_frames_on"]) for s in steps)
+    sites, log_sites = merged_sites(steps), merged_sites(logs)
+    origins, log_origins = origin_counts(sites), origin_counts(log_sites)
+    return {"control": syncs["control"], "steps": [s["step"] for s in steps], "micro_batches": micro,
+            "model": origins.get("model", 0),
+            "model_allowed": sum(dev != "cpu" for s in steps for dev in s["real_frames_on"]),
+            "per_micro_batch": {o: n / max(micro, 1) for o, n in origins.items()},
+            "log_per_step": {o: n / max(len(logs), 1) for o, n in log_origins.items()},
+            "sites": sites, "log_sites": log_sites}
+
+
+def merged_sites(entries: list[dict]) -> list[dict]:
+    """The sync_tables of several steps as one."""
+    return sync_table([{"origin": r["origin"], "at": r["at"], "via": r["via"]}
+                       for e in entries for r in e["sites"] for _ in range(r["count"])])
+
+
+def origin_counts(table: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in table:
+        counts[row["origin"]] = counts.get(row["origin"], 0) + row["count"]
+    return counts
+
+
+# ---------------------------------------------------------------------------- g. shipped model: kernels, syncs
+
+def random_model(cfg, device: torch.device, dtype: torch.dtype):
+    """The config's DualEncoder with random weights, built on the meta device and made on
+    `device` in `dtype` (its own init draws every weight on the CPU: minutes at 1B
+    parameters). Which kernels run and where the host waits do not depend on the values."""
+    from longvivit.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 or name.endswith("cls_token"):
+                p.normal_(0.0, 0.02)
+            else:  # norms at 1, biases and gates at 0, the temperature at its start
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+        model.logit_scale.fill_(cfg.init_logit_scale)
+    return model.train()
+
+
+def video_pass(model, batch: dict, bias: bool = True) -> None:
+    """Forward + backward of the video tower alone at its config's masking (a CPU generator,
+    as the trainer's); bias False: without the ln T' CLS bias (cls_bias), for comparison."""
+    tower, v = model.video, model.cfg.video
+    if not bias:
+        tower.cls_bias = lambda x, slices: None  # this instance only
+    try:
+        emb = tower(batch["video"], v.mask_ratio, v.mask_scheme, torch.Generator().manual_seed(0), None)
+        emb.float().sum().backward()
+    finally:
+        tower.__dict__.pop("cls_bias", None)
+        model.zero_grad(set_to_none=True)
+
+
+def model_pass(model, batch: dict, real_frames) -> None:
+    """One training micro-batch of the whole model (both towers, loss), forward + backward."""
+    loss, _ = model(batch["video"], batch["text_ids"], batch["text_mask"], generator=torch.Generator().manual_seed(0),
+                    real_frames=real_frames)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def real_frames_variants(batch: int, frames: int, device: torch.device) -> dict:
+    """real_frames as a caller may pass it: None, whole or one clip half padded, on the host
+    or on the device (MODEL_SYNCS_ALLOWED's keys)."""
+    padded = [max(1, frames // 2)] + [frames] * (batch - 1)
+    return {"none": None, "host_whole": torch.full((batch,), frames), "host_padded": torch.tensor(padded),
+            "device_whole": torch.full((batch,), frames, device=device),
+            "device_padded": torch.tensor(padded, device=device)}
+
+
+def model_syncs(model, batch: dict, device: torch.device) -> dict:
+    """Host syncs per micro-batch of the whole model by real_frames variant (after one
+    micro-batch of each: first-call set-up is not per micro-batch), with their sites."""
+    out = {}
+    for name, real in real_frames_variants(batch["video"].shape[0], model.cfg.video.frames, device).items():
+        model_pass(model, batch, real)
+        with SyncCounter() as counter:
+            for _ in range(SYNC_REPEATS):
+                model_pass(model, batch, real)
+        out[name] = {"per_micro_batch": len(counter.sites) / SYNC_REPEATS if counter.active else None,
+                     "allowed": MODEL_SYNCS_ALLOWED[name], "sites": sync_table(counter.sites)}
+    return out
+
+
+def has_cls_bias(v) -> bool:
+    """Whether the joint video tower passes the ln T' CLS bias (VideoEncoder.cls_bias)."""
+    return v.cls_token and v.attention != "factorized" and v.frames // v.tubelet[0] > 1
+
+
+def kernels_of(step: Callable[[], None], device: torch.device) -> dict:
+    """The attention kernels and ops of one `step` (after one unprofiled call), its median
+    wall time over 3 more."""
+    step()
+    kernels, ops = profile_step(step, device)
+    found = classify(kernels)
+    return {"kernels": found, "ops": classify(ops), "fused": any(k in found for k in FUSED),
+            "math": "math" in found or "math" in classify(ops), "flash": "flash" in found,
+            "step_ms": 1e3 * statistics.median(common.timed(step, device) for _ in range(3))}
+
+
+def shipped_model_row(config: Path, device: torch.device) -> dict:
+    """One shipped config's model: the SDPA kernels of its video tower's forward + backward
+    (with the CLS bias, and without it where there is one: what the bias costs), and the
+    whole model's host syncs per micro-batch by real_frames variant."""
+    from longvivit.data.synthetic_batches import SyntheticBatches
+    from longvivit.train.config import load_run_config
+
+    cfg = load_run_config(config, overrides=["data.source=synthetic", f"data.batch_size={SHIPPED_BATCH}"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
+    model = random_model(cfg.model, device, dtype)
+    t = cfg.model.text
+    batch = next(iter(SyntheticBatches(cfg.data, "train", device, 0, 1, True, t.vocab_size, t.tokenizer)))
+    v = cfg.model.video
+    bias = has_cls_bias(v)
+    row = {"config": str(config.relative_to(ROOT)), "preset": cfg.model.preset, "frames": v.frames,
+           "image_size": v.image_size, "mask_ratio": v.mask_ratio, "cls_token": v.cls_token, "pool": v.pool,
+           "attention": v.attention, "heads": v.heads, "head_dim": v.width // v.heads, "dtype": str(dtype)[6:],
+           "tokens": v.visible_tokens(v.mask_ratio), "batch": SHIPPED_BATCH, "bias": bias,
+           **kernels_of(lambda: video_pass(model, batch), device)}
+    if bias:
+        row["without_bias"] = kernels_of(lambda: video_pass(model, batch, bias=False), device)
+    row["syncs"] = model_syncs(model, batch, device)
+    return row
+
+
+def check_shipped_model(work: Path, device: torch.device | None = None, configs: list[Path] | None = None) -> dict:
+    """g. Each shipped config's model on this GPU, outside the engine (random weights, its
+    precision): which SDPA kernel its video tower runs (the ln T' CLS bias of the open_clip
+    shape is an additive mask, which FlashAttention does not take), and the host syncs of
+    its forward + backward when real_frames comes as None, on the host or on the GPU."""
+    device = device or torch.device("cuda")
+    rows = {}
+    for config in configs or shipped_configs():
+        try:
+            rows[config.stem] = shipped_model_row(config, device)
+        except Exception as err:  # noqa: BLE001 -- recorded; the other configs still run
+            rows[config.stem] = {"config": str(config.relative_to(ROOT)), "error": f"{type(err).__name__}: {err}",
+                                 "traceback": traceback.format_exc()[-ERROR_TAIL:]}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"control": counter_control(device), "sync_repeats": SYNC_REPEATS, "configs": rows}
+
+
+# ---------------------------------------------------------------------------- h. two GPUs
+
+TWO_GPU_MODEL = ["model.preset=B", "model.video.frames=8", "model.video.mask_ratio=0.5", "data.batch_size=2"]
+TWO_GPU_STEPS = (4, 6)  # the 2-rank run ends at 4 (its final checkpoint); the 1-rank run resumes it to 6
+
+
+def torchrun_command(nproc: int, out: Path, overrides: list[str]) -> list[str]:
+    """`longvivit train` under torchrun (torch.distributed.run: no launcher script on PATH
+    needed), one rank per GPU of this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "longvivit.train.cli", "train", str(DEMO), *overrides, f"out={out}"]
+
+
+def events(text: str, name: str) -> list[dict]:
+    """The {"event": name, ...} JSON lines of a run's output."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{") and f'"event": "{name}"' in line:
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:  # two ranks' lines interleaved
+                pass
+    return found
+
+
+def check_two_gpu(work: Path, gpus: int | None = None, base: list[str] | None = None, env: dict | None = None) -> dict:
+    """h. Two ranks over NCCL, one per GPU (torchrun), TWO_GPU_STEPS[0] steps of ZeRO-3 bf16,
+    then the same run resumed on one GPU to TWO_GPU_STEPS[1] (elastic: the checkpoint of 2
+    ranks converted to DeepSpeed's universal form). What a one-GPU machine cannot show: a
+    collective before each rank's device is bound, a CPU tensor in an NCCL collective, the
+    rank-to-GPU mapping, and optimizer state loaded onto the wrong device. Skipped below 2
+    GPUs. base/env: the CPU twin for tests (gloo)."""
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus < 2:
+        return skipped(f"{gpus} GPU here: the 2-rank NCCL launch and the resume on 1 GPU need 2 or more")
+    require(TRAINER_NEEDS)
+    overrides = [*(BASE if base is None else base), *TWO_GPU_MODEL, "checkpoint_every=0"]
+    first, last = TWO_GPU_STEPS
+    out = work / "run"
+    runs = launch({"two_ranks": torchrun_command(2, out, [*overrides, f"steps={first}"])}, work, env=env)
+    if runs["two_ranks"].returncode == 0:
+        runs.update(launch({"one_rank": trainer_command(out, [*overrides, f"steps={last}"])}, work, env=env))
+    return two_gpu_record(overrides, runs, metrics(out, "step"))
+
+
+def two_gpu_record(overrides: list[str], runs: dict[str, Finished], steps: list[dict]) -> dict:
+    starts = {n: sorted(({k: e.get(k) for k in ("rank", "world_size", "backend", "device", "step")}
+                         for e in events(r.output, "start")), key=lambda e: e["rank"]) for n, r in runs.items()}
+    rescale = events(runs["one_rank"].output, "rescale") if "one_rank" in runs else []
+    record = {"steps": list(TWO_GPU_STEPS), "overrides": overrides,
+              "exit_codes": {n: r.returncode for n, r in runs.items()},
+              "starts": starts, "rescale": rescale[0] if rescale else None, "steps_logged": [x["step"] for x in steps],
+              "finite": bool(steps) and all(math.isfinite(x["loss"]) for x in steps)}
+    failed = {n: r.tail() for n, r in runs.items() if r.returncode != 0}
+    if failed:
+        record["failed_output"] = failed
+    return record
 
 
 # ---------------------------------------------------------------------------- main
 
 CHECKS: dict[str, Callable[[Path], dict]] = {
     "attention": check_attention, "trainer": check_trainer, "plan_memory": check_plan_memory,
-    "mfu": check_mfu, "decode": check_decode,
+    "mfu": check_mfu, "decode": check_decode, "shipped": check_shipped, "shipped_model": check_shipped_model,
+    "two_gpu": check_two_gpu,
 }
 
 
@@ -743,6 +1375,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu"), help="folder for the JSON records")
     p.add_argument("--only", nargs="+", choices=list(CHECKS), help="run only these checks")
     p.add_argument("--train-cell", metavar="DIR", help="(internal) run one training cell into DIR")
+    p.add_argument("--config", default=str(DEMO), help="(with --train-cell) its run config")
+    p.add_argument("--turns", help="(with --train-cell) the folder of the cells that take turns on the GPU")
+    p.add_argument("--sync-steps", type=int, default=0, help="(with --train-cell) last steps counted for syncs")
     p.add_argument("overrides", nargs="*", help="(with --train-cell) the run config overrides")
     return p.parse_args(argv)
 
@@ -752,7 +1387,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides and not args.train_cell:
         raise SystemExit(f"bench/gpu.py: overrides {args.overrides} only go with --train-cell")
     if args.train_cell:
-        write_json(Path(args.train_cell) / "cell.json", run_train_cell(Path(args.train_cell), args.overrides))
+        turns = Path(args.turns) if args.turns else None
+        record = run_train_cell(Path(args.train_cell), args.overrides, Path(args.config), turns, args.sync_steps)
+        write_json(Path(args.train_cell) / "cell.json", record)
         return 0
     if not torch.cuda.is_available():
         print(json.dumps({"skipped": NO_CUDA, "out": args.out}), flush=True)

@@ -493,14 +493,107 @@ def gpu_decode(r: dict) -> list[str]:
     lines += table(["codec", "clips", "decode failures", "PSNR min dB", "PSNR mean dB"], rows)
     return lines + [f"The loader (H.264, {r['workers']} workers) feeding a bf16 B step, batch {f['batch']}: "
                     f"data_wait {f['data_wait']:.1%} over {f['steps']} steps, {f['fed_samples_per_s']:.1f} "
-                    f"samples/s fed against {f['step_samples_per_s']:.1f} samples/s for the step alone.", ""]
+                    f"samples/s fed against {f['step_samples_per_s']:.1f} samples/s for the step alone.", ""] \
+        + trainer_feed_lines(r.get("trainer_feed"))
+
+
+def trainer_feed_lines(t: dict | None) -> list[str]:
+    if t is None:
+        return []
+    if "skipped" in t or "error" in t:
+        return [f"The trainer on these shards: {t.get('skipped') or t['error']}", ""]
+    verdict = "within" if t["data_wait"] <= t["data_wait_max"] else "ABOVE"
+    return [f"`longvivit train` of {t['config']} (its real form at batch {t['batch']}, no image steps) on the H.264 "
+            f"shards, GPU-decoded: data_wait **{t['data_wait']:.1%}** of the step time over steps "
+            f"{t['steps_measured'][0]}-{t['steps_measured'][-1]} ({verdict} the {t['data_wait_max']:.0%} bound), "
+            f"median step {t['step_s_median'] * 1e3:.0f} ms, {t['decode_failures']} decode failures.", ""]
+
+
+def per_micro(counts: dict) -> str:
+    return ", ".join(f"{o} {n:.2g}" for o, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def gpu_shipped(r: dict) -> list[str]:
+    rows, notes, sites = [], [], []
+    for name, x in r["configs"].items():
+        label = (f"{name} ({x['preset']}, {x['batch']} x {x['frames']}f @ {x['mask_ratio']:.0%}, "
+                 f"accum {x['grad_accum']})")
+        if "error" in x:
+            rows.append([label, f"error: {x['error']}"] + [""] * 8)
+            continue
+        video, image = x["by_source"].get("video", {}), x["by_source"].get("image")
+        plan = x["plan"]
+        s = x["syncs"]
+        micro = max(s["micro_batches"], 1)
+        rows.append([label, f"{Path(x['ds_config']).stem} {x['precision']}",
+                     f"{video.get('step_s', float('nan')) * 1e3:.0f}", f"{video.get('tokens_per_s', 0):,.0f}",
+                     f"{video.get('mfu', float('nan')):.1%}", f"{image['step_s'] * 1e3:.0f}" if image else "",
+                     f"{x['peak_bytes'] / GiB:.2f}",
+                     f"{plan['allocated'] / GiB:.2f} / {plan['total'] / GiB:.2f}" if "allocated" in plan else "error",
+                     f"{s['model'] / micro:.2g} (allowed {s['model_allowed'] / micro:.2g})",
+                     per_micro({o: n for o, n in s["per_micro_batch"].items() if o != "model"})])
+        if x["init"]["why"] != "as shipped":
+            notes.append(f"{name}: init {x['init']['shipped']!r} -> {x['init']['ran'] or 'random'!r} "
+                         f"({x['init']['why']})")
+        sites += [f"{name}: {y['count']} x `{y['at']}`" + (f" (via `{y['via']}`)" if y["via"] else "")
+                  for y in s["sites"][:4]]
+    lines = [f"Each shipped GPU config in its real form on this one GPU: micro-batch {r['batch']} (images "
+             f"{r['image_batch']}), synthetic clips on the device, {r['steps']} steps; step times are medians after "
+             f"{r['warmup']} video steps and the first image step; the last {r['sync_steps']} steps under "
+             "torch.cuda.set_sync_debug_mode('warn'), host syncs counted per micro-batch by origin.", ""]
+    lines += table(["config", "ds_config", "video step ms", "video tokens/s", "MFU", "image step ms",
+                    "peak GiB", "plan GiB (allocated / total)", "model syncs / micro-batch",
+                    "other syncs / micro-batch"], rows)
+    return lines + [f"- {n}" for n in notes + sites] + ([""] if notes or sites else [])
+
+
+def count(n: float | None) -> str:
+    return "not counted" if n is None else f"{n:.2g}"
+
+
+def gpu_shipped_model(r: dict) -> list[str]:
+    def kernels(k: dict) -> str:
+        return "; ".join(f"{b} {v['count']} ({v['time_us'] / 1e3:.2f} ms)" for b, v in k.items()) or "none"
+
+    rows = []
+    for name, x in r["configs"].items():
+        if "error" in x:
+            rows.append([name, f"error: {x['error']}"] + [""] * 6)
+            continue
+        nb = x.get("without_bias")
+        rows.append([name, f"{x['tokens']:,} x {x['batch']}, head dim {x['head_dim']}", "yes" if x["bias"] else "no",
+                     kernels(x["kernels"]), f"{x['step_ms']:.1f}", kernels(nb["kernels"]) if nb else "",
+                     f"{nb['step_ms']:.1f}" if nb else "",
+                     ", ".join(f"{v}: {count(s['per_micro_batch'])}" for v, s in x["syncs"].items())])
+    dtypes = sorted({x["dtype"] for x in r["configs"].values() if "dtype" in x})
+    lines = [f"Each shipped config's model outside the engine ({', '.join(dtypes)}, random "
+             "weights): the SDPA kernels of one forward + backward of the video tower at its mask ratio, with the "
+             "ln T' CLS bias where the config has one and the same pass without it; host syncs per micro-batch of "
+             f"the whole model by where real_frames lies (counter check: {count(r['control'])} sync in one .item()).", ""]
+    return lines + table(["config", "tokens per clip x clips", "CLS bias", "attention kernels", "step ms",
+                          "without the bias", "step ms", "syncs per micro-batch"], rows)
+
+
+def gpu_two_gpu(r: dict) -> list[str]:
+    codes = ", ".join(f"{n} {c}" for n, c in r["exit_codes"].items())
+    starts = "; ".join(f"{n}: " + ", ".join(f"rank {s['rank']}/{s['world_size']} {s['backend']} {s['device']}"
+                                            for s in st) for n, st in r["starts"].items())
+    first, last = r["steps"]
+    rescale = (f"the resume converted the {r['rescale']['world_size'][0]}-rank checkpoint "
+               f"({r['rescale']['message']})" if r["rescale"] else "no rescale line")
+    return [f"Two ranks under torchrun to step {first}, then resumed on one GPU to {last}. Exit status: {codes}; "
+            f"{starts}; {rescale}; steps logged {r['steps_logged']}, "
+            f"{'all finite' if r['finite'] else 'NOT all finite'}.", ""]
 
 
 GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume", gpu_trainer),
               ("attention", "Attention kernels and bf16 against fp32", gpu_attention),
               ("plan_memory", "Memory planner against the allocator's peak", gpu_plan_memory),
               ("mfu", "MFU of the training step", gpu_mfu),
-              ("decode", "DALI mixed decoding and the loader", gpu_decode)]
+              ("decode", "DALI mixed decoding and the loader", gpu_decode),
+              ("shipped", "The shipped configs on one GPU", gpu_shipped),
+              ("shipped_model", "The shipped configs' models: attention kernels and host syncs", gpu_shipped_model),
+              ("two_gpu", "Two GPUs: NCCL ranks, then the resume on one", gpu_two_gpu)]
 
 
 def gpu_section(folder: Path) -> list[str]:

@@ -3,9 +3,9 @@
     loader = build_loader(cfg, "train", device, rank, world_size, training=True)
     for batch in loader:          # one epoch; iterate again for the next one
         batch["video"]            # uint8 (B, T, H, W, C) on `device` (the model normalises)
-        batch["real_frames"]      # int64 (B,): frames before edge padding
+        batch["real_frames"]      # int64 (B,) on the CPU: frames before edge padding
         batch["text_ids"], batch["text_mask"]   # int64 / bool (B, L)
-        batch["index"]            # int64 (B,): global sample index in the split
+        batch["index"]            # int64 (B,) on the CPU: global sample index in the split
         batch["captions"]         # training=False only: B lists of every caption (str) of the clip
     state = loader.state_dict()   # mid-epoch; a fresh loader.load_state_dict(state) resumes
 
@@ -202,9 +202,11 @@ class VideoLoader:
         video, real, captions, index, all_captions = zip(*rows)
         ids, mask = self.tokenizer.encode(captions, self.cfg.text_length)
         to = dict(device=self.device, non_blocking=True)
-        batch = {"video": torch.stack(video), "real_frames": torch.tensor(real).to(**to),
+        # real_frames and index stay on the CPU: the model reads which clips are whole on
+        # the host (a shape), the trainer logs the indices; on a GPU either would be a sync
+        batch = {"video": torch.stack(video), "real_frames": torch.tensor(real, dtype=torch.int64),
                  "text_ids": ids.to(**to), "text_mask": mask.to(**to),
-                 "index": torch.tensor(index, dtype=torch.int64).to(**to)}
+                 "index": torch.tensor(index, dtype=torch.int64)}
         if not self.training:  # evaluation queries with every caption (train/evaluate.py)
             batch["captions"] = list(all_captions)
         return batch

@@ -86,9 +86,11 @@ class SyntheticBatches:
         mask = position < lengths
         ids = torch.where(mask, ids, PAD)
         first = number * B
-        index = self._base + torch.arange(first, first + B, device=self.device) * self.world_size + self.rank
-        return {"video": video, "real_frames": torch.full((B,), c.frames, device=self.device),
-                "text_ids": ids, "text_mask": mask, "index": index}
+        index = self._base + torch.arange(first, first + B) * self.world_size + self.rank
+        # real_frames and index stay on the CPU, as the shard loader's: the host reads both
+        # (which clips are whole decides shapes; the trainer logs the indices), no GPU sync
+        return {"video": video, "real_frames": torch.full((B,), c.frames), "text_ids": ids, "text_mask": mask,
+                "index": index}
 
     def state_dict(self) -> dict:
         """The position after the last batch handed out; a used-up epoch resumes at the next."""

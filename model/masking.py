@@ -13,6 +13,11 @@ zeroed), so the transformer runs on fewer tokens.
 Passing a torch.Generator makes the masks reproducible; the noise is drawn on the
 generator's device and moved, so a seed gives the same mask on CPU and GPU.
 
+No host syncs (torch.cuda.set_sync_debug_mode's sense): what moves from the CPU to a GPU
+goes through pinned memory without blocking (`to_device`), and the widths that shape the
+result are read from the CPU copy of real_slices; only real_slices on a GPU, which has
+to be read back, costs one.
+
 Padded clips (`sample_visible_padded`): a clip shorter than the model's frames arrives with
 its last frame repeated (data/decode.py), so its real tokens are the first real_slices * S
 in this numbering. Masking draws only among them, keeping the ratio of the clip's own
@@ -57,7 +62,21 @@ def _keep_lowest_noise(batch: int, n: int, mask_ratio: float, generator: Optiona
     noise_device = generator.device if generator is not None else device
     noise = torch.rand(batch, n, generator=generator, device=noise_device)  # (B, n)
     index = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, keep)
-    return index.to(device) if device is not None else index
+    return to_device(index, device)
+
+
+def to_device(x: torch.Tensor, device: Optional[torch.device]) -> torch.Tensor:
+    """`x` on `device` (None: where it is) without a host sync. A plain copy from pageable
+    CPU memory to a GPU waits for the GPU (torch: copy then stream synchronize; CUDA itself
+    syncs the stream before a pageable async copy); from pinned memory the copy is queued
+    on the stream and the host goes on (the pinned block is held until the copy is done)."""
+    if device is None or x.device == torch.device(device):
+        return x
+    if x.device.type != "cpu" or torch.device(device).type == "cpu":
+        return x.to(device)  # to the host: the values must be there when this returns
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 def _check(mask_ratio: float, scheme: str) -> None:
@@ -74,24 +93,30 @@ def sample_visible_padded(slices: int, spatial: int, mask_ratio: float, scheme: 
     rest padding: (index (B, n) int64, valid (B, n) bool). Row b keeps the tokens masking at
     `mask_ratio` keeps of a (real_slices[b], spatial) grid, sorted, then filler entries
     (index 0, valid False) up to the longest row. Tube masking keeps whole slices, so every
-    row is slice-major: (B, n) views as (B, n // s, s) with padding slices at the end."""
+    row is slice-major: (B, n) views as (B, n // s, s) with padding slices at the end.
+
+    real_slices on the CPU costs no host sync (the row width is read from it); on a GPU
+    its maximum is read back, one sync: the width is a shape, decided on the host."""
     _check(mask_ratio, scheme)
     batch = real_slices.shape[0]
-    real = real_slices.clamp(1, slices).to(device)  # (B,)
+    host = real_slices.clamp(1, slices)  # (B,), where it came
+    real = to_device(host, device)  # (B,)
     if scheme == "tube":
         kept = max(1, round((1.0 - mask_ratio) * spatial))
         positions = _keep_lowest_noise(batch, spatial, mask_ratio, generator, device)  # (B, kept)
-        width = int(real.max()) * kept
+        width = int(host.max()) * kept
         offsets = torch.arange(slices, device=positions.device) * spatial
         index = (offsets[None, :, None] + positions[:, None, :]).flatten(1)[:, :width]
         valid = torch.arange(width, device=index.device)[None] < (real * kept)[:, None]
         return index.masked_fill(~valid, 0), valid
     n = slices * spatial
-    kept = (real * spatial * (1.0 - mask_ratio)).round().clamp(min=1).long()  # (B,)
+    # the same float32 arithmetic on the host as on any device: the counts are equal
+    kept_host = (host * spatial * (1.0 - mask_ratio)).round().clamp(min=1).long()  # (B,)
+    kept = to_device(kept_host, real.device)
     noise_device = generator.device if generator is not None else device
-    noise = torch.rand(batch, n, generator=generator, device=noise_device).to(device)  # (B, N)
+    noise = to_device(torch.rand(batch, n, generator=generator, device=noise_device), device)  # (B, N)
     noise = noise.masked_fill(torch.arange(n, device=noise.device)[None] >= (real * spatial)[:, None], 2.0)
-    width = int(kept.max())
+    width = int(kept_host.max())
     order = noise.argsort(dim=1)[:, :width]  # padding tokens (noise 2) last
     valid = torch.arange(width, device=order.device)[None] < kept[:, None]
     index = order.masked_fill(~valid, n).sort(dim=1).values  # kept tokens sorted, fillers (n) last

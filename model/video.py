@@ -32,6 +32,23 @@ from .transformer import Attention, Block, Linear, fill_, full_shape, init_gener
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_CLIP_PIXELS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # clip_pixel_stats' per device
+
+
+def clip_pixel_stats(device: torch.device, cached: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std in 0..255 pixel units, float32 (C,) on `device`: made once per
+    device, because a tensor built from Python numbers on a GPU is a host-to-device copy
+    that waits for the GPU (a host sync per micro-batch). Plain tensors, not buffers: a
+    module's buffers go to bf16 with the module (zero.Init, the engine's cast), and they
+    are no state of the model (checkpoints and exports hold none). cached False: made
+    anew (for a video that is no plain tensor, e.g. the planner's FakeTensors, whose mode
+    takes no real tensor in); only plain tensors are kept."""
+    stats = _CLIP_PIXELS.get(device) if cached else None
+    if stats is None:
+        stats = (torch.tensor(CLIP_MEAN, device=device) * 255, torch.tensor(CLIP_STD, device=device) * 255)
+        if cached and all(type(t) is torch.Tensor for t in stats):
+            _CLIP_PIXELS[device] = stats
+    return stats
 
 
 # ----------------------------------------------------------------------------- tubelets
@@ -223,11 +240,16 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor, mask_ratio: float = 0.0, mask_scheme: str = "random",
                 generator: Optional[torch.Generator] = None,
-                real_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+                real_frames: Optional[torch.Tensor | int] = None) -> torch.Tensor:
         """video (B, T, H, W, C) -> (B, E) unnormalised embedding. real_frames (B,): how many
         leading frames of each clip are content; the rest (the loader's padding, the last
         frame repeated) is dropped before the encoder like masked tokens and never pooled.
-        A tubelet that straddles the end of a clip counts as content."""
+        A tubelet that straddles the end of a clip counts as content. An int: every clip's;
+        None: every clip is whole.
+
+        Host syncs: none when real_frames is None, an int or a CPU tensor; one when it is a
+        GPU tensor (its values are read back once: which tokens exist is a shape, decided on
+        the host). Callers on a GPU should pass it on the CPU."""
         x = self.normalize(video)  # (B, C, T, H, W)
         still = x.shape[2] == 1  # an image (T = 1): the 2D patch path, see `as_tubelet`
         if still:
@@ -236,7 +258,7 @@ class VideoEncoder(nn.Module):
         if self.cfg.attention == "factorized" and mask_scheme != "tube" and mask_ratio > 0:
             raise ValueError("factorized attention needs mask_scheme='tube' "
                              "(every temporal slice must keep the same spatial positions)")
-        real = self.real_slices(real_frames, slices)  # (B,), or None when every clip is whole
+        real = self.real_slices(real_frames, slices, x.shape[0])  # (B,) on the CPU, or None: every clip whole
         if real is None:
             index, valid = masking.sample_visible(x.shape[0], slices, grid * grid, mask_ratio, mask_scheme,
                                                   generator, x.device), None  # (B, n) or None
@@ -244,12 +266,13 @@ class VideoEncoder(nn.Module):
             scheme = "tube" if self.cfg.attention == "factorized" else mask_scheme
             index, valid = masking.sample_visible_padded(slices, grid * grid, mask_ratio, scheme, real,
                                                          generator, x.device)  # (B, n) twice
-        rows = slices if real is None else int(real.max())  # temporal slices in the token rows
+        rows = slices if real is None else int(real.max())  # temporal slices in the token rows (host: no sync)
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and self.frozen_prefix == 0):
             x = self.patch_embed(x, index) + self.positions(slices, grid, index, still)  # (B, n, D)
             x = self.ln_pre(self.with_cls(x, rows))  # (B, 1+n, D) | (B, T', 1+s, D)
-            bias = self.cls_bias(x, slices) if real is None else self.padding_bias(x, real, valid, rows)
+            bias = (self.cls_bias(x, slices) if real is None
+                    else self.padding_bias(x, masking.to_device(real, x.device), valid, rows))
             x = run_blocks(self.blocks[: self.frozen_prefix], x, bias)
         x = run_blocks(self.blocks[self.frozen_prefix:], x, bias,
                        max(0, self.checkpointed - self.frozen_prefix))
@@ -273,20 +296,23 @@ class VideoEncoder(nn.Module):
         pos = self.pos_embed(table_slices, grid, index)  # the first slice's tokens are 0..S-1
         return pos if index is not None else pos[:, : grid * grid]
 
-    def real_slices(self, real_frames: Optional[torch.Tensor], slices: int) -> Optional[torch.Tensor]:
-        """Temporal slices holding content, (B,) int64; None when every clip fills them all."""
+    def real_slices(self, real_frames: Optional[torch.Tensor | int], slices: int,
+                    batch: int) -> Optional[torch.Tensor]:
+        """Temporal slices holding content, (B,) int64 on the CPU; None when every clip fills
+        them all. real_frames on a GPU is copied back here, the forward's one host sync
+        (which clips are whole decides shapes; nothing on the GPU can decide it)."""
         if real_frames is None:
             return None
+        if isinstance(real_frames, int):
+            real_frames = torch.full((batch,), real_frames)
         t = self.cfg.tubelet[0]
-        real = ((real_frames.to(torch.int64) + t - 1) // t).clamp(1, slices)
+        real = ((real_frames.cpu().to(torch.int64) + t - 1) // t).clamp(1, slices)
         return None if bool((real == slices).all()) else real
 
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, C) uint8 or normalised float -> (B, C, T, H, W) in the weights' dtype."""
         if video.dtype == torch.uint8:
-            # float32 constants made here, not buffers: zero.Init would cast buffers to bf16
-            mean = torch.tensor(CLIP_MEAN, device=video.device) * 255
-            std = torch.tensor(CLIP_STD, device=video.device) * 255
+            mean, std = clip_pixel_stats(video.device, type(video) is torch.Tensor)  # float32 whatever the weights'
             video = (video.float() - mean) / std
         return video.to(self.patch_embed.weight.dtype).permute(0, 4, 1, 2, 3)
 

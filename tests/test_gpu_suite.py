@@ -2,7 +2,13 @@
 resume comparison, plan-vs-measured rows, MFU medians, PSNR, skip and error records, the
 JSON it writes; the bf16-vs-fp32 and profiler paths on the tiny model on CPU; the training
 cell runner on its CPU twin; and that `python bench/gpu.py` and `make gpu-check` on a
-machine without CUDA skip and exit 0."""
+machine without CUDA skip and exit 0.
+
+The sections for what ships, as far as a CPU goes: the shipped configs derived from
+train/configs and their one-GPU runs valid real forms; cells taking turns; the sync
+counter's attribution (with a stand-in for set_sync_debug_mode, which needs CUDA); the
+shipped, shipped-model, data-wait and two-GPU checks end to end on their CPU twins (gloo,
+DALI's CPU decoder), and their rendering."""
 import json
 import math
 import subprocess
@@ -16,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import gpu  # noqa: E402
+from data_support import synth_data  # noqa: E402,F401 -- a pytest fixture
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 
@@ -207,3 +214,283 @@ def test_make_gpu_check_without_cuda_skips_and_exits_zero(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "skipped" in proc.stdout and gpu.NO_CUDA in proc.stdout and "passed" not in proc.stdout
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- the new sections on CPU
+
+SHIPPED = ["g_1b", "long_L256", "short_B16", "short_L16"]
+
+
+def test_shipped_configs_are_the_gpu_configs_of_train_configs():
+    """Derived from the files: every train/configs YAML whose ds_config is written for CUDA."""
+    from longvivit.train.config import load_ds_json, load_run_config
+
+    names = [p.stem for p in gpu.shipped_configs()]
+    assert names == SHIPPED
+    for path in gpu.CONFIGS.glob("*.yaml"):
+        meant = load_ds_json(load_run_config(path).ds_config).get("_accelerator", "cuda")
+        assert (path.stem in names) == (meant == "cuda"), path.name
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_run_is_the_real_form_at_a_reduced_batch(name, tmp_path):
+    """The overrides change the data source, batch sizes, steps, logging and an init file
+    that is not here, nothing else; the run config they give passes the trainer's checks
+    that do not need a GPU, and the planner takes it."""
+    from longvivit.train import run
+    from longvivit.train.config import check_data, load_run_config, resolve_ds_config
+
+    config = gpu.CONFIGS / f"{name}.yaml"
+    overrides, init = gpu.shipped_overrides(config, tmp_path)
+    shipped, cfg = load_run_config(config), load_run_config(config, overrides=overrides)
+    assert cfg.model == shipped.model and not cfg.local
+    assert (cfg.ds_config, cfg.precision, cfg.grad_accum, cfg.data.frames, cfg.data.sampling) == \
+        (shipped.ds_config, shipped.precision, shipped.grad_accum, shipped.data.frames, shipped.data.sampling)
+    assert cfg.data.source == "synthetic" and cfg.data.batch_size == gpu.SHIPPED_BATCH
+    assert cfg.steps == gpu.SHIPPED_STEPS and cfg.log_every == 1 and cfg.checkpoint_every == cfg.eval_every == 0
+    if shipped.data.images.proportion:
+        assert cfg.data.images.proportion == shipped.data.images.proportion
+        assert cfg.data.images.batch_size == gpu.SHIPPED_IMAGE_BATCH
+    assert init["shipped"] == shipped.init and cfg.init == init["ran"]
+    kind, _, path = shipped.init.partition(":")
+    if shipped.init and Path(path).exists():  # kept, made absolute (the run's working dir is elsewhere)
+        assert cfg.init == f"{kind}:{Path(path).resolve()}"
+    elif kind == "open_clip":  # open_clip is installed here: the same load, random weights
+        assert cfg.init.startswith(f"open_clip:{tmp_path / gpu.MADE_HERE}")
+    elif shipped.init:
+        assert cfg.init == "" and "random weights" in init["why"]
+    ds = resolve_ds_config(cfg, 1)
+    assert ds["train_micro_batch_size_per_gpu"] == gpu.SHIPPED_BATCH and ds["bf16"]["enabled"]
+    check_data(cfg)
+    run.check_tokenizer(cfg)
+    plan = gpu.shipped_plan(config, overrides, 80 * 2**30)
+    assert "error" not in plan and plan["total"] > plan["allocated"] > 0
+
+
+def test_the_open_clip_file_a_shipped_run_needs_is_made_before_validation(tmp_path):
+    from longvivit.train import run
+    from longvivit.train.config import load_run_config
+
+    config = gpu.CONFIGS / "short_B16.yaml"
+    overrides, _ = gpu.shipped_overrides(config, tmp_path)
+    gpu.make_init_file(config, overrides)
+    cfg = load_run_config(config, overrides=overrides)
+    assert (tmp_path / gpu.MADE_HERE / "ViT-B-16.pt").is_file()
+    run.check_init(cfg)  # the trainer reads it as an open_clip file
+
+
+def sync_from(module: str, outer: str | None = None) -> None:
+    """What a synchronizing CUDA call in a line of `module` raises under
+    set_sync_debug_mode("warn") (torch's C++ op leaves no Python frame of its own); outer:
+    the module that called that one."""
+    scope = {"__name__": module, "message": gpu.SYNC_WARNING + " (Triggered internally at CUDAFunctions.cpp:1.)"}
+    exec(compile("import warnings\ndef op():\n    warnings.warn(message, UserWarning)\n", module, "exec"), scope)
+    if outer is None:
+        return scope["op"]()
+    caller = {"__name__": outer, "op": scope["op"]}
+    exec(compile("def call():\n    op()\n", outer, "exec"), caller)
+    caller["call"]()
+
+
+def test_the_sync_counter_records_each_sync_with_its_origin():
+    import warnings
+
+    modes = []
+    with warnings.catch_warnings(record=True) as other:
+        warnings.simplefilter("always")
+        with gpu.SyncCounter(set_mode=modes.append) as counter:
+            sync_from("longvivit.model.video")
+            sync_from("longvivit.model.video")
+            sync_from("deepspeed.runtime.engine", outer="longvivit.train.run")
+            sync_from("torch.nn.modules.module", outer="longvivit.train.run")
+            sync_from("test_gpu_suite")  # neither torch's nor longvivit's
+            warnings.warn("something else", UserWarning)
+    assert modes == ["warn", "default"] and counter.active
+    assert [str(w.message) for w in other] == ["something else"]  # passed on, not counted
+    table = gpu.sync_table(counter.sites)
+    assert [(r["origin"], r["count"]) for r in table] == [("model", 2), ("deepspeed", 1), ("train", 1),
+                                                          ("test_gpu_suite", 1)]
+    by_origin = {r["origin"]: r for r in table}
+    assert by_origin["deepspeed"]["via"].startswith("longvivit.train.run:")
+    assert by_origin["train"]["via"] is None  # torch's frames pass through: the call was train's
+    assert gpu.SyncCounter(set_mode=None).active is False and gpu.counter_control(torch.device("cpu")) is None
+
+
+def test_sync_summary_counts_per_micro_batch_and_what_the_model_may_make():
+    site = {"origin": "model", "at": "longvivit.model.video:1 real_slices", "via": None, "count": 1}
+    ds = {"origin": "deepspeed", "at": "deepspeed.runtime.engine:9 step", "via": "longvivit.train.run:5 x", "count": 6}
+    syncs = {"control": 1, "steps": [{"step": 14, "source": "video", "real_frames_on": ["cuda", "cuda"],
+                                      "sites": [{**site, "count": 2}, ds]},
+                                     {"step": 15, "source": "image", "real_frames_on": ["cpu", "cpu"], "sites": [ds]}],
+             "log_steps": [{"step": 14, "sites": [{**ds, "origin": "train", "count": 2}]}, {"step": 15, "sites": []}]}
+    s = gpu.sync_summary(syncs)
+    assert (s["micro_batches"], s["model"], s["model_allowed"]) == (4, 2, 2)
+    assert s["per_micro_batch"] == {"model": 0.5, "deepspeed": 3.0} and s["log_per_step"] == {"train": 1.0}
+    assert s["sites"][0]["count"] == 12 and s["sites"][1]["count"] == 2
+
+
+def test_cells_take_turns_on_the_gpu_after_all_are_set_up(tmp_path):
+    """gpu_turn through launch: no two cells inside their turn at once, none before every
+    cell said it is ready, and a cell that dies before that holds no one up."""
+    turns = tmp_path / "turns"
+    turns.mkdir()
+    child = ("import sys, time; sys.path.insert(0, {bench!r}); from pathlib import Path; import gpu\n"
+             "time.sleep({delay})\n"
+             "with gpu.gpu_turn(Path({turns!r}), {name!r}) as t:\n"
+             "    start = time.time(); time.sleep(0.5)\n"
+             "    Path({out!r}).write_text(f'{{start}} {{time.time()}} {{t[\"go\"]}}')\n")
+    commands = {name: [sys.executable, "-c", child.format(bench=str(ROOT / "bench"), delay=delay, turns=str(turns),
+                                                         name=name, out=str(tmp_path / f"{name}.txt"))]
+                for name, delay in (("a", 0), ("b", 2))}
+    commands["dies"] = [sys.executable, "-c", "raise SystemExit(3)"]
+    done = gpu.launch(commands, tmp_path, timeout=120, turns=turns)
+    assert {n: r.returncode for n, r in done.items()} == {"a": 0, "b": 0, "dies": 3}, done["a"].output
+    spans = sorted(tuple(map(float, (tmp_path / f"{n}.txt").read_text().split()[:2])) for n in ("a", "b"))
+    ready_b = (turns / "ready.b").stat().st_mtime
+    assert spans[0][0] >= ready_b - 0.05  # a waited for b's set-up
+    assert spans[0][1] <= spans[1][0]  # one after the other
+    assert all((tmp_path / f"{n}.txt").read_text().endswith("True") for n in ("a", "b"))
+
+
+def test_the_shipped_check_on_its_cpu_twin_with_images_init_and_sync_steps(monkeypatch, tmp_path):
+    """check_shipped end to end on a shipped-like CPU config (demo_short: CLS token, image
+    steps, an open_clip init whose file is not here), ZeRO-3 over gloo: the processes, their
+    turns, the image and video timings, the plan and the sync steps (counted as nothing
+    without CUDA), and its rendering."""
+    import report
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    r = gpu.check_shipped(tmp_path, configs=[gpu.CONFIGS / "demo_short.yaml"], gpu_mem=80 * 2**30)
+    row = r["configs"]["demo_short"]
+    assert "error" not in row, row.get("output")
+    assert row["backend"] == "gloo" and row["steps_done"] == gpu.SHIPPED_STEPS and row["finite"]
+    assert row["init"]["ran"].startswith("open_clip:/")  # made here, or the demo's own file made absolute
+    timed = gpu.SHIPPED_STEPS - gpu.SHIPPED_SYNC_STEPS
+    assert set(row["by_source"]) == {"video", "image"}
+    assert row["by_source"]["image"]["steps"] == [8, 12]  # image steps 4, 8, 12 (a quarter): 4 is warm-up
+    assert all(s <= timed for src in row["by_source"].values() for s in src["steps"])
+    s = row["syncs"]
+    assert s["steps"] == [14, 15] and s["micro_batches"] == 2 and s["control"] is None
+    assert s["model"] == s["model_allowed"] == 0  # synthetic real_frames on the device, here the CPU
+    assert row["turn"]["go"] and "allocated" in row["plan"]
+    text = "\n".join(report.gpu_shipped(r))
+    assert "demo_short (tiny, 2 x 16f @ 50%, accum 1)" in text
+
+
+def test_the_shipped_model_check_on_cpu_records_kernels_with_and_without_the_bias(tmp_path):
+    import report
+
+    configs = [gpu.CONFIGS / "demo_short.yaml", gpu.CONFIGS / "demo.yaml"]  # CLS token (bias) and none
+    r = gpu.check_shipped_model(tmp_path, torch.device("cpu"), configs)
+    with_bias, plain = r["configs"]["demo_short"], r["configs"]["demo"]
+    assert with_bias["bias"] and not plain["bias"] and "without_bias" not in plain
+    for row in (with_bias, plain, with_bias["without_bias"]):
+        assert row["kernels"] == {} and "flash" in row["ops"] and not row["math"]  # CPU: aten ops only
+        assert row["step_ms"] > 0
+    assert set(with_bias["syncs"]) == set(gpu.MODEL_SYNCS_ALLOWED)
+    assert all(v["per_micro_batch"] is None for v in with_bias["syncs"].values())  # no CUDA: not counted
+    assert r["control"] is None
+    text = "\n".join(report.gpu_shipped_model(r))
+    assert "| demo_short |" in text and "| yes |" in text
+
+
+def test_a_config_whose_model_fails_is_recorded_and_the_others_still_run(monkeypatch, tmp_path):
+    import report
+
+    def row(config, device):
+        if config.stem == "demo":
+            raise RuntimeError("CUDA out of memory")
+        return {"config": config.name, "ok": True}
+
+    monkeypatch.setattr(gpu, "shipped_model_row", row)
+    r = gpu.check_shipped_model(tmp_path, torch.device("cpu"), [gpu.CONFIGS / "demo.yaml", gpu.DEMO.parent /
+                                                                "demo_short.yaml"])
+    assert r["configs"]["demo"]["error"] == "RuntimeError: CUDA out of memory" and r["configs"]["demo_short"]["ok"]
+    failed = {**r, "configs": {"demo": r["configs"]["demo"]}}
+    assert "| demo | error: RuntimeError: CUDA out of memory |" in "\n".join(report.gpu_shipped_model(failed))
+
+
+def test_real_frames_variants_and_the_model_sync_allowance():
+    v = gpu.real_frames_variants(3, 16, torch.device("cpu"))
+    assert v["none"] is None and v["host_padded"].tolist() == [8, 16, 16] and v["device_whole"].tolist() == [16] * 3
+    assert {k for k, n in gpu.MODEL_SYNCS_ALLOWED.items() if n} == {"device_whole", "device_padded"}
+
+
+def test_the_data_wait_run_is_short_b16_on_the_shards_and_its_record_weights_by_time(tmp_path):
+    from longvivit.train.config import load_run_config
+
+    overrides = gpu.feed_overrides(tmp_path / "h264")
+    config = gpu.CONFIGS / f"{gpu.FEED['config']}.yaml"
+    shipped, cfg = load_run_config(config), load_run_config(config, overrides=overrides)
+    assert cfg.model == shipped.model and cfg.data.source == "shards" == shipped.data.source
+    assert (cfg.data.frames, cfg.data.image_size) == (gpu.DECODE["frames"], gpu.DECODE["size"])
+    assert cfg.data.images.proportion == 0 and cfg.data.batch_size == gpu.FEED["batch"]
+    assert (cfg.data.num_workers, cfg.data.prefetch, cfg.ds_config) == \
+        (shipped.data.num_workers, shipped.data.prefetch, shipped.ds_config)
+    assert gpu.FEED["steps"] * gpu.FEED["batch"] <= gpu.DECODE["videos"]  # one epoch
+    b = gpu.FEED["batch"]
+    lines = [{"step": 1, "data_wait": 0.9, "samples_per_s": b / 2.0, "decode_failures": 0},
+             {"step": 2, "data_wait": 0.5, "samples_per_s": b / 1.0, "decode_failures": 0},
+             {"step": 3, "data_wait": 0.0, "samples_per_s": b / 0.1, "decode_failures": 0},
+             {"step": 4, "data_wait": 0.1, "samples_per_s": b / 0.1, "decode_failures": 0}]
+    r = gpu.feed_record(overrides, {"backend": "nccl", "steps": 4, "train": lines})
+    assert r["steps_measured"] == [3, 4] and r["data_wait"] == pytest.approx(0.05)
+    assert gpu.feed_record(overrides, {"error": "exit status 1", "output": "x"})["error"] == "exit status 1"
+
+
+def test_the_data_wait_run_on_cpu_decoded_shards(monkeypatch, tmp_path, synth_data):
+    """trainer_feed end to end on its CPU twin: a shipped-like config (demo_short: the
+    open_clip tokenizer, as short_B16) on the test VP9 shards, decoded by DALI's CPU
+    decoder in the loader's thread, the trainer's data_wait read back per step."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setitem(gpu.FEED, "config", "demo_short")
+    monkeypatch.setitem(gpu.FEED, "batch", 2)
+    monkeypatch.setitem(gpu.FEED, "warmup", 1)
+    monkeypatch.setitem(gpu.FEED, "steps", 3)
+    r = gpu.trainer_feed(synth_data["shards_all"], tmp_path)
+    assert "error" not in r, r.get("output")
+    assert r["backend"] == "gloo" and r["steps_done"] == 3 and r["steps_measured"] == [2, 3]
+    assert 0.0 <= r["data_wait"] <= 1.0 and r["decode_failures"] == 0 and r["step_s_median"] > 0
+    assert "data_wait" in "\n".join(report_lines(r))
+
+
+def report_lines(trainer_feed: dict) -> list[str]:
+    import report
+
+    return report.trainer_feed_lines(trainer_feed)
+
+
+def test_two_gpu_skips_below_two_gpus_and_its_runs_are_valid_configs(tmp_path):
+    from longvivit.train.config import keep_global_batch, load_run_config, resolve_ds_config
+
+    r = gpu.check_two_gpu(tmp_path, gpus=1)
+    assert r == {"skipped": r["skipped"]} and "need 2" in r["skipped"]
+    command = gpu.torchrun_command(2, tmp_path / "run", [*gpu.BASE, *gpu.TWO_GPU_MODEL, "steps=4"])
+    i = command.index("train")
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    config, overrides = command[i + 1], command[i + 2:]
+    for world in (2, 1):
+        cfg = keep_global_batch(load_run_config(config, overrides=overrides), world)
+        assert resolve_ds_config(cfg, world)["train_batch_size"] == 2 * world
+    line = '{"event": "start", "rank": 1, "world_size": 2, "backend": "nccl", "device": "cuda:1", "step": 0}'
+    runs = {"two_ranks": gpu.Finished(0, line + "\n{\"event\": \"start\", \"rank\"\n"),
+            "one_rank": gpu.Finished(0, '{"event": "rescale", "world_size": [2, 1], "message": "m"}\n')}
+    rec = gpu.two_gpu_record([], runs, [{"step": 1, "loss": 1.0}])
+    expected = {k: v for k, v in json.loads(line).items() if k != "event"}
+    assert rec["starts"]["two_ranks"] == [expected] and rec["rescale"]["world_size"] == [2, 1]  # the cut line left out
+
+
+def test_the_two_gpu_section_on_its_cpu_twin(monkeypatch, tmp_path):
+    """check_two_gpu for real on CPU: two gloo ranks under torchrun, then the resume on one."""
+    cpu_base = [o for o in gpu.BASE if not o.startswith(("ds_config=", "precision=", "model.video.image_size="))]
+    cpu_base += [f"ds_config={ROOT / 'ds_configs' / 'zero3_cpu.json'}", "precision=fp32", "model.video.image_size=32"]
+    monkeypatch.setattr(gpu, "TWO_GPU_MODEL", ["model.preset=tiny", "model.video.frames=8", "data.batch_size=2"])
+    r = gpu.check_two_gpu(tmp_path, gpus=2, base=cpu_base, env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    assert r["exit_codes"] == {"two_ranks": 0, "one_rank": 0}, r.get("failed_output")
+    assert [(s["rank"], s["world_size"], s["backend"]) for s in r["starts"]["two_ranks"]] == \
+        [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert [(s["world_size"], s["step"]) for s in r["starts"]["one_rank"]] == [(1, gpu.TWO_GPU_STEPS[0])]
+    assert r["rescale"]["world_size"] == [2, 1]
+    assert r["steps_logged"] == list(range(1, gpu.TWO_GPU_STEPS[1] + 1)) and r["finite"]
