@@ -44,8 +44,10 @@ per row: {"id", "expected": [every path tried], "url" (where the file gives one)
 That file is always written (empty when nothing is missing) so that a stale one never
 survives a re-run. The last line of stdout is a JSON summary (written, missing,
 uncaptioned, out, missing_list). Exit 0 when at least one row was written, 1 when none
-was, 2 on bad input (annotation file missing or not in its format's shape, unknown split,
-no --videos folder): one line on stderr naming the file, and nothing is created.
+was, 2 on bad input (an unknown format, an annotation file missing, a folder, not UTF-8 or
+not in its format's shape, down to one entry's field; an unknown split; no --videos folder;
+an --out that is a folder, under a file or where no folder can be made): one line on
+stderr naming the file (and the entry), and nothing is created.
 """
 from __future__ import annotations
 
@@ -59,7 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .manifest import write_jsonl
+from longvivit.config import ArgumentParser
+
+from .manifest import MAX_SECONDS, write_jsonl
+from .output import check_out, new_files
 
 VIDEO_EXTS = ("mp4", "mkv", "webm")  # what YouTube downloaders write, mp4 first
 UNITS = ("segment", "paragraph")  # youcook2 --unit
@@ -89,10 +94,13 @@ def read_msrvtt(path: Path, videos: Path) -> Iterator[Clip]:
     data = _load_json(path, {"videos": list, "sentences": list})
     captions = defaultdict(list)  # video_id -> [(sen_id, caption)]
     for i, s in enumerate(data["sentences"]):
-        video_id, sen_id, caption = _fields(s, f"sentences[{i}]", "video_id", "sen_id", "caption")
-        captions[str(video_id)].append((sen_id, caption))
+        where = f"sentences[{i}]"
+        video_id, sen_id, caption = _fields(s, where, "video_id", "sen_id", "caption")
+        captions[_name(video_id, f"{where}.video_id")].append(
+            (_number(sen_id, f"{where}.sen_id"), _text(caption, f"{where}.caption")))
     for i, v in enumerate(data["videos"]):
         (video_id,) = _fields(v, f"videos[{i}]", "video_id")
+        video_id = _name(video_id, f"videos[{i}].video_id")
         ordered = [c for _, c in sorted(captions.get(str(video_id), []), key=lambda sc: sc[0])]
         yield Clip(str(video_id), ordered, files=[videos / f"{video_id}.mp4"],
                    extra=_split(v.get("split")), url=v.get("url"))
@@ -108,6 +116,8 @@ def read_youcook2(path: Path, videos: Path, unit: str = "segment") -> Iterator[C
     for youtube_id, video in database.items():
         where = f"database[{youtube_id!r}]"
         (annotations,) = _fields(video, where, "annotations")
+        if not isinstance(annotations, list):
+            raise AnnotationError(f"{where}.annotations is not a list")
         subset, recipe = video.get("subset"), str(video.get("recipe_type", ""))
         segments = [_segment(a, f"{where}.annotations[{i}]") for i, a in enumerate(annotations)]
         folders = (videos, videos / str(subset or "") / recipe)
@@ -173,16 +183,19 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict
     """(line, row) for each data row; values stripped. Checks the header and row lengths."""
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        lacking = [c for c in required if c not in header]
-        if lacking:
-            raise AnnotationError(f"the CSV header {','.join(header) or '(none)'} lacks "
-                                  f"{', '.join(lacking)} (expected {','.join(required)})")
-        reader.fieldnames = header
-        for row in reader:
-            if any(row.get(c) is None for c in required):
-                raise AnnotationError(f"line {reader.line_num} has fewer fields than the header")
-            yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
+        try:
+            header = [h.strip() for h in reader.fieldnames or []]
+            lacking = [c for c in required if c not in header]
+            if lacking:
+                raise AnnotationError(f"the CSV header {','.join(header) or '(none)'} lacks "
+                                      f"{', '.join(lacking)} (expected {','.join(required)})")
+            reader.fieldnames = header
+            for row in reader:
+                if any(row.get(c) is None for c in required):
+                    raise AnnotationError(f"line {reader.line_num} has fewer fields than the header")
+                yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
+        except csv.Error as err:  # a field past the csv module's size limit
+            raise AnnotationError(f"line {reader.line_num + 1}: {err}") from None
 
 
 def _fields(entry, where: str, *keys: str) -> list:
@@ -196,20 +209,43 @@ def _fields(entry, where: str, *keys: str) -> list:
 
 def _segment(annotation, where: str) -> tuple[object, float, float, str]:
     seg_id, segment = _fields(annotation, where, "id", "segment")
+    seg_id = _name(seg_id, f"{where}.id")
     if not (isinstance(segment, list) and len(segment) == 2):
         raise AnnotationError(f"{where}: segment {segment!r} is not [start, end]")
     start, end = (_seconds(t, f"{where}: segment") for t in segment)
-    return seg_id, start, end, str(annotation.get("sentence") or "")
+    return seg_id, start, end, _text(annotation.get("sentence") or "", f"{where}.sentence")
 
 
 def _seconds(value, where: str) -> float:
     try:
+        if isinstance(value, bool):
+            raise TypeError
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AnnotationError(f"{where}: {value!r} is not a number of seconds") from None
-    if not 0 <= seconds < float("inf"):
-        raise AnnotationError(f"{where}: {value!r} is not a non-negative number of seconds")
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise AnnotationError(f"{where}: {value!r} is not a number of seconds in [0, "
+                              f"{MAX_SECONDS:.0f}]")
     return seconds
+
+
+def _name(value, where: str) -> str:
+    """An id: a string, or an integer written as one."""
+    if isinstance(value, str) and value or isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise AnnotationError(f"{where}: {value!r} is not an id (a string or an integer)")
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    raise AnnotationError(f"{where}: {value!r} is not a number")
+
+
+def _text(value, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise AnnotationError(f"{where}: {value!r} is not a string")
 
 
 def _split(value) -> dict:
@@ -243,9 +279,9 @@ def import_annotations(fmt: str, annotations: str | Path, videos: str | Path,
         named = ", ".join(sorted(s for s in splits if s is not None))
         raise AnnotationError(f"{annotations}: --split {split}: " + (
             f"no entries in it; its splits are {named}" if named else "it has no splits"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, rows)
-    write_jsonl(missing_list_path(out), missing)
+    with new_files(f"--out {out}", [out, missing_list_path(out)]):
+        write_jsonl(out, rows)
+        write_jsonl(missing_list_path(out), missing)
     return {"format": fmt, "written": len(rows), "missing": len(missing),
             "uncaptioned": uncaptioned, "out": str(out),
             "missing_list": str(missing_list_path(out))}
@@ -256,14 +292,20 @@ def _check_inputs(fmt: str, annotations: Path, videos: Path, out: Path, unit: st
         raise AnnotationError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if unit is not None and (fmt != "youcook2" or unit not in UNITS):
         raise AnnotationError(f"--unit {unit}: youcook2 only, one of {', '.join(UNITS)}")
+    if annotations.is_dir():
+        raise AnnotationError(f"{annotations}: is a folder, not an annotation file")
     if not annotations.is_file():
         raise AnnotationError(f"{annotations}: no such file")
     if not videos.is_dir():
-        raise AnnotationError(f"--videos {videos}: no such folder")
+        raise AnnotationError(f"--videos {videos}: " + (
+            "is a file, not a folder" if videos.exists() else "no such folder"))
     if out.suffix != ".jsonl":
         raise AnnotationError(f"--out {out}: the manifest's name must end in .jsonl")
     if out.resolve() == annotations.resolve():
         raise AnnotationError(f"--out {out} is the annotation file")
+    check_out(out, f"--out {out}", folder=False)
+    check_out(missing_list_path(out), f"--out {out}: its missing list {missing_list_path(out)}",
+              folder=False)
 
 
 def _collect(clips: Iterable[Clip], split: str | None, base: Path
@@ -309,8 +351,8 @@ def _written_path(path: Path, base: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="longvivit import", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="longvivit import", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help=", ".join(FORMATS))
     p.add_argument("annotations", help="the dataset's annotation file (JSON or CSV)")
     p.add_argument("--videos", required=True, help="folder holding the downloaded videos")

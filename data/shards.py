@@ -27,7 +27,10 @@ error, no video stream, a still image without --still-images, no frames in range
 undecodable caption, duplicate id, malformed row) is skipped and listed with its reason in
 DIR/rejects.jsonl; it never stops the run. DIR/summary.json holds the counts, and the last
 line of stdout is the same summary as one JSON line; both are written however the run
-ends. The exit status is non-zero only when nothing could be written.
+ends. The exit status is 1 when nothing could be written, and 2, with one line on stderr
+and nothing created, for bad input: an option out of range (--workers -1, --shard-size
+lots, --compression bogus, --part 3/2, --fps 0), a manifest that is missing, a folder,
+UTF-16 or without a row, or an --out that cannot be a folder.
 
 --out s3://bucket/prefix (or another URL streaming writes to) uploads each shard as soon as
 it is written, then index.json, rejects.jsonl and summary.json; only the shard being built
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -50,7 +54,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from longvivit.config import check, choice, validated
+from longvivit.config import ArgumentParser, check, choice, validated
 
 from .manifest import Reject, Row, read_manifest, write_jsonl
 from .output import prepare_out
@@ -63,6 +67,7 @@ COLUMNS = {
     "label": "str",  # the manifest's class name, "" when it has none
 }
 SUMMARY, REJECTS = "summary.json", "rejects.jsonl"
+MAX_SHARD_BYTES = 1 << 32  # streaming's shards index samples with uint32 offsets
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,10 @@ class ShardOptions:
 
     def validate(self) -> None:
         check(self.fps > 0, "fps", f"{self.fps} must be > 0")
+        check(math.isfinite(self.fps), "fps", f"{self.fps} is not a finite number")
+        # encode() stores the rate as a fraction with a denominator of at most 1001
+        check(Fraction(self.fps).limit_denominator(1001) > 0, "fps",
+              f"{self.fps} is below the lowest rate a clip can store (1/1001)")
         check(self.size >= 0 and self.size % 2 == 0, "size", f"{self.size} must be an even number >= 0")
         check(self.keyframe_interval >= 1, "keyframe_interval", f"{self.keyframe_interval} must be >= 1")
         check(0 <= self.crf <= 63, "crf", f"{self.crf} is outside [0, 63]")
@@ -133,18 +142,24 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     """Transcode every row of `manifest` into MDS shards in `out` (a folder, or a remote
     URL such as s3://bucket/prefix: see remote.py); returns the summary.
     workers=0 transcodes in this process; progress=None shows a bar only on a terminal;
-    part=(i, n) takes only rows i, i+n, i+2n, ... (one task of an array job)."""
+    part=(i, n) takes only rows i, i+n, i+2n, ... (one task of an array job). Bad options or
+    a manifest or output that cannot be used raise ValueError or OSError before anything is
+    written; a bad row is only a reject."""
     from tqdm import tqdm
 
     validated(opts)
-    entries = list(read_manifest(manifest))[part[0]::part[1]]  # a missing manifest fails first
+    size_limit = _writer_options(workers, shard_size, compression, part)
+    entries = list(read_manifest(manifest))  # a missing or unreadable manifest fails first
+    if not entries:
+        raise ValueError(f"manifest {manifest}: no rows in it")
+    entries = entries[part[0]::part[1]]
     if is_remote(str(out)):
         target = open_remote_output(str(out), overwrite, "shards")
     else:
         target = prepare_out(Path(out), overwrite, _is_shard_output, "shards")
     written, rejects, hours, video_bytes, stopped, shards = 0, [], 0.0, 0, None, []
     try:
-        with _mds_writer(target, compression, shard_size) as writer:
+        with _mds_writer(target, compression, size_limit) as writer:
             shards = writer.shards  # the index entries of the shards flushed so far
             results = _transcode_all(entries, opts, workers)
             bar = tqdm(results, total=len(entries), unit="video", desc="shards",
@@ -166,7 +181,34 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     return summary
 
 
-def _mds_writer(target: Path | RemoteOutput, compression: str | None, shard_size: str | int):
+def _writer_options(workers: int, shard_size: str | int, compression: str | None,
+                    part: tuple[int, int]) -> int:
+    """Check the writing options before anything is read or written (streaming would refuse
+    a bad size or compression only when the first shard is made, after transcoding); returns
+    the shard size limit in bytes."""
+    from streaming.base.compression import get_compressions
+    from streaming.base.util import bytes_to_int
+
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"--workers {workers}: must be >= 0 (0: transcode in this process)")
+    i, n = part
+    if not 0 <= i < n:
+        raise ValueError(f"--part {i}/{n}: need 0 <= I < N")
+    if compression is not None and compression not in get_compressions():
+        names = sorted({c.split(":")[0] for c in get_compressions()})
+        raise ValueError(f"--compression {compression}: not one of {', '.join(names)} "
+                         "(optionally NAME:LEVEL, e.g. zstd:7)")
+    try:
+        size = bytes_to_int(shard_size)
+    except (ValueError, OverflowError, AttributeError):
+        size = None
+    if size is None or not 0 < size < MAX_SHARD_BYTES:
+        raise ValueError(f"--shard-size {shard_size}: not a size between 1b and 4gb "
+                         "(e.g. 64mb)")
+    return size
+
+
+def _mds_writer(target: Path | RemoteOutput, compression: str | None, shard_size: int):
     """streaming's MDSWriter, except that it never writes a shard of no samples. Before a
     sample that would take the shard being built past the size limit, streaming flushes
     that shard even when it holds nothing, so a first sample bigger than the limit (a long
@@ -256,7 +298,7 @@ def merge_parts(out: str | Path) -> dict:
     parts = sorted(p.parent for p in out.glob(f"*/{SUMMARY}"))
     if not parts:
         raise FileNotFoundError(f"{out}: no part folders holding a {SUMMARY}")
-    summaries = [json.loads((p / SUMMARY).read_text()) for p in parts]
+    summaries = [_part_summary(p) for p in parts]
     written = [p for p, s in zip(parts, summaries) if s["written"]]
     if written:
         merge_index([str(p / "index.json") for p in written], str(out), keep_local=True)
@@ -271,8 +313,22 @@ def merge_parts(out: str | Path) -> dict:
     return summary
 
 
+def _part_summary(part: Path) -> dict:
+    """A part folder's summary.json, checked to hold what merge_parts adds up."""
+    try:
+        summary = json.loads((part / SUMMARY).read_text(encoding="utf-8"))
+        for key in ("written", "skipped", "video_bytes", "shard_bytes", "shards", "hours"):
+            float(summary[key])
+        dict(summary["reasons"])
+        str(summary["rejects"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{part / SUMMARY}: not a shards summary ({type(err).__name__}: "
+                         f"{err})") from None
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="longvivit shards", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="longvivit shards", description=__doc__.split("\n\n")[0])
     p.add_argument("manifest", nargs="?", help="JSONL or CSV manifest")
     p.add_argument("--out", help="output directory for the MDS shards, or a remote URL "
                    "(s3://bucket/prefix; S3_ENDPOINT_URL for an S3-compatible server)")
@@ -290,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compression", default=None, help="e.g. zstd (video bytes are already "
                    "compressed: this mostly helps the captions)")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
-    p.add_argument("--part", default="0/1", metavar="I/N",
+    p.add_argument("--part", default=(0, 1), type=_parse_part, metavar="I/N",
                    help="write only rows I, I+N, I+2N, ... (array jobs; see slurm/shards.sbatch)")
     p.add_argument("--still-images", action="store_true",
                    help="take still images (PNG, JPEG, ...): one frame, stored as a JPEG, or "
@@ -306,16 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf, a.still_images,
                         a.jpeg_quality)
     return _print_summary(write_shards, a.manifest, a.out, opts, a.workers, a.shard_size,
-                          a.compression, a.overwrite, None, _parse_part(a.part))
+                          a.compression, a.overwrite, None, a.part)
 
 
 def _parse_part(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise SystemExit(f"longvivit shards: --part {text!r}: expected I/N, e.g. 3/16") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 3/16") from None
     if not 0 <= i < n:
-        raise SystemExit(f"longvivit shards: --part {text!r}: need 0 <= I < N")
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < N")
     return i, n
 
 

@@ -24,18 +24,21 @@ Output: DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl mani
 such as "red circle", makes every split a labelled one for zero-shot classification),
 DIR/benchmark.json (the arguments).
 Everything is a function of the arguments: the same seed gives byte-identical files.
+Bad arguments (a count, size or fraction out of range, more videos than there are distinct
+captions, an --out that is a file, under a file or where no folder can be made) exit 2 with
+one line on stderr, before anything is created.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from longvivit.config import check, validated
+from longvivit.config import ArgumentParser, check, validated
 
 from .manifest import write_jsonl
 from .output import prepare_out
@@ -70,17 +73,31 @@ class SynthConfig:
         lo = self.min_frames or self.frames
         check(1 <= self.min_events <= self.max_events, "min_events",
               f"need 1 <= min_events <= max_events, got {self.min_events}..{self.max_events}")
-        check(2 * self.max_events <= lo <= self.frames, "min_frames",
-              f"need 2*max_events={2 * self.max_events} <= min_frames <= frames, got "
-              f"min_frames={lo}, frames={self.frames}")
+        if self.min_frames:
+            check(2 * self.max_events <= lo <= self.frames, "min_frames",
+                  f"need 2*max_events={2 * self.max_events} <= min_frames <= frames, got "
+                  f"min_frames={lo}, frames={self.frames}")
+        check(2 * self.max_events <= self.frames, "frames", f"need 2*max_events="
+              f"{2 * self.max_events} <= frames (two frames an event), got frames={self.frames}")
         check(self.size >= 16 and self.size % 2 == 0, "size", f"{self.size} must be an even number >= 16")
         check(self.videos >= 2, "videos", f"{self.videos} must be >= 2")
         check(0 < self.val_fraction < 1, "val_fraction", f"{self.val_fraction} is outside (0, 1)")
         check(0 <= self.hard_negatives <= 1, "hard_negatives", f"{self.hard_negatives} is outside [0, 1]")
         check(self.images >= 0, "images", f"{self.images} must be >= 0")
+        check(self.seed >= 0, "seed", f"{self.seed} must be >= 0 (numpy's seeds are)")
+        most = distinct_event_lists(self.min_events, self.max_events)
+        check(self.videos <= most, "videos", f"{self.videos} videos need as many distinct "
+              f"captions; {self.min_events}..{self.max_events} events make only {most}")
 
 
 # ----------------------------------------------------------------------------- event lists
+
+def distinct_event_lists(min_events: int, max_events: int) -> int:
+    """How many distinct event lists (captions) there are of min_events..max_events events."""
+    kinds = len(COLOURS) * len(SHAPES) * len(ACTIONS)
+    sizes = range(max(1, min_events), min(max_events, kinds) + 1)
+    return sum(math.perm(kinds, k) for k in sizes)
+
 
 def _random_event(rng: np.random.Generator) -> Event:
     return (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), str(rng.choice(ACTIONS)))
@@ -122,7 +139,9 @@ def event_lists(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[int, l
     while len(videos) < cfg.videos:
         base = _random_events(rng, int(rng.integers(cfg.min_events, cfg.max_events + 1)))
         members = [base]
-        if cfg.videos - len(videos) >= 3 and rng.random() < cfg.hard_negatives:
+        # A single event cannot be reordered, so its list is no family's base; tested after
+        # the draw, so that the random stream (and every benchmark written before) is unchanged.
+        if cfg.videos - len(videos) >= 3 and rng.random() < cfg.hard_negatives and len(base) > 1:
             members += [_change_one(rng, base), _reorder(rng, base)]
         keys = [tuple(m) for m in members]
         if len(set(keys)) < len(keys) or seen.intersection(keys):
@@ -274,7 +293,7 @@ def _val_count(listing: list[tuple[int, list[Event]]], fraction: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="longvivit synth", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="longvivit synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--videos", type=int, default=SynthConfig.videos)
     p.add_argument("--frames", type=int, default=SynthConfig.frames,
@@ -295,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                                   min_frames=a.min_frames, size=a.size, min_events=a.events[0],
                                   max_events=a.events[1], hard_negatives=a.hard_negatives,
                                   val_fraction=a.val_fraction, images=a.images)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, OSError) as err:  # bad arguments, an output refused
         print(f"longvivit synth: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

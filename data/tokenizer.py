@@ -3,8 +3,11 @@ or open_clip's BPE (the CLIP text tower's); the loader uses one to make text_ids
 
     longvivit tokenizer INPUT [INPUT ...] --out PREFIX [--vocab-size 8000]
 
-INPUT is a shard folder (its captions column), a manifest (.jsonl / .csv) or a text file
-(one caption per line). Writes PREFIX.model and PREFIX.vocab and prints a JSON line.
+INPUT is a shard folder (its captions column), a manifest (.jsonl / .json / .csv) or a
+UTF-8 text file (one caption per line). Writes PREFIX.model and PREFIX.vocab and prints a
+JSON line. Bad input (an INPUT missing, not UTF-8, not shards, or with no caption; a
+--vocab-size or --character-coverage sentencepiece refuses; a PREFIX under a file or where
+no folder can be made) exits 2 with one line on stderr and leaves nothing behind.
 
 Ids: 0 pad, 1 unk, 2 bos, 3 eos. `Tokenizer.encode` wraps every caption as
 [bos] text [eos], truncates the text to fit `length`, and pads with 0; the mask is True on
@@ -12,8 +15,8 @@ real tokens (what DualEncoder.encode_text expects).
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -22,7 +25,12 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from longvivit.config import ArgumentParser
+
+from .output import check_out, new_files
+
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+MODEL_TYPES = ("bpe", "unigram", "word", "char")
 
 
 class Tokenizer:
@@ -31,7 +39,11 @@ class Tokenizer:
             raise FileNotFoundError(f"tokenizer {path}: no such file (train one with "
                                     "`longvivit tokenizer`)")
         self.path = str(path)
-        self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        except (RuntimeError, OSError) as err:  # a file of another kind, or cut short
+            raise ValueError(f"tokenizer {path}: not a sentencepiece model ("
+                             f"{' '.join(str(err).split())})") from None
         if self.sp.pad_id() != PAD:
             raise ValueError(f"tokenizer {path}: pad id is {self.sp.pad_id()}, expected {PAD} "
                              "(train it with `longvivit tokenizer`)")
@@ -100,16 +112,27 @@ def read_captions(source: str | Path) -> Iterator[str]:
     source = Path(source)
     if source.is_dir():
         yield from _shard_captions(source)
-    elif source.suffix.lower() in (".jsonl", ".csv"):
+    elif source.suffix.lower() in (".jsonl", ".json", ".csv"):
         from .manifest import Row, read_manifest
         for row in read_manifest(source):
             if isinstance(row, Row):
                 yield from row.captions
     elif source.is_file():
-        with open(source, encoding="utf-8", errors="replace") as f:
-            yield from (line.strip() for line in f if line.strip())
+        yield from _text_captions(source)
     else:
         raise FileNotFoundError(f"caption source {source}: no such file or folder")
+
+
+def _text_captions(path: Path) -> Iterator[str]:
+    """The non-blank lines of a UTF-8 text file (a byte-order mark is not text)."""
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8").strip()
+            except UnicodeDecodeError:
+                raise ValueError(f"caption source {path}: not UTF-8 text (line {line})") from None
+            if text:
+                yield text
 
 
 def _shard_captions(folder: Path) -> Iterator[str]:
@@ -119,9 +142,13 @@ def _shard_captions(folder: Path) -> Iterator[str]:
     # StreamingDataset, not LocalDataset: it also reads compressed shards (unpacking them
     # beside the originals, as training would).
     from streaming import StreamingDataset
-    dataset = StreamingDataset(local=str(folder), batch_size=1)
-    for i in range(dataset.num_samples):
-        yield from dataset[i]["captions"]
+    try:
+        dataset = StreamingDataset(local=str(folder), batch_size=1)
+        captions = [c for i in range(dataset.num_samples) for c in dataset[i]["captions"]]
+    except Exception as err:  # noqa: BLE001 -- streaming's errors are of many kinds
+        raise ValueError(f"caption source {folder}: unreadable shards ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())})") from None
+    yield from captions
 
 
 def train_tokenizer(inputs: Iterable[str | Path], out_prefix: str | Path,
@@ -132,29 +159,59 @@ def train_tokenizer(inputs: Iterable[str | Path], out_prefix: str | Path,
     BPE by default: on a corpus with a small vocabulary, unigram with a soft vocabulary
     limit falls back to near-character pieces (synth's captions: 44 pieces, 3x the tokens),
     while BPE stops at whole words."""
+    files = _check_training(out_prefix, vocab_size, character_coverage, model_type)
+    inputs = list(inputs)
     captions = [c for source in inputs for c in read_captions(source)]
     if not captions:
-        raise ValueError("no captions found in the inputs")
-    Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions), model_prefix=str(out_prefix), vocab_size=vocab_size,
-        hard_vocab_limit=False, model_type=model_type, character_coverage=character_coverage,
-        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, input_sentence_size=2_000_000,
-        shuffle_input_sentence=True, minloglevel=2)
+        raise ValueError(f"no captions found in {', '.join(map(str, inputs)) or 'no input'}")
+    with new_files(f"--out {out_prefix}", files):
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(captions), model_prefix=str(out_prefix),
+                vocab_size=vocab_size, hard_vocab_limit=False, model_type=model_type,
+                character_coverage=character_coverage, pad_id=PAD, unk_id=UNK, bos_id=BOS,
+                eos_id=EOS, input_sentence_size=2_000_000, shuffle_input_sentence=True,
+                minloglevel=2)
+        except RuntimeError as err:  # e.g. a vocabulary smaller than the captions' characters
+            why = " ".join(str(err).split("] ")[-1].split()) or str(err)
+            raise ValueError(f"sentencepiece cannot train on these captions with --vocab-size "
+                             f"{vocab_size}: {why}") from None
     return f"{out_prefix}.model"
 
 
+def _check_training(out_prefix: str | Path, vocab_size: int, character_coverage: float,
+                    model_type: str) -> list[Path]:
+    """Refuse what sentencepiece would refuse only after reading every caption (or with an
+    internal error), and a prefix whose files cannot be written; returns those files."""
+    if not isinstance(vocab_size, int) or vocab_size <= EOS + 1:
+        raise ValueError(f"--vocab-size {vocab_size}: must be > {EOS + 1} (ids 0-{EOS} are "
+                         "pad, unk, bos, eos)")
+    if not 0.98 <= character_coverage <= 1.0:  # sentencepiece's own bounds
+        raise ValueError(f"--character-coverage {character_coverage}: must be in [0.98, 1]")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"--model-type {model_type}: not one of {', '.join(MODEL_TYPES)}")
+    prefix = str(out_prefix)
+    if os.path.basename(prefix) in ("", ".", ".."):
+        raise ValueError(f"--out {prefix}: a prefix names files (PREFIX.model), not a folder")
+    files = [Path(f"{prefix}.model"), Path(f"{prefix}.vocab")]
+    for path in files:
+        if path.is_dir():
+            raise IsADirectoryError(f"--out {prefix}: {path} is a folder")
+    check_out(files[0], f"--out {prefix}", folder=False)  # not under a file
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="longvivit tokenizer", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="longvivit tokenizer", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="shard folders, manifests or text files")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.model")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--character-coverage", type=float, default=0.9995)
-    p.add_argument("--model-type", choices=["bpe", "unigram", "word", "char"], default="bpe")
+    p.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
     a = p.parse_args(argv)
     try:
         path = train_tokenizer(a.inputs, a.out, a.vocab_size, a.character_coverage, a.model_type)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, an output refused
         print(f"longvivit tokenizer: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"model": path, "vocab_size": Tokenizer(path).vocab_size}))

@@ -177,15 +177,32 @@ def _decoded_from_here(container, stream, origin: float,
 
 
 def _check_complete(container, data_end: float | None, origin: float, frame_dur: float) -> None:
-    """A file cut short: its packets end well before the duration in its header (slack:
+    """A file cut short: its packets end well before the end its header gives (slack:
     half a second, or two frames when a packet's duration is unknown at low frame rates)."""
     if container.format.name not in _HEADER_DURATION or not container.duration or data_end is None:
         return
-    declared = (container.start_time or 0) / av.time_base + container.duration / av.time_base
+    declared = _header_end(container)
     if data_end < declared - max(_TRUNCATION_SLACK_S, 2 * frame_dur):
         raise VideoError("truncated file", f"its data ends at {data_end - origin:.2f} s, its "
                          f"header says {declared - origin:.2f} s (cut short, or unreadable "
                          "from there on)")
+
+
+def _header_end(container) -> float:
+    """Where the header says the data ends, in seconds of stream time. FFmpeg gives the
+    duration as a length from the start time, and for mp4 it is one (the mov demuxer works
+    it out from the sample tables). A Matroska header's Duration is passed on as written,
+    and muxers disagree on what they write there: the length (mkvmerge), or the end
+    timestamp (FFmpeg's own muxer: `ffmpeg -c copy -output_ts_offset 30` of a 10 s clip says
+    start 30 s, duration 40 s). Where the two readings differ (the file starts late) and
+    both are possible (the end after the start), the earlier end is taken: a complete file
+    always passes, and a late-starting mkv cut short is still caught unless the cut falls in
+    its last `start` seconds."""
+    start = (container.start_time or 0) / av.time_base
+    duration = container.duration / av.time_base
+    if container.format.name == "matroska,webm" and duration > start:
+        return duration  # the end-timestamp reading: the earlier of the two
+    return start + duration
 
 
 def _resample(timed: Iterable[tuple[float, av.VideoFrame]], start: float, end: float | None,

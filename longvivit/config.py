@@ -6,9 +6,12 @@ dataclass. `load_config` builds one from defaults, YAML files and ``key=value`` 
 key: an unknown key, a wrong type, a value outside a field's `choice(...)` (checked here, for
 every config), or one that the dataclass's own ``validate()`` rejects. This module needs
 only OmegaConf and YAML, so model/, data/ and train/ all use it without importing each other.
+`ArgumentParser` gives the commands' own options (`longvivit shards --workers ...`) the same
+one-line error style.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any, Sequence, Type, TypeVar
@@ -22,6 +25,15 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and what is wrong."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that a bad command line is one line on stderr, exit 2
+    ("longvivit shards: argument --workers: invalid int value: 'x'"), in the style of a
+    ConfigError, rather than the usage text followed by the error; --help is unchanged."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {' '.join(message.split())}\n")
 
 
 def choice(*options: str) -> Any:
@@ -111,5 +123,5 @@ def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
-__all__ = ["ConfigError", "choice", "check", "load_config", "load_yaml", "validated", "to_yaml",
+__all__ = ["ArgumentParser", "ConfigError", "choice", "check", "load_config", "load_yaml", "validated", "to_yaml",
            "to_dict", "DictConfig"]

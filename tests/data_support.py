@@ -114,6 +114,47 @@ def write_video(path: Path, frames: np.ndarray, fps: float, codec: str, fmt: str
     return path
 
 
+def remux(src: Path, dst: Path, fmt: str, offset_s: float | None = None) -> Path:
+    """Copy the video packets of `src` into another container, as
+    `ffmpeg -i SRC -c copy [-output_ts_offset OFFSET_S] DST` does (no ffmpeg binary here:
+    PyAV's muxer takes the same option): the same coded frames, every timestamp shifted by
+    `offset_s`, so the copy starts late and the header says so however its muxer writes it."""
+    options = {"output_ts_offset": str(offset_s)} if offset_s is not None else {}
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt, options=options) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is None:  # the demuxer's end-of-stream flush packet
+                continue
+            packet.stream = stream
+            out.mux(packet)
+    return dst
+
+
+def files_under(root: Path) -> set[str]:
+    """Every path under `root`, relative: what a command created or removed shows as a
+    difference of two calls."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def refused(main, argv: list, capsys, root: Path, prog: str) -> str:
+    """Run a command's main(argv) on bad input and check the refusal: exit status 2 (an
+    argparse error too), nothing on stdout, exactly one line on stderr starting with
+    "longvivit PROG: ", no traceback, and nothing created or removed under `root`.
+    Returns the line."""
+    before = files_under(root)
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as err:  # argparse: its own exit, whose code must be 2 as well
+        rc = err.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2, (rc, captured.err)
+    assert captured.out == "" and len(lines) == 1, captured
+    assert lines[0].startswith(f"longvivit {prog}: ") and "Traceback" not in captured.err, lines
+    assert files_under(root) == before, "a refused command must create and remove nothing"
+    return lines[0]
+
+
 def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
     """An .ogg with one Opus audio stream and no video."""
     rate = 48000

@@ -10,7 +10,7 @@ import json
 import random
 
 import pytest
-from data_support import moving_frames, read_jsonl, write_video
+from data_support import moving_frames, read_jsonl, refused, write_video
 
 from longvivit.data.importers import import_annotations, main, missing_list_path, paragraph
 from longvivit.data.manifest import Row, read_manifest
@@ -279,6 +279,31 @@ def _bad_inputs(tmp_path):
     yc_seg = write_json(tmp_path / "yc.json", {"database": {"v": {"annotations": [
         {"id": 0, "segment": [3]}]}}})
     empty = write_csv(tmp_path / "empty.csv", ["videoid", "page_dir", "name"], [])
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"videos": [{"video_id": "café"}], "sentences": []}'.encode("latin-1"))
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_text("label,youtube_id,time_start,time_end\nx,a,1,2\n", encoding="utf-16")
+    blank = tmp_path / "blank.json"
+    blank.write_bytes(b"")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "dir.jsonl").mkdir()
+    (tmp_path / "list.missing.jsonl").mkdir()  # where --out list.jsonl puts its missing list
+    msrvtt = lambda name, videos, sentences: write_json(  # noqa: E731
+        tmp_path / name, {"videos": videos, "sentences": sentences})
+    id_list = msrvtt("idlist.json", [{"video_id": ["a"]}], [])
+    sen_id = msrvtt("senid.json", [{"video_id": "a"}],
+                    [{"video_id": "a", "sen_id": "first", "caption": "x"}])
+    caption = msrvtt("caption.json", [{"video_id": "a"}],
+                     [{"video_id": "a", "sen_id": 0, "caption": ["x"]}])
+    yc = lambda name, video: write_json(tmp_path / name, {"database": {"v": video}})  # noqa: E731
+    yc_annotations = yc("ycann.json", {"annotations": 5})
+    yc_bool = yc("ycbool.json", {"annotations": [{"id": 0, "segment": [True, 5]}]})
+    yc_huge = yc("ychuge.json", {"annotations": [{"id": 0, "segment": [0, 1e308]}]})
+    yc_sentence = yc("ycsent.json", {"annotations": [{"id": 0, "segment": [0, 1],
+                                                      "sentence": ["x"]}]})
+    yc_id = yc("ycid.json", {"annotations": [{"id": None, "segment": [0, 1]}]})
+    huge = write_csv(tmp_path / "huge.csv", ["videoid", "page_dir", "name"], [["1", "d", "x" * 200_000]])
     return {
         "no file": (["msrvtt", tmp_path / "nope.json"], "nope.json: no such file"),
         "not an object": (["msrvtt", listing], "list.json: expected a JSON object"),
@@ -296,19 +321,45 @@ def _bad_inputs(tmp_path):
         "no videos folder": (["kinetics", k_ok, "--videos", tmp_path / "nowhere"],
                              "--videos"),
         "csv out": (["kinetics", k_ok, "--out", tmp_path / "out" / "m.csv"], "must end in .jsonl"),
+        "unknown format": (["vatex", k_ok], "argument FORMAT: invalid choice: 'vatex'"),
+        "unknown unit": (["youcook2", yc_seg, "--unit", "chapter"], "argument --unit: invalid choice"),
+        "no annotation file": (["kinetics"], "the following arguments are required: annotations"),
+        "annotations a folder": (["msrvtt", videos], "videos: is a folder, not an annotation file"),
+        "not UTF-8": (["msrvtt", latin1], "latin1.json: not UTF-8 text"),
+        "UTF-16": (["kinetics", utf16], "utf16.csv: not UTF-8 text"),
+        "empty file": (["msrvtt", blank], "blank.json: not JSON"),
+        "videos a file": (["kinetics", k_ok, "--videos", afile], "afile: is a file, not a folder"),
+        "out a folder": (["kinetics", k_ok, "--out", tmp_path / "dir.jsonl"],
+                         "dir.jsonl: is a folder, not a file"),
+        "missing list a folder": (["kinetics", k_ok, "--out", tmp_path / "list.jsonl"],
+                                  "list.missing.jsonl: is a folder, not a file"),
+        "out under a file": (["kinetics", k_ok, "--out", afile / "m.jsonl"],
+                             f"--out {afile / 'm.jsonl'}: {afile} is a file, not a folder"),
+        "out under /proc": (["kinetics", k_ok, "--out", "/proc/x/m.jsonl"],
+                            "--out /proc/x/m.jsonl: cannot make a folder in /proc"),
+        "id a list": (["msrvtt", id_list], "videos[0].video_id: ['a'] is not an id"),
+        "sen_id a string": (["msrvtt", sen_id], "sentences[0].sen_id: 'first' is not a number"),
+        "caption a list": (["msrvtt", caption], "sentences[0].caption: ['x'] is not a string"),
+        "annotations not a list": (["youcook2", yc_annotations], "['v'].annotations is not a list"),
+        "segment a boolean": (["youcook2", yc_bool], "segment: True is not a number of seconds"),
+        "segment out of range": (["youcook2", yc_huge], "segment: 1e+308 is not a number of seconds in"),
+        "sentence a list": (["youcook2", yc_sentence], "annotations[0].sentence: ['x'] is not a string"),
+        "segment id null": (["youcook2", yc_id], "annotations[0].id: None is not an id"),
+        "CSV field too big": (["webvid", huge], "huge.csv: line 2: field larger than field limit"),
     }
 
 
-@pytest.mark.parametrize("case", ["no file", "not an object", "no database", "not JSON",
-                                  "csv columns", "bad time", "short row", "bad segment", "empty",
-                                  "unknown split", "no split column", "unit elsewhere",
-                                  "no videos folder", "csv out"])
+@pytest.mark.parametrize("case", [
+    "no file", "not an object", "no database", "not JSON", "csv columns", "bad time", "short row",
+    "bad segment", "empty", "unknown split", "no split column", "unit elsewhere", "no videos folder",
+    "csv out", "unknown format", "unknown unit", "no annotation file", "annotations a folder",
+    "not UTF-8", "UTF-16", "empty file", "videos a file", "out a folder", "missing list a folder",
+    "out under a file", "out under /proc", "id a list", "sen_id a string", "caption a list",
+    "annotations not a list", "segment a boolean", "segment out of range", "sentence a list",
+    "segment id null", "CSV field too big"])
 def test_bad_input_fails_in_one_line_and_creates_nothing(tmp_path, capsys, case):
     argv, message = _bad_inputs(tmp_path)[case]
     defaults = {"--videos": tmp_path / "videos", "--out": tmp_path / "out" / "m.jsonl"}
     argv = argv + [x for k, v in defaults.items() if k not in argv for x in (k, v)]
-    assert main([str(a) for a in argv]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
-    assert captured.err.startswith("longvivit import: ") and message in captured.err, captured.err
-    assert not (tmp_path / "out").exists()
+    line = refused(main, argv, capsys, tmp_path, "import")
+    assert message in line, line

@@ -1,13 +1,17 @@
 """`longvivit shards`: awkward inputs, summary, rejects, columns, output-folder rules, and a
 corpus of real-world oddities (offset timestamps, edit lists, rotation, sample aspect
 ratio, truncated and damaged files, a still image, non-UTF-8 paths, duplicates, BOM/CRLF
-manifests), all made here with PyAV: each is written as a player shows it (checked
-against the frames the test put in) or rejected with its reason."""
+manifests, late-starting stream copies), all made here with PyAV: each is written as a
+player shows it (checked against the frames the test put in) or rejected with its reason.
+Bad arguments exit 2 in one line before anything is written; malformed rows are skipped
+with the key and what is wrong."""
 from __future__ import annotations
 
 import io
 import json
 import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -15,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from data_support import (moving_frames, pattern_frames, psnr, read_jsonl, write_audio_only,
-                          write_video)
+from data_support import (moving_frames, pattern_frames, psnr, read_jsonl, refused, remux,
+                          write_audio_only, write_video)
 
 from longvivit.data.shards import ShardOptions, main, write_shards
-from longvivit.data.video import RGB_FLAGS, frames_at, probe, read_resampled
+from longvivit.data.video import RGB_FLAGS, decode_frames, frames_at, probe, read_resampled
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +218,7 @@ def corpus(tmp_path_factory):
         ({"video": "ts_offset.ts"}, ("written", steps(8), (64, 48), 4.0)),
         ({"video": "ts_offset.ts", "start": 1, "end": 3}, ("written", steps(4, 10), (64, 48), 2.0)),
         ({"video": "at_30s.mkv", "start": 0.5, "end": 1.5}, ("written", steps(2, 5), (64, 48), 1.0)),
+        ({"video": "at_30s.mkv"}, ("written", steps(8), (64, 48), 4.0)),  # checked to its end
         ({"video": "edit_list.mp4"}, ("written", steps(7, 5), (64, 48), 3.5)),
         ({"video": "rotated.mp4"}, ("written", steps(4), (48, 64), 2.0)),
         ({"video": "rotated_mirrored.mp4"}, ("written", steps(4), (48, 64), 2.0)),
@@ -324,3 +329,198 @@ def test_labels_reach_the_shards_and_bad_ones_are_rejected(awkward, tmp_path):
     assert summary["written"] == 3 and summary["reasons"] == {"bad manifest row": 1}
     data = LocalDataset(str(tmp_path / "s"))
     assert [data[i]["label"] for i in range(3)] == ["playing guitar", "", "7"]
+
+
+# ---------------------------------------------------------------------------- late starts
+
+def test_late_starting_copies_hold_the_frames_of_the_clip_at_0(tmp_path):
+    """`ffmpeg -i clip.mp4 -c copy -output_ts_offset 30 out.mkv` (issue 22): the mkv header
+    says start 30 s, duration 34 s (its end timestamp, not its length), and the whole
+    file was rejected as truncated. That copy, the same into mp4 (an edit list) and MPEG-TS,
+    and a copy at 0 are written with exactly the frames of the clip itself; the late mkv
+    cut in half is still rejected as truncated."""
+    from streaming import LocalDataset
+
+    clip = write_video(tmp_path / "clip.mp4", MOVIE, 10, "libx264", "mp4")  # 4 s from 0
+    late = remux(clip, tmp_path / "late.mkv", "matroska", offset_s=30)
+    remux(clip, tmp_path / "late.mp4", "mp4", offset_s=30)
+    remux(clip, tmp_path / "late.ts", "mpegts", offset_s=30)
+    remux(clip, tmp_path / "at_0.mkv", "matroska")
+    cut(late, late.stat().st_size // 2, tmp_path / "late_cut.mkv")
+    with av.open(str(late)) as c:  # the header the issue met
+        assert (c.start_time, c.duration) == (30 * av.time_base, 34 * av.time_base)
+    names = ["clip.mp4", "late.mkv", "late.mp4", "late.ts", "at_0.mkv", "late_cut.mkv"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"video": n, "caption": n}) + "\n" for n in names))
+
+    summary = write_shards(manifest, tmp_path / "s", ShardOptions(size=0, fps=FPS), progress=False)
+    (reject,) = read_jsonl(tmp_path / "s" / "rejects.jsonl")
+    assert (reject["line"], reject["reason"]) == (6, "truncated file"), reject
+    assert "header says 4.00 s" in reject["detail"], reject
+    assert summary["written"] == 5
+    data = LocalDataset(str(tmp_path / "s"))
+    reference = data[0]
+    assert (reference["num_frames"], reference["duration_s"]) == (8, 4.0)
+    frames = decode_frames(reference["video"], range(8))
+    assert min(psnr(f, MOVIE[5 * k]) for k, f in enumerate(frames)) >= 28  # the clip's frames
+    for i, name in enumerate(names[1:5], 1):
+        sample = data[i]
+        assert (sample["num_frames"], sample["duration_s"]) == (8, 4.0), name
+        assert np.array_equal(decode_frames(sample["video"], range(8)), frames), name
+
+
+# ---------------------------------------------------------------------------- bad input
+
+BAD_FILES = {  # written under the test's tmp_path before each case
+    "empty.jsonl": b"", "blank.jsonl": b"\n  \n\r\n", "afile": b"x",
+    "utf16.jsonl": '{"video": "a.mp4", "caption": "x"}\n'.encode("utf-16"),
+    "novideo.csv": b"path,caption\na.mp4,x\n",
+    "parts/part-0/summary.json": b'{"written": 1}',  # not what `shards --part` writes
+}
+SHARD_SIZE = ["{tmp}/m.jsonl", "--out", "{tmp}/o", "--shard-size"]
+OPTION = ["{tmp}/m.jsonl", "--out", "{tmp}/o"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (SHARD_SIZE + ["lots"], "--shard-size lots: not a size"),
+    (SHARD_SIZE + ["0"], "--shard-size 0: not a size"),
+    (OPTION + ["--shard-size=-5mb"], "--shard-size -5mb: not a size"),
+    (SHARD_SIZE + ["5gb"], "--shard-size 5gb: not a size between 1b and 4gb"),
+    (SHARD_SIZE + ["infmb"], "--shard-size infmb: not a size"),
+    (OPTION + ["--compression", "bogus"], "--compression bogus: not one of br, bz2, gz, snappy, zstd"),
+    (OPTION + ["--compression", "zstd:99"], "--compression zstd:99: not one of"),
+    (OPTION + ["--workers", "-1"], "--workers -1: must be >= 0"),
+    (OPTION + ["--workers", "two"], "argument --workers: invalid int value: 'two'"),
+    (OPTION + ["--part", "3/2"], "argument --part: '3/2': need 0 <= I < N"),
+    (OPTION + ["--part", "1/0"], "argument --part: '1/0': need 0 <= I < N"),
+    (OPTION + ["--part=-1/2"], "argument --part: '-1/2': need 0 <= I < N"),
+    (OPTION + ["--part", "half"], "argument --part: 'half': expected I/N"),
+    (OPTION + ["--part", "1/2/3"], "argument --part: '1/2/3': expected I/N"),
+    (OPTION + ["--fps", "0"], "fps: 0.0 must be > 0"),
+    (OPTION + ["--fps", "-1"], "fps: -1.0 must be > 0"),
+    (OPTION + ["--fps", "inf"], "fps: inf is not a finite number"),
+    (OPTION + ["--fps", "nan"], "fps: nan must be > 0"),
+    (OPTION + ["--fps", "0.0001"], "fps: 0.0001 is below the lowest rate a clip can store"),
+    (OPTION + ["--fps", "fast"], "argument --fps: invalid float value: 'fast'"),
+    (OPTION + ["--size", "-2"], "size: -2 must be an even number >= 0"),
+    (OPTION + ["--size", "33"], "size: 33 must be an even number >= 0"),
+    (OPTION + ["--crf", "64"], "crf: 64 is outside [0, 63]"),
+    (OPTION + ["--keyframe-interval", "0"], "keyframe_interval: 0 must be >= 1"),
+    (OPTION + ["--jpeg-quality", "101"], "jpeg_quality: 101 is outside [1, 100]"),
+    (OPTION + ["--codec", "av1"], "argument --codec: invalid choice: 'av1'"),
+    (["{tmp}/m.jsonl"], "a MANIFEST and --out are required"),
+    (["--out", "{tmp}/o"], "a MANIFEST and --out are required"),
+    (["{tmp}/none.jsonl", "--out", "{tmp}/o"], "manifest {tmp}/none.jsonl: no such file"),
+    (["{tmp}", "--out", "{tmp}/o"], "manifest {tmp}: is a folder, not a manifest file"),
+    (["{tmp}/empty.jsonl", "--out", "{tmp}/o"], "manifest {tmp}/empty.jsonl: no rows in it"),
+    (["{tmp}/blank.jsonl", "--out", "{tmp}/o"], "manifest {tmp}/blank.jsonl: no rows in it"),
+    (["{tmp}/utf16.jsonl", "--out", "{tmp}/o"], "manifest {tmp}/utf16.jsonl: UTF-16 text"),
+    (["{tmp}/novideo.csv", "--out", "{tmp}/o"], "must name a 'video' column"),
+    (["{tmp}/m.jsonl", "--out", "{tmp}/afile"], "output {tmp}/afile: is a file, not a folder"),
+    (["{tmp}/m.jsonl", "--out", "{tmp}/afile/o"], "output {tmp}/afile/o: {tmp}/afile is a file"),
+    (["{tmp}/m.jsonl", "--out", "/proc/x/o"], "output /proc/x/o: cannot make a folder in /proc"),
+    (["--merge", "{tmp}/nowhere"], "{tmp}/nowhere: no part folders"),
+    (["--merge", "{tmp}/afile"], "{tmp}/afile: no part folders"),
+    (["--merge", "{tmp}/parts"], "{tmp}/parts/part-0/summary.json: not a shards summary"),
+])
+def test_bad_input_exits_2_in_one_line_before_anything_is_written(awkward, tmp_path, capsys,
+                                                                  argv, message):
+    for name, data in BAD_FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"video": str(awkward / "vp8.webm"),
+                                                  "caption": "x"}) + "\n")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    line = refused(main, argv, capsys, tmp_path, "shards")
+    assert message.format(tmp=tmp_path) in line, line
+
+
+def test_bad_part_exits_2_from_the_command_line(tmp_path):
+    """The console script's status (a SystemExit with a message used to exit 1)."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"video": "a.mp4", "caption": "x"}\n')
+    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "shards", str(manifest),
+                           "--out", str(tmp_path / "o"), "--part", "3/2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr == "longvivit shards: argument --part: '3/2': need 0 <= I < N\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+BAD_ROWS = [  # extra keys of a row -> the detail of its "bad manifest row" reject
+    ({"end": "5"}, 'end: "5" is a string, not a number of seconds'),
+    ({"start": "abc"}, 'start: "abc" is a string, not a number of seconds'),
+    ({"start": True}, "start: true is a boolean, not a number of seconds"),
+    ({"end": False}, "end: false is a boolean, not a number of seconds"),
+    ({"start": [1]}, "start: [1] is a list, not a number of seconds"),
+    ({"end": {"s": 1}}, 'end: {"s": 1} is an object, not a number of seconds'),
+    ({"start": 1e308}, "start: 1e+308 s is out of range (at most 1000000000 s)"),
+    ({"end": 1e308}, "end: 1e+308 s is out of range"),
+    ({"start": 10 ** 400}, "s is out of range"),
+    ({"start": -1}, "start: -1 is negative"),
+    ({"start": float("nan")}, "start: NaN is not a finite number of seconds"),
+    ({"end": float("inf")}, "end: Infinity is not a finite number of seconds"),
+    ({"start": 3, "end": 2}, "end 2 <= start 3"),
+    ({"id": ["a"]}, 'id: ["a"] is a list, not a string'),
+    ({"id": {"a": 1}}, 'id: {"a": 1} is an object, not a string'),
+    ({"id": 1.5}, "id: 1.5 is a number, not a string"),
+    ({"id": True}, "id: true is a boolean, not a string"),
+    ({"label": ["two", "labels"]}, 'label: ["two", "labels"] is a list, not a string'),
+    ({"video": ["a.mp4"]}, 'video: ["a.mp4"] is not a path'),
+    ({"video": 5}, "video: 5 is not a path"),
+    ({"video": None}, "no 'video' path"),
+]
+GOOD_ROWS = [  # their neighbours, written: (extra keys, id in the shards, label, duration_s)
+    ({"start": 1, "end": 3}, "good-0", "", 2.0),
+    ({"id": 7}, "7", "", 6.0),
+    ({"id": None, "start": 1}, "{video}@1-end", "", 5.0),  # null: the default id
+    ({"id": "", "end": 2}, "{video}@0-2", "", 2.0),
+    ({"label": None, "end": 1e9}, "good-4", "", 6.0),  # at the range's end: to the video's
+    ({"start": "", "label": 3}, "good-5", "3", 6.0),
+]
+
+
+def test_malformed_rows_are_skipped_naming_the_key_and_what_is_wrong(awkward, tmp_path, capsys):
+    video = str(awkward / "vp8.webm")  # 6 s
+    bad = [{"video": video, "caption": f"bad {i}", "id": f"bad-{i}", **extra}
+           for i, (extra, _) in enumerate(BAD_ROWS)]
+    good = [{"video": video, "caption": f"good {i}", "id": f"good-{i}", **extra}
+            for i, (extra, *_) in enumerate(GOOD_ROWS)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in good + bad))
+    rc = main([str(manifest), "--out", str(tmp_path / "o"), "--size", "32", "--workers", "0"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and summary["written"] == len(GOOD_ROWS)
+    assert summary["reasons"] == {"bad manifest row": len(BAD_ROWS)}
+    rejects = read_jsonl(tmp_path / "o" / "rejects.jsonl")
+    assert [r["line"] for r in rejects] == [len(good) + i + 1 for i in range(len(bad))]
+    for reject, (extra, detail) in zip(rejects, BAD_ROWS):
+        assert reject["reason"] == "bad manifest row" and detail in reject["detail"], (extra, reject)
+
+    from streaming import LocalDataset
+    data = LocalDataset(str(tmp_path / "o"))
+    got = [(data[i]["id"], data[i]["label"], data[i]["duration_s"]) for i in range(len(good))]
+    assert got == [(ident.format(video=video), label, duration)
+                   for _, ident, label, duration in GOOD_ROWS]
+
+
+def test_malformed_csv_cells_are_skipped_rows(awkward, tmp_path):
+    video = str(awkward / "vp8.webm")
+    cells = [("abc", "", "start: 'abc' is not a number of seconds"),
+             ("true", "", "start: 'true' is not a number of seconds"),
+             ("1e308", "", "start: 1e+308 s is out of range"),
+             ("nan", "", "start: NaN is not a finite number of seconds"),
+             ("-1", "", "start: -1.0 is negative"),
+             ("", "soon", "end: 'soon' is not a number of seconds")]
+    lines = ["video,caption,start,end"] + [f"{video},c{i},{s},{e}" for i, (s, e, _) in enumerate(cells)]
+    lines += [f'{video},"{"x" * 200_000}",,', f"{video},fine, 2 ,3"]  # a field past csv's limit
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    summary = write_shards(manifest, tmp_path / "o", ShardOptions(size=32), progress=False)
+    assert summary["written"] == 1 and summary["reasons"] == {"bad manifest row": len(cells) + 1}
+    rejects = read_jsonl(tmp_path / "o" / "rejects.jsonl")
+    details = [(r["line"], r["detail"]) for r in rejects]
+    assert [line for line, _ in details] == list(range(2, len(cells) + 3))
+    for (_, detail), (_, _, want) in zip(details, cells):
+        assert want in detail, (detail, want)
+    assert "field larger than field limit" in details[-1][1]

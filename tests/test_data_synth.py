@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from data_support import SYNTH, read_jsonl, synth_data  # noqa: F401 (fixture)
+import pytest
+from data_support import SYNTH, read_jsonl, refused, synth_data  # noqa: F401 (fixture)
 
 from longvivit.data.synth import COLOURS, SynthConfig, captions, event_lists, main, write_benchmark
 from longvivit.data.video import frames_at, probe
@@ -81,3 +82,62 @@ def test_rows_are_labelled_with_their_first_object(tmp_path):
             colour, shape, _ = r["events"][0]
             assert r["label"] == row.label == f"{colour} {shape}"
             assert all(c.startswith((f"a {r['label']} ", f"first a {r['label']} ")) for c in r["caption"])
+
+
+SMALL = ["--out", "{tmp}/b", "--frames", "8", "--size", "16", "--events", "2", "3"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (SMALL + ["--videos", "0"], "videos: 0 must be >= 2"),
+    (SMALL + ["--videos", "1"], "videos: 1 must be >= 2"),
+    (SMALL + ["--videos", "-3"], "videos: -3 must be >= 2"),
+    (SMALL + ["--videos", "many"], "argument --videos: invalid int value: 'many'"),
+    (SMALL + ["--frames", "0"], "frames: need 2*max_events=6 <= frames (two frames an event), "
+     "got frames=0"),
+    (SMALL + ["--frames", "-5"], "frames: need 2*max_events=6 <= frames"),
+    (SMALL + ["--frames", "5"], "frames: need 2*max_events=6 <= frames"),
+    (SMALL + ["--frames", "1.5"], "argument --frames: invalid int value: '1.5'"),
+    (SMALL + ["--min-frames", "-1"], "min_frames: need 2*max_events=6 <= min_frames <= frames, "
+     "got min_frames=-1"),
+    (SMALL + ["--min-frames", "9"], "min_frames=9, frames=8"),
+    (SMALL + ["--size", "0"], "size: 0 must be an even number >= 16"),
+    (SMALL + ["--size", "17"], "size: 17 must be an even number >= 16"),
+    (SMALL + ["--size", "-16"], "size: -16 must be an even number >= 16"),
+    (SMALL + ["--events", "0", "0"], "min_events: need 1 <= min_events <= max_events, got 0..0"),
+    (SMALL + ["--events", "3", "2"], "got 3..2"),
+    (SMALL + ["--events", "2"], "argument --events: expected 2 arguments"),
+    (SMALL + ["--events", "two", "three"], "argument --events: invalid int value: 'two'"),
+    # more videos than distinct captions: drawing them never ended
+    (SMALL + ["--events", "1", "1", "--videos", "97"], "97 videos need as many distinct "
+     "captions; 1..1 events make only 96"),
+    (["--out", "{tmp}/b", "--frames", "256", "--events", "100", "100"], "make only 0"),
+    (SMALL + ["--hard-negatives", "-0.1"], "hard_negatives: -0.1 is outside [0, 1]"),
+    (SMALL + ["--hard-negatives", "nan"], "hard_negatives: nan is outside [0, 1]"),
+    (SMALL + ["--val-fraction", "0"], "val_fraction: 0.0 is outside (0, 1)"),
+    (SMALL + ["--val-fraction", "1"], "val_fraction: 1.0 is outside (0, 1)"),
+    (SMALL + ["--val-fraction", "inf"], "val_fraction: inf is outside (0, 1)"),
+    (SMALL + ["--seed", "-1"], "seed: -1 must be >= 0"),
+    (SMALL + ["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (SMALL + ["--images", "-1"], "images: -1 must be >= 0"),
+    (["--videos", "3"], "the following arguments are required: --out"),
+    (["--out", "{tmp}/afile"], "output {tmp}/afile: is a file, not a folder"),
+    (["--out", "{tmp}/afile/b"], "output {tmp}/afile/b: {tmp}/afile is a file, not a folder"),
+    (["--out", "/proc/x/b"], "output /proc/x/b: cannot make a folder in /proc"),
+])
+def test_bad_arguments_exit_2_in_one_line_and_create_nothing(tmp_path, capsys, argv, message):
+    (tmp_path / "afile").write_text("x")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    line = refused(main, argv, capsys, tmp_path, "synth")
+    assert message.format(tmp=tmp_path) in line, line
+
+
+@pytest.mark.timeout(120)
+def test_single_event_videos_with_hard_negatives_are_written(tmp_path):
+    """A one-event list cannot be reordered into a hard negative: drawing its family used to
+    loop for ever; now such a list stands alone."""
+    summary = write_benchmark(tmp_path / "b", videos=6, frames=4, size=16, min_events=1,
+                              max_events=1, hard_negatives=1.0)
+    assert summary["train"] + summary["val"] == 6
+    rows = read_jsonl(tmp_path / "b" / "train.jsonl") + read_jsonl(tmp_path / "b" / "val.jsonl")
+    assert all(len(r["events"]) == 1 for r in rows)
+    assert len({tuple(r["events"][0]) for r in rows}) == 6  # every caption its own
