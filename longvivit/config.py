@@ -56,9 +56,18 @@ def _explain(err: OmegaConfBaseException) -> str:
 
 def load_yaml(path: str | Path) -> DictConfig:
     """A YAML config file as a DictConfig; ConfigError('config: PATH: ...') when it is
-    missing, is not YAML, or holds something other than a mapping of keys."""
+    missing, is not UTF-8 text (naming the byte offset), is not YAML, holds something other
+    than a mapping of keys, or holds no key at all (an empty file would run every default)."""
     if not Path(path).is_file():
-        raise ConfigError(f"config: {path}: no such file")
+        what = "is a directory, not a YAML file" if Path(path).is_dir() else "no such file"
+        raise ConfigError(f"config: {path}: {what}")
+    try:
+        Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config: {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"config: {path}: cannot read it ({err.strerror})") from None
     try:
         node = OmegaConf.load(path)
     except (OSError, yaml.YAMLError, OmegaConfBaseException) as err:
@@ -66,7 +75,41 @@ def load_yaml(path: str | Path) -> DictConfig:
         raise ConfigError(f"config: {path}: not a YAML mapping of keys ({' '.join(str(err).split())})") from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"config: {path}: holds a list, expected a mapping of keys (model:, data:, ...)")
+    if len(node) == 0:
+        raise ConfigError(f"config: {path}: is empty (no keys; every default would run)")
     return node
+
+
+def _merge(cfg: DictConfig, src: Any) -> DictConfig:
+    """OmegaConf.merge, except that a value where a section belongs (``model.video=5``,
+    a list for ``model.video``), which OmegaConf reports without its key, names the key."""
+    try:
+        return OmegaConf.merge(cfg, src)
+    except OmegaConfBaseException:
+        misplaced = _value_for_section(cfg, src)
+        if misplaced is None:
+            raise
+        key, value = misplaced
+        raise ConfigError(f"{key}: {value!r} is not a mapping of keys ({key} is a section of the config)") from None
+
+
+def _value_for_section(cfg: DictConfig, src: Any, prefix: str = "") -> tuple[str, Any] | None:
+    """The first (full key, value) of `src` that gives a plain value where `cfg` has a
+    section, or None."""
+    if OmegaConf.is_config(src):
+        src = OmegaConf.to_container(src, resolve=False)
+    if not isinstance(src, dict):
+        return None
+    for key, value in src.items():
+        node = cfg._get_node(key) if key in cfg else None
+        if not isinstance(node, DictConfig):
+            continue
+        if not isinstance(value, dict):
+            return f"{prefix}{key}", value
+        found = _value_for_section(node, value, f"{prefix}{key}.")
+        if found is not None:
+            return found
+    return None
 
 
 def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -> T:
@@ -81,12 +124,12 @@ def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -
         for src in sources:
             if isinstance(src, (str, Path)):
                 src = load_yaml(src)
-            cfg = OmegaConf.merge(cfg, src)
+            cfg = _merge(cfg, src)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected key=value")
         if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from longvivit.config import ConfigError, choice, load_config, validated
+from longvivit.config import ConfigError, choice, load_config, load_yaml, validated
 from longvivit.data.shards import ShardOptions
 from longvivit.data.shards import main as shards_main
 from longvivit.data.synth import SynthConfig
@@ -81,3 +81,35 @@ def test_writer_commands_exit_2_in_one_line_before_creating_anything(tmp_path, c
     assert synth_main(["--out", str(tmp_path / "b"), "--videos", "1"]) == 2
     assert capsys.readouterr().err == "longvivit synth: videos: 1 must be >= 2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'kind: x\nnote: "caf\xe9"\n', "not UTF-8 text (byte 0xe9 at offset 18)"),
+    (b"\xff\xfekind: x\n", "not UTF-8 text (byte 0xff at offset 0)"),
+    (b"", "is empty (no keys; every default would run)"),
+    (b"# only a comment\n", "is empty (no keys; every default would run)"),
+    (b"{}\n", "is empty (no keys; every default would run)"),
+    (b"~\n", "is empty (no keys; every default would run)"),
+    (b"- a\n- b\n", "holds a list, expected a mapping of keys"),
+])
+def test_a_yaml_that_is_not_a_config_names_the_file_and_why(content, message, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, path)
+    assert str(err.value).startswith(f"config: {path}: {message}")
+    with pytest.raises(ConfigError, match=r": is a directory, not a YAML file$"):
+        load_yaml(tmp_path)
+
+
+@pytest.mark.parametrize("source, overrides, message", [
+    (None, ["inner=5"], "inner: 5 is not a mapping of keys (inner is a section of the config)"),
+    (None, ["inner=[1,2]"], "inner: [1, 2] is not a mapping of keys"),
+    ({"inner": "a"}, [], "inner: 'a' is not a mapping of keys"),
+    ({"inner": None}, [], "inner: None is not a mapping of keys"),
+])
+def test_a_value_where_a_section_belongs_names_the_key(source, overrides, message):
+    """OmegaConf says only 'Merge error: int is not a subclass of Inner'."""
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, *([source] if source else []), overrides=overrides)
+    assert str(err.value).startswith(message), str(err.value)

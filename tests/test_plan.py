@@ -185,3 +185,70 @@ def test_cli_refuses_a_bad_config_in_one_line_and_names_overrides_it_ignores(tmp
     # global_batch_by=batch_size: the micro-batch on 2 GPUs is derived from the global batch (not 4)
     fixed = make_plan(config, ["global_batch=4", "global_batch_by=batch_size"], gpus=2, gpu_mem=GiB, search=False)
     assert fixed.micro_batch == 2 and fixed.ignored == []
+
+
+def _ds(tmp_path, name: str, **entries) -> str:
+    """A CPU ZeRO-3 ds_config with `entries` on top (zero=... replaces zero_optimization's)."""
+    zero = {"stage": 3, **entries.pop("zero", {})}
+    path = tmp_path / name
+    path.write_text(json.dumps({"_accelerator": "cpu", "zero_optimization": zero, **entries}))
+    return f"ds_config={path}"
+
+
+@pytest.mark.parametrize("argv, key, words", [
+    (["{latin1}"], "config", "not UTF-8 text (byte 0xe9 at offset 34)"),
+    (["{empty}"], "config", "is empty"),
+    (["{comments}"], "config", "is empty"),
+    (["{tmp}/none.yaml"], "config", "no such file"),
+    (["{config}", "{threshold_string}"], "ds_config.zero_optimization.stage3_param_persistence_threshold", "'lots'"),
+    (["{config}", "{threshold_fraction}"], "ds_config.zero_optimization.stage3_param_persistence_threshold", "1.5"),
+    (["{config}", "{offload_string}"], "ds_config.zero_optimization.offload_optimizer", "'cpu'"),
+    (["{config}", "{zero_unknown}"], "ds_config.zero_optimization.stage3_bogus_bucket", "Extra inputs"),
+    (["{config}", "{print_often}"], "ds_config.steps_per_print", "'often'"),
+    (["{config}", "{top_unknown}"], "ds_config.bogus_top_key", "not a key DeepSpeed"),
+    (["{config}", "model.video=5"], "model.video", "is not a mapping"),
+    (["{config}", "seed=-1"], "seed", ""),
+    (["{config}", "--gpu-mem", "0"], "--gpu-mem", "'0' is no memory"),
+    (["{config}", "--gpu-mem", "0GiB"], "--gpu-mem", "is no memory"),
+    (["{config}", "--gpu-mem", "0.1"], "--gpu-mem", "is no memory"),  # rounds to no byte
+    (["{config}", "--gpu-mem", "lots"], "--gpu-mem", "cannot read 'lots'"),
+    (["{config}", "--gpu-mem", "-5GiB"], "argument --gpu-mem", "expected one argument"),
+    (["{config}", "--gpus", "0"], "--gpus", "must be >= 1"),
+    (["{config}", "--gpus", "-2"], "--gpus", "must be >= 1"),
+    (["{config}", "--gpus", "x"], "argument --gpus", "invalid int value"),
+])
+def test_bad_input_exits_2_in_one_line_naming_it(argv, key, words, tmp_path, capfd):
+    """Every bad input is one line on stderr naming it, exit 2, no traceback and no output
+    (a DeepSpeed log line aside: its first import may say which accelerator it found)."""
+    files = {"config": write_config(tmp_path), "latin1": tmp_path / "latin1.yaml", "empty": tmp_path / "empty.yaml",
+             "comments": tmp_path / "comments.yaml", "tmp": tmp_path,
+             "threshold_string": _ds(tmp_path, "t1.json", zero={"stage3_param_persistence_threshold": "lots"}),
+             "threshold_fraction": _ds(tmp_path, "t2.json", zero={"stage3_param_persistence_threshold": 1.5}),
+             "offload_string": _ds(tmp_path, "o.json", zero={"offload_optimizer": "cpu"}),
+             "zero_unknown": _ds(tmp_path, "z.json", zero={"stage3_bogus_bucket": 10}),
+             "print_often": _ds(tmp_path, "p.json", steps_per_print="often"),
+             "top_unknown": _ds(tmp_path, "k.json", bogus_top_key=1)}
+    (tmp_path / "latin1.yaml").write_bytes(b'model:\n  preset: tiny\n  note: "caf\xe9"\n')
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "comments.yaml").write_text("# nothing here\n")
+    before = sorted(tmp_path.iterdir())
+    capfd.readouterr()
+    try:
+        status = plan.main([a.format(**files) for a in argv])
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    out, err = capfd.readouterr()
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"longvivit plan: {key}") and words in lines[0], lines[0]
+    assert all("[WARNING]" in line for line in out.splitlines()), out
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_auto_zero_entries_plan_with_deepspeeds_defaults():
+    """DeepSpeed reads a zero_optimization entry of "auto" as its default; so does the plan."""
+    zero = plan.zero_settings({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto",
+                                                     "stage3_param_persistence_threshold": "auto"}})
+    assert zero["reduce_bucket_size"] == plan.DS_DEFAULTS["reduce_bucket_size"]
+    assert zero["stage3_param_persistence_threshold"] == plan.DS_DEFAULTS["stage3_param_persistence_threshold"]

@@ -3,13 +3,15 @@
 `Launch` starts the launcher in its own process group with its output in a file (so a test
 can watch a run while it goes); leaving the `with` block kills whatever is left and removes
 the job's /dev/shm buffers, whether the test passed or not. `communicate` does the same for
-a launcher command a test only waits for.
+a launcher command a test only waits for. `tiny_run` makes a real one-step checkpoint and
+its export, and `broken_copy` cheap broken copies of it (the bad-input tests).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,3 +124,41 @@ def export(run_dir: Path, dest: Path) -> Path:
                           capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dest
+
+
+def tiny_run(root: Path, source: str = "shards") -> dict:
+    """A real tiny checkpoint and its export, for tests that make broken copies of them:
+    the demo's local form trained one step in one plain process (about 20 s on a CPU;
+    source=shards also writes the local synthetic shards and tokenizer, source=synthetic
+    trains on random batches). Returns {"run", "tag", "export", "data"} (data: the local
+    data folder, val/ and spm.model in it; None for synthetic)."""
+    overrides = [f"local_dir={root}", f"data.source={source}", "steps=1", "eval_max_batches=1", "eval_gallery=0"]
+    cmd = [sys.executable, "-m", "longvivit.train.cli", "train", str(CONFIGS / "demo.yaml"), "local=true",
+           "progress=false", *overrides]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # one plain process, a free port
+        env.pop(name, None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run_dir = root / "train"
+    tag = run_dir / "checkpoints" / "step00000001"
+    assert (tag / "complete").is_file(), sorted(p.name for p in tag.parent.iterdir())
+    return {"run": run_dir, "tag": tag, "export": export(run_dir, root / "export"),
+            "data": root / "data" if source == "shards" else None}
+
+
+def broken_copy(run_dir: Path, dest: Path, change) -> Path:
+    """A copy of the run directory `run_dir` at `dest` (files hard-linked, so it costs no
+    space), then `change(tag_dir_of_the_copy)` breaks it. A file `change` alters must be
+    replaced, not written in place, or the original changes too: see replace_file."""
+    shutil.copytree(run_dir, dest, copy_function=os.link)
+    change(next((dest / "checkpoints").glob("step*")))
+    return dest
+
+
+def replace_file(path: Path, data: bytes | None) -> None:
+    """`path` replaced by a new file holding `data`, or removed (None); a hard link's other
+    names keep the old content."""
+    path.unlink()
+    if data is not None:
+        path.write_bytes(data)

@@ -95,6 +95,114 @@ def find_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no complete checkpoint (a tag directory with a '{MARKER}' file)")
 
 
+def no_checkpoint_reason(path: str | Path) -> str:
+    """Why find_checkpoint found nothing at `path`, in a few words (for a one-line error)."""
+    path = Path(path)
+    if not path.exists():
+        return "no such file or directory"
+    if not path.is_dir():
+        return "is a file, not a run, checkpoints or tag directory"
+    if (path / "index.json").is_file():
+        return "holds MDS shards (index.json), not a checkpoint"
+    roots = [r for r in (ckpt_root(path), path) if r.is_dir()]
+    tags = [t for r in roots for t in list_tags(r)] + ([path] if path.name.startswith("step") else [])
+    if tags:
+        names, has = ", ".join(t.name for t in tags[-3:]), "has" if len(tags) == 1 else "have"
+        return f"no complete checkpoint: {names} {has} no '{MARKER}' marker (a save that did not finish)"
+    latest = next((r / "latest" for r in roots if (r / "latest").is_file()), None)
+    if latest is not None:
+        return f"no checkpoint: {latest} names {latest.read_text(errors='replace').strip()!r}, which is not there"
+    return "holds no checkpoint (no step* tag directory)"
+
+
+# ---------------------------------------------------------------------------- integrity
+
+def check_files(tag_dir: Path, key: str, parts: bool = True) -> None:
+    """Read-only, before anything loads `tag_dir`: every file a load of it reads is there
+    and whole, or one ConfigError ('KEY: TAG: what is wrong') naming the file. Its marker
+    and run_config.yaml parse; every torch file (DeepSpeed's model and optimizer shards,
+    with `parts` the ranks' part files too) is a readable zip archive (a truncated one has
+    lost its central directory, which sits at the end); and each rank's shards are there
+    for the ZeRO stage and world size the model states record. Reads the small model
+    states memory-mapped, no optimizer state."""
+    step, world_size = _marker(tag_dir, key)
+    config = tag_dir / CONFIG_FILE
+    if not config.is_file():
+        raise ConfigError(f"{key}: {tag_dir}: no {CONFIG_FILE} in it")
+    from longvivit.config import load_yaml
+
+    try:
+        load_yaml(config)
+    except ConfigError as err:
+        problem = str(err).split(": ", 2)[-1]  # load_yaml's 'config: PATH: what'
+        raise ConfigError(f"{key}: {tag_dir}: {CONFIG_FILE} cannot be read ({problem})") from None
+    model = sorted(tag_dir.glob("*model_states.pt"))
+    if not model:
+        raise ConfigError(f"{key}: {tag_dir}: no DeepSpeed model states (*_model_states.pt) in it")
+    files = sorted(tag_dir.glob("*.pt")) if parts else sorted({*model, *tag_dir.glob("*optim_states.pt")})
+    for file in files:
+        _check_torch_file(file, key)
+    stage, ranks = _zero_layout(model[0], key)
+    expected = [f"zero_pp_rank_{r}_mp_rank_*_model_states.pt" for r in range(ranks)] if stage == 3 \
+        else ["mp_rank_*_model_states.pt"]
+    expected += [f"*zero_pp_rank_{r}_mp_rank_*_optim_states.pt" for r in range(ranks) if stage >= 1]
+    expected += [rank_file(tag_dir, r).name for r in range(world_size) if parts]
+    for pattern in expected:
+        if not any(tag_dir.glob(pattern)):
+            name = pattern.lstrip("*").replace("_*", "_00")
+            raise ConfigError(f"{key}: {tag_dir}: {name} is missing (a ZeRO-{stage} checkpoint of {ranks} "
+                              f"rank(s) at step {step} has one per rank)")
+
+
+def _marker(tag_dir: Path, key: str) -> tuple[int, int]:
+    """(step, world size) from a tag's marker."""
+    try:
+        meta = json.loads((tag_dir / MARKER).read_text())
+        return int(meta["step"]), int(meta["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{key}: {tag_dir}: its '{MARKER}' marker cannot be read ({_reason(err)})") from None
+
+
+def _check_torch_file(file: Path, key: str) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as z:
+            size = file.stat().st_size
+            whole = bool(z.infolist()) and all(i.header_offset + i.compress_size <= size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{key}: {file}: truncated or not a torch file ({_reason(err)})") from None
+    if not whole:
+        raise ConfigError(f"{key}: {file}: truncated (its entries run past the end of the file)")
+
+
+def _zero_layout(model_states: Path, key: str) -> tuple[int, int]:
+    """(ZeRO stage, data-parallel ranks) that DeepSpeed recorded in a model states file."""
+    try:
+        states = torch.load(model_states, map_location="cpu", mmap=True, weights_only=False)
+        zero = states.get("ds_config", {}).get("zero_optimization", {})
+        return int(zero.get("stage", 0) if isinstance(zero, dict) else 0), int(states.get("dp_world_size", 1))
+    except Exception as err:  # noqa: BLE001 -- unpickling a damaged file raises many types
+        raise ConfigError(f"{key}: {model_states}: cannot be read ({_reason(err)})") from None
+
+
+def _reason(err: BaseException) -> str:
+    """An exception's message on one short line."""
+    words = " ".join(str(err).split())
+    return words if len(words) <= 120 else words[:117] + "..."
+
+
+def param_shapes(tag_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every parameter's full shape, by name, as DeepSpeed recorded it in the tag's model
+    states (trained and frozen ones; read memory-mapped, no weights)."""
+    model = sorted(tag_dir.glob("*model_states.pt"))[0]
+    states = torch.load(model, map_location="cpu", mmap=True, weights_only=False)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for group in [*(states.get("param_shapes") or []), states.get("frozen_param_shapes") or {}]:
+        shapes.update({name: tuple(shape) for name, shape in group.items()})
+    return shapes
+
+
 # ---------------------------------------------------------------------------- parts
 
 class Stateful(Protocol):
@@ -326,4 +434,4 @@ def remove_incomplete(out: str | Path) -> list[Path]:
 
 __all__ = ["Stateful", "RNGState", "save", "load", "prune", "resume_tag", "rank0_choice", "find_checkpoint",
            "check_compatible", "remove_incomplete", "newest_complete", "tag_for", "tag_step", "ckpt_root",
-           "saved_world_size", "to_universal", "rescaled_states"]
+           "saved_world_size", "to_universal", "rescaled_states", "check_files", "no_checkpoint_reason", "param_shapes"]

@@ -11,7 +11,9 @@
 key, before anything heavy happens (no process group, no model, no output directory).
 `keep_global_batch(cfg, world_size)` derives grad_accum or data.batch_size from a fixed
 global_batch once the world size is known; `resolve_ds_config` fills the DeepSpeed JSON's
-"auto" entries from the run config and rejects explicit entries that disagree with it.
+"auto" entries from the run config, rejects explicit entries that disagree with it, and
+checks the result against what DeepSpeed itself accepts (check_ds_keys). The check_*
+functions below are the file checks the commands share (shards, tokenizer, output paths).
 """
 from __future__ import annotations
 
@@ -124,6 +126,8 @@ class RunConfig:
 
     def validate(self) -> None:
         check(self.steps > 0, "steps", f"{self.steps} must be > 0")
+        # torch.manual_seed takes [-2**63, 2**64); ranks and steps are added to the seed (run.py)
+        check(0 <= self.seed < 2**63, "seed", f"{self.seed} is outside [0, 2**63)")
         check(self.grad_accum > 0, "grad_accum", f"{self.grad_accum} must be > 0")
         check(self.global_batch >= 0, "global_batch", f"{self.global_batch} must be >= 0 (0: not fixed)")
         check(0.0 <= self.eval_mask_ratio < 1.0, "eval_mask_ratio", f"{self.eval_mask_ratio} is outside [0, 1)")
@@ -202,8 +206,9 @@ def repo_path(path: str) -> Path:
 
 
 def check_data(cfg: RunConfig) -> None:
-    """Shards and tokenizer exist (local paths only; remote URLs are the loader's to check).
-    A synthetic source needs neither."""
+    """Shards and tokenizer are there and whole (local paths only; remote URLs are the
+    loader's to check): check_shards of each split, the tokenizer file read. A synthetic
+    source needs neither."""
     if cfg.data.source == "synthetic":
         return
     images = cfg.data.images
@@ -211,10 +216,95 @@ def check_data(cfg: RunConfig) -> None:
                       ("images.train", images.train if images.proportion else "")):
         if "://" in path or (key == "images.train" and not path):
             continue
-        check(bool(path) and (Path(path) / "index.json").is_file(), f"data.{key}",
-              f"no MDS shards at {path!r} (missing index.json)")
-    check(cfg.model.text.tokenizer == "open_clip" or Path(cfg.data.tokenizer).is_file(), "data.tokenizer",
-          f"no tokenizer model at {cfg.data.tokenizer!r}")
+        check_shards(f"data.{key}", path)
+    if cfg.model.text.tokenizer != "open_clip":
+        check(Path(cfg.data.tokenizer).is_file(), "data.tokenizer", f"no tokenizer model at {cfg.data.tokenizer!r}")
+
+
+def one_line(err: BaseException, limit: int = 160) -> str:
+    """An exception as a short single line: its type and its message, whitespace folded."""
+    reason = " ".join(str(err).split())
+    reason = reason if len(reason) <= limit else reason[:limit - 3] + "..."
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+
+
+def check_shards(key: str, path: str) -> None:
+    """A local MDS shard folder that streaming can read: index.json is JSON listing the
+    shards, and each shard file (or its compressed form) is there at the size the index
+    records. Reads the index and the files' sizes, never the shards."""
+    folder = Path(path)
+    index = folder / "index.json"
+    check(bool(path) and index.is_file(), key, f"no MDS shards at {path!r} (missing index.json)")
+    try:
+        content = json.loads(index.read_bytes())
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        raise ConfigError(f"{key}: {index} is not an MDS index ({one_line(err)})") from None
+    shards = content.get("shards") if isinstance(content, dict) else None
+    check(isinstance(shards, list) and len(shards) > 0, key, f"{index} lists no shards (not an MDS index?)")
+    for number, shard in enumerate(shards):
+        check_shard_file(key, folder, index, number, shard)
+
+
+def check_shard_file(key: str, folder: Path, index: Path, number: int, shard: Any) -> None:
+    """One entry of an MDS index: its raw shard file at its recorded size, or else its
+    compressed file (zip_data) at that one's."""
+    forms = [shard.get(form) for form in ("raw_data", "zip_data")] if isinstance(shard, dict) else []
+    forms = [f for f in forms if isinstance(f, dict) and isinstance(f.get("basename"), str)
+             and isinstance(f.get("bytes"), int)]
+    check(bool(forms), key, f"{index}: shard {number} names no file (raw_data/zip_data basename and bytes)")
+    for form in forms:
+        file = folder / form["basename"]
+        if file.is_file():
+            size = file.stat().st_size
+            check(size == form["bytes"], key, f"{file} is {size} bytes, {index.name} says {form['bytes']} "
+                                              "(truncated or rewritten: write the shards again)")
+            return
+    check(False, key, f"{folder / forms[-1]['basename']} is missing ({index.name} lists it)")
+
+
+def check_tokenizer_file(key: str, kind: str, path: str):
+    """The tokenizer model.text.tokenizer names, read from `path` (sentencepiece): the
+    tokenizer, or ConfigError naming `key` when the file is missing or not a model."""
+    from longvivit.data.tokenizer import make_tokenizer
+
+    check(kind == "open_clip" or Path(path).is_file(), key, f"no tokenizer model at {path!r}")
+    try:
+        return make_tokenizer(kind, path)
+    except (OSError, ValueError, RuntimeError) as err:  # sentencepiece raises RuntimeError / OSError
+        raise ConfigError(f"{key}: cannot read {path!r} as a tokenizer ({one_line(err)})") from None
+
+
+def check_writable_dir(key: str, path: str | Path) -> None:
+    """`path` is a directory this process can write in, or one it can make: its nearest
+    existing ancestor is a directory where a probe directory can be made. The probe, not
+    os.access, because root passes os.access on /proc and on read-only mounts; it is
+    removed at once and the folder's modification time put back, so nothing changes."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    check(existing.is_dir(), key, f"{str(path)!r} is a file, not a directory" if existing == path
+          else f"{str(path)!r}: {existing} is a file, not a directory")
+    before = existing.stat()
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".longvivit-probe-", dir=existing))
+    except OSError as err:
+        raise ConfigError(f"{key}: {str(path)!r}: cannot create anything in {existing} ({err.strerror})") from None
+    try:
+        os.utime(existing, ns=(before.st_atime_ns, before.st_mtime_ns))
+    except OSError:  # the probe worked: a folder whose time cannot be set is still writable
+        pass
+
+
+def check_writable_file(key: str, path: str | Path) -> None:
+    """`path` can be written as a file: not a directory, and its folder exists and is
+    writable (a file's folder is not made for it)."""
+    path = Path(path)
+    check(not path.is_dir(), key, f"{str(path)!r} is a directory, expected a file name")
+    check(path.parent.is_dir(), key, f"{str(path)!r}: {path.parent} is not a directory"
+          + ("" if path.parent.exists() else " (it does not exist)"))
+    check_writable_dir(key, path.parent)
 
 
 def check_precision(precision: str, device_type: str) -> None:
@@ -288,7 +378,122 @@ def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict:
     zero = _section(ds, "zero_optimization", name)
     check(zero.get("stage", 0) in (0, 1, 2, 3), "ds_config.zero_optimization.stage",
           f"{zero.get('stage')} is not one of 0, 1, 2, 3")
+    check_ds_keys(ds, name)
     return ds
+
+
+# Top-level entries DeepSpeed reads without checking their type (get_scalar_param), which
+# would fail only once the engine uses them ("often" % step); gradient_clipping and the
+# batch sizes are _fill's.
+DS_SCALARS = {"steps_per_print": int, "gradient_predivide_factor": float, "dump_state": bool,
+              "disable_allgather": bool, "prescale_gradients": bool, "wall_clock_breakdown": bool,
+              "memory_breakdown": bool, "sparse_gradients": bool, "zero_allow_untested_optimizer": bool,
+              "zero_force_ds_cpu_optimizer": bool, "dataloader_drop_last": bool}
+
+
+class _ReadKeys(dict):
+    """A dict that notes every key looked up in it (get, [], in, keys())."""
+
+    def __init__(self, data: dict, read: set):
+        super().__init__(data)
+        self.read = read
+
+    def get(self, key, *default):
+        self.read.add(key)
+        return super().get(key, *default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def keys(self):
+        return _ReadKeyView(self)
+
+    def __reduce_ex__(self, protocol):  # copy.copy (DeepSpeedConfig copies it) keeps the notes
+        return (_ReadKeys, (dict(self), self.read))
+
+
+class _ReadKeyView:
+    def __init__(self, d: _ReadKeys):
+        self.d = d
+
+    def __contains__(self, key):
+        return key in self.d
+
+    def __iter__(self):
+        return iter(dict.keys(self.d))
+
+
+def check_ds_keys(ds: dict, name: str) -> None:
+    """The resolved ds_config is one DeepSpeed accepts, checked before anything starts:
+    the zero_optimization section by DeepSpeed's own model of it (an unknown key, a
+    string where a section or a number belongs), the top-level scalars it would take
+    unchecked (DS_SCALARS), and every top-level key one that DeepSpeed reads. The first
+    problem is one ConfigError naming the key."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    try:
+        DeepSpeedZeroConfig(**ds["zero_optimization"])
+    except ValidationError as err:
+        raise ConfigError(_pydantic_problem(err, "ds_config.zero_optimization", name)) from None
+    for key, kind in DS_SCALARS.items():
+        if key in ds:
+            check(_is_a(ds[key], kind), f"ds_config.{key}", f"{ds[key]!r} in {name} is not {_KIND_NAMES[kind]}")
+    check(ds.get("steps_per_print", 1) >= 1, "ds_config.steps_per_print",
+          f"{ds.get('steps_per_print')} in {name} must be >= 1")
+    unknown = [k for k in ds if k not in keys_deepspeed_reads(ds, name)]
+    if unknown:
+        import deepspeed
+
+        raise ConfigError(f"ds_config.{unknown[0]}: not a key DeepSpeed {deepspeed.__version__} reads (in {name}; "
+                          "a typo? keys of our own start with _)")
+
+
+def keys_deepspeed_reads(ds: dict, name: str) -> set:
+    """The top-level keys DeepSpeedConfig looks up while it parses `ds` (built on a dict
+    that notes them, so the list is the installed DeepSpeed's own); ConfigError when
+    DeepSpeed refuses `ds` (its asserts, a section's model)."""
+    import copy
+
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    read = {"train_batch_size", "sequence_parallel_size"}  # looked up only with a process group up
+    # without train_batch_size: DeepSpeed, with no process group, checks it against a world size of 1
+    given = _ReadKeys(copy.deepcopy({k: v for k, v in ds.items() if k != "train_batch_size"}), read)
+    try:
+        DeepSpeedConfig(given)
+    except ValidationError as err:
+        raise ConfigError(_pydantic_problem(err, None, name)) from None
+    except Exception as err:  # noqa: BLE001 -- DeepSpeed's asserts, ValueError, DeepSpeedConfigError
+        raise ConfigError(f"ds_config: {name}: DeepSpeed rejects it ({one_line(err)})") from None
+    return read
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """JSON's types: true is not an integer, 2 is a number."""
+    if kind is bool:
+        return isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+
+
+def _pydantic_problem(err, section: str | None, name: str) -> str:
+    """The first error of a DeepSpeed config model as one line: under `section`'s key when
+    the model is that section's, else naming the model (DeepSpeedFP16Config: loss_scale)."""
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    problem = f"{first['msg']}, got {first.get('input')!r}"
+    if section is None:
+        return f"ds_config: {name}: DeepSpeed rejects it ({err.title}: {loc + ': ' if loc else ''}{problem})"
+    return f"{section}.{loc}: {problem} in {name}" if loc else f"{section}: {problem} in {name}"
 
 
 def zero_stage(ds: dict) -> int:
@@ -296,4 +501,6 @@ def zero_stage(ds: dict) -> int:
 
 
 __all__ = ["RunConfig", "OptimConfig", "TimeoutConfig", "load_run_config", "keep_global_batch", "resolve_ds_config",
-           "check_data", "check_precision", "ds_config_accelerator", "repo_path", "zero_stage", "ConfigError"]
+           "check_data", "check_shards", "check_tokenizer_file", "check_writable_dir", "check_writable_file",
+           "check_ds_keys", "keys_deepspeed_reads", "one_line", "check_precision", "ds_config_accelerator",
+           "repo_path", "zero_stage", "ConfigError"]

@@ -31,6 +31,10 @@ before). `pairs` counts the distinct clips evaluated, `captions` the queries; cl
 failed to decode are left out of both and counted in `decode_failures`. --dual-softmax adds
 dsl_* keys beside the plain ones (retrieval.dual_softmax).
 
+Bad input (a checkpoint that is not one or not whole, shards or a tokenizer that cannot be
+read, an output that cannot be written, numbers out of range) is one line on stderr naming
+the argument, exit 2, before a process group, a model or any output exists (check_inputs).
+
 --save-embeddings writes the embeddings (video, text, paragraph, the clips' sample `index`
 and `caption_video`: the video row each caption belongs to) so --from-embeddings can score
 them again, with other options, without a model.
@@ -55,8 +59,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from longvivit.config import ArgumentParser, load_config
+
 from . import dist
-from .config import ConfigError, TimeoutConfig
+from .config import ConfigError, TimeoutConfig, one_line
 from .gallery import Gallery, clips_shown, select_queries, thumbnail_strip
 from .retrieval import retrieval_metrics
 from .zeroshot import DEFAULT_TEMPLATES, classification_metrics, classifier, labels_of, read_templates
@@ -290,11 +296,11 @@ def eval_scalars(lines: list[dict]) -> dict:
 # ---------------------------------------------------------------------------- CLI
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="longvivit eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="longvivit eval", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", help="run dir, checkpoints dir, tag dir or exported dir")
     p.add_argument("--data", help="val shards (default: the checkpoint's data.val)")
     p.add_argument("--tokenizer", help="sentencepiece model (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=0, help="default: the run's data.batch_size")
+    p.add_argument("--batch-size", type=int, help="default: the run's data.batch_size")
     p.add_argument("--mask-ratio", type=float, default=0.0, help="0 (default): unmasked")
     p.add_argument("--max-batches", type=int, default=0, help="per rank; 0: the whole split")
     p.add_argument("--tasks", help=f"comma-separated from {','.join(TASKS)} (default: all; "
@@ -324,6 +330,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 "give the CHECKPOINT instead")
     if args.gallery < 0:
         p.error(f"--gallery {args.gallery} must be >= 0")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size {args.batch_size} must be >= 1 (leave it out for the run's data.batch_size)")
+    if not 0.0 <= args.mask_ratio < 1.0:
+        p.error(f"--mask-ratio {args.mask_ratio:g} is outside [0, 1)")
+    if args.max_batches < 0:
+        p.error(f"--max-batches {args.max_batches} must be >= 0 (0: the whole split)")
     if args.collective_timeout <= 0:
         p.error(f"--collective-timeout {args.collective_timeout:g} must be > 0")
     tasks = args.tasks.split(",") if args.tasks else []
@@ -332,6 +344,84 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.dsl_temperature <= 0:
         p.error(f"--dsl-temperature {args.dsl_temperature} must be > 0")
     return args
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every file eval reads and every place it writes, checked before a process group, a
+    model or an output exists: one ConfigError naming the argument and what is wrong."""
+    from .config import check_writable_dir, check_writable_file
+
+    for key, path in (("--out", args.out), ("--save-embeddings", args.save_embeddings)):
+        if path:
+            check_writable_file(key, path)
+    for key, path in (("--report", args.report), ("--log-dir", args.log_dir)):
+        if path:
+            check_writable_dir(key, path)
+    if args.templates:
+        try:
+            read_templates(args.templates)
+        except OSError as err:
+            raise ConfigError(f"--templates: {one_line(err)}") from None
+        except ValueError as err:  # names the file and the line
+            raise ConfigError(f"--templates: {' '.join(str(err).split())}") from None
+    if args.from_embeddings:
+        check_embeddings_file(args.from_embeddings)
+    else:
+        check_checkpoint(args)
+
+
+def check_embeddings_file(path: str) -> None:
+    """A file --save-embeddings wrote: whole safetensors holding the tensors Embeddings.load reads."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--from-embeddings: {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            missing = sorted({"index", "video", "text", "caption_video"} - set(f.keys()))
+    except Exception as err:  # noqa: BLE001 -- SafetensorError, OSError
+        raise ConfigError(f"--from-embeddings: {path}: not a whole safetensors file ({one_line(err)})") from None
+    if missing:
+        raise ConfigError(f"--from-embeddings: {path}: holds no eval embeddings (no {', '.join(missing)}; "
+                          "write them with --save-embeddings)")
+
+
+def check_checkpoint(args: argparse.Namespace) -> None:
+    """The checkpoint or export (checked_source: whole files), its run config, weights
+    that fit its model config, and the val shards and tokenizer the eval would read
+    (--data / --tokenizer, else the checkpoint's), as embed_checkpoint reads them."""
+    from longvivit.model.config import ModelConfig
+
+    from . import checkpoint, export
+    from .config import RunConfig, check_shards, check_tokenizer_file
+
+    source = export.checked_source(args.checkpoint, "checkpoint")
+    exported = source.name == export.WEIGHTS
+    folder = source.parent if exported else source
+    run = _stored(RunConfig, folder / ("run_config.yaml" if exported else checkpoint.CONFIG_FILE))
+    model_cfg = _stored(ModelConfig, folder / "config.yaml") if exported else run.model
+    export.check_fits(source, model_cfg, "checkpoint")
+    if run.data.source == "synthetic":
+        return
+    val = args.data or run.data.val
+    if "://" not in val:
+        check_shards("--data" if args.data else "--data (the checkpoint's data.val)", val)
+    kept = folder / "tokenizer.model"
+    tokenizer = args.tokenizer or (str(kept) if exported and kept.is_file() else run.data.tokenizer)
+    key = "--tokenizer" if args.tokenizer else "--tokenizer (the checkpoint's data.tokenizer)"
+    vocab = check_tokenizer_file(key, model_cfg.text.tokenizer, tokenizer).vocab_size
+    if vocab > model_cfg.text.vocab_size:
+        raise ConfigError(f"{key}: {tokenizer} has {vocab} pieces, more than the model's text vocabulary "
+                          f"({model_cfg.text.vocab_size})")
+
+
+def _stored(schema, path: Path):
+    """A config stored beside the weights, or ConfigError('checkpoint: PATH: ...')."""
+    try:
+        return load_config(schema, path)
+    except ConfigError as err:  # load_yaml's own errors name the file already
+        problem = str(err).removeprefix(f"config: {path}: ")
+        raise ConfigError(f"checkpoint: {path}: {problem}") from None
 
 
 def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv, paragraphs: bool,
@@ -421,6 +511,11 @@ def start_process_group(d: dist.DistEnv, timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_inputs(args)
+    except ConfigError as err:
+        print(f"longvivit eval: {err}".splitlines()[0], file=sys.stderr)
+        return 2
     if args.from_embeddings:
         return from_embeddings(args)
     tasks = args.tasks.split(",") if args.tasks else list(TASKS)

@@ -47,9 +47,8 @@ from functools import lru_cache
 
 import torch
 
-from longvivit.config import ConfigError
+from longvivit.config import ArgumentParser, ConfigError
 from longvivit.model.config import ModelConfig
-
 
 from .config import RunConfig, keep_global_batch, load_run_config, repo_path, resolve_ds_config, zero_stage
 
@@ -89,7 +88,10 @@ def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
         raise ConfigError(f"--gpu-mem: cannot read {text!r} (e.g. 80GiB, 16GB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ConfigError(f"--gpu-mem: {text!r} is no memory (e.g. 80GiB, 16GB)")
+    return n
 
 
 def gib(n: float) -> str:
@@ -122,7 +124,8 @@ def count_params(cfg: ModelConfig, persistence_threshold: int) -> ParamCounts:
 
 def zero_settings(ds: dict) -> dict:
     zero = ds.get("zero_optimization", {})
-    out = {k: int(zero.get(k, v)) for k, v in DS_DEFAULTS.items()}
+    # "auto" (left for a framework to fill in) is DeepSpeed's default, as DeepSpeedZeroConfig reads it
+    out = {k: int(v if zero.get(k, v) == "auto" else zero.get(k, v)) for k, v in DS_DEFAULTS.items()}
     out["stage"] = zero_stage(ds)
     out["overlap_comm"] = bool(zero.get("overlap_comm", out["stage"] == 3))
     out["offload_optimizer"] = _offloaded(zero.get("offload_optimizer"))
@@ -439,7 +442,7 @@ def _blocks(n: int | None) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="longvivit plan", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="longvivit plan", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs the job runs on (ZeRO world size)")

@@ -9,7 +9,9 @@ Runs the same way as one plain process, under the deepspeed launcher, torchrun o
     srun longvivit train CONFIG.yaml      (slurm/train.sbatch)
 
 Phases: validate (config, shards, precision, ds_config, out, resume target, init weights;
-exit 2 on any error, before a process group or output directory exists) -> setup (process
+exit 2 on any error, before a process group or output directory exists; what only a file
+can tell is read cheaply here: a shard index and its files' sizes, the tokenizer, every
+file of the checkpoint to resume or initialise from and its recorded shapes) -> setup (process
 group, model, engine, loaders, resume) -> loop (step, log, checkpoint, eval, stop on
 request; skip a non-finite step, exit 3 after max_nonfinite_steps of them in a row) ->
 finish (checkpoint, eval, summary.json). Each rank validates what it sees of `out`; once
@@ -40,8 +42,9 @@ from longvivit.data.config import DataConfig
 
 from . import checkpoint, dist, faults, watchdog
 from .construct import build_model
-from .config import (RunConfig, check_data, check_precision, ds_config_accelerator, keep_global_batch,
-                     load_run_config, repo_path, resolve_ds_config)
+from .config import (RunConfig, check_data, check_precision, check_tokenizer_file, check_writable_dir,
+                     ds_config_accelerator, keep_global_batch, load_run_config, one_line, repo_path,
+                     resolve_ds_config)
 
 if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
     from deepspeed import DeepSpeedEngine
@@ -91,7 +94,7 @@ def split_argv(argv: list[str]) -> tuple[str, list[str]]:
 def check_tokenizer(cfg: RunConfig) -> None:
     if cfg.data.source == "synthetic":
         return
-    vocab = tokenizer_for(cfg).vocab_size
+    vocab = check_tokenizer_file("data.tokenizer", cfg.model.text.tokenizer, cfg.data.tokenizer).vocab_size
     if vocab > cfg.model.text.vocab_size:  # larger embedding tables are harmless
         raise ConfigError(f"model.text.vocab_size: {cfg.model.text.vocab_size} is smaller than the "
                           f"tokenizer's {vocab} pieces ({cfg.data.tokenizer})")
@@ -106,25 +109,26 @@ def tokenizer_for(cfg: RunConfig):
 
 
 def check_init(cfg: RunConfig) -> None:
-    """init=KIND:PATH names weights this run can read (their headers are read, not the weights)."""
+    """init=KIND:PATH names weights this run can read and that fit its model: an open_clip
+    file's image tower is read (memory-mapped); an export's or a checkpoint's files are
+    checked whole (export.checked_source) and their recorded shapes compared with this
+    run's model (export.check_fits), no weights read."""
     if not cfg.init:
         return
     kind, path = cfg.init.split(":", 1)
     if not Path(path).exists():
         raise ConfigError(f"init: {cfg.init!r}: no such file or directory")
+    if kind == "checkpoint":
+        from .export import check_fits, checked_source
+
+        check_fits(checked_source(path, "init"), cfg.model, "init")
+        return
     try:
-        if kind == "open_clip":
-            from longvivit.model.init import load_image_tower
+        from longvivit.model.init import load_image_tower
 
-            load_image_tower(path, mmap=True)
-        else:
-            from .export import weights_source
-
-            weights_source(path)
+        load_image_tower(path, mmap=True)
     except Exception as err:  # noqa: BLE001 -- torch.load/safetensors raise many types for bad files
-        reason = " ".join(str(err).split())
-        reason = reason if len(reason) <= 160 else reason[:157] + "..."
-        raise ConfigError(f"init: {cfg.init!r}: cannot read it ({type(err).__name__}: {reason})") from None
+        raise ConfigError(f"init: {cfg.init!r}: cannot read it ({one_line(err)})") from None
 
 
 def check_accelerator(cfg: RunConfig, device: torch.device) -> None:
@@ -147,16 +151,19 @@ def check_accelerator(cfg: RunConfig, device: torch.device) -> None:
 
 def check_out(cfg: RunConfig) -> None:
     """`out` is a directory, or can be made one: its nearest existing ancestor is a
-    writable directory (not a file)."""
-    path = Path(cfg.out)
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    check(existing.is_dir(), "out", f"{cfg.out!r}: {existing} is a file, not a directory")
-    check(os.access(existing, os.W_OK | os.X_OK), "out", f"{cfg.out!r}: {existing} is not writable")
+    directory this process can create in (config.check_writable_dir)."""
+    check_writable_dir("out", cfg.out)
 
 
 def check_resume(cfg: RunConfig, tag: Path) -> None:
-    """The checkpoint to resume from fits this run: same architecture (any world size: see
-    rescale), and not past `steps`."""
+    """The checkpoint to resume from is whole (every shard and part file there and
+    readable: checkpoint.check_files) and fits this run: same architecture (any world
+    size: see rescale), and not past `steps`."""
+    try:
+        checkpoint.check_files(tag, "resume", parts=True)
+    except ConfigError as err:
+        hint = "" if cfg.resume != "auto" else " (move that tag aside to resume from an older one, or resume=never)"
+        raise ConfigError(f"{err}{hint}") from None
     checkpoint.check_compatible(tag, to_dict(cfg.model))
     step = checkpoint.tag_step(tag)
     check(step <= cfg.steps, "steps", f"{cfg.steps} is below step {step} of the checkpoint {tag} "
