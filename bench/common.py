@@ -170,8 +170,8 @@ def real_saved_bytes(forward: Callable[[], object], module: torch.nn.Module) -> 
 def fake_video_saved_bytes(cfg, batch: int, mask_ratio: float, precision: str = "fp32") -> int:
     """Saved-for-backward bytes of the video tower on FakeTensors (nothing allocated; the
     planner's count, see longvivit.train.plan), for cells too slow to run."""
-    from longvivit.model import saved_bytes
     from longvivit.config import to_dict
+    from longvivit.model import saved_bytes
     from longvivit.train.plan import fake_model
 
     model, mode = fake_model(json.dumps(to_dict(cfg)), precision)

@@ -8,7 +8,7 @@ temporary folder, then, side by side (cases interleaved round by round, medians)
 
 1. seek: a 16-frame window at the start, middle and end of 250-frame clips (128 px),
    decoded and resized to 32 px, one clip at a time, by the CPU backends of
-   longvivit.data.decode.VideoDecoder: "dali" (DALI's CPU decoder, which decodes from the
+   longvivit.data.load.decode.VideoDecoder: "dali" (DALI's CPU decoder, which decodes from the
    start of the clip), "pyav" (PyAV seeks to the keyframe before the window, DALI
    resizes) and "auto" (what the loader runs: per clip, whichever decodes fewer frames);
    and the frames PyAV decoded for each window.
@@ -44,9 +44,9 @@ BACKENDS = ("dali", "pyav", "auto")
 
 def make_shards(root: Path, videos: int, frames: int, size: int, tokenizer: bool = True
                 ) -> tuple[Path, str | None]:
-    from longvivit.data.shards import ShardOptions, write_shards
-    from longvivit.data.synth import write_benchmark
-    from longvivit.data.tokenizer import train_tokenizer
+    from longvivit.data.load.tokenizer import train_tokenizer
+    from longvivit.data.prepare.shards import ShardOptions, write_shards
+    from longvivit.data.prepare.synth import write_benchmark
 
     write_benchmark(root / "bench", videos=videos, frames=frames, size=size, seed=0)
     write_shards(root / "bench" / "train.jsonl", root / "shards", ShardOptions(size=size),
@@ -63,21 +63,21 @@ def load_samples(shards: Path) -> list[dict]:
 
 
 def plans_for(samples: list[dict], frames: int, sampling: str = "uniform", seed: int | None = None):
-    from longvivit.data.decode import plan_clip
+    from longvivit.data.load.decode import plan_clip
 
     return [plan_clip(s, frames, sampling, None if seed is None else np.random.default_rng([seed, i]),
                       False) for i, s in enumerate(samples)]
 
 
 def window_plan(sample: dict, start: int):
-    from longvivit.data.decode import ClipPlan, crop_box
+    from longvivit.data.load.decode import ClipPlan, crop_box
 
     roi_start, roi_end = crop_box(int(sample["width"]), int(sample["height"]), None, False)
     return ClipPlan(np.arange(start, start + WINDOW, dtype=np.int32), WINDOW, roi_start, roi_end)
 
 
 def decoders(image_size: int, batch: int, threads: int) -> dict:
-    from longvivit.data.decode import VideoDecoder
+    from longvivit.data.load.decode import VideoDecoder
 
     return {backend: VideoDecoder(batch, image_size, CPU, num_threads=threads, backend=backend)
             for backend in BACKENDS}
@@ -95,7 +95,7 @@ def decode_all(decoder, samples: list[dict], plans: list, batch: int) -> torch.T
 
 def bench_seek(samples: list[dict], image_size: int, rounds: int) -> dict:
     """ms per 16-frame window at each start, per backend (1 thread, one clip per call)."""
-    from longvivit.data.video import decode_frames
+    from longvivit.data.prepare.video import decode_frames
 
     n = int(samples[0]["num_frames"])
     starts = [0, (n - WINDOW) // 2, n - WINDOW]
@@ -139,7 +139,7 @@ def pyav_reference(sample: dict, plan, image_size: int) -> np.ndarray:
     import av
     from av.video.reformatter import Interpolation, VideoReformatter
 
-    from longvivit.data.video import decode_frames
+    from longvivit.data.prepare.video import decode_frames
 
     (y0, x0), (y1, x1) = np.round(plan.roi_start).astype(int), np.round(plan.roi_end).astype(int)
     scaler, out = VideoReformatter(), []
@@ -164,8 +164,8 @@ def agreement(samples: list[dict], plans: list, image_size: int) -> dict:
 
 
 def data_config(shards: Path, tokenizer: str, frames: int, image_size: int, batch: int, workers: int):
-    from longvivit.data import DataConfig
     from longvivit.config import load_config
+    from longvivit.data import DataConfig
 
     return load_config(DataConfig, dict(train=str(shards), val=str(shards), tokenizer=tokenizer, frames=frames,
                                         image_size=image_size, batch_size=batch, num_workers=workers,
@@ -189,7 +189,7 @@ def train_step(model, optimizer, batch) -> None:
 
 def with_threads(threads: int):
     """The loader builds its decoder with default_threads(): pin it for one measure."""
-    import longvivit.data.decode as decode
+    import longvivit.data.load.decode as decode
 
     decode.default_threads = lambda: threads
 

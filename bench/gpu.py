@@ -56,7 +56,6 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +64,7 @@ import torch
 import common
 
 ROOT = Path(common.REPO)
-CONFIGS = ROOT / "train" / "configs"
+CONFIGS = ROOT / "longvivit" / "configs"
 DEMO = CONFIGS / "demo.yaml"  # its shard paths are ignored by data.source=synthetic
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False): the GPU acceptance suite needs one"
 
@@ -81,7 +80,7 @@ MFU_FLOOR = 0.05  # below this the step cannot have run on bf16 tensor cores (se
 # Every trainer process: synthetic data on the device, ZeRO-3 in bf16, 224 px, a learning
 # rate that is flat after 5 warm-up steps (min_lr_ratio 1), so the schedule does not depend
 # on `steps` and a run stopped early shares every step's rate with the straight run.
-BASE = ["data.source=synthetic", f"ds_config={ROOT / 'ds_configs' / 'zero3.json'}", "precision=bf16",
+BASE = ["data.source=synthetic", f"ds_config={ROOT / 'longvivit' / 'configs' / 'ds' / 'zero3.json'}", "precision=bf16",
         "model.video.image_size=224", "model.video.grad_checkpointing=0", "optim.lr=5e-4",
         "optim.warmup_steps=5", "optim.min_lr_ratio=1.0", "log_every=1", "progress=false",
         "eval_max_batches=1"]
@@ -394,15 +393,13 @@ def metrics(out: Path, kind: str) -> list[dict]:
 # ---------------------------------------------------------------------------- a. trainer + resume
 
 def trainer_command(out: Path, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "longvivit.train.cli", "train", str(DEMO), *overrides, f"out={out}"]
+    return [sys.executable, "-m", "longvivit.cli", "train", str(DEMO), *overrides, f"out={out}"]
 
 
 def start_backend(text: str) -> str | None:
     """The process-group backend a run's {"event": "start"} line reports, or None."""
-    for line in text.splitlines():
-        if line.startswith("{") and '"event": "start"' in line:
-            return json.loads(line).get("backend")
-    return None
+    starts = events(text, "start")
+    return starts[0]["backend"] if starts else None
 
 
 def compare_runs(straight: list[dict], resumed: list[dict]) -> dict:
@@ -477,39 +474,27 @@ def run_train_cell(out: Path, overrides: list[str], config: Path = DEMO, turns: 
     steps; sync_steps: the last N steps run under SyncCounter (train_syncs)."""
     import torch.distributed as tdist
 
-    from longvivit.train import dist, run
-    from longvivit.train.logging import memory_gb
+    from longvivit.train import trainer as run
+    from longvivit.train.metrics import memory_gb
+    from longvivit.train.trainer import Trainer
 
-    d = dist.read_env()
     make_init_file(config, overrides)
-    cfg, ds_config, _ = run.validate([str(config), *overrides, f"out={out}", "resume=never"], d)
-    dist.setup_env(d)
-    dist.bind_device(d)
-    dist.init_process_group(timedelta(minutes=10))
-    try:
-        trainer = run.setup(cfg, ds_config, None, d)
+    with Trainer.from_argv([str(config), *overrides, f"out={out}", "resume=never"]) as trainer:
+        trainer.setup()
         after_setup = memory_gb(trainer.device) * 2**30
         syncs = {"control": counter_control(trainer.device), "steps": [], "log_steps": []}
-        try:
-            with gpu_turn(turns, out.name) as turn, train_syncs(run, cfg.steps - sync_steps, syncs):
-                run.loop(trainer, _NeverStop())
-                peaks = cell_peaks(trainer.device)
-        finally:
-            for loader in (trainer.loader, trainer.images):
-                if loader is not None:
-                    loader.close()
-            trainer.log.close()
+        with gpu_turn(turns, out.name) as turn, train_syncs(run, trainer.cfg.steps - sync_steps, syncs):
+            run.loop(trainer, _NeverStop())
+            peaks = cell_peaks(trainer.device)
         return {"backend": tdist.get_backend(), "steps": trainer.state.step, "peak_tflops": trainer.peak,
                 "peak_bytes_after_setup": after_setup, **peaks, "turn": turn,
                 **({"syncs": syncs} if sync_steps else {})}
-    finally:
-        dist.shutdown(d)
 
 
 def cell_peaks(device: torch.device) -> dict:
     """The process's allocator peaks; then its cached blocks go back to the GPU for the
     cells still to take their turn."""
-    from longvivit.train.logging import memory_gb
+    from longvivit.train.metrics import memory_gb
 
     cuda = device.type == "cuda"
     peaks = {"peak_bytes": memory_gb(device) * 2**30,
@@ -561,7 +546,7 @@ def train_syncs(run_module, first_step: int, syncs: dict):
 def make_init_file(config: Path, overrides: list[str]) -> None:
     """An init=open_clip:PATH that shipped_init pointed into this run's scratch folder (no
     real checkpoint is on a GPU node): an open_clip CLIP of the config's shape with random
-    weights, made here by the local form's maker (train/local.py) before validate reads it."""
+    weights, made here by the local form's maker (longvivit/train/local.py) before validate reads it."""
     from longvivit.train.config import load_run_config
 
     cfg = load_run_config(config, overrides=overrides)
@@ -860,7 +845,7 @@ def decode_data(work: Path) -> tuple[Path, str]:
 
 def codec_shards(manifest: Path, out: Path, codec: str) -> Path:
     from longvivit.data import write_shards
-    from longvivit.data.shards import ShardOptions
+    from longvivit.data.prepare.shards import ShardOptions
 
     summary = write_shards(manifest, out, ShardOptions(size=DECODE["size"], codec=codec),
                            workers=min(8, os.cpu_count() or 1), progress=False)
@@ -875,8 +860,8 @@ def decode_psnr(shards: Path, device: torch.device) -> dict:
     frame, no resize)."""
     import decode as bench_decode
 
-    from longvivit.data.decode import VideoDecoder
-    from longvivit.data.video import frames_at
+    from longvivit.data.load.decode import VideoDecoder
+    from longvivit.data.prepare.video import frames_at
 
     samples = bench_decode.load_samples(shards)
     plans = bench_decode.plans_for(samples, DECODE["frames"])
@@ -903,11 +888,11 @@ def loader_vs_step(shards: Path, tokenizer: str, device: torch.device) -> dict:
     ZeRO-3 hooks, so it is faster than the trainer's: a conservative test of the loader."""
     import decode as bench_decode
 
+    from longvivit.config import load_config
     from longvivit.data import DataConfig, build_loader
     from longvivit.model import build_model, model_config
-    from longvivit.config import load_config
-    from longvivit.train.logging import StepTimer
-    from longvivit.train.run import batches
+    from longvivit.train.metrics import StepTimer
+    from longvivit.train.trainer import batches
 
     d = DECODE
     cfg = load_config(DataConfig, dict(train=str(shards), val=str(shards), tokenizer=tokenizer, frames=d["frames"],
@@ -1022,7 +1007,7 @@ MODEL_SYNCS_ALLOWED = {"none": 0, "host_whole": 0, "host_padded": 0, "device_who
 
 
 def shipped_configs() -> list[Path]:
-    """train/configs/*.yaml written for GPUs: their ds_config says "_accelerator": "cuda"
+    """*.yaml written for GPUs: their ds_config says "_accelerator": "cuda"
     (without that entry: a ds_config not named *_cpu.json)."""
     from longvivit.train.config import load_ds_json, load_run_config
 
@@ -1263,7 +1248,7 @@ def shipped_model_row(config: Path, device: torch.device) -> dict:
     """One shipped config's model: the SDPA kernels of its video tower's forward + backward
     (with the CLS bias, and without it where there is one: what the bias costs), and the
     whole model's host syncs per micro-batch by real_frames variant."""
-    from longvivit.data.synthetic_batches import SyntheticBatches
+    from longvivit.data.load.synthetic import SyntheticBatches
     from longvivit.train.config import load_run_config
 
     cfg = load_run_config(config, overrides=["data.source=synthetic", f"data.batch_size={SHIPPED_BATCH}"])
@@ -1312,19 +1297,14 @@ def torchrun_command(nproc: int, out: Path, overrides: list[str]) -> list[str]:
     """`longvivit train` under torchrun (torch.distributed.run: no launcher script on PATH
     needed), one rank per GPU of this machine."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "longvivit.train.cli", "train", str(DEMO), *overrides, f"out={out}"]
+            "-m", "longvivit.cli", "train", str(DEMO), *overrides, f"out={out}"]
 
 
 def events(text: str, name: str) -> list[dict]:
-    """The {"event": name, ...} JSON lines of a run's output."""
-    found = []
-    for line in text.splitlines():
-        if line.startswith("{") and f'"event": "{name}"' in line:
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:  # two ranks' lines interleaved
-                pass
-    return found
+    """The `name` event lines of a run's output (longvivit.events: their schema)."""
+    from longvivit.events import read
+
+    return read(text, name)
 
 
 def check_two_gpu(work: Path, gpus: int | None = None, base: list[str] | None = None, env: dict | None = None) -> dict:

@@ -25,10 +25,11 @@ from dataclasses import asdict
 
 import torch
 
-import common
 from longvivit.model import build_model, model_config
 from longvivit.train.config import load_run_config, repo_path
 from longvivit.train.plan import make_plan, parse_bytes
+
+import common
 
 
 def tiny_step(frames: int, ratio: float, batch: int, rounds: int) -> dict:
@@ -69,13 +70,13 @@ def tiny_step(frames: int, ratio: float, batch: int, rounds: int) -> dict:
 
 
 # At an hour, g_1b needs activation checkpointing that its own 128 frames do not: `longvivit
-# plan train/configs/g_1b.yaml model.video.frames=3600 model.video.mask_ratio=0.9 --gpus 8
+# plan g_1b.yaml model.video.frames=3600 model.video.mask_ratio=0.9 --gpus 8
 # --gpu-mem 80GiB` gives min_grad_checkpointing 28 of its 32 blocks; every block is checkpointed here.
 HOUR_OVERRIDES = {"g_1b": ["model.video.grad_checkpointing=32"]}
 
 
 def plan(name: str, frames: int, ratio: float, gpus: int, gpu_mem: str) -> dict:
-    config = f"train/configs/{name}.yaml"
+    config = f"{name}.yaml"
     overrides = [f"model.video.frames={frames}", f"model.video.mask_ratio={ratio}", *HOUR_OVERRIDES.get(name, [])]
     out = asdict(make_plan(config, overrides, gpus, parse_bytes(gpu_mem)))
     v = load_run_config(repo_path(config), overrides=overrides).model.video

@@ -25,8 +25,9 @@ import sys
 
 import torch
 
-import common
 from longvivit.model import build_model, model_config
+
+import common
 
 DIMS = {"B": ("B", 224, 1), "tiny": ("tiny", 32, 8)}  # preset, image size, micro-batch
 

@@ -12,7 +12,7 @@ forward + backward; the optimizer, norms and activations count zero, as MFU defi
 The peak is measured in the same process, on the same threads and dtype: an n x n fp32
 matmul (bf16 on a GPU) timed once per round between the steps, and the best of those is
 the peak. MFU = FLOPs / median step time / peak. On a GPU the script also reports the
-device's spec-sheet bf16 peak (longvivit.train.logging) next to the measured one.
+device's spec-sheet bf16 peak (longvivit.train.metrics) next to the measured one.
 
 dims: B = ViT-B/16 video tower at 224 px (64 frames at 75% masking: 1,568 visible tokens)
 with its 512-wide text tower; tiny = the 32 px tiny preset.
@@ -25,9 +25,10 @@ import time
 
 import torch
 
-import common
 from longvivit.model import build_model, flops_per_sample, model_config
 from longvivit.train.engine import param_groups
+
+import common
 
 DIMS = {"B": ("B", 224, 1), "tiny": ("tiny", 32, 8)}  # preset, image size, micro-batch
 
@@ -93,7 +94,7 @@ def run_dims(name: str, frames: int, ratio: float, rounds: int, device: torch.de
 def spec_peak(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    from longvivit.train.logging import gpu_peak_tflops
+    from longvivit.train.metrics import gpu_peak_tflops
 
     try:
         return gpu_peak_tflops(torch.cuda.get_device_name(device)) * 1e12

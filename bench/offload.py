@@ -4,8 +4,8 @@
         [--warm-build]
 
 Both optimizers step the fp32 partitions that ZeRO-3 with offload_optimizer + offload_param
-(ds_configs/zero3_offload_cpu.json, 1 CPU process over gloo) hands them. Each dims gets two
-engines built from the same run config (train/configs/demo.yaml, shrunk or grown by
+(zero3_offload_cpu.json, 1 CPU process over gloo) hands them. Each dims gets two
+engines built from the same run config (demo.yaml, shrunk or grown by
 --dims): (a) the trainer's own build_engine, torch.optim.AdamW(fused=True) as a client
 optimizer, which the ds_config allows with "zero_force_ds_cpu_optimizer": false (what the
 trainer runs); (b) deepspeed.ops.adam.DeepSpeedCPUAdam over the same parameter groups and
@@ -38,12 +38,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-
-import common
 from mfu import batch_for
 
-DEMO = Path(common.REPO) / "train" / "configs" / "demo.yaml"
-DS_CONFIG = "ds_configs/zero3_offload_cpu.json"
+import common
+
+DEMO = Path(common.REPO) / "longvivit" / "configs" / "demo.yaml"
+DS_CONFIG = "zero3_offload_cpu.json"
 DIMS = {"tiny": ["model.preset=tiny", "model.video.image_size=32", "data.batch_size=4"],
         "B": ["model.preset=B", "model.video.image_size=224", "data.batch_size=1"]}
 CASES = ("torch_adamw", "ds_cpu_adam")  # (a), (b)
@@ -72,7 +72,7 @@ def _first_line(cmd: list[str]) -> str:
 
 def init_single_process():
     """Rank 0 of 1 on a free port (dist.shutdown(d) removes its /dev/shm buffer)."""
-    from longvivit.train import dist
+    from longvivit.distributed import collectives as dist
 
     d = dist.read_env({})
     dist.setup_env(d)
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     common.set_threads(args.threads)
     build = build_cpu_adam(cold=not args.warm_build)
     common.log(f"cpu_adam: {build['seconds']} s ({'cold' if build['cold'] else 'cached'})")
-    from longvivit.train import dist
+    from longvivit.distributed import collectives as dist
 
     d = init_single_process()
     try:

@@ -9,7 +9,7 @@ pads). Cases, timed interleaved (common.py) on the tiny video encoder's train st
 
   content   real_frames not passed: padding is encoded and pooled like frames (the old way)
   dropped   real_frames passed: padding tokens dropped before the encoder, rows padded to the
-            longest clip with a key mask (model/video.py)
+            longest clip with a key mask (longvivit/model/video.py)
   whole     every clip whole (the cost of a batch without padding, for scale)
 
 Prints one JSON object: visible tokens per row (the encoder's sequence length), tokens of
@@ -22,8 +22,9 @@ import sys
 
 import torch
 
-import common
 from longvivit.model import build_model, model_config
+
+import common
 
 
 def batch(frames: int, size: int, n: int, real: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

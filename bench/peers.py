@@ -31,9 +31,10 @@ import sys
 
 import torch
 
-import common
 from longvivit.model import build_model, model_config
 from longvivit.model.masking import sample_visible, visible_count
+
+import common
 
 SIZE, TUBELET, PATCH = 224, 2, 16
 HF_COMMON = dict(image_size=SIZE, num_channels=3, hidden_size=768, num_hidden_layers=12,

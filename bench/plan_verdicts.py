@@ -11,8 +11,9 @@ import argparse
 import sys
 from dataclasses import asdict
 
-import common
 from longvivit.train.plan import make_plan, parse_bytes
+
+import common
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     plans = []
     for name in args.configs:
-        config = f"train/configs/{name}.yaml"
+        config = f"{name}.yaml"
         plan = asdict(make_plan(config, [], args.gpus, parse_bytes(args.gpu_mem)))
         plan["command"] = f"longvivit plan {config} --gpus {args.gpus} --gpu-mem {args.gpu_mem}"
         plans.append(plan)

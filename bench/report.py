@@ -357,7 +357,7 @@ def zero_init_section(parts: list[dict]) -> list[str]:
     for r in parts:
         lines += provenance(r)
     lines += ["Each way in fresh processes (CPU accelerator, gloo, 1 thread), built as `longvivit train` builds "
-              "it (train/construct.py; demo.yaml with the preset, ds_configs/zero3_cpu.json, fp32). Peak rise = "
+              "it (longvivit/train/construct.py; demo.yaml with the preset, zero3_cpu.json, fp32). Peak rise = "
               "how far a rank's resident set rose above where it stood before the build, at its highest (VmHWM "
               "reset first); MALLOC_MMAP_THRESHOLD_ as listed (glibc: its default, which keeps freed heap "
               "blocks resident; bench/zero_init.py says why the default runs use a fixed one).", ""]

@@ -5,7 +5,7 @@
 
 On the synthetic long-video benchmark (`longvivit synth`: 64-frame clips at 1 FPS whose
 captions name 3-4 events in order, with hard negatives), the tiny model trains with the
-demo's recipe (train/configs/demo.yaml: batch 16, AdamW lr 2e-3, warmup + cosine, weight
+demo's recipe (demo.yaml: batch 16, AdamW lr 2e-3, warmup + cosine, weight
 decay 0.05, clip 1.0, the trainer's optimizer and schedule from longvivit.train.engine) for
 the same number of steps in every run (equal samples seen), then is evaluated zero-shot
 on the held-out split, unmasked, text->video and video->text Recall@1.
@@ -84,7 +84,7 @@ def pick_frames(video: torch.Tensor, frames: int, sampling: str, rng: np.random.
                 flip: bool) -> torch.Tensor:
     """(B, 64, H, W, C) -> (B, frames, H, W, C) with the loader's frame selection; rng None:
     evaluation (centred window, no flip)."""
-    from longvivit.data.decode import select_frames
+    from longvivit.data.load.decode import select_frames
 
     out = []
     for clip in video:
@@ -137,7 +137,7 @@ def train_and_eval(cfg, train: dict, val: dict, seed: int) -> dict:
 
 @torch.no_grad()
 def evaluate(model, cfg, val: dict) -> dict:
-    from longvivit.train.evaluate import retrieval_metrics
+    from longvivit.eval.evaluate import retrieval_metrics
 
     model.eval()
     v = cfg.model.video

@@ -5,8 +5,8 @@
 
 For each way of building, --ranks fresh CPU processes (DeepSpeed's CPU accelerator, gloo,
 1 torch thread) start a process group and build the preset's model as `longvivit train`
-does (train/construct.build_model; the run config train/configs/demo.yaml with
-model.preset=PRESET and ds_configs/zero3_cpu.json, fp32, seed 0):
+does (train/construct.build_model; the run config demo.yaml with
+model.preset=PRESET and zero3_cpu.json, fp32, seed 0):
   whole        every rank builds the whole model (what ZeRO stages 0-2 keep)
   partitioned  built inside deepspeed.zero.Init (ZeRO-3): each rank keeps its partition
 Each rank reports how far its resident set rose above where it stood just before the build,
@@ -47,8 +47,8 @@ import torch
 
 import common
 
-DEMO = Path(common.REPO) / "train" / "configs" / "demo.yaml"
-DS_CONFIG = "ds_configs/zero3_cpu.json"
+DEMO = Path(common.REPO) / "longvivit" / "configs" / "demo.yaml"
+DS_CONFIG = "zero3_cpu.json"
 WAYS = ("whole", "partitioned")
 
 
@@ -81,7 +81,7 @@ def compare_with_whole(model: torch.nn.Module, cfg) -> dict:
 
 
 def rank_main(way: str, preset: str, check: bool) -> None:
-    from longvivit.train import dist
+    from longvivit.distributed import collectives as dist
     from longvivit.train.config import resolve_ds_config
     from longvivit.train.construct import build_model
     from longvivit.train.engine import partitioned_numel
@@ -119,7 +119,7 @@ def rank_main(way: str, preset: str, check: bool) -> None:
 
 def launch(way: str, args) -> dict:
     """Start args.ranks processes building `way`; their rank 0's JSON line."""
-    from longvivit.train import dist
+    from longvivit.distributed import collectives as dist
 
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(args.ranks),
            "LOCAL_WORLD_SIZE": str(args.ranks), "LOCAL_SIZE": str(args.ranks), "MASTER_ADDR": "127.0.0.1",
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank_of:
         rank_main(args.rank_of, args.preset, args.check)
         return 0
-    from longvivit.train.dist import free_port
+    from longvivit.distributed.collectives import free_port
 
     torch.set_num_threads(1)  # what the ranks run on (recorded by common.machine)
     args.port = args.port or free_port()

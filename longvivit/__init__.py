@@ -1,13 +1,16 @@
 """longvivit: contrastive pre-training of video-first encoders on long clips.
 
-Subpackages: ``longvivit.model`` (plain PyTorch model, loss, presets), ``longvivit.data``
-(shards, streaming reader, DALI decoding, tokenizer, synthetic benchmark) and
-``longvivit.train`` (DeepSpeed engine loop, CLI, checkpoints, eval, export).
-"""
-# In a checkout the subpackages live in model/, data/, train/ (pyproject's package-dir), not
-# under this folder. Where longvivit is installed from a wheel (e.g. into --target on an
-# air-gapped GPU node) and Python runs from the checkout, this folder comes first on
-# sys.path and would hide the installed subpackages: extend the package path to them.
-__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+The import path is the folder path; the subpackages are the architecture, imported in one
+direction (tests/test_layout.py):
 
+    config        the config loader every config uses (OmegaConf, one error style)
+    configs       the shipped run and DeepSpeed configs (package data) and their resolver
+    distributed   where a rank sits, collectives, the watchdog, preemption
+    model         plain PyTorch: video and text towers, masking, losses, presets, init
+    data          prepare: synth, manifests, importers, shards, video I/O, object storage;
+                  load: reader, decode, loader, synthetic batches, tokenizer
+    eval          embedding, retrieval, zero-shot, gallery, report
+    train         the trainer, its config, engine, checkpoints, metrics, plan, demo, export
+    cli           `longvivit COMMAND`: argument parsing and exit codes
+"""
 __version__ = "0.1.0"

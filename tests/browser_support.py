@@ -90,7 +90,7 @@ def loaded_dom(page: Path, profile: Path, timeout: float = 180) -> str:
 
 
 class ReportPage(HTMLParser):
-    """The parts of a report page (train/report.py) a test checks: table cells per task,
+    """The parts of a report page (longvivit/eval/report.py) a test checks: table cells per task,
     each gallery section's caption text and figures (class, clip, img src), every tag, the
     body's attributes."""
 

@@ -14,9 +14,9 @@ import av
 import numpy as np
 import pytest
 
-from longvivit.data.shards import ShardOptions, write_shards
-from longvivit.data.synth import write_benchmark
-from longvivit.data.tokenizer import train_tokenizer
+from longvivit.data.load.tokenizer import train_tokenizer
+from longvivit.data.prepare.shards import ShardOptions, write_shards
+from longvivit.data.prepare.synth import write_benchmark
 
 # 16 videos x 16 frames at 48 px: "all" (train + val, 16 samples) fills 2 ranks x 2 workers x
 # 2 batches x batch 2 exactly; small enough to build in seconds on a busy 2-core machine.

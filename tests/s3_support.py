@@ -11,12 +11,11 @@ os.environ only while it runs. Credentials are moto's dummies: nothing leaves th
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pytest
 
-from longvivit.train.dist import free_port
+from longvivit.distributed.collectives import free_port
 
 BUCKET = "longvivit-test"
 

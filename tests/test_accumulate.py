@@ -1,4 +1,4 @@
-"""grad_accum_loss=whole_batch (train/accumulate.py): k micro-batches of m give the loss and
+"""grad_accum_loss=whole_batch (longvivit/train/accumulate.py): k micro-batches of m give the loss and
 the gradients of one batch of k*m, on one process and on 2 gloo ranks (each rank k of its
 own micro-batches against one process on all W*k*m), for InfoNCE in both gather modes and
 for SigLIP; the masks of each micro-batch are drawn identically in both passes."""
@@ -9,10 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dist_support import LOSSES, data_parallel
+from longvivit.distributed.collectives import free_port
 from longvivit.model import build_model, model_config
 from longvivit.train.accumulate import whole_batch_step
-from longvivit.train.dist import free_port
+
+from dist_support import LOSSES, data_parallel
 
 K, M = 3, 2  # micro-batches per step, samples per micro-batch
 

@@ -9,10 +9,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-import gpu  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
 import tradeoff  # noqa: E402
+
+import gpu  # noqa: E402
 
 GiB = report.GiB
 

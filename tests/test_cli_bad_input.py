@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from longvivit.train import export as export_module
-from longvivit.train.evaluate import main as eval_main
+from longvivit.cli.eval import main as eval_main
 from longvivit.train.export import main as export_main
 from train_support import broken_copy, replace_file, tiny_run
 
@@ -256,9 +256,9 @@ def test_an_export_writes_into_out_and_leaves_no_work_folder(world, tmp_path):
     ("export", ["{run}", "--out", "/proc/x/exported"], "--out"),
 ])
 def test_the_command_line_prints_one_line_and_exits_2(command, argv, key, world, tmp_path):
-    """The same through `python -m longvivit.train.cli`: one line on stderr, nothing else."""
+    """The same through `python -m longvivit.cli`: one line on stderr, nothing else."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", command, *fill(argv, world, tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", command, *fill(argv, world, tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from longvivit.config import ConfigError, choice, load_config, load_yaml, validated
-from longvivit.data.shards import ShardOptions
-from longvivit.data.shards import main as shards_main
-from longvivit.data.synth import SynthConfig
-from longvivit.data.synth import main as synth_main
+from longvivit.data.prepare.shards import ShardOptions
+from longvivit.data.prepare.shards import main as shards_main
+from longvivit.data.prepare.synth import SynthConfig
+from longvivit.data.prepare.synth import main as synth_main
 
 
 @dataclass

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from data_support import synth_data  # noqa: F401 (fixture)
 
-from longvivit.data.decode import VideoDecoder, plan_clip
-from longvivit.data.video import decode_frames, encode, frames_at
+from longvivit.data.load.decode import VideoDecoder, plan_clip
+from longvivit.data.prepare.video import decode_frames, encode, frames_at
+
+from data_support import synth_data  # noqa: F401 (fixture)
 
 CPU = torch.device("cpu")
 KEYFRAME_INTERVAL = 8  # the shards' default
@@ -123,11 +124,11 @@ def test_a_clip_that_does_not_decode_is_reported_not_raised(shard_samples):
 
 
 def test_the_reason_of_a_dali_error_is_its_first_cause():
-    from longvivit.data.decode import dali_reason
+    from longvivit.data.load.decode import dali_reason
 
     message = ("Critical error in pipeline:\nCritical error in pipeline:\nError in CPU operator "
                "`nvidia.dali.fn.decoders.video`,\nwhich was used in the pipeline definition with the "
-               "following traceback:\n\n  File \"data/decode.py\", line 157, in clip_pipeline\n\n"
+               "following traceback:\n\n  File \"longvivit/data/load/decode.py\", line 157, in clip_pipeline\n\n"
                "encountered:\n\nAssert on \"frames_decoders_[s]->IsValid()\" failed: Failed to create "
                "video decoder for \"memory file\"\nC++ context: [video_decoder_base.h:246] \n"
                "Current pipeline object is no longer valid.\nCurrent pipeline object is no longer valid.")
@@ -142,9 +143,9 @@ def test_the_reason_of_a_dali_error_is_its_first_cause():
     ("h264", [(32, 32), (46, 16), (64, 14)], [(48, 16), (64, 64), (1920, 1080)]),
 ])
 def test_nvdec_takes_a_clip_only_from_its_minimum_size(codec, below, above):
-    """NVDEC's smallest frame: VP9 128x128, H.264 48x16 (data/decode.py NVDEC_MIN_SIZE says
+    """NVDEC's smallest frame: VP9 128x128, H.264 48x16 (longvivit/data/load/decode.py NVDEC_MIN_SIZE says
     where the numbers come from). A CPU device decodes everything on the CPU."""
-    from longvivit.data.decode import decoder_kind
+    from longvivit.data.load.decode import decoder_kind
 
     assert [decoder_kind(codec, w, h, "cuda") for w, h in below] == ["cpu"] * len(below)
     assert [decoder_kind(codec, w, h, "cuda") for w, h in above] == ["mixed"] * len(above)
@@ -179,7 +180,7 @@ def test_a_cuda_decoder_routes_what_nvdec_cannot_take_to_the_cpu(shard_samples):
 @pytest.fixture(scope="module")
 def demo_and_local_shards(tmp_path_factory) -> dict:
     """The shards `longvivit demo` and the local forms (`local=true`) write, made by their own
-    code (train/demo.py prepare_data with few videos; train/local.py make_data)."""
+    code (longvivit/train/demo.py prepare_data with few videos; longvivit/train/local.py make_data)."""
     import argparse
 
     from longvivit.train import demo, local
@@ -199,7 +200,7 @@ def test_demo_and_local_clips_take_a_decoder_that_decodes_them(demo_and_local_sh
     went to NVDEC and failed.)"""
     from streaming import LocalDataset
 
-    from longvivit.data.decode import NVDEC_MIN_SIZE
+    from longvivit.data.load.decode import NVDEC_MIN_SIZE
 
     gpu = VideoDecoder(8, 16, torch.device("cuda", 0))
     routes = {}
@@ -227,7 +228,7 @@ def test_a_frame_index_past_the_end_repeats_the_last_frame(backend):
     """Indices at and past the clip's end (DALI may count fewer frames than the shard says)
     give its last frame, not black ones (DALI's default pad_mode "constant"), and PyAV
     gives the same instead of refusing."""
-    from longvivit.data.decode import ClipPlan
+    from longvivit.data.load.decode import ClipPlan
 
     frames = np.stack([np.full((32, 32, 3), 40 * (i + 1), np.uint8) for i in range(5)])
     data = encode(frames, fps=1)[0]
@@ -270,10 +271,10 @@ def test_on_cuda_each_clip_decodes_where_it_can():
     the CPU), a 128-px one (NVDEC) and a JPEG still (nvJPEG) decodes whole on the device, the
     CPU-decoded clip equal to the CPU device's bit for bit, the others within the GPU
     suite's 35 dB (NVDEC's and nvJPEG's YUV->RGB and the GPU resize against the CPU's)."""
-    from data_support import moving_frames, psnr
+    from longvivit.data.load.decode import NVDEC_MIN_SIZE, ClipPlan
+    from longvivit.data.prepare.video import encode_jpeg
 
-    from longvivit.data.decode import NVDEC_MIN_SIZE, ClipPlan
-    from longvivit.data.video import encode_jpeg
+    from data_support import moving_frames, psnr
 
     side = NVDEC_MIN_SIZE["vp9"][0]
     edge, small = (encode(moving_frames(5, s, s), fps=1)[0] for s in (side, 32))

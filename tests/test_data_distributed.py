@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_support import synth_data  # noqa: F401 (fixture)
 
 from longvivit.config import load_config
 from longvivit.data import DataConfig, build_loader
-from longvivit.data.reader import clean_stale_shared_memory
-from longvivit.train.dist import free_port
+from longvivit.data.load.reader import clean_stale_shared_memory
+from longvivit.distributed.collectives import free_port
+
+from data_support import synth_data  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from data_support import psnr, read_jsonl
 from PIL import Image
 
 from longvivit.config import load_config
 from longvivit.data import DataConfig, build_loader
-from longvivit.data.synth import write_benchmark
-from longvivit.data.tokenizer import train_tokenizer
+from longvivit.data.load.tokenizer import train_tokenizer
+from longvivit.data.prepare.synth import write_benchmark
+
+from data_support import psnr, read_jsonl
 
 CPU = torch.device("cpu")
 IMAGES, SIZE = 16, 32  # the demo's and the local forms' stills are 32 px
@@ -24,7 +25,7 @@ def stills(tmp_path_factory) -> dict:
     shards (the writer before: a still taken as a clip), and their source pixels."""
     from streaming import LocalDataset
 
-    from longvivit.data import shards
+    from longvivit.data.prepare import shards
 
     root = tmp_path_factory.mktemp("stills")
     write_benchmark(root / "synth", videos=2, frames=8, size=SIZE, images=IMAGES, min_events=2,
@@ -87,7 +88,7 @@ def test_a_jpeg_goes_to_the_image_decoder_and_a_bad_one_spoils_only_itself(still
     corrupt one is reported like a clip that does not decode."""
     from streaming import LocalDataset
 
-    from longvivit.data.decode import VideoDecoder, plan_clip
+    from longvivit.data.load.decode import VideoDecoder, plan_clip
 
     samples = [LocalDataset(str(stills["root"] / "jpeg"))[i] for i in range(4)]
     plans = [plan_clip(s, 1, "uniform", None, False) for s in samples]

@@ -10,11 +10,12 @@ import json
 import random
 
 import pytest
-from data_support import moving_frames, read_jsonl, refused, write_video
 
-from longvivit.data.importers import import_annotations, main, missing_list_path, paragraph
-from longvivit.data.manifest import Row, read_manifest
-from longvivit.train import cli
+from longvivit import cli
+from longvivit.data.prepare.importers import import_annotations, main, missing_list_path, paragraph
+from longvivit.data.prepare.manifest import Row, read_manifest
+
+from data_support import moving_frames, read_jsonl, refused, write_video
 
 BOM = "\ufeff"
 
@@ -215,7 +216,7 @@ def test_kinetics_trimmed_clips_and_whole_videos(tmp_path, capsys):
 def test_kinetics_clip_goes_through_write_shards(tmp_path):
     from streaming import LocalDataset
 
-    from longvivit.data.shards import ShardOptions, write_shards
+    from longvivit.data.prepare.shards import ShardOptions, write_shards
     videos = tmp_path / "videos"
     (videos / "juggling").mkdir(parents=True)
     write_video(videos / "wholeVid01.mp4", moving_frames(12, 32, 48), 2.0, "libx264", "mp4")  # 6 s

@@ -11,12 +11,13 @@ from multiprocessing import shared_memory
 import numpy as np
 import pytest
 import torch
-from data_support import SYNTH, psnr, read_jsonl, synth_data  # noqa: F401 (fixture)
 
-from longvivit.data import DataConfig, build_loader
-from longvivit.data.reader import clean_stale_shared_memory
-from longvivit.data.video import frames_at
 from longvivit.config import ConfigError, load_config
+from longvivit.data import DataConfig, build_loader
+from longvivit.data.load.reader import clean_stale_shared_memory
+from longvivit.data.prepare.video import frames_at
+
+from data_support import SYNTH, psnr, read_jsonl, synth_data  # noqa: F401 (fixture)
 
 CPU = torch.device("cpu")
 
@@ -249,7 +250,7 @@ def _expect_reused_local_dir(cache: str, source: str) -> None:
 
 
 def test_stale_shared_memory_from_a_crashed_run_is_cleaned(synth_data, tmp_path):
-    from longvivit.data.reader import cache_dir
+    from longvivit.data.load.reader import cache_dir
     cfg = data_cfg(synth_data, local_cache=str(tmp_path / "cache"), num_workers=0)
     cache = cache_dir(cfg.train, cfg.local_cache)
     ctx = mp.get_context("fork")
@@ -291,9 +292,9 @@ def test_stale_shared_memory_from_a_crashed_run_is_cleaned(synth_data, tmp_path)
 
 def test_256_frame_clip_decodes_on_cpu(tmp_path):
     """Over 4 minutes at 1 FPS: all 256 frames through the DALI CPU decoder."""
-    from longvivit.data.shards import ShardOptions, write_shards
-    from longvivit.data.synth import write_benchmark
-    from longvivit.data.tokenizer import train_tokenizer
+    from longvivit.data.load.tokenizer import train_tokenizer
+    from longvivit.data.prepare.shards import ShardOptions, write_shards
+    from longvivit.data.prepare.synth import write_benchmark
     write_benchmark(tmp_path / "b", videos=2, frames=256, size=32, seed=1, val_fraction=0.5,
                     hard_negatives=0)
     write_shards(tmp_path / "b" / "train.jsonl", tmp_path / "s", ShardOptions(size=32),
@@ -330,7 +331,7 @@ def test_config_errors_name_the_key(synth_data):
     ({"SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "2"}, ("1", "2")),  # srun --ntasks-per-node
 ])
 def test_launcher_env_fills_local_world_size_and_restores(monkeypatch, env, expected):
-    from longvivit.data.reader import launcher_env
+    from longvivit.data.load.reader import launcher_env
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE",
                 "SLURM_LOCALID", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
         monkeypatch.delenv(key, raising=False)
@@ -347,7 +348,7 @@ def test_launcher_env_fills_local_world_size_and_restores(monkeypatch, env, expe
 
 
 def test_frame_selection_and_crop_boxes():
-    from longvivit.data.decode import crop_box, select_frames
+    from longvivit.data.load.decode import crop_box, select_frames
     idx, real = select_frames(16, 8, "uniform", None)
     assert idx.tolist() == [1, 3, 5, 7, 9, 11, 13, 15] and real == 8
     assert select_frames(16, 8, "fps", None)[0].tolist() == list(range(4, 12))

@@ -10,12 +10,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from longvivit.data.load.reader import cache_dir, clean_stale_shared_memory, open_split
+from longvivit.data.prepare.shards import main as shards_main
+from longvivit.distributed.collectives import free_port
+
 from data_support import SHARD_SIZE, synth_data  # noqa: F401 (fixture)
 from s3_support import s3  # noqa: F401 (fixture)
-
-from longvivit.data.reader import cache_dir, clean_stale_shared_memory, open_split
-from longvivit.data.shards import main as shards_main
-from longvivit.train.dist import free_port
 
 
 def shards(manifest: Path, out: str, capsys, *extra: str) -> tuple[int, str, str]:

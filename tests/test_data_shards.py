@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from data_support import (moving_frames, pattern_frames, psnr, read_jsonl, refused, remux,
-                          write_audio_only, write_video)
 
-from longvivit.data.shards import ShardOptions, main, write_shards
-from longvivit.data.video import RGB_FLAGS, decode_frames, frames_at, probe, read_resampled
+from longvivit.data.prepare.shards import ShardOptions, main, write_shards
+from longvivit.data.prepare.video import RGB_FLAGS, decode_frames, frames_at, probe, read_resampled
+
+from data_support import moving_frames, pattern_frames, psnr, read_jsonl, refused, remux, write_audio_only, write_video
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_output_folder_rules_and_exit_status(awkward, tmp_path, capsys):
 
 
 def test_summary_and_rejects_are_written_however_the_run_ends(awkward, tmp_path, monkeypatch):
-    import longvivit.data.shards as shards
+    import longvivit.data.prepare.shards as shards
     real, calls = shards.transcode, []
 
     def interrupted_at_the_third_row(row, opts):
@@ -300,7 +300,7 @@ def test_still_image_is_a_clip_only_when_asked(corpus, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_manifest_with_byte_order_mark_and_crlf(corpus, suffix, tmp_path):
-    from longvivit.data.manifest import Row, read_manifest
+    from longvivit.data.prepare.manifest import Row, read_manifest
     d, _, _ = corpus
     if suffix == ".jsonl":
         lines = [json.dumps({"video": str(d / "ts_offset.ts"), "caption": f"c{i}", "id": f"r{i}"})
@@ -439,7 +439,7 @@ def test_bad_part_exits_2_from_the_command_line(tmp_path):
     """The console script's status (a SystemExit with a message used to exit 1)."""
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"video": "a.mp4", "caption": "x"}\n')
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "shards", str(manifest),
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", "shards", str(manifest),
                            "--out", str(tmp_path / "o"), "--part", "3/2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == "", proc

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_support import SYNTH, read_jsonl, refused, synth_data  # noqa: F401 (fixture)
 
-from longvivit.data.synth import COLOURS, SynthConfig, captions, event_lists, main, write_benchmark
-from longvivit.data.video import frames_at, probe
+from longvivit.data.prepare.synth import COLOURS, SynthConfig, captions, event_lists, main, write_benchmark
+from longvivit.data.prepare.video import frames_at, probe
+
+from data_support import SYNTH, read_jsonl, refused, synth_data  # noqa: F401 (fixture)
 
 
 def test_same_seed_same_files_other_seed_differs(tmp_path):
     args = dict(videos=4, frames=8, size=32, min_events=2, max_events=3)
-    from longvivit.data.synth import write_benchmark
+    from longvivit.data.prepare.synth import write_benchmark
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         write_benchmark(tmp_path / name, seed=seed, **args)
     files = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}  # noqa: E731
@@ -72,7 +73,7 @@ def test_cli_refuses_non_empty_out_and_bad_args(tmp_path, capsys):
 
 
 def test_rows_are_labelled_with_their_first_object(tmp_path):
-    from longvivit.data.manifest import read_manifest
+    from longvivit.data.prepare.manifest import read_manifest
 
     write_benchmark(tmp_path / "b", videos=6, frames=8, size=16, seed=3, min_events=2, max_events=3)
     for split in ("train", "val"):

@@ -1,10 +1,10 @@
 """data.source=synthetic: random batches of the configured shapes, deterministic, resumable."""
 import torch
 
-from longvivit.data.config import DataConfig
-from longvivit.data.synthetic_batches import SyntheticBatches
-from longvivit.data.tokenizer import BOS, EOS, PAD
 from longvivit.config import load_config
+from longvivit.data.config import DataConfig
+from longvivit.data.load.synthetic import SyntheticBatches
+from longvivit.data.load.tokenizer import BOS, EOS, PAD
 
 CPU = torch.device("cpu")
 

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 import torch
-from data_support import refused, synth_data  # noqa: F401 (fixture)
 
-from longvivit.data.tokenizer import BOS, EOS, PAD, Tokenizer, main, read_captions
+from longvivit.data.load.tokenizer import BOS, EOS, PAD, Tokenizer, main, read_captions
+
+from data_support import refused, synth_data  # noqa: F401 (fixture)
 
 
 def test_encode_pads_truncates_and_masks(synth_data):

@@ -1,4 +1,4 @@
-"""Retrieval pictures (train/gallery.py, train/report.py) on hand-made inputs.
+"""Retrieval pictures (longvivit/eval/gallery.py, longvivit/eval/report.py) on hand-made inputs.
 
 Thumbnail strips take evenly spaced real frames and keep small clips' pixels; the queries'
 top clips, right marks and ranks follow the similarities; the picture shows each strip's
@@ -15,9 +15,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longvivit.eval.gallery import (
+    BORDER,
+    MARGIN,
+    RIGHT,
+    STRIP_FRAMES,
+    THUMB_HEIGHT,
+    WRONG,
+    Gallery,
+    Hit,
+    Layout,
+    Query,
+    clips_shown,
+    render,
+    select_queries,
+    strip_image,
+    thumbnail_strip,
+)
+
 from browser_support import ReportPage
-from longvivit.train.gallery import (BORDER, MARGIN, RIGHT, STRIP_FRAMES, THUMB_HEIGHT, WRONG, Gallery, Hit, Layout,
-                                     Query, clips_shown, render, select_queries, strip_image, thumbnail_strip)
 
 
 def test_thumbnail_strip_spaces_frames_over_the_real_ones():
@@ -82,7 +98,7 @@ def test_the_tensorboard_image_reads_back(tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from longvivit.train.logging import RunLogger
+    from longvivit.train.metrics import RunLogger
 
     image = render(hand_made_gallery())
     log = RunLogger(tmp_path, 0, 10, progress=False)
@@ -100,7 +116,7 @@ def test_the_tensorboard_image_reads_back(tmp_path):
 def test_the_report_page_holds_the_numbers_escaped_captions_and_a_png_per_clip(tmp_path):
     from PIL import Image
 
-    from longvivit.train.report import write_report
+    from longvivit.eval.report import write_report
 
     gallery = hand_made_gallery()
     lines = [{"task": "zeroshot", "top1": 37.5, "classes": 4, "checkpoint": "<ckpt>"},
@@ -124,7 +140,7 @@ def test_the_report_page_holds_the_numbers_escaped_captions_and_a_png_per_clip(t
 
 
 def test_a_report_without_a_gallery_says_why(tmp_path):
-    from longvivit.train.report import write_report
+    from longvivit.eval.report import write_report
 
     index = write_report(tmp_path, [{"task": "t2v_v2t", "t2v_r1": 1.0}], None, {})
     text = index.read_text()
@@ -133,10 +149,11 @@ def test_a_report_without_a_gallery_says_why(tmp_path):
 
 def test_batches_without_caption_strings_give_no_gallery():
     """data.source=synthetic: random ids, no strings to show: the metrics, and no gallery."""
-    from longvivit.data.synthetic_batches import SyntheticBatches
+    from longvivit.data.load.synthetic import SyntheticBatches
+    from longvivit.eval.evaluate import evaluate
     from longvivit.model import build_model
     from longvivit.train.config import load_run_config
-    from longvivit.train.evaluate import evaluate
+
     from train_support import CONFIGS
 
     cfg = load_run_config(CONFIGS / "demo.yaml", overrides=[

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "demo_local.json"
-CONFIG = "train/configs/demo.yaml"
+CONFIG = "demo.yaml"
 OVERRIDES = ["local=true", "data.source=synthetic", "steps=6", "log_every=1", "progress=false", "eval_max_batches=1",
              "eval_gallery=0"]
 
@@ -37,7 +37,7 @@ def run(tmp: Path) -> list[float]:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
         env.pop(name, None)
     out = tmp / "run"
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "train", CONFIG, *OVERRIDES,
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", "train", CONFIG, *OVERRIDES,
                            f"local_dir={tmp}", f"out={out}"], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,7 +52,7 @@ def test_the_first_losses_are_the_recorded_ones(tmp_path):
     if golden["isa"] == isa():
         assert losses == golden["losses"]  # bit for bit
     else:
-        print(f"this CPU's vector instructions differ from the recording's: comparing to 1e-5")
+        print("this CPU's vector instructions differ from the recording's: comparing to 1e-5")
         assert losses == pytest.approx(golden["losses"], rel=1e-5)
 
 

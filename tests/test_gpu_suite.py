@@ -178,10 +178,10 @@ def test_bf16_against_fp32_and_the_profiler_on_the_tiny_tower_on_cpu(monkeypatch
 
 
 def test_a_training_cell_runs_the_trainers_own_loop_in_a_child_process(monkeypatch, tmp_path):
-    """The cell runner (validate, setup, loop of longvivit.train.run) on its CPU twin: tiny
+    """The cell runner (validate, setup, loop of longvivit.train.trainer) on its CPU twin: tiny
     model, ZeRO-3 over gloo, fp32; it logs what the MFU and memory rows read."""
     cpu_base = [o for o in gpu.BASE if not o.startswith(("ds_config=", "precision=", "model.video.image_size="))]
-    monkeypatch.setattr(gpu, "BASE", [*cpu_base, f"ds_config={ROOT / 'ds_configs' / 'zero3_cpu.json'}",
+    monkeypatch.setattr(gpu, "BASE", [*cpu_base, f"ds_config={ROOT / 'longvivit' / 'configs' / 'ds' / 'zero3_cpu.json'}",
                                       "precision=fp32", "model.video.image_size=32"])
     monkeypatch.setattr(gpu, "_CELL_RESULTS", {})
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
@@ -237,7 +237,7 @@ def test_a_shipped_run_is_the_real_form_at_a_reduced_batch(name, tmp_path):
     """The overrides change the data source, batch sizes, steps, logging and an init file
     that is not here, nothing else; the run config they give passes the trainer's checks
     that do not need a GPU, and the planner takes it."""
-    from longvivit.train import run
+    from longvivit.train import trainer as run
     from longvivit.train.config import check_data, load_run_config, resolve_ds_config
 
     config = gpu.CONFIGS / f"{name}.yaml"
@@ -268,7 +268,7 @@ def test_a_shipped_run_is_the_real_form_at_a_reduced_batch(name, tmp_path):
 
 
 def test_the_open_clip_file_a_shipped_run_needs_is_made_before_validation(tmp_path):
-    from longvivit.train import run
+    from longvivit.train import trainer as run
     from longvivit.train.config import load_run_config
 
     config = gpu.CONFIGS / "short_B16.yaml"
@@ -301,8 +301,8 @@ def test_the_sync_counter_records_each_sync_with_its_origin():
         with gpu.SyncCounter(set_mode=modes.append) as counter:
             sync_from("longvivit.model.video")
             sync_from("longvivit.model.video")
-            sync_from("deepspeed.runtime.engine", outer="longvivit.train.run")
-            sync_from("torch.nn.modules.module", outer="longvivit.train.run")
+            sync_from("deepspeed.runtime.engine", outer="longvivit.train.trainer")
+            sync_from("torch.nn.modules.module", outer="longvivit.train.trainer")
             sync_from("test_gpu_suite")  # neither torch's nor longvivit's
             warnings.warn("something else", UserWarning)
     assert modes == ["warn", "default"] and counter.active
@@ -311,14 +311,14 @@ def test_the_sync_counter_records_each_sync_with_its_origin():
     assert [(r["origin"], r["count"]) for r in table] == [("model", 2), ("deepspeed", 1), ("train", 1),
                                                           ("test_gpu_suite", 1)]
     by_origin = {r["origin"]: r for r in table}
-    assert by_origin["deepspeed"]["via"].startswith("longvivit.train.run:")
+    assert by_origin["deepspeed"]["via"].startswith("longvivit.train.trainer:")
     assert by_origin["train"]["via"] is None  # torch's frames pass through: the call was train's
     assert gpu.SyncCounter(set_mode=None).active is False and gpu.counter_control(torch.device("cpu")) is None
 
 
 def test_sync_summary_counts_per_micro_batch_and_what_the_model_may_make():
     site = {"origin": "model", "at": "longvivit.model.video:1 real_slices", "via": None, "count": 1}
-    ds = {"origin": "deepspeed", "at": "deepspeed.runtime.engine:9 step", "via": "longvivit.train.run:5 x", "count": 6}
+    ds = {"origin": "deepspeed", "at": "deepspeed.runtime.engine:9 step", "via": "longvivit.train.trainer:5 x", "count": 6}
     syncs = {"control": 1, "steps": [{"step": 14, "source": "video", "real_frames_on": ["cuda", "cuda"],
                                       "sites": [{**site, "count": 2}, ds]},
                                      {"step": 15, "source": "image", "real_frames_on": ["cpu", "cpu"], "sites": [ds]}],
@@ -485,7 +485,7 @@ def test_two_gpu_skips_below_two_gpus_and_its_runs_are_valid_configs(tmp_path):
 def test_the_two_gpu_section_on_its_cpu_twin(monkeypatch, tmp_path):
     """check_two_gpu for real on CPU: two gloo ranks under torchrun, then the resume on one."""
     cpu_base = [o for o in gpu.BASE if not o.startswith(("ds_config=", "precision=", "model.video.image_size="))]
-    cpu_base += [f"ds_config={ROOT / 'ds_configs' / 'zero3_cpu.json'}", "precision=fp32", "model.video.image_size=32"]
+    cpu_base += [f"ds_config={ROOT / 'longvivit' / 'configs' / 'ds' / 'zero3_cpu.json'}", "precision=fp32", "model.video.image_size=32"]
     monkeypatch.setattr(gpu, "TWO_GPU_MODEL", ["model.preset=tiny", "model.video.frames=8", "data.batch_size=2"])
     r = gpu.check_two_gpu(tmp_path, gpus=2, base=cpu_base, env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
     assert r["exit_codes"] == {"two_ranks": 0, "one_rank": 0}, r.get("failed_output")

@@ -9,20 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_support import psnr, read_jsonl
 
 from longvivit.config import load_config
 from longvivit.data import DataConfig, build_loader
-from longvivit.data.shards import ShardOptions, write_shards
-from longvivit.data.synth import write_benchmark
-from longvivit.data.tokenizer import train_tokenizer
-from longvivit.data.video import frames_at
+from longvivit.data.load.tokenizer import train_tokenizer
+from longvivit.data.prepare.shards import ShardOptions, write_shards
+from longvivit.data.prepare.synth import write_benchmark
+from longvivit.data.prepare.video import frames_at
 from longvivit.model import build_model, model_config, sample_visible, saved_bytes
 from longvivit.train.plan import make_plan
 
+from data_support import psnr, read_jsonl
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import common  # noqa: E402  (bench/common.py: peak_rss_increase)
 from hour import HOUR_OVERRIDES  # noqa: E402  (bench/hour.py: what an hour of each config needs)
+
+import common  # noqa: E402  (bench/common.py: peak_rss_increase)
 
 HOUR = 3600  # frames: 60 minutes at 1 FPS
 RATIO = 0.9
@@ -126,7 +128,7 @@ def test_an_hour_trains_one_step_at_90_percent_masking(hour):
     assert short_saved < saved <= short_saved + table
     # Before masking the clip is normalised to fp32 and cut into tubelets (up to three fp32
     # copies at once); the position table's backward fills one (B, slices * spatial, D)
-    # buffer (model/video.py); with the saved bytes and the model states that bounds the step.
+    # buffer (longvivit/model/video.py); with the saved bytes and the model states that bounds the step.
     if peak is not None:
         assert 0 < peak <= bound, (peak, bound)
 
@@ -134,7 +136,7 @@ def test_an_hour_trains_one_step_at_90_percent_masking(hour):
 @pytest.mark.parametrize("config", ["g_1b", "long_L256"])
 def test_the_plan_for_an_hour_of_g_and_L_fits_8_x_80GiB(config):
     overrides = [f"model.video.frames={HOUR}", f"model.video.mask_ratio={RATIO}", *HOUR_OVERRIDES.get(config, [])]
-    plan = make_plan(f"train/configs/{config}.yaml", overrides, gpus=8, gpu_mem=80 * GiB, search=False)
+    plan = make_plan(f"{config}.yaml", overrides, gpus=8, gpu_mem=80 * GiB, search=False)
     assert (plan.frames, plan.mask_ratio, plan.micro_batch) == (HOUR, RATIO, 8)
     assert plan.bytes["inputs"] >= plan.micro_batch * HOUR * 224 * 224 * 3  # the uint8 clips on the GPU
     print(f"\n{config}: {plan.total / GiB:.2f} GiB per GPU of {plan.gpu_mem / GiB:.0f}")

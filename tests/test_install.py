@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from longvivit.train.dist import extensions_dir
+from longvivit.distributed.collectives import extensions_dir
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -29,8 +29,7 @@ def copy_sources(dest: Path) -> None:
     dest.mkdir()
     for name in ("pyproject.toml", project["project"]["readme"]):
         shutil.copy(ROOT / name, dest)
-    for folder in set(project["tool"]["setuptools"]["package-dir"].values()):
-        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "longvivit", dest / "longvivit", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +69,13 @@ def last_json(proc: subprocess.CompletedProcess) -> dict:
 
 
 def test_the_installed_copy_is_what_runs(venv, tmp_path):
-    code = "import json, longvivit.train.config as c; print(json.dumps([c.__file__, str(c.REPO_ROOT)]))"
-    module, root = last_json(run(venv, tmp_path, venv / "bin" / "python", "-c", code))
+    code = "import json, longvivit.train.config as c, longvivit.configs as k; print(json.dumps([c.__file__, str(k.HERE)]))"
+    module, configs = last_json(run(venv, tmp_path, venv / "bin" / "python", "-c", code))
     installed = site_packages(venv / "bin" / "python") / "longvivit"
-    assert Path(module) == installed / "train" / "config.py" and Path(root) == installed
-    assert sorted(p.name for p in (installed / "ds_configs").glob("*.json")) == \
-        sorted(p.name for p in (ROOT / "ds_configs").glob("*.json"))
+    assert Path(module) == installed / "train" / "config.py" and Path(configs) == installed / "configs"
+    shipped = ROOT / "longvivit" / "configs"
+    for pattern in ("*.yaml", "ds/*.json"):  # package data
+        assert sorted(p.name for p in Path(configs).glob(pattern)) == sorted(p.name for p in shipped.glob(pattern))
 
 
 def test_plan_finds_the_default_ds_config(venv, tmp_path):
@@ -88,12 +88,12 @@ def test_plan_finds_the_default_ds_config(venv, tmp_path):
 
 
 def test_local_train_of_a_shipped_config(venv, tmp_path):
-    """train/configs/g_1b.yaml resolves to the installed copy, its ds_config to the installed
+    """g_1b.yaml resolves to the installed copy, its ds_config to the installed
     CPU twin; one process, no launcher."""
-    proc = run(venv, tmp_path, venv / "bin" / "longvivit", "train", "train/configs/g_1b.yaml", "local=true",
+    proc = run(venv, tmp_path, venv / "bin" / "longvivit", "train", "g_1b.yaml", "local=true",
                "data.source=synthetic", "steps=2", "progress=false")
     done = last_json(proc)
     assert done["event"] == "done" and done["steps"] == 2
     out = tmp_path / "runs" / "local" / "g_1b"
     assert (out / "checkpoints" / "step00000002" / "complete").is_file()
-    assert "ds_config: ds_configs/zero3_cpu.json" in (out / "run_config.yaml").read_text().splitlines()
+    assert "ds_config: zero3_cpu.json" in (out / "run_config.yaml").read_text().splitlines()

@@ -1,6 +1,7 @@
-"""The package's shape: imports follow the data flow (config <- model <- data <- train,
-data never reaching into the model), the config home pulls in nothing heavy, and no piece of
-logic is written twice."""
+"""The package's shape: the import path is the folder path, imports follow the data flow
+(config <- distributed <- model <- data <- eval <- train <- cli: nothing imports a package
+to its right), no package imports its own modules in a cycle, the config home pulls in
+nothing heavy, and no piece of logic is written twice."""
 from __future__ import annotations
 
 import ast
@@ -15,54 +16,139 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# the repository folder of each subpackage, and the subpackages it may import
-FOLDERS = {"model": ROOT / "model", "data": ROOT / "data", "train": ROOT / "train"}
-ALLOWED = {"config": set(), "model": set(), "data": set(), "train": {"model", "data"}}
+PACKAGE = ROOT / "longvivit"
+# each subpackage (or root module) of longvivit, and the subpackages it may import
+ORDER = ["config", "events", "configs", "distributed", "model", "data", "eval", "train", "cli"]
+ROOT_MODULES = {"config", "events"}  # importable from anywhere: they import nothing of longvivit
+ALLOWED = {
+    "config": set(), "events": set(), "configs": set(),
+    "distributed": {"config", "events"},
+    "model": {"config"},
+    "data": {"config", "configs", "distributed"},
+    "eval": {"config", "distributed", "model", "data"},
+    "train": {"config", "events", "configs", "distributed", "model", "data", "eval"},
+    "cli": set(ORDER),
+}
 
 
-def imported_subpackages(path: Path, package: str) -> set[tuple[str, int]]:
-    """(subpackage, line) for every import of longvivit.model/data/train in `path`,
-    absolute (longvivit.data.x) or relative (..data.x)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names = []
+def module_name(path: Path) -> str:
+    """The dotted name a file is imported under: its path under the repository root."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit(module: str) -> str:
+    """The subpackage (or root module) of longvivit a module belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "config"
+
+
+def imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported longvivit module, line, run on import) for every import in `path`, relative
+    ones resolved against the file's own package. An import under `if TYPE_CHECKING:` (for
+    annotations only) or inside a function does not run on import."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    top = set()  # what runs on import: the module body and its if/try blocks, not `if TYPE_CHECKING:`
+    for stmt in tree.body:
+        if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id == "TYPE_CHECKING":
+            continue
+        if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            top |= {id(n) for n in ast.walk(stmt)}
+    found = []
+    for node in ast.walk(tree):
+        targets = []
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                names = [node.module or ""]
-            elif node.level == 2:  # from ..data import x / from .. import data
-                names = [f"longvivit.{node.module}"] if node.module else [f"longvivit.{a.name}" for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "longvivit" and len(parts) > 1 and parts[1] in FOLDERS and parts[1] != package:
-                found.add((parts[1], node.lineno))
+            base = node.module or ""
+            if node.level:
+                pkg = package.split(".")
+                base = ".".join(pkg[: len(pkg) - node.level + 1] + ([node.module] if node.module else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for t in targets:
+            if t == "longvivit" or t.startswith("longvivit."):
+                found.append((t, node.lineno, id(node) in top))
     return found
 
 
-def sources() -> list[tuple[str, Path]]:
-    """(subpackage, file); the modules at the package root (longvivit/*.py) count as config."""
-    files = [("config", p) for p in sorted((ROOT / "longvivit").glob("*.py"))]
-    files += [(pkg, p) for pkg, folder in FOLDERS.items() for p in sorted(folder.rglob("*.py"))]
-    return files
+def sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_imports_under_its_file_path():
+    """No package-dir mapping and no extend_path: the file is where the import says."""
+    import importlib
+
+    for path in sources():
+        name = module_name(path)
+        if name.endswith("__main__"):
+            continue
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and Path(spec.origin).resolve() == path.resolve(), name
+    assert "package-dir" not in (ROOT / "pyproject.toml").read_text()
+    assert "extend_path" not in (PACKAGE / "__init__.py").read_text()
 
 
 def test_imports_follow_the_data_flow():
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports longvivit.{dep}"
-             for pkg, path in sources() for dep, line in sorted(imported_subpackages(path, pkg))
-             if dep not in ALLOWED[pkg]]
+    wrong = []
+    for path in sources():
+        mine = unit(module_name(path))
+        for target, line, _ in imports(path):
+            other = unit(target)
+            if target != "longvivit" and other != mine and other not in ALLOWED[mine]:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {target} ({other})")
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_scan_sees_absolute_and_relative_imports(tmp_path):
-    f = tmp_path / "x.py"
-    f.write_text("import longvivit.train.run\nfrom ..model import dual\nfrom .. import data\n"
-                 "from longvivit.config import check\nfrom .loader import x\n")
-    assert {d for d, _ in imported_subpackages(f, "data")} == {"train", "model"}
+def test_no_import_cycle_inside_a_package():
+    """Module-level imports between the modules of one subpackage form no cycle."""
+    graph = defaultdict(set)
+    modules = {module_name(p) for p in sources()}
+    for path in sources():
+        me = module_name(path)
+        for target, _, top in imports(path):
+            while target not in modules and "." in target:
+                target = target.rpartition(".")[0]
+            if top and target in modules and target != me and unit(target) == unit(me):
+                if not (path.name == "__init__.py" and target.startswith(me + ".")):  # a package's own re-exports
+                    graph[me].add(target)
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "\n".join(cycles)
 
 
-@pytest.mark.parametrize("module", ["longvivit.config", "longvivit.data.config", "longvivit.data.shards",
-                                    "longvivit.data.synth"])
+def test_the_scan_resolves_relative_imports(tmp_path):
+    pkg = tmp_path / "longvivit" / "data"
+    pkg.mkdir(parents=True)
+    f = pkg / "x.py"
+    f.write_text("import longvivit.train.trainer\nfrom ..model import dual\nfrom .. import eval\n"
+                 "from longvivit.config import check\nfrom .load import loader\n")
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        found = {t for t, _, _ in imports(f)}
+    finally:
+        ROOT = saved
+    assert {"longvivit.train.trainer", "longvivit.model.dual", "longvivit.eval", "longvivit.config.check",
+            "longvivit.data.load.loader"} <= found
+
+
+@pytest.mark.parametrize("module", ["longvivit.config", "longvivit.data.config", "longvivit.data.prepare.shards",
+                                    "longvivit.data.prepare.synth"])
 def test_configs_and_data_writers_import_without_torch_or_the_model(module):
     code = (f"import sys, {module}; bad = [m for m in sys.modules if m == 'torch' or "
             "m.startswith('longvivit.model')]; print(bad); sys.exit(bool(bad))")
@@ -118,7 +204,7 @@ def twins(paths: list[Path], root: Path) -> list[str]:
 
 
 def test_no_logic_is_written_twice():
-    found = twins([path for _, path in sources()], ROOT)
+    found = twins(sources(), ROOT)
     assert not found, f"the same {WINDOW}+ lines in two places (make one helper):\n" + "\n".join(found)
 
 

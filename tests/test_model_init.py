@@ -143,7 +143,7 @@ def perturb(module: torch.nn.Module) -> None:
 
 
 def both_towers_agree(clip, model, path, frames, size, length):
-    from longvivit.data.tokenizer import make_tokenizer
+    from longvivit.data.load.tokenizer import make_tokenizer
 
     summary = init_from_open_clip(model, path)
     assert summary["text"] and summary["logit_scale"]

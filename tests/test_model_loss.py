@@ -9,9 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from dist_support import LOSSES, data_parallel
+from longvivit.distributed.collectives import free_port
 from longvivit.model import ContrastiveLoss, SigLipLoss, build_model, model_config
-from longvivit.train.dist import free_port
+
+from dist_support import LOSSES, data_parallel
 
 
 def naive_infonce(video, text, scale):

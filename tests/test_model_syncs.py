@@ -117,7 +117,7 @@ def test_clip_pixel_stats_are_made_once_per_device_in_float32_and_never_kept_fak
     assert clip_pixel_stats(torch.device("cpu"))[0] is mean
     assert mean.dtype == std.dtype == torch.float32
     assert torch.equal(mean, torch.tensor((0.48145466, 0.4578275, 0.40821073)) * 255)
-    # the planner runs the model on FakeTensors (train/plan.py): made anew there, and the
+    # the planner runs the model on FakeTensors (longvivit/train/plan.py): made anew there, and the
     # real model afterwards still gets real ones
     model = build_model(model_config("tiny", ["video.frames=4"]))
     with FakeTensorMode() as fake:

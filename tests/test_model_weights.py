@@ -1,4 +1,4 @@
-"""Initial weights (model/transformer.py): a function of the seed alone, drawn as each
+"""Initial weights (longvivit/model/transformer.py): a function of the seed alone, drawn as each
 module is built, in fp32 whatever dtype the parameters have (what lets a ZeRO-3 build under
 deepspeed.zero.Init hold a whole build's weights: tests/test_train_construct.py)."""
 import torch

@@ -29,7 +29,7 @@ data:
   image_size: ${{model.video.image_size}}
   batch_size: {batch}
   text_length: 32
-ds_config: ds_configs/zero3_cpu.json
+ds_config: zero3_cpu.json
 precision: {precision}
 """)
     return str(path)
@@ -38,7 +38,7 @@ precision: {precision}
 def real_saved_bytes(config: str) -> int:
     """Bytes saved for backward by one training forward of the model the trainer builds,
     on real CPU tensors."""
-    from longvivit.train.run import build_model
+    from longvivit.train.trainer import build_model
 
     cfg = load_run_config(config)
     v, batch = cfg.model.video, cfg.data.batch_size
@@ -72,7 +72,7 @@ def test_plan_activations_match_with_checkpointing_freezing_factorized_bf16(tmp_
 def test_the_planner_and_the_trainer_checkpoint_the_configured_blocks(tmp_path):
     """Both build through the model's constructor, which alone applies grad_checkpointing."""
     from longvivit.config import to_dict
-    from longvivit.train.run import build_model
+    from longvivit.train.trainer import build_model
 
     cfg = load_run_config(write_config(tmp_path, extra=", grad_checkpointing: 2"))
     fake, _ = plan.fake_model(json.dumps(to_dict(cfg.model)), cfg.precision)
@@ -113,7 +113,7 @@ def test_frozen_persistent_and_offloaded_bytes():
 
 
 def test_zero_stage_and_offload_read_from_the_ds_config():
-    z = plan.zero_settings(json.loads(open(plan.repo_path("ds_configs/zero3_offload.json")).read()))
+    z = plan.zero_settings(json.loads(open(plan.repo_path("zero3_offload.json")).read()))
     assert (z["stage"], z["offload_optimizer"], z["offload_param"]) == (3, True, True)
     assert z["stage3_param_persistence_threshold"] == 100_000
 

@@ -18,8 +18,17 @@ import pytest
 import torch
 
 from data_support import synth_data  # noqa: F401  (session fixture)
-from slurm_support import (ROOT, TRAIN_SBATCH, binding_cluster, cluster, dev_shm,  # noqa: F401
-                           events, read_jsonl, remove_new_shm, two_node_cluster)
+from slurm_support import (  # noqa: F401
+    ROOT,
+    TRAIN_SBATCH,
+    binding_cluster,
+    cluster,
+    dev_shm,
+    events,
+    read_jsonl,
+    remove_new_shm,
+    two_node_cluster,
+)
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.timeout(900)]
 
@@ -28,7 +37,7 @@ CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-
 
 def overrides(data: dict, out: Path, steps: int, checkpoint_every: int) -> list[str]:
     """The demo config shrunk to seconds per step: 16 frames at 32 px, batch 2 per rank."""
-    return [str(ROOT / "train" / "configs" / "demo.yaml"),
+    return [str(ROOT / "longvivit" / "configs" / "demo.yaml"),
             f"data.train={data['shards_train']}", f"data.val={data['shards_val']}",
             f"data.tokenizer={data['tokenizer']}", "model.video.frames=16", "data.batch_size=2",
             f"steps={steps}", f"checkpoint_every={checkpoint_every}", "eval_every=0",
@@ -277,7 +286,7 @@ def run_ranks(commands: list[list[str]], envs: list[dict], logs: list[Path]) -> 
 
 
 def test_two_hosts_train_like_one_host(two_hosts, synth_data, tmp_path, shm_clean):  # noqa: F811
-    from longvivit.train.dist import free_port
+    from longvivit.distributed.collectives import free_port
 
     longvivit = str(ROOT / ".venv" / "bin" / "longvivit")
     losses = {}
@@ -352,7 +361,7 @@ def test_two_node_job_trains_as_one_zero3_group(two_node_cluster, synth_data, tm
 def fresh_indices(cluster, data: dict, tmp: Path, batches: int) -> list[list[int]]:  # noqa: F811
     """What each rank of a fresh 2-node run draws in its first `batches` batches (the metrics
     log records rank 0's only): tests/scripts/resumed_state.py under srun on both nodes."""
-    from longvivit.train.dist import free_port
+    from longvivit.distributed.collectives import free_port
 
     dump = tmp / "fresh.pt"
     cluster.run("srun", *TWO_NODES, f"--output={tmp}/fresh-%t.log", str(ROOT / ".venv" / "bin" / "python"),

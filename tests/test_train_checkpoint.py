@@ -12,10 +12,10 @@ import torch
 import torch.multiprocessing as mp
 
 from longvivit.config import ConfigError
+from longvivit.distributed.collectives import free_port
 from longvivit.train import checkpoint as ckpt
-from longvivit.train.dist import free_port
 
-DEMO = Path(__file__).resolve().parent.parent / "train" / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parent.parent / "longvivit" / "configs" / "demo.yaml"
 
 
 def _tag(root, step, complete=True, model=None, world=2):
@@ -133,7 +133,7 @@ def test_resume_from_a_path_without_a_checkpoint_is_a_config_error(tmp_path):
 
 
 def test_a_part_registered_by_the_caller_comes_back(tmp_path):
-    from longvivit.train.run import TrainState
+    from longvivit.train.trainer import TrainState
 
     saved_parts = {"train": TrainState(step=5), "images": _Counter(41), "rng": ckpt.RNGState()}
     tag = ckpt.save(_Engine(), tmp_path, 5, saved_parts, "model: {}\n", keep_last=1)
@@ -153,8 +153,8 @@ def _engine_roundtrip(rank: int, port: int, out: str, results) -> None:
     import deepspeed
 
     from longvivit.config import to_yaml
+    from longvivit.distributed import collectives as dist
     from longvivit.model import build_model
-    from longvivit.train import dist
     from longvivit.train.config import load_run_config, resolve_ds_config
     from longvivit.train.engine import build_engine
 
@@ -203,7 +203,7 @@ def _views(rank: int, port: int, root: str, results) -> None:
     """Each rank looks at its own copy of `out`: rank 1's lags behind rank 0's."""
     import torch.distributed as tdist
 
-    from longvivit.train import dist
+    from longvivit.distributed import collectives as dist
 
     dist.bind_device(dist.DistEnv(rank, 2, rank, 2, "127.0.0.1", port))
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

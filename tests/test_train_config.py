@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from longvivit.config import ConfigError
+from longvivit.distributed.collectives import free_port, read_env
 from longvivit.train.config import keep_global_batch, load_run_config, resolve_ds_config
-from longvivit.train.dist import free_port, read_env
 from train_support import broken_copy, replace_file, tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "train" / "configs" / "demo.yaml"
+DEMO = ROOT / "longvivit" / "configs" / "demo.yaml"
 
 
 def _train(args, tmp_path, config=DEMO, out_given=False):
@@ -29,7 +29,7 @@ def _train(args, tmp_path, config=DEMO, out_given=False):
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "longvivit.train.cli", "train", str(config), *([] if out_given else [f"out={out}"]),
+    cmd = [sys.executable, "-m", "longvivit.cli", "train", str(config), *([] if out_given else [f"out={out}"]),
            *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert not out.exists(), "validation must fail before the output directory is made"
@@ -146,9 +146,9 @@ CASES = [
     ([f"seed={10**20}"], "seed"),
     ([f"seed={2**63}"], "seed"),
     (["seed=1e30"], "seed"),
-    (["ds_config=ds_configs/zero3.json"], "ds_config.bf16.enabled"),
+    (["ds_config=zero3.json"], "ds_config.bf16.enabled"),
     # no CUDA here: a GPU run is refused, not trained on CPUs over gloo
-    (["ds_config=ds_configs/zero3.json", "precision=bf16"], "ds_config"),
+    (["ds_config=zero3.json", "precision=bf16"], "ds_config"),
     (["ds_config={tmp}/unmarked.json", "precision=bf16"], "precision"),
     (["ds_config={tmp}/list.json"], "ds_config"),
     (["ds_config={tmp}/zero_string.json"], "ds_config.zero_optimization"),
@@ -311,10 +311,10 @@ def test_ds_config_disagreement_names_the_key(tmp_path):
     assert "data.batch_size=16" in proc.stderr
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "ds_configs").glob("*.json")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "longvivit" / "configs" / "ds").glob("*.json")))
 def test_every_shipped_ds_config_passes_deepspeeds_own_checks(name):
     precision = "fp32" if name.endswith("_cpu.json") else "bf16"
-    resolve_ds_config(load_run_config(DEMO, overrides=[f"ds_config=ds_configs/{name}", f"precision={precision}"]), 2)
+    resolve_ds_config(load_run_config(DEMO, overrides=[f"ds_config={name}", f"precision={precision}"]), 2)
 
 
 def test_keys_deepspeed_reads_are_accepted_and_others_named(tmp_path):
@@ -350,7 +350,7 @@ def test_global_batch_derives_grad_accum_or_the_per_device_batch(by, world, batc
     """global_batch=64 (demo: data.batch_size=16; grad_accum=2 given, replaced under
     global_batch_by=grad_accum): the derived value is what the ds_config and the stored
     run config hold."""
-    from longvivit.train.run import resolved_yaml
+    from longvivit.train.trainer import resolved_yaml
 
     cfg = keep_global_batch(load_run_config(DEMO, overrides=["global_batch=64", f"global_batch_by={by}",
                                                              "grad_accum=2"]), world)
@@ -377,9 +377,9 @@ def test_global_batch_not_divisible_names_the_keys_and_world_size():
 
 
 def test_rescale_event_says_what_it_kept():
-    """The rescale line's reason (train/run.py rescale_kept), from 2 ranks to 1 (the
+    """The rescale line's reason (longvivit/train/trainer.py rescale_kept), from 2 ranks to 1 (the
     resumes themselves: tests/test_train_elastic.py)."""
-    from longvivit.train.run import rescale_kept
+    from longvivit.train.trainer import rescale_kept
 
     def kept(*overrides, batch, accum, global_batch):
         return rescale_kept(load_run_config(DEMO, overrides=list(overrides)), batch, accum, global_batch)
@@ -405,9 +405,9 @@ def test_presets_and_interpolation():
     with pytest.raises(ConfigError, match=r"^data\.frames: 8 differs"):
         load_run_config(DEMO, overrides=["data.frames=8"])
     for name in ("short_B16", "short_L16", "long_L256", "g_1b"):
-        text = (ROOT / "train" / "configs" / f"{name}.yaml").read_text()
+        text = (ROOT / "longvivit" / "configs" / f"{name}.yaml").read_text()
         assert text.startswith("# sbatch ") or text.startswith("# longvivit ")
-        load_run_config(ROOT / "train" / "configs" / f"{name}.yaml")
+        load_run_config(ROOT / "longvivit" / "configs" / f"{name}.yaml")
 
 
 def test_rank_from_env():
@@ -429,7 +429,7 @@ def test_torch_extensions_are_cached_per_python_environment(monkeypatch):
     invalidates ours. A directory the user chose is kept."""
     import sys
 
-    from longvivit.train.dist import extensions_dir, setup_env
+    from longvivit.distributed.collectives import extensions_dir, setup_env
 
     # setup_env exports the rank variables too: let it write into a copy of the environment
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"})
@@ -442,7 +442,7 @@ def test_torch_extensions_are_cached_per_python_environment(monkeypatch):
     assert os.environ["TORCH_EXTENSIONS_DIR"] == "/mine"
 
 
-GPU_CONFIGS = sorted(p.name for p in (ROOT / "train" / "configs").glob("*.yaml")
+GPU_CONFIGS = sorted(p.name for p in (ROOT / "longvivit" / "configs").glob("*.yaml")
                      if load_run_config(p).ds_config and "_cpu" not in load_run_config(p).ds_config)
 
 
@@ -454,12 +454,12 @@ def test_the_shipped_gpu_configs_are_the_ones_we_think():
 def test_a_shipped_gpu_config_is_refused_without_cuda_and_its_local_form_runs(name, tmp_path, monkeypatch):
     """Without CUDA the real form exits 2 in one line saying why (it would train on CPUs
     over gloo); its local form is the CPU form and passes that check."""
-    from longvivit.train import run
+    from longvivit.train import trainer as run
 
-    proc = _train([], tmp_path, ROOT / "train" / "configs" / name)
+    proc = _train([], tmp_path, ROOT / "longvivit" / "configs" / name)
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("longvivit train: ds_config: ds_configs/") and "is written for GPUs" in line, line
+    assert line.startswith("longvivit train: ds_config: ") and "is written for GPUs" in line, line
     assert "no CUDA device (this torch" in line or "finds no usable GPU" in line, line
-    cfg = load_run_config(ROOT / "train" / "configs" / name, overrides=["local=true", f"local_dir={tmp_path}"])
+    cfg = load_run_config(ROOT / "longvivit" / "configs" / name, overrides=["local=true", f"local_dir={tmp_path}"])
     run.check_accelerator(cfg, torch.device("cpu"))  # no error

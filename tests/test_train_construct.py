@@ -1,4 +1,4 @@
-"""Building the model partitioned under ZeRO-3 (train/construct.py, deepspeed.zero.Init) on
+"""Building the model partitioned under ZeRO-3 (longvivit/train/construct.py, deepspeed.zero.Init) on
 2 CPU ranks: the gathered weights equal the whole build's for the same seed, with and
 without init weights from a file; a bad file fails on every rank; preset B's build peaks
 well under the whole build's memory on each rank, and g builds (bench/zero_init.py).
@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from longvivit.train.dist import free_port
+from longvivit.distributed.collectives import free_port
+
 from train_support import communicate, remove_shm_buffers
 
 pytestmark = pytest.mark.multiproc
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import zero_init  # noqa: E402  (bench/zero_init.py: compare_with_whole, the memory benchmark)
 
-DEMO = ROOT / "train" / "configs" / "demo.yaml"
+DEMO = ROOT / "longvivit" / "configs" / "demo.yaml"
 CLIP_TEXT = ["model.text.arch=clip", "model.text.tokenizer=open_clip", "model.text.vocab_size=49408"]
 CASES = {  # name: run config overrides ({clip}, {export}: the files the test writes)
     "factorized": ["model.video.attention=factorized", "model.video.mask_scheme=tube", "model.video.cls_token=true"],
@@ -37,7 +38,7 @@ CASES = {  # name: run config overrides ({clip}, {export}: the files the test wr
 def run_config(overrides: list[str]):
     from longvivit.train.config import load_run_config
 
-    return load_run_config(DEMO, overrides=["model.video.frames=16", "ds_config=ds_configs/zero3_cpu.json",
+    return load_run_config(DEMO, overrides=["model.video.frames=16", "ds_config=zero3_cpu.json",
                                             "seed=3", *overrides])
 
 
@@ -60,7 +61,7 @@ def build_case(overrides: list[str]) -> dict:
 def _ranks(rank: int, port: int, files: dict, results) -> None:
     os.environ.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from longvivit.train import dist
+    from longvivit.distributed import collectives as dist
 
     d = dist.DistEnv(rank, 2, rank, 2, "127.0.0.1", port)
     dist.setup_env(d)

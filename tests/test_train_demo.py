@@ -9,7 +9,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_demo_beats_chance_tenfold(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "demo", "--out", str(tmp_path / "demo")],
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", "demo", "--out", str(tmp_path / "demo")],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     result = json.loads(proc.stdout.strip().splitlines()[-1])

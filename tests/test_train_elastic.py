@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from longvivit.data.reader import clean_stale_shared_memory
+from longvivit.data.load.reader import clean_stale_shared_memory
+from longvivit.distributed.collectives import free_port
 from longvivit.train.config import load_run_config
-from longvivit.train.dist import free_port
 from longvivit.train.engine import warmup_cosine
+
 from train_support import CONFIGS, DEEPSPEED, ROOT, Launch, communicate, events, step_lines
 
 # ~3 minutes for the module on 2 cores (conversions, twelve launches, two of them shared in

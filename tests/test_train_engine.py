@@ -1,10 +1,10 @@
-"""The DeepSpeed engine as the trainer builds it (train/engine.py), against plain PyTorch.
+"""The DeepSpeed engine as the trainer builds it (longvivit/train/engine.py), against plain PyTorch.
 
 - grad_accum: k micro-batches per optimizer step give the weights of one plain-PyTorch step
   on the same k micro-batches with their losses averaged. That is the step the loss allows:
   each micro-batch is its own InfoNCE (its own negatives), so it is not one InfoNCE over
   the k * m samples.
-- grad_accum_loss=whole_batch (train/accumulate.py) through the ZeRO-3 engine: k
+- grad_accum_loss=whole_batch (longvivit/train/accumulate.py) through the ZeRO-3 engine: k
   micro-batches give the weights of one plain-PyTorch step on one InfoNCE over all k * m.
 - bf16: DeepSpeed's bf16 engine (bf16 weights and activations, fp32 master weights) trains
   to losses close to the fp32 engine's from the same weights on the same batches.
@@ -21,11 +21,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from longvivit.train.dist import free_port
+from longvivit.distributed.collectives import free_port
 
 pytestmark = pytest.mark.multiproc
 
-DEMO = Path(__file__).resolve().parent.parent / "train" / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parent.parent / "longvivit" / "configs" / "demo.yaml"
 STEPS, ACCUM, MICRO = 3, 2, 4
 
 
@@ -127,8 +127,8 @@ def reference_run(cfg, model, data) -> tuple[list[float], dict, list[float]]:
 def _worker(rank: int, port: int, case: str, overrides: list, results) -> None:
     os.environ.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+    from longvivit.distributed import collectives as dist
     from longvivit.model import build_model
-    from longvivit.train import dist
 
     d = dist.DistEnv(0, 1, 0, 1, "127.0.0.1", port)
     dist.setup_env(d)
@@ -157,7 +157,7 @@ def engine_equals_reference(*accum: str) -> tuple[list[float], dict]:
     """The ZeRO-3 engine and plain PyTorch on the same steps: losses, pre-clip gradient
     norms (the gradient's scale, which AdamW's step hardly shows) and weights agree.
     Returns the reference's (losses, weights)."""
-    losses, weights, norms = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", *accum)
+    losses, weights, norms = run_case("engine", "ds_config=zero3_cpu.json", *accum)
     ref_losses, ref_weights, ref_norms = run_case("reference", *accum)
     assert torch.allclose(torch.tensor(losses), torch.tensor(ref_losses), atol=1e-5), (losses, ref_losses)
     assert torch.allclose(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-4), (norms, ref_norms)
@@ -184,8 +184,8 @@ def test_whole_batch_accumulation_equals_one_step_on_one_loss_over_all_samples()
 
 
 def test_bf16_engine_trains_close_to_fp32():
-    fp32, _, _ = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", "precision=fp32")
-    bf16, _, _ = run_case("engine", "ds_config=ds_configs/zero3_cpu.json", "precision=bf16")
+    fp32, _, _ = run_case("engine", "ds_config=zero3_cpu.json", "precision=fp32")
+    bf16, _, _ = run_case("engine", "ds_config=zero3_cpu.json", "precision=bf16")
     diffs = [abs(a - b) for a, b in zip(fp32, bf16)]
     print({"fp32": fp32, "bf16": bf16, "diffs": diffs})
     assert diffs[0] < 0.02 and max(diffs) < 0.05, (fp32, bf16)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from longvivit.train.logging import read_metrics
+from longvivit.train.metrics import read_metrics
+
 from train_support import CONFIGS, Launch, events, listing
 
 

@@ -2,7 +2,7 @@
 every rank or on the one named, and nowhere else."""
 import signal
 
-from longvivit.train import faults
+from longvivit.distributed import faults
 
 
 def test_a_point_is_armed_at_its_step_on_every_rank_or_the_named_one(monkeypatch):

@@ -11,11 +11,12 @@ import pytest
 
 from longvivit.config import ConfigError
 from longvivit.data.config import ImageConfig
-from longvivit.train.dist import free_port
+from longvivit.distributed.collectives import free_port
+
 from train_support import communicate, step_lines
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "train" / "configs" / "demo.yaml"
+DEMO = ROOT / "longvivit" / "configs" / "demo.yaml"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 # checkpoints at 14 and 28, every other step an image step; at 14 both loaders are
 # mid-epoch (7 image steps of epochs of 3: 48 images over 2 ranks in batches of 8; 7 video
@@ -47,7 +48,7 @@ def test_image_steps_need_image_shards(tmp_path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from longvivit.data import train_tokenizer, write_benchmark, write_shards
-    from longvivit.data.shards import ShardOptions
+    from longvivit.data.prepare.shards import ShardOptions
 
     root = tmp_path_factory.mktemp("imagedata")
     write_benchmark(root / "synth", videos=40, frames=16, seed=1, size=32, min_events=2, max_events=2,
@@ -66,7 +67,7 @@ def data(tmp_path_factory):
 def launch(out: Path, data: list[str], fault: str = "") -> tuple[int, str]:
     port = free_port()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "longvivit.train.cli",
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "longvivit.cli",
            "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
            "data.batch_size=4", f"checkpoint_every={EVERY}", "log_every=1", "optim.warmup_steps=4", "optim.lr=5e-4",
            "progress=false", "data.num_workers=0", "eval_max_batches=1"]

@@ -1,6 +1,6 @@
 """`longvivit train CONFIG local=true`: every shipped config runs in its local form.
 
-The local form (train/local.py) keeps what decides whether a config works (ZeRO stage,
+The local form (longvivit/train/local.py) keeps what decides whether a config works (ZeRO stage,
 offload, precision, grad_accum, masking, freezing, sampling, attention, the init chain) and
 shrinks only dims, frames, image size, steps and data. Unit tests check that for every
 shipped YAML; multi-process tests run each one on 2 CPU ranks, and the recipe's two stages
@@ -14,6 +14,7 @@ import torch
 
 from longvivit.train.config import load_ds_json, load_run_config
 from longvivit.train.local import cpu_twin, local_path
+
 from train_support import CONFIGS, ROOT, events, export, run, step_lines
 
 SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
@@ -95,7 +96,7 @@ def test_a_local_runs_stored_config_runs_as_it_is(name, tmp_path):
     import dataclasses
 
     from longvivit.config import to_dict
-    from longvivit.train.run import resolved_yaml
+    from longvivit.train.trainer import resolved_yaml
 
     local = load_run_config(CONFIGS / f"{name}.yaml", overrides=["local=true", f"local_dir={tmp_path}"])
     (tmp_path / "stored.yaml").write_text(resolved_yaml(local))
@@ -115,11 +116,11 @@ def test_local_paths_keep_run_names_so_stages_chain():
 
 
 def test_every_gpu_ds_config_has_a_cpu_twin_with_its_stage_and_offload():
-    for path in sorted((ROOT / "ds_configs").glob("*.json")):
+    for path in sorted((ROOT / "longvivit" / "configs" / "ds").glob("*.json")):
         if path.stem.endswith("_cpu"):
             continue
-        twin = cpu_twin(f"ds_configs/{path.name}")
-        assert zero(twin) == zero(f"ds_configs/{path.name}"), path.name
+        twin = cpu_twin(f"{path.name}")
+        assert zero(twin) == zero(f"{path.name}"), path.name
         assert load_ds_json(twin)["bf16"]["enabled"] == "auto", twin  # precision follows the run
 
 
@@ -161,13 +162,13 @@ def test_shipped_config_runs_locally_on_two_ranks(name, zero1, local_dir, tmp_pa
     which no shipped config needs at its own length any more but an hour of g_1b does;
     short_B16: ZeRO-2, bf16; demo: ZeRO-3 fp32), and ZeRO-1 through zero1.json's CPU twin."""
     out = tmp_path / "zero1" if zero1 else local_out(name, local_dir)
-    extra = ["ds_config=ds_configs/zero1.json", f"out={out}"] if zero1 else []
+    extra = ["ds_config=zero1.json", f"out={out}"] if zero1 else []
     if name == "g_1b":
         extra.append("model.video.grad_checkpointing=4")
     rc, output = train_local(name, local_dir, tmp_path / "log", "steps=3", *extra)
     check_run(name, out, rc, output, 3)
     if zero1:
-        assert load_run_config(out / "run_config.yaml").ds_config == "ds_configs/zero1_cpu.json"
+        assert load_run_config(out / "run_config.yaml").ds_config == "zero1_cpu.json"
     if name == "g_1b":
         assert load_run_config(out / "run_config.yaml").model.video.grad_checkpointing == 4
 
@@ -197,8 +198,13 @@ def test_short_then_long_stage_chain_locally(local_dir, tmp_path):
     from safetensors.torch import load_file
 
     from longvivit.model import build_model
-    from longvivit.model.init import (load_image_tower, load_open_clip, text_part, text_state_from_clip,
-                                      video_state_from_image)
+    from longvivit.model.init import (
+        load_image_tower,
+        load_open_clip,
+        text_part,
+        text_state_from_clip,
+        video_state_from_image,
+    )
 
     rc, output = train_local("short_L16", local_dir, tmp_path / "short.log", "steps=2", "optim.lr=1e-12")
     short = check_run("short_L16", local_out("short_L16", local_dir), rc, output, 2)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from longvivit.train.retrieval import ranks_of_diagonal, retrieval_metrics
+from longvivit.eval.retrieval import ranks_of_diagonal, retrieval_metrics
 from longvivit.train.engine import param_groups, warmup_cosine
 
 

@@ -16,7 +16,6 @@ demo's local form on 2 ranks through the deepspeed launcher:
   not written, and running it again resumes from the one before, replays the same batches
   and finishes.
 """
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,9 @@ import pytest
 import torch
 
 from longvivit.config import ConfigError
-from longvivit.train.run import EXIT_NONFINITE, NonFiniteStop, nan_grads_if_nonfinite, nonfinite_since
+from longvivit.train.step import NonFiniteStop, nan_grads_if_nonfinite, nonfinite_since
+from longvivit.train.trainer import EXIT_NONFINITE
+
 from train_support import CONFIGS, Launch, events, step_lines
 
 

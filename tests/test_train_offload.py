@@ -1,6 +1,6 @@
 """ZeRO-3 with optimizer and parameter offload, two CPU ranks through the deepspeed launcher.
 
-ds_configs/zero3_offload_cpu.json is the CPU twin of the GPU zero3_offload.json. An offload
+zero3_offload_cpu.json is the CPU twin of the GPU zero3_offload.json. An offload
 run of 6 steps (checkpoint at 3) is SIGKILLed while writing its step-6 checkpoint, then
 restarted: it must resume from step 3, and every step of both parts must equal a run of the
 same config without offload (zero3_cpu.json): same batches, the same loss to 1e-6. The
@@ -10,17 +10,17 @@ made train steps no faster: bench/offload.py, bench/RESULTS.md).
 """
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from test_train_zero3 import DEMO, ROOT, data, launch  # noqa: F401 (data: fixture)
 
 from longvivit.train.config import load_run_config, resolve_ds_config
-from test_train_zero3 import DEMO, ROOT, data, launch  # noqa: F401 (data: fixture)
+
 from train_support import events, step_lines
 
 STEPS = 6  # checkpoints at 3 and 6
-OFFLOAD = {"gpu": "ds_configs/zero3_offload.json", "cpu": "ds_configs/zero3_offload_cpu.json"}
+OFFLOAD = {"gpu": "zero3_offload.json", "cpu": "zero3_offload_cpu.json"}
 RUN = [f"steps={STEPS}", f"checkpoint_every={STEPS // 2}"]
 
 
@@ -30,7 +30,7 @@ def runs(data, tmp_path_factory):
     the launcher output of each part}."""
     root = tmp_path_factory.mktemp("offload")
     ref, out = root / "zero3", root / "offload"
-    rc, ref_output = launch(ref, data, *RUN, "ds_config=ds_configs/zero3_cpu.json")
+    rc, ref_output = launch(ref, data, *RUN, "ds_config=zero3_cpu.json")
     assert rc == 0, ref_output[-4000:]
     rc, killed_output = launch(out, data, *RUN, f"ds_config={OFFLOAD['cpu']}", fault=f"kill_during_save:{STEPS}")
     assert rc != 0, killed_output[-4000:]

@@ -1,4 +1,4 @@
-"""Retrieval with every caption a query (train/retrieval.py) and `longvivit eval` end to end.
+"""Retrieval with every caption a query (longvivit/eval/retrieval.py) and `longvivit eval` end to end.
 
 Metrics: a hand-made matrix with several captions per video and ties, a naive loop
 reference on random tied matrices, the one-caption case equal to the square evaluation,
@@ -21,12 +21,12 @@ import sys
 import pytest
 import torch
 
-from browser_support import ReportPage, loaded_dom, processes_using
-from longvivit.train.evaluate import Embeddings, main as eval_main, paragraph_text
-from longvivit.train.retrieval import (dual_softmax, ranks_of_diagonal, retrieval_metrics, t2v_ranks,
-                                       v2t_ranks)
-from train_support import ROOT, communicate
+from longvivit.eval.evaluate import Embeddings, paragraph_text
+from longvivit.cli.eval import main as eval_main
+from longvivit.eval.retrieval import dual_softmax, ranks_of_diagonal, retrieval_metrics, t2v_ranks, v2t_ranks
 
+from browser_support import ReportPage, loaded_dom, processes_using
+from train_support import ROOT, communicate
 
 # ---------------------------------------------------------------------------- metrics
 
@@ -153,7 +153,7 @@ def bench(tmp_path_factory) -> dict:
 
     from longvivit.config import to_yaml
     from longvivit.data import train_tokenizer, write_benchmark, write_shards
-    from longvivit.data.shards import ShardOptions
+    from longvivit.data.prepare.shards import ShardOptions
     from longvivit.model import build_model
     from longvivit.train.config import load_run_config
 
@@ -166,7 +166,7 @@ def bench(tmp_path_factory) -> dict:
     summary = write_shards(root / "synth" / "val3.jsonl", root / "val", ShardOptions(size=SIZE), progress=False)
     assert summary["skipped"] == 0, summary
     tok = train_tokenizer([root / "synth" / "train.jsonl"], root / "spm")
-    cfg = load_run_config(ROOT / "train" / "configs" / "demo.yaml", overrides=[
+    cfg = load_run_config(ROOT / "longvivit" / "configs" / "demo.yaml", overrides=[
         f"model.video.frames={FRAMES}", "model.text.context_length=96", f"data.val={root / 'val'}",
         f"data.train={root / 'val'}", f"data.tokenizer={tok}", f"data.batch_size={BATCH}",
         "data.text_length=32", "data.num_workers=0"])
@@ -200,8 +200,8 @@ def single(bench, tmp_path_factory) -> dict:
 
 
 def test_eval_loader_carries_every_caption_training_batches_do_not(bench):
-    from longvivit.data import DataConfig, build_loader
     from longvivit.config import load_config
+    from longvivit.data import DataConfig, build_loader
 
     cfg = load_config(DataConfig, dict(val=str(bench["val"]), train=str(bench["val"]),
                                        tokenizer=str(bench["export"] / "tokenizer.model"),
@@ -219,7 +219,7 @@ def test_lines_per_task_and_queries_are_the_model_on_every_caption(bench, single
     """One line per task, t2v_v2t last; the text rows are the model's embeddings of every
     caption of every clip in stored order, the paragraph rows of the clips' joined captions
     (tokenized at context_length, past data.text_length), and the lines score them."""
-    from longvivit.data.tokenizer import Tokenizer
+    from longvivit.data.load.tokenizer import Tokenizer
     from longvivit.train.export import load_exported
 
     rows, lines = bench["rows"], single["lines"]
@@ -335,12 +335,12 @@ def test_log_dir_gets_the_metrics_and_the_gallery_image(single):
 def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
     """Each rank embeds half the clips (batches of 3: a different batching than one
     process's), the gathered embeddings and the metrics are the single process's."""
-    from longvivit.train.dist import free_port
+    from longvivit.distributed.collectives import free_port
 
     port = free_port()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-           "127.0.0.1", "--master_port", str(port), "-m", "longvivit.train.cli", "eval", str(bench["export"]),
+           "127.0.0.1", "--master_port", str(port), "-m", "longvivit.cli", "eval", str(bench["export"]),
            "--save-embeddings", str(tmp_path / "emb.safetensors"), "--report", str(tmp_path / "report")]
     rc, output = communicate(cmd, port, 600, env)
     assert rc == 0, output[-4000:]

@@ -6,7 +6,7 @@ and not for phases that end in time; its clock logic (nested phases, progress, t
 collective a rank waits in) on a fake clock; the timeouts' validation.
 
 Runs: the demo's local form on 2 ranks through the deepspeed launcher, one rank stalled by
-a fault point (stall_PHASE, train/faults.py) the test arms on rank 1 only:
+a fault point (stall_PHASE, longvivit/distributed/faults.py) the test arms on rank 1 only:
 - in data loading: rank 1's watchdog ends the job, naming rank 1 and phase data; rank 0,
   blocked in the step's collectives behind it, ends with it; the launcher exits non-zero.
 - in a checkpoint write: rank 1 is named in phase checkpoint; rank 0, stuck since the same
@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from longvivit.config import ConfigError
-from longvivit.train.watchdog import EXIT_HANG, Hang, Watchdog
+from longvivit.distributed.watchdog import EXIT_HANG, Hang, Watchdog
+
 from train_support import CONFIGS, Launch, events, step_lines
 
 LIMIT = 10.0  # seconds: the stalled phase's limit in the runs (its normal use takes well under 1 s)
@@ -104,7 +105,7 @@ def test_timeouts_are_validated_and_name_the_key():
 
 
 def test_eval_takes_the_collective_timeout_as_an_option(capsys):
-    from longvivit.train.evaluate import parse_args
+    from longvivit.cli.eval import parse_args
 
     assert parse_args(["run", "--collective-timeout", "90"]).collective_timeout == 90.0
     with pytest.raises(SystemExit) as err:

@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from longvivit.train.dist import free_port
+from longvivit.distributed.collectives import free_port
+
 from train_support import communicate, events, export, listing, step_lines
 
 pytestmark = pytest.mark.multiproc
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "train" / "configs" / "demo.yaml"
+DEMO = ROOT / "longvivit" / "configs" / "demo.yaml"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 STEPS = 16  # checkpoints at 8 and 16
 SCALARS = ["loss", "lr", "logit_scale", "grad_norm", "samples_per_s", "tokens_per_s", "tflops", "mfu",
@@ -37,7 +38,7 @@ EVAL_KEYS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "t2v_
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from longvivit.data import train_tokenizer, write_benchmark, write_shards
-    from longvivit.data.shards import ShardOptions
+    from longvivit.data.prepare.shards import ShardOptions
 
     root = tmp_path_factory.mktemp("zero3data")
     write_benchmark(root / "synth", videos=40, frames=16, seed=1, size=32, min_events=2, max_events=2)
@@ -56,7 +57,7 @@ def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: in
     starter = {"deepspeed": [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module"],
                "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                             "--master_addr", "127.0.0.1", "--master_port", str(port), "-m"]}[launcher]
-    cmd = [*starter, "longvivit.train.cli",
+    cmd = [*starter, "longvivit.cli",
            "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
            "data.batch_size=4", f"checkpoint_every={STEPS // 2}", "log_every=1", "optim.warmup_steps=2",
            "progress=false", "data.num_workers=0", *extra]
@@ -89,7 +90,7 @@ def test_each_rank_holds_half_the_parameters_and_loss_falls(straight):
 def test_tensorboard_holds_every_scalar_and_the_gallery(straight):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from longvivit.train.gallery import STRIP_FRAMES, Layout
+    from longvivit.eval.gallery import STRIP_FRAMES, Layout
 
     out, _ = straight
     acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
@@ -108,7 +109,7 @@ def test_tensorboard_holds_every_scalar_and_the_gallery(straight):
 
 def _eval(run: Path, shards: str) -> dict:
     """The retrieval line: the last of the lines `longvivit eval` ends with, one per task."""
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "eval", str(run), "--data", shards],
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", "eval", str(run), "--data", shards],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in proc.stdout.strip().splitlines()[-3:]]
@@ -141,8 +142,8 @@ def test_eval_cli_prints_one_json_line_per_task(straight, data, tmp_path):
 def test_export_loads_in_plain_pytorch_with_the_engines_embeddings(straight, data, tmp_path):
     from safetensors.torch import load_file
 
-    from longvivit.data import DataConfig, build_loader
     from longvivit.config import load_config
+    from longvivit.data import DataConfig, build_loader
     from longvivit.train.export import load_exported
 
     out, _ = straight
@@ -221,7 +222,7 @@ def test_rerunning_a_finished_run_does_nothing_and_writes_nothing(straight, data
 
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "train", str(DEMO), *data, f"out={out}",
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", "train", str(DEMO), *data, f"out={out}",
                            "model.video.frames=16", "data.batch_size=4", f"steps={STEPS // 2}"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith(f"longvivit train: steps: {STEPS // 2} is below "), \
@@ -250,7 +251,7 @@ def test_torchrun_equals_the_deepspeed_launcher(straight, data, tmp_path):
 def _train_one_process(data, *args):
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "longvivit.train.cli", "train", str(DEMO), *data, "data.batch_size=4",
+    cmd = [sys.executable, "-m", "longvivit.cli", "train", str(DEMO), *data, "data.batch_size=4",
            "progress=false", "data.num_workers=0", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longvivit.train.zeroshot import DEFAULT_TEMPLATES, class_embeddings, classification_metrics, read_templates
+from longvivit.eval.zeroshot import DEFAULT_TEMPLATES, class_embeddings, classification_metrics, read_templates
 
 
 def test_metrics_on_a_hand_made_case():
@@ -58,7 +58,7 @@ def test_template_files(tmp_path):
 def test_the_classifier_runs_the_text_tower_on_each_template():
     """A tiny model whose text tower returns, per caption, the one-hot of the class name it
     holds: the video embedded as class 1 is classified as class 1."""
-    from longvivit.train.zeroshot import classifier
+    from longvivit.eval.zeroshot import classifier
 
     names = ["blue square", "red circle"]
 

@@ -18,10 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from longvivit.train.dist import free_port
+from longvivit.distributed.collectives import free_port
+from longvivit.events import read as read_events
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "train" / "configs"
+CONFIGS = ROOT / "longvivit" / "configs"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 
@@ -32,7 +33,7 @@ class Launch:
     def __init__(self, config: str | Path, *overrides: str, log: Path, procs: int = 2, env: dict | None = None):
         self.port, self.log = free_port(), log
         cmd = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(self.port), "--module",
-               "longvivit.train.cli", "train", str(config), "progress=false", *overrides]
+               "longvivit.cli", "train", str(config), "progress=false", *overrides]
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(env or {})}
         env = {k: v for k, v in env.items() if v is not None}
         self._out = open(log, "w")
@@ -99,11 +100,8 @@ def run(config: str | Path, *overrides: str, log: Path, timeout: float = 300,
 
 
 def events(output: str, name: str) -> list[dict]:
-    found = []
-    for line in output.splitlines():
-        if line.startswith("{") and f'"event": "{name}"' in line:
-            found.append(json.loads(line))
-    return found
+    """The `name` event lines of a run's output (longvivit.events: their schema)."""
+    return read_events(output, name)
 
 
 def step_lines(out: Path) -> list[dict]:
@@ -120,7 +118,7 @@ def listing(root: Path) -> dict:
 
 
 def export(run_dir: Path, dest: Path) -> Path:
-    proc = subprocess.run([sys.executable, "-m", "longvivit.train.cli", "export", str(run_dir), "--out", str(dest)],
+    proc = subprocess.run([sys.executable, "-m", "longvivit.cli", "export", str(run_dir), "--out", str(dest)],
                           capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dest
@@ -133,7 +131,7 @@ def tiny_run(root: Path, source: str = "shards") -> dict:
     trains on random batches). Returns {"run", "tag", "export", "data"} (data: the local
     data folder, val/ and spm.model in it; None for synthetic)."""
     overrides = [f"local_dir={root}", f"data.source={source}", "steps=1", "eval_max_batches=1", "eval_gallery=0"]
-    cmd = [sys.executable, "-m", "longvivit.train.cli", "train", str(CONFIGS / "demo.yaml"), "local=true",
+    cmd = [sys.executable, "-m", "longvivit.cli", "train", str(CONFIGS / "demo.yaml"), "local=true",
            "progress=false", *overrides]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # one plain process, a free port

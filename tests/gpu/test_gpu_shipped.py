@@ -1,4 +1,4 @@
-"""f. Every shipped GPU config (train/configs/*.yaml whose ds_config is written for CUDA) in
+"""f. Every shipped GPU config (*.yaml whose ds_config is written for CUDA) in
 its real form steps on one GPU at a reduced micro-batch, and its training micro-batches
 make no host sync in the model beyond reading back real_frames that arrive on the GPU
 (bench/gpu.py check_shipped: what is changed from the shipped form, and why)."""

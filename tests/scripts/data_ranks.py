@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from longvivit.data import DataConfig, build_loader
 from longvivit.config import load_config
+from longvivit.data import DataConfig, build_loader
 
 
 def indices(batches) -> list[int]:

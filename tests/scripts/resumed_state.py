@@ -3,7 +3,7 @@
     DS_ACCELERATOR=cpu deepspeed --num_gpus N --master_port PORT tests/scripts/resumed_state.py \\
         DUMP BATCHES CONFIG [key=value ...]
 
-Runs train.run's validate and setup as `longvivit train` does (resume from the newest
+Builds the Trainer and runs its setup as `longvivit train` does (resume from the newest
 checkpoint in `out`, through the universal conversion when it was written by another
 number of ranks), then writes to DUMP, from rank 0: every trained parameter's fp32 master
 weights and Adam moments gathered whole (under any ZeRO stage), Adam's step counts, the
@@ -14,13 +14,14 @@ BATCHES batches (the metrics log records rank 0's only). Nothing is trained or s
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 
 import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-from longvivit.train import checkpoint, dist, run
+from longvivit.distributed import collectives as dist
+from longvivit.train import checkpoint
 from longvivit.train.engine import misplaced_optimizer_state
+from longvivit.train.trainer import Trainer
 
 
 def params(engine) -> dict:
@@ -44,25 +45,18 @@ def next_indices(loader, batches: int) -> list[list[int]]:
 def main() -> None:
     dump, batches = sys.argv[1], int(sys.argv[2])
     argv = [a for a in sys.argv[3:] if not a.startswith("--local_rank")]
-    d = dist.read_env()
-    cfg, ds_config, tag = run.validate(argv, d)
-    dist.setup_env(d)
-    dist.bind_device(d)
-    dist.init_process_group(timedelta(seconds=600))
-    tag = checkpoint.rank0_choice(tag)
-    r = run.setup(cfg, ds_config, tag, d)
-    opt = r.engine.optimizer.optimizer
-    # a fresh engine has no Adam moments yet
-    state = {"params": params(r.engine) if tag is not None else {}, "step": r.state.step,
-             "adam_steps": sorted({float(s["step"]) for s in opt.state.values() if "step" in s}),
-             "scheduler": {k: v for k, v in r.engine.lr_scheduler.state_dict().items() if k != "lr_lambdas"},
-             "universal_left": sorted(p.name for p in checkpoint.ckpt_root(cfg.out).glob("*universal-*")),
-             "placed": r.optimizer_state, "misplaced": misplaced_optimizer_state(opt)}
-    state["indices"] = next_indices(r.loader, batches)
-    if d.is_main:
-        torch.save(state, dump)
-    r.loader.close()
-    dist.shutdown(d)
+    with Trainer.from_argv(argv) as r:
+        r.setup()
+        opt = r.engine.optimizer.optimizer
+        # a fresh engine has no Adam moments yet
+        state = {"params": params(r.engine) if r.tag is not None else {}, "step": r.state.step,
+                 "adam_steps": sorted({float(s["step"]) for s in opt.state.values() if "step" in s}),
+                 "scheduler": {k: v for k, v in r.engine.lr_scheduler.state_dict().items() if k != "lr_lambdas"},
+                 "universal_left": sorted(p.name for p in checkpoint.ckpt_root(r.cfg.out).glob("*universal-*")),
+                 "placed": r.optimizer_state, "misplaced": misplaced_optimizer_state(opt)}
+        state["indices"] = next_indices(r.loader, batches)
+        if r.d.is_main:
+            torch.save(state, dump)
 
 
 if __name__ == "__main__":

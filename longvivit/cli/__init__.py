@@ -1,0 +1,49 @@
+"""The `longvivit` command: one entry point, one module per subcommand.
+
+Each subcommand lives in the module that owns its concern and exposes ``main(argv)``;
+this file only dispatches, importing the module lazily so `longvivit --help` is instant
+and a subcommand pays only for the libraries it uses.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "synth": ("longvivit.data.prepare.synth", "write the synthetic long-video benchmark (videos + manifests)"),
+    "shards": ("longvivit.data.prepare.shards", "manifest -> MDS shards (transcode, resample FPS, resize)"),
+    "import": ("longvivit.data.prepare.importers", "MSR-VTT/YouCook2/Kinetics/WebVid annotations -> a manifest"),
+    "tokenizer": ("longvivit.data.load.tokenizer", "train a sentencepiece model on a caption corpus"),
+    "train": ("longvivit.train.trainer", "CONFIG [key=value ...]: train (also under deepspeed / torchrun / srun)"),
+    "eval": ("longvivit.cli.eval", "CHECKPOINT -> zero-shot retrieval metrics as JSON"),
+    "export": ("longvivit.train.export", "CHECKPOINT -> one safetensors file + config"),
+    "plan": ("longvivit.train.plan", "CONFIG -> predicted memory per GPU, what fits"),
+    "demo": ("longvivit.train.demo", "the whole path on the embedded synthetic benchmark, on CPU"),
+    "smoke": ("longvivit.model.smoke", "build the tiny model and run one forward/backward"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: longvivit COMMAND [args]", "", "commands:"]
+    lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # The deepspeed launcher puts --local_rank=N before the user's arguments
+    # (`deepspeed --module longvivit.cli train ...`); the rank is read from the env.
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"longvivit: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The synthetic long-video benchmark: captions that only the whole clip can match.
+
+    longvivit synth --out DIR [--videos N] [--frames F] [--seed S] [--size 64] [--images N]
+
+Each video is K events (default 3-4), each in its own time segment of the clip: an object
+of one of 6 colours and 4 shapes appears, moves up or down, grows or shrinks, and leaves,
+over a slowly drifting textured background with per-frame noise. Its caption names the
+events in order ("a red circle moves up, then a blue square grows, then ..."), so a model
+that sees only part of the clip cannot tell a caption from one that differs in a later
+event. Hard negatives make that explicit: a fraction of the videos come in families of
+three whose event lists differ in one attribute of one event, or only in their order.
+
+The motions are vertical and the shapes left-right symmetric on purpose: the loader's
+horizontal flip must not change what a caption says.
+
+With --images N the benchmark also has N image-caption pairs (stage 1 of the recipe trains
+on images beside the videos): single events rendered as stills, one object of a colour,
+shape and size at the top, middle or bottom of a background frame, captioned in the words
+of the video captions ("a small red circle at the top"): DIR/images/*.png and
+DIR/images.jsonl, for `longvivit shards --still-images`.
+
+Output: DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl manifests for
+`longvivit shards` (whole families go to one split; each row's "label", its first object
+such as "red circle", makes every split a labelled one for zero-shot classification),
+DIR/benchmark.json (the arguments).
+Everything is a function of the arguments: the same seed gives byte-identical files.
+Bad arguments (a count, size or fraction out of range, more videos than there are distinct
+captions, an --out that is a file, under a file or where no folder can be made) exit 2 with
+one line on stderr, before anything is created.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from longvivit.config import ArgumentParser, check, validated
+from longvivit.data.prepare.manifest import write_jsonl
+from longvivit.data.prepare.output import prepare_out
+from longvivit.data.prepare.video import encode
+
+COLOURS = {
+    "red": (235, 30, 30), "green": (30, 210, 50), "blue": (40, 90, 255),
+    "yellow": (250, 230, 20), "purple": (175, 40, 225), "white": (250, 250, 250),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+ACTIONS = ("moves up", "moves down", "grows", "shrinks")
+Event = tuple[str, str, str]  # (colour, shape, action)
+SIZES = {"small": 0.12, "big": 0.28}  # half-extent of a still's object, in frame sides
+PLACES = {"at the top": 0.25, "in the middle": 0.5, "at the bottom": 0.75}  # centre row
+OUTPUTS = ("videos", "train.jsonl", "val.jsonl", "benchmark.json", "images", "images.jsonl")  # all write_benchmark writes
+
+
+@dataclass
+class SynthConfig:
+    videos: int = 200
+    frames: int = 64  # frames of the longest video (1 FPS: seconds)
+    min_frames: int = 0  # 0: every video has `frames` frames; else lengths in [min_frames, frames]
+    size: int = 64  # square frames, pixels
+    min_events: int = 3
+    max_events: int = 4
+    hard_negatives: float = 0.5  # fraction of videos that belong to a 3-video hard-negative family
+    val_fraction: float = 0.2
+    seed: int = 0
+    images: int = 0  # image-caption pairs (stills of single events)
+
+    def validate(self) -> None:
+        lo = self.min_frames or self.frames
+        check(1 <= self.min_events <= self.max_events, "min_events",
+              f"need 1 <= min_events <= max_events, got {self.min_events}..{self.max_events}")
+        if self.min_frames:
+            check(2 * self.max_events <= lo <= self.frames, "min_frames",
+                  f"need 2*max_events={2 * self.max_events} <= min_frames <= frames, got "
+                  f"min_frames={lo}, frames={self.frames}")
+        check(2 * self.max_events <= self.frames, "frames", f"need 2*max_events="
+              f"{2 * self.max_events} <= frames (two frames an event), got frames={self.frames}")
+        check(self.size >= 16 and self.size % 2 == 0, "size", f"{self.size} must be an even number >= 16")
+        check(self.videos >= 2, "videos", f"{self.videos} must be >= 2")
+        check(0 < self.val_fraction < 1, "val_fraction", f"{self.val_fraction} is outside (0, 1)")
+        check(0 <= self.hard_negatives <= 1, "hard_negatives", f"{self.hard_negatives} is outside [0, 1]")
+        check(self.images >= 0, "images", f"{self.images} must be >= 0")
+        check(self.seed >= 0, "seed", f"{self.seed} must be >= 0 (numpy's seeds are)")
+        most = distinct_event_lists(self.min_events, self.max_events)
+        check(self.videos <= most, "videos", f"{self.videos} videos need as many distinct "
+              f"captions; {self.min_events}..{self.max_events} events make only {most}")
+
+
+# ----------------------------------------------------------------------------- event lists
+
+def distinct_event_lists(min_events: int, max_events: int) -> int:
+    """How many distinct event lists (captions) there are of min_events..max_events events."""
+    kinds = len(COLOURS) * len(SHAPES) * len(ACTIONS)
+    sizes = range(max(1, min_events), min(max_events, kinds) + 1)
+    return sum(math.perm(kinds, k) for k in sizes)
+
+
+def _random_event(rng: np.random.Generator) -> Event:
+    return (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), str(rng.choice(ACTIONS)))
+
+
+def _random_events(rng: np.random.Generator, k: int) -> list[Event]:
+    events: list[Event] = []
+    while len(events) < k:
+        e = _random_event(rng)
+        if e not in events:
+            events.append(e)
+    return events
+
+
+def _change_one(rng: np.random.Generator, events: list[Event]) -> list[Event]:
+    """The same list with one attribute of one event changed (a one-event hard negative)."""
+    out = list(events)
+    i, attr = int(rng.integers(len(out))), int(rng.integers(3))
+    choices = [tuple(COLOURS), SHAPES, ACTIONS][attr]
+    event = list(out[i])
+    event[attr] = str(rng.choice([c for c in choices if c != event[attr]]))
+    out[i] = tuple(event)
+    return out
+
+
+def _reorder(rng: np.random.Generator, events: list[Event]) -> list[Event]:
+    """The same events in another order (an order-only hard negative)."""
+    while True:
+        out = [events[i] for i in rng.permutation(len(events))]
+        if out != events:
+            return out
+
+
+def event_lists(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[int, list[Event]]]:
+    """(family id, events) for every video; all event lists distinct, families adjacent."""
+    seen: set[tuple[Event, ...]] = set()
+    videos: list[tuple[int, list[Event]]] = []
+    family = 0
+    while len(videos) < cfg.videos:
+        base = _random_events(rng, int(rng.integers(cfg.min_events, cfg.max_events + 1)))
+        members = [base]
+        # A single event cannot be reordered, so its list is no family's base; tested after
+        # the draw, so that the random stream (and every benchmark written before) is unchanged.
+        if cfg.videos - len(videos) >= 3 and rng.random() < cfg.hard_negatives and len(base) > 1:
+            members += [_change_one(rng, base), _reorder(rng, base)]
+        keys = [tuple(m) for m in members]
+        if len(set(keys)) < len(keys) or seen.intersection(keys):
+            continue  # a repeated caption would make retrieval ambiguous: draw again
+        seen.update(keys)
+        videos += [(family, m) for m in members]
+        family += 1
+    return videos
+
+
+def captions(events: list[Event]) -> list[str]:
+    """Two phrasings of the same event sequence (the loader draws one per visit)."""
+    parts = [f"a {c} {s} {a}" for c, s, a in events]
+    first = ", then ".join(parts)
+    second = f"first {parts[0]}, " + ", ".join(f"next {p}" for p in parts[1:-1])
+    second = (second + ", " if len(parts) > 2 else second) + f"finally {parts[-1]}"
+    return [first, second]
+
+
+def label(events: list[Event]) -> str:
+    """The class of a video for zero-shot classification: its first object ("red circle"),
+    one of len(COLOURS) * len(SHAPES) classes, named at the start of both captions."""
+    colour, shape, _ = events[0]
+    return f"{colour} {shape}"
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _background(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
+    """(T, H, W, 3) float: a dim, desaturated texture of a few sinusoids drifting slowly,
+    plus per-frame noise. Dim and grey so that the saturated objects stand out."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    tint = 70 + rng.uniform(-15, 15, size=3)
+    out = np.empty((frames, size, size, 3), np.float32)
+    waves = [(rng.uniform(2, 6, 2), rng.uniform(0, 2 * np.pi), rng.uniform(-0.05, 0.05, 2))
+             for _ in range(3)]
+    for t in range(frames):
+        tex = sum(np.sin(2 * np.pi * (f[0] * (xx + v[0] * t) + f[1] * (yy + v[1] * t)) + ph)
+                  for f, ph, v in waves) / 3
+        out[t] = tint + 25 * tex[..., None] + rng.normal(0, 6, (size, size, 3))
+    return out
+
+
+def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
+    """(H, W) bool mask of `shape` centred at (cx, cy) with half-extent r (pixels)."""
+    y, x = np.mgrid[0:size, 0:size] + 0.5
+    dx, dy = np.abs(x - cx), y - cy
+    if shape == "circle":
+        return dx ** 2 + dy ** 2 <= r ** 2
+    if shape == "square":
+        return (dx <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+    if shape == "triangle":  # apex up: width grows linearly from the top edge
+        return (dy >= -r) & (dy <= 0.8 * r) & (dx <= (dy + r) * 0.6)
+    return ((dx <= r / 3) & (np.abs(dy) <= r)) | ((np.abs(dy) <= r / 3) & (dx <= r))  # cross
+
+
+def _event_track(action: str, size: int, n: int, x: float) -> list[tuple[float, float, float]]:
+    """(cx, cy, r) in pixels for each of the event's n frames."""
+    s = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    r_move, small, big = 0.18 * size, 0.1 * size, 0.3 * size
+    if action == "moves up":
+        return [(x, size * (0.75 - 0.5 * u), r_move) for u in s]
+    if action == "moves down":
+        return [(x, size * (0.25 + 0.5 * u), r_move) for u in s]
+    if action == "grows":
+        return [(x, size * 0.5, small + (big - small) * u) for u in s]
+    return [(x, size * 0.5, big - (big - small) * u) for u in s]  # shrinks
+
+
+def render(events: list[Event], frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames: event i fills segment i of K equal time segments; the
+    object appears at the segment's first frame and leaves after its last."""
+    video = _background(rng, size, frames)
+    bounds = np.linspace(0, frames, len(events) + 1).round().astype(int)
+    for (colour, shape, action), t0, t1 in zip(events, bounds[:-1], bounds[1:]):
+        x = size * rng.uniform(0.35, 0.65)
+        for t, (cx, cy, r) in zip(range(t0, t1), _event_track(action, size, t1 - t0, x)):
+            video[t][_shape_mask(shape, size, cx, cy, r)] = COLOURS[colour]
+    return video.clip(0, 255).astype(np.uint8)
+
+
+def render_still(colour: str, shape: str, size: str, place: str, side: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8: one object on a background frame (an event's still)."""
+    frame = _background(rng, side, 1)[0]
+    x = side * rng.uniform(0.35, 0.65)
+    frame[_shape_mask(shape, side, x, side * PLACES[place], side * SIZES[size])] = COLOURS[colour]
+    return frame.clip(0, 255).astype(np.uint8)
+
+
+def still_captions(colour: str, shape: str, size: str, place: str) -> list[str]:
+    return [f"a {size} {colour} {shape} {place}", f"{place}, a {colour} {shape}, {size}"]
+
+
+def write_images(out: Path, cfg: SynthConfig) -> None:
+    """cfg.images stills -> out/images/*.png and out/images.jsonl (label: the object)."""
+    from PIL import Image
+
+    (out / "images").mkdir()
+    rows = []
+    for i in range(cfg.images):
+        rng = np.random.default_rng([cfg.seed, 1 << 20, i])  # apart from the videos' streams
+        colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+        size, place = str(rng.choice(list(SIZES))), str(rng.choice(list(PLACES)))
+        name = f"images/{i:06d}.png"
+        Image.fromarray(render_still(colour, shape, size, place, cfg.size, rng)).save(out / name)
+        rows.append({"video": name, "caption": still_captions(colour, shape, size, place),
+                     "id": f"synth-image-{i:06d}", "label": f"{colour} {shape}"})
+    write_jsonl(out / "images.jsonl", rows)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: int = 0,
+                    overwrite: bool = False, **options) -> dict:
+    """Write the benchmark into `out` (see the module docstring); returns the summary."""
+    cfg = SynthConfig(videos=videos, frames=frames, seed=seed, **options)
+    validated(cfg)
+    out = prepare_out(Path(out), overwrite, OUTPUTS.__contains__, "benchmark files")
+    (out / "videos").mkdir()
+    rng = np.random.default_rng(cfg.seed)
+    listing = event_lists(cfg, rng)
+    n_val = _val_count(listing, cfg.val_fraction)
+    rows = {"train": [], "val": []}
+    for i, (family, events) in enumerate(listing):
+        video_rng = np.random.default_rng([cfg.seed, i])
+        n = int(video_rng.integers(cfg.min_frames or cfg.frames, cfg.frames + 1))
+        data, _ = encode(render(events, n, cfg.size, video_rng), fps=1.0, codec="vp9")
+        name = f"videos/{i:06d}.webm"
+        (out / name).write_bytes(data)
+        split = "val" if i >= len(listing) - n_val else "train"
+        rows[split].append({"video": name, "caption": captions(events), "id": f"synth-{i:06d}",
+                            "label": label(events), "family": family, "events": [list(e) for e in events]})
+    for split, split_rows in rows.items():
+        write_jsonl(out / f"{split}.jsonl", split_rows)
+    if cfg.images:
+        write_images(out, cfg)
+    (out / "benchmark.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return {"out": str(out), "train": len(rows["train"]), "val": len(rows["val"]),
+            "images": cfg.images, "families": listing[-1][0] + 1, "frames": cfg.frames, "size": cfg.size}
+
+
+def _val_count(listing: list[tuple[int, list[Event]]], fraction: float) -> int:
+    """About `fraction` of the videos, taken from the end without splitting a family."""
+    n = max(1, int(round(fraction * len(listing))))
+    while n < len(listing) and listing[-n][0] == listing[-n - 1][0]:
+        n += 1
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="longvivit synth", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--videos", type=int, default=SynthConfig.videos)
+    p.add_argument("--frames", type=int, default=SynthConfig.frames,
+                   help="frames per video at 1 FPS (16 to 256+)")
+    p.add_argument("--min-frames", type=int, default=0,
+                   help="if set, video lengths vary uniformly in [min-frames, frames]")
+    p.add_argument("--size", type=int, default=SynthConfig.size, help="frame side, pixels")
+    p.add_argument("--events", type=int, nargs=2, default=[3, 4], metavar=("MIN", "MAX"))
+    p.add_argument("--hard-negatives", type=float, default=SynthConfig.hard_negatives)
+    p.add_argument("--val-fraction", type=float, default=SynthConfig.val_fraction)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=0,
+                   help="also write this many image-caption pairs (stills; images.jsonl)")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        summary = write_benchmark(a.out, a.videos, a.frames, a.seed, overwrite=a.overwrite,
+                                  min_frames=a.min_frames, size=a.size, min_events=a.events[0],
+                                  max_events=a.events[1], hard_negatives=a.hard_negatives,
+                                  val_fraction=a.val_fraction, images=a.images)
+    except (ValueError, OSError) as err:  # bad arguments, an output refused
+        print(f"longvivit synth: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,186 @@
+"""The transformer block both towers share, how a stack of them runs, and how the towers'
+weights start (one CPU generator, drawn module by module as they are built).
+
+Pre-norm blocks (x + attn(norm(x)), then x + mlp(norm(x))) with torch's
+scaled_dot_product_attention, so the fused CPU/GPU kernels are used whenever no additive
+mask is needed. Parameter names and layouts follow open_clip's ResidualAttentionBlock
+one-to-one (qkv rows are [q; k; v], heads contiguous inside each), which keeps the
+image-to-video mapping in init.py a rename.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# ----------------------------------------------------------------------------- initial weights
+#
+# A tower's initial weights are a function of one CPU generator (seeded from torch's global
+# one: torch.manual_seed(s) then a build gives the same weights) and nothing else: each
+# value is drawn in fp32 on the CPU and copied into its parameter whatever the parameter's
+# device or dtype, and every module draws its own parameters in its own __init__, in the
+# order the modules are built. That is what lets a sharded build hold exactly the weights
+# of a whole one: deepspeed.zero.Init (longvivit/train/construct.py) creates the parameters on the
+# accelerator in the training dtype and partitions each module's as soon as its __init__
+# returns, so nothing may touch a module's parameters after that (no init pass over the
+# built model). nn.Linear's and nn.Embedding's own default init still runs first, from
+# torch's global generator, and is overwritten.
+
+
+def init_generator(generator: Optional[torch.Generator] = None) -> torch.Generator:
+    """`generator`, or a new CPU generator seeded by one draw from torch's global one.
+    Taken before any submodule is built, so that what the default inits draw (on whatever
+    device the parameters are made) does not move it."""
+    if generator is not None:
+        return generator
+    seed = int(torch.randint(2**62, (1,), device="cpu"))
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+@torch.no_grad()
+def fill_(param: torch.Tensor, init, generator: torch.Generator, **kwargs) -> None:
+    """param <- init(fp32 CPU tensor of param's shape, generator=generator, **kwargs),
+    rounded once to param's dtype (as casting an fp32 model would). Nothing on the meta
+    device (presets.num_params, the planner)."""
+    if param.is_meta:
+        return
+    if param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous():
+        init(param, generator=generator, **kwargs)  # the same draws, without a second copy
+        return
+    # .float(): fp32 even inside a context that makes new tensors another dtype (zero.Init)
+    values = torch.empty(tuple(param.shape), device="cpu").float()
+    param.copy_(init(values, generator=generator, **kwargs))
+
+
+def full_shape(param: torch.Tensor) -> torch.Size:
+    """A parameter's shape, also when it is a ZeRO-3 partition (1-D; the shape is in ds_shape)."""
+    return getattr(param, "ds_shape", param.shape)
+
+
+def init_linear(module: nn.Module, generator: torch.Generator) -> None:
+    """ViT/BERT-style: truncated normal(0.02) weight, zero bias (a Linear or a Conv)."""
+    fill_(module.weight, nn.init.trunc_normal_, generator, std=0.02)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear initialised ViT/BERT-style from `generator` in its own __init__."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__(in_features, out_features, bias)
+        init_linear(self, init_generator(generator))
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation; its released ViT weights were trained with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        generator = init_generator(generator)
+        self.heads = heads
+        self.qkv = Linear(width, 3 * width, generator=generator)
+        self.proj = Linear(width, width, generator=generator)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D/H)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, D/H)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+
+
+class _ActivationLinear(torch.autograd.Function):
+    """y = linear(act(h), W, b) that saves h but not act(h): backward recomputes the
+    activation (one elementwise pass) instead of keeping a 4 x width tensor per token."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, act):
+        ctx.act = act
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(h, weight)
+        return F.linear(act(h), weight, bias)  # autograd is off here: act(h) is not kept
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        with torch.enable_grad():
+            h = h.detach().requires_grad_(ctx.needs_input_grad[0])
+            a = ctx.act(h)  # (..., hidden), recomputed
+        g2 = grad.reshape(-1, grad.shape[-1])  # (tokens, width)
+        grad_w = g2.t() @ a.detach().reshape(-1, a.shape[-1]) if ctx.needs_input_grad[1] else None
+        grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            (grad_h,) = torch.autograd.grad(a, h, grad @ weight)
+        return grad_h, grad_w, grad_b, None
+
+
+class ActivationLinear(Linear):
+    """The MLP's output projection applied to the pre-activation: forward(h, act) =
+    linear(act(h)). Same parameters and result as Linear after the activation, but only h
+    is saved for backward: a transformer block then keeps 12 instead of 16 token-width
+    tensors per token (MAE-style encoders at 1-6k tokens are activation-bound). A Linear
+    subclass, so ZeRO-3 gathers its weight when this module runs."""
+
+    def forward(self, h: torch.Tensor, act: Optional[nn.Module] = None) -> torch.Tensor:
+        if act is None:
+            return super().forward(h)
+        if not torch.is_grad_enabled():
+            return super().forward(act(h))
+        return _ActivationLinear.apply(h, self.weight, self.bias, act)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, mlp_ratio: float, activation: str = "gelu",
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        generator = init_generator(generator)
+        hidden = int(width * mlp_ratio)
+        self.fc1 = Linear(width, hidden, generator=generator)
+        self.act = ACTIVATIONS[activation]()
+        self.fc2 = ActivationLinear(hidden, width, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x), self.act)  # = fc2(act(fc1(x))), act recomputed in backward
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block over a (B, N, D) token sequence."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu",
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        generator = init_generator(generator)
+        self.norm1 = nn.LayerNorm(width)  # LayerNorms start at weight 1, bias 0: no draws
+        self.attn = Attention(width, heads, generator)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio, activation, generator)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)  # (B, N, D)
+        return x + self.mlp(self.norm2(x))
+
+
+def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+               checkpointed: int = 0) -> torch.Tensor:
+    """Apply `blocks` in order; the first `checkpointed` of them recompute their activations
+    in the backward pass instead of keeping them (only their input is saved)."""
+    for i, block in enumerate(blocks):
+        if i < checkpointed and torch.is_grad_enabled():
+            x = checkpoint(block, x, attn_mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask)
+    return x

@@ -1,0 +1,226 @@
+"""`longvivit export CHECKPOINT --out DIR`: one safetensors file + config + tokenizer.
+
+Consolidates the ZeRO shards of a checkpoint with DeepSpeed's own zero_to_fp32 utilities
+into fp32 weights, and writes
+
+    DIR/model.safetensors   the full state dict (fp32)
+    DIR/config.yaml         the ModelConfig: all that build_model needs
+    DIR/run_config.yaml     the resolved run config the weights were trained with
+    DIR/tokenizer.model     a copy of the sentencepiece model
+
+`load_exported(DIR)` rebuilds the DualEncoder from that directory in plain PyTorch (no
+DeepSpeed, no process group).
+
+Bad input (no complete checkpoint, a missing or truncated shard, an unreadable
+run_config.yaml, an --out that cannot be written) is one line on stderr, exit 2, before
+anything is written; the files are written into a folder beside DIR and moved into it at
+the end, so a failed export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from longvivit.config import ArgumentParser, ConfigError, load_config
+from longvivit.model.config import ModelConfig
+from longvivit.train import checkpoint
+from longvivit.train.config import check_writable_dir, one_line
+
+WEIGHTS = "model.safetensors"
+
+
+def is_export(path: str | Path) -> bool:
+    return (Path(path) / WEIGHTS).is_file()
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights of a (possibly ZeRO-partitioned) DeepSpeed checkpoint tag. Trained
+    parameters come from the fp32 master copy; frozen ones (trainable_last_k) have none and
+    are stored in the engine's dtype (bf16 in a bf16 run), so they are cast up here."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+
+
+def weights_source(path: str | Path) -> Path:
+    """What load_state_dict_any(path) reads: an export's weights file (its header read,
+    so a file that is not safetensors fails here) or a complete checkpoint tag. Raises
+    FileNotFoundError when `path` is neither."""
+    if is_export(path):
+        from safetensors import safe_open
+
+        weights = Path(path) / WEIGHTS
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+        return weights
+    return checkpoint.find_checkpoint(path)
+
+
+def load_state_dict_any(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from an export directory or from any checkpoint location (see find_checkpoint)."""
+    source = weights_source(path)
+    if source.name == WEIGHTS:
+        from safetensors.torch import load_file
+
+        return load_file(str(source))
+    return consolidated_state_dict(source)
+
+
+def export(ckpt: str | Path, out: str | Path) -> Path:
+    """Write the export of checkpoint `ckpt` into `out` (made if needed; files already in it
+    with the same names are replaced). Returns `out`."""
+    tag = checkpoint.find_checkpoint(ckpt)
+    run_cfg = checkpoint.stored_config(tag)
+    out = Path(out)
+    # written in the nearest folder that exists (out's filesystem: a rename away), moved into
+    # out at the end: a failure leaves neither a partial file nor an empty out behind
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    work = existing / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        from safetensors.torch import save_file
+
+        save_file(consolidated_state_dict(tag), str(work / WEIGHTS), metadata={"checkpoint": str(tag)})
+        (work / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg["model"])))
+        (work / "run_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg)))
+        tokenizer = Path(run_cfg["data"]["tokenizer"])
+        if tokenizer.is_file():
+            shutil.copy2(tokenizer, work / "tokenizer.model")
+        out.mkdir(parents=True, exist_ok=True)
+        for file in work.iterdir():
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- validation
+
+def checked_source(path: str | Path, key: str) -> Path:
+    """weights_source(path), or one ConfigError naming `key` for what loading it would
+    fail on: no export or complete checkpoint there (and why), an export whose weights file
+    is not whole safetensors, a tag with a missing or truncated shard (checkpoint.check_files)."""
+    if is_export(path):
+        weights = Path(path) / WEIGHTS
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # noqa: BLE001 -- SafetensorError, OSError
+            raise ConfigError(f"{key}: {weights}: not a whole safetensors file ({one_line(err)})") from None
+        return weights
+    try:
+        tag = checkpoint.find_checkpoint(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: {path}: {checkpoint.no_checkpoint_reason(path)}") from None
+    checkpoint.check_files(tag, key, parts=False)
+    return tag
+
+
+def saved_shapes(source: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor `source` (checked_source's) holds, by name, from headers only."""
+    if source.name != WEIGHTS:
+        return checkpoint.param_shapes(source)
+    from safetensors import safe_open
+
+    with safe_open(str(source), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def check_fits(source: Path, model_cfg: ModelConfig, key: str) -> None:
+    """The weights of `source` load into the model `model_cfg` builds (built on the meta
+    device: no memory): the same parameters, each of the same shape, except the video
+    position tables, which loading interpolates. ConfigError naming the first difference."""
+    from longvivit.model import build_model
+    from longvivit.model.video import PositionEmbedding
+
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    here = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    resized = {f"{m}.{n}" for m, mod in model.named_modules() if isinstance(mod, PositionEmbedding)
+               for n, _ in mod.named_parameters(recurse=False)}
+    buffers = {name for name, _ in model.named_buffers()}
+    there = {k: v for k, v in saved_shapes(source).items() if k not in buffers}
+    for name, shape in here.items():
+        if name in there and name not in resized and there[name] != shape:
+            raise ConfigError(f"{key}: {source} does not fit this model: {name} is {list(there[name])} there, "
+                              f"{list(shape)} here (another width, patch size or vocabulary?)")
+    missing, unexpected = sorted(set(here) - set(there)), sorted(set(there) - set(here))
+    if missing or unexpected:
+        what = [f"{len(names)} {label} (first {names[0]})" for names, label in
+                ((missing, "parameters of this model not in it"), (unexpected, "tensors in it that this model lacks"))
+                if names]
+        raise ConfigError(f"{key}: {source} does not fit this model: {'; '.join(what)} "
+                          "(another depth or architecture?)")
+
+
+def check_export_args(ckpt: str, out: str) -> Path:
+    """The tag `export` would read, after checking everything it reads and where it writes."""
+    source = checked_source(ckpt, "checkpoint")
+    if source.name == WEIGHTS:
+        raise ConfigError(f"checkpoint: {ckpt}: is already an export ({WEIGHTS}); give a run, checkpoints or "
+                          "tag directory")
+    try:
+        run_cfg = checkpoint.stored_config(source)
+        model_cfg = load_config(ModelConfig, run_cfg["model"])
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"checkpoint: {source / checkpoint.CONFIG_FILE}: no usable model config in it "
+                          f"({one_line(err)})") from None
+    check_fits(source, model_cfg, "checkpoint")
+    check_writable_dir("--out", out)
+    return source
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu"):
+    """The DualEncoder of an export directory, in eval mode. (Plain PyTorch; could live in
+    longvivit.model next to build_model.)"""
+    from safetensors.torch import load_file
+
+    from longvivit.model import build_model
+
+    path = Path(path)
+    model = build_model(load_config(ModelConfig, path / "config.yaml"))
+    model.load_state_dict(load_file(str(path / WEIGHTS), device=str(device)))
+    return model.to(device).eval()
+
+
+def load_any(path: str | Path):
+    """(model in eval mode, RunConfig) from an export directory or a checkpoint."""
+    from longvivit.model import build_model
+    from longvivit.train.config import RunConfig
+
+    if is_export(path):
+        run = load_config(RunConfig, Path(path) / "run_config.yaml")
+        tok = Path(path) / "tokenizer.model"
+        if tok.is_file():
+            run.data.tokenizer = str(tok)
+        return load_exported(path), run
+    tag = checkpoint.find_checkpoint(path)
+    run = load_config(RunConfig, tag / checkpoint.CONFIG_FILE)
+    model = build_model(run.model)
+    model.load_state_dict(consolidated_state_dict(tag))
+    return model.eval(), run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="longvivit export", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="run dir, checkpoints dir or tag dir (newest complete)")
+    p.add_argument("--out", required=True, help="directory to write")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        tag = check_export_args(args.checkpoint, args.out)
+    except ConfigError as err:
+        print(f"longvivit export: {err}".splitlines()[0], file=sys.stderr)
+        return 2
+    out = export(tag, args.out)
+    print(json.dumps({"out": str(out), "weights": str(out / WEIGHTS), "config": str(out / "config.yaml")}))
+    return 0
