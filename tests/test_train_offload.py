@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_train_zero3 import DEMO, ROOT, data, launch  # noqa: F401 (data: fixture)
 
+from longvivit.configs import resolve
 from longvivit.train.config import load_run_config, resolve_ds_config
 
 from train_support import events, step_lines
@@ -84,7 +85,7 @@ def test_offload_ds_configs_resolve_with_the_client_optimizer_allowed(device):
 
 
 def offload_settings(path: str) -> tuple:
-    ds = json.loads((ROOT / path).read_text())
+    ds = json.loads(resolve(path).read_text())
     zero = ds["zero_optimization"]
     return zero["stage"], zero["offload_optimizer"], zero["offload_param"], ds.get("zero_force_ds_cpu_optimizer")
 
