@@ -160,5 +160,5 @@ def test_batches_without_caption_strings_give_no_gallery():
         "model.video.frames=4", "data.source=synthetic", "data.batch_size=4", "data.synthetic_samples=8"])
     torch.manual_seed(0)
     loader = SyntheticBatches(cfg.data, "val", torch.device("cpu"), 0, 1, False, cfg.model.text.vocab_size)
-    metrics, gallery = evaluate(build_model(cfg.model), loader, gallery_queries=4)
-    assert metrics["pairs"] == 8 and gallery is None
+    metrics, embeddings = evaluate(build_model(cfg.model), loader, gallery_queries=4)
+    assert metrics["pairs"] == 8 and embeddings.gallery is None

@@ -29,6 +29,7 @@ from slurm_support import (  # noqa: F401
     remove_new_shm,
     two_node_cluster,
 )
+from train_support import hooked_longvivit
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.timeout(900)]
 
@@ -104,7 +105,7 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, synth_data, tmp_pa
     # rank 1 waits at the end of step 3 until the signal reaches it, so the stop lands in a
     # known step however fast the steps are (the resumed run starts past step 3)
     job, logs = submit(cluster, tmp_path, overrides(synth_data, out, steps, checkpoint_every=1000),
-                       env={"LONGVIVIT_FAULT": f"hold_for_signal:{stop}:1"})
+                       env={"LONGVIVIT": str(hooked_longvivit(tmp_path, f"hold_for_signal:{stop}:1"))})
     wait_for(lambda: len(step_rows(out)) >= stop, 300, f"{stop} training steps")
     cluster.run("scancel", "--signal=USR1", "--batch", str(job))
 
@@ -381,7 +382,8 @@ def test_two_node_job_preempted_comes_back_on_one_node(two_node_cluster, synth_d
     c, out, stop, steps, samples = two_node_cluster, tmp_path / "run", 2, 6, 16
     data = {**synth_data, "shards_train": synth_data["shards_all"]}
     job, logs = submit(c, tmp_path, overrides(data, out, steps, checkpoint_every=1000),
-                       env={"LONGVIVIT_FAULT": f"hold_for_signal:{stop}:1"}, shape=TWO_NODES)
+                       env={"LONGVIVIT": str(hooked_longvivit(tmp_path, f"hold_for_signal:{stop}:1"))},
+                       shape=TWO_NODES)
     wait_for(lambda: len(step_rows(out)) >= stop, 300, f"{stop} training steps")
     c.run("scancel", "--signal=USR1", "--batch", str(job))
     wait_for(lambda: c.job(job).get("Restarts") == "1" and c.state(job) == "PENDING", 300,

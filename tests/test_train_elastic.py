@@ -32,9 +32,9 @@ def common(tmp_path, steps):
             f"steps={steps}", f"out={tmp_path / 'run'}", "checkpoint_every=0")
 
 
-def train(tmp_path, procs, steps, name, *extra, env=None):
+def train(tmp_path, procs, steps, name, *extra, faults=""):
     with Launch(CONFIGS / "demo.yaml", *common(tmp_path, steps), *extra, log=tmp_path / f"{name}.log",
-                procs=procs, env=env) as job:
+                procs=procs, faults=faults) as job:
         rc = job.wait(400)
         return rc, job.output
 
@@ -97,7 +97,7 @@ def test_two_ranks_resume_on_one_and_a_kill_during_conversion(two_rank_run, tmp_
     run_dir, fresh = copy_of(two_rank_run, tmp_path)
     ref = dump(tmp_path, 2, 0, "ref")  # the same world size: DeepSpeed's own per-rank load
 
-    rc, out = train(tmp_path, 1, 4, "killed", env={"LONGVIVIT_FAULT": "kill_during_conversion:2"})
+    rc, out = train(tmp_path, 1, 4, "killed", faults="kill_during_conversion:2")
     assert rc != 0 and events(out, "rescale") and not events(out, "start")
     root = run_dir / "checkpoints"
     assert (root / ".universal-step00000002.tmp").is_dir() and not (root / "universal-step00000002").exists()

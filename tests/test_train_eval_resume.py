@@ -6,7 +6,7 @@ a cut-off line superseded by a resume line; an eval of the resumed step kept, or
 when the resume redoes it).
 
 Runs (the demo's local form on 2 ranks, checkpoint and eval every 2 of 4 steps): killed
-(SIGKILL, fault point kill_during_eval) while the step-2 eval is under way, the rerun
+(SIGKILL, the fault kill_during_eval of tests/hooks_support.py) while the step-2 eval is under way, the rerun
 evaluates step 2 before it trains on; killed in the final eval, the rerun trains nothing,
 evaluates step 4 and writes summary.json; a third start finds it finished and writes
 nothing. Each eval line and the summary are there once.
@@ -45,8 +45,7 @@ def command(tmp_path: Path) -> tuple:
 
 
 def launch(tmp_path: Path, name: str, fault: str = "") -> tuple[int, str]:
-    with Launch(*command(tmp_path), log=tmp_path / f"{name}.log",
-                env={"LONGVIVIT_FAULT": fault} if fault else None) as job:
+    with Launch(*command(tmp_path), log=tmp_path / f"{name}.log", faults=fault) as job:
         return job.wait(400), job.output
 
 

@@ -13,7 +13,7 @@ from longvivit.config import ConfigError
 from longvivit.data.config import ImageConfig
 from longvivit.distributed.collectives import free_port
 
-from train_support import communicate, step_lines
+from train_support import communicate, step_lines, train_program
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "longvivit" / "configs" / "demo.yaml"
@@ -66,9 +66,9 @@ def data(tmp_path_factory):
 
 def launch(out: Path, data: list[str], fault: str = "") -> tuple[int, str]:
     port = free_port()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "longvivit.cli",
-           "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), *train_program(fault),
+           str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
            "data.batch_size=4", f"checkpoint_every={EVERY}", "log_every=1", "optim.warmup_steps=4", "optim.lr=5e-4",
            "progress=false", "data.num_workers=0", "eval_max_batches=1"]
     return communicate(cmd, port, 400, env)

@@ -2,7 +2,7 @@
 every rank, and max_nonfinite_steps of them in a row stop the run (exit 3) with no
 checkpoint of them.
 
-The fault point nan_loss makes a rank's loss NaN in value while its gradients stay finite,
+The fault nan_loss (tests/hooks_support.py) makes a rank's loss NaN in value while its gradients stay finite,
 so DeepSpeed's own check of the gradient norm cannot see it: only the trainer's check of
 the loss (run.nan_grads_if_nonfinite) keeps such a step from being applied. Two runs of the
 demo's local form on 2 ranks through the deepspeed launcher:
@@ -113,7 +113,7 @@ def test_one_nan_step_on_one_rank_is_skipped_on_both_and_the_run_finishes(tmp_pa
 
     out, root = tmp_path / "train", tmp_path / "train" / "checkpoints"
     with Launch(*command(tmp_path, "steps=3", "grad_accum=2", "checkpoint_every=1", "keep_last=3"),
-                log=tmp_path / "log", env={"LONGVIVIT_FAULT": "nan_loss:3:1"}) as job:
+                log=tmp_path / "log", faults="nan_loss:3:1") as job:
         rc = job.wait(300)
         output = job.output
     assert rc == 0, output[-4000:]
@@ -148,7 +148,7 @@ def test_nonfinite_steps_in_a_row_stop_the_run_before_its_next_checkpoint(tmp_pa
     out, root = tmp_path / "train", tmp_path / "train" / "checkpoints"
     args = command(tmp_path, "steps=6", "grad_accum=2", "grad_accum_loss=whole_batch", "checkpoint_every=2",
                    "max_nonfinite_steps=2", "precision=bf16")
-    with Launch(*args, log=tmp_path / "first.log", env={"LONGVIVIT_FAULT": "nan_loss:3-4:1"}) as job:
+    with Launch(*args, log=tmp_path / "first.log", faults="nan_loss:3-4:1") as job:
         rc = job.wait(300)
         output = job.output
     good = root / "step00000002"

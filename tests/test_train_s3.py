@@ -21,7 +21,7 @@ from longvivit.cli.eval import main as eval_main
 
 from data_support import SHARD_SIZE, synth_data  # noqa: F401 (fixture)
 from s3_support import s3  # noqa: F401 (fixture)
-from train_support import CONFIGS, DEEPSPEED, communicate, events, step_lines
+from train_support import CONFIGS, DEEPSPEED, communicate, events, step_lines, train_program
 
 # ~3 min on 2 busy cores (three 2-rank launches): tests/test_data_s3.py keeps the s3:// write
 # and read paths in the default suite
@@ -44,9 +44,9 @@ def remote(synth_data, s3):  # noqa: F811
 
 def launch(out: Path, train: str, val: str, tokenizer: Path, *extra: str, fault: str = "") -> tuple[int, str]:
     port = free_port()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "longvivit.cli",
-           "train", str(CONFIGS / "demo.yaml"), f"data.train={train}", f"data.val={val}",
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), *train_program(fault),
+           str(CONFIGS / "demo.yaml"), f"data.train={train}", f"data.val={val}",
            f"data.tokenizer={tokenizer}", f"out={out}", f"steps={STEPS}", f"checkpoint_every={EVERY}",
            "model.video.frames=8", "data.batch_size=2", "data.num_workers=0", "log_every=1",
            "optim.warmup_steps=2", "progress=false", *extra]

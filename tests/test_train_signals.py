@@ -21,13 +21,13 @@ def command(tmp_path):
 
 
 def test_sigterm_to_one_rank_stops_all_after_the_same_step_with_a_checkpoint(tmp_path):
-    """Rank 1 is held at the end of step 3 until it is signalled (the fault point
-    hold_for_signal), so the signal lands in a known step however fast the steps run or
+    """Rank 1 is held at the end of step 3 until it is signalled (the fault
+    hold_for_signal, tests/hooks_support.py), so the signal lands in a known step however fast the steps run or
     however slowly this test polls."""
     out = tmp_path / "train"  # demo's out (runs/demo/train) in local form
     step = 3
     with Launch(*command(tmp_path), log=tmp_path / "first.log",
-                env={"LONGVIVIT_FAULT": f"hold_for_signal:{step}:1"}) as job:
+                faults=f"hold_for_signal:{step}:1") as job:
         job.wait_for(lambda: len(job.events("start")) == 2 and len(step_lines(out)) >= step, what=f"step {step}")
         rank1 = next(s for s in job.events("start") if s["rank"] == 1)
         os.kill(rank1["pid"], signal.SIGTERM)
@@ -52,13 +52,13 @@ def test_sigterm_to_one_rank_stops_all_after_the_same_step_with_a_checkpoint(tmp
 
 
 def test_a_stop_in_the_final_step_lets_the_run_finish(tmp_path):
-    """SIGTERM to every rank in the last step (the fault point stop_in_step): the run is
+    """SIGTERM to every rank in the last step (the fault stop_in_step): the run is
     complete, so it finishes as usual (final checkpoint, eval, summary, exit 0) instead of
     exiting 75 for a requeue that would have nothing left to do."""
     out = tmp_path / "train"
     steps = 3
     with Launch(*command(tmp_path)[:4], f"steps={steps}", "checkpoint_every=0", log=tmp_path / "log",
-                env={"LONGVIVIT_FAULT": f"stop_in_step:{steps}"}) as job:
+                faults=f"stop_in_step:{steps}") as job:
         rc = job.wait(300)
         output = job.output
     assert rc == 0, output[-4000:]

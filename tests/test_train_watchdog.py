@@ -6,7 +6,7 @@ and not for phases that end in time; its clock logic (nested phases, progress, t
 collective a rank waits in) on a fake clock; the timeouts' validation.
 
 Runs: the demo's local form on 2 ranks through the deepspeed launcher, one rank stalled by
-a fault point (stall_PHASE, longvivit/distributed/faults.py) the test arms on rank 1 only:
+a fault (stall_PHASE, tests/hooks_support.py) the test injects on rank 1 only:
 - in data loading: rank 1's watchdog ends the job, naming rank 1 and phase data; rank 0,
   blocked in the step's collectives behind it, ends with it; the launcher exits non-zero.
 - in a checkpoint write: rank 1 is named in phase checkpoint; rank 0, stuck since the same
@@ -120,7 +120,7 @@ def stalled_run(tmp_path: Path, fault: str, *overrides: str) -> tuple[int, str, 
     output, and the job's DeepSpeed buffers left in /dev/shm when the launcher is done."""
     args = (CONFIGS / "demo.yaml", "local=true", f"local_dir={tmp_path}", "data.source=synthetic", "steps=4",
             "log_every=1", *overrides)
-    with Launch(*args, log=tmp_path / "log", env={"LONGVIVIT_FAULT": fault}) as job:
+    with Launch(*args, log=tmp_path / "log", faults=fault) as job:
         rc = job.wait(400)  # a safety limit for the test, not a claim about speed
         left = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{job.port}_*")]
         return rc, job.output, left

@@ -2,7 +2,8 @@
 
 One straight run (16 steps, checkpoints at 8 and 16) is checked for: each rank holding half
 the parameters, the loss falling, every TensorBoard scalar and the eval gallery image,
-`longvivit eval` JSON, and export -> plain-PyTorch load giving the engine's embeddings. A
+`longvivit eval` JSON, and export -> plain-PyTorch load giving the embeddings the engine's
+final eval handed its hooks (tests/hooks_support.py, --eval-embeddings). A
 second run of the same config is SIGKILLed while writing its step-16 checkpoint;
 restarting it must resume from step 8 (the newest complete checkpoint) and reproduce the
 straight run: the same loss and batch indices at every step, the same final parameters.
@@ -21,7 +22,7 @@ import torch
 
 from longvivit.distributed.collectives import free_port
 
-from train_support import communicate, events, export, listing, step_lines
+from train_support import communicate, events, export, listing, step_lines, train_program
 
 pytestmark = pytest.mark.multiproc
 
@@ -31,6 +32,7 @@ DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 STEPS = 16  # checkpoints at 8 and 16
 SCALARS = ["loss", "lr", "logit_scale", "grad_norm", "samples_per_s", "tokens_per_s", "tflops", "mfu",
            "data_wait", "decode_failures", "memory_gb"]
+EMBEDDINGS = "eval_embeddings.safetensors"  # the final eval's, from the straight run's hooks
 EVAL_KEYS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "t2v_median_rank",
              "v2t_median_rank", "pairs"]
 
@@ -48,17 +50,19 @@ def data(tmp_path_factory):
     return [f"data.train={root / 'train'}", f"data.val={root / 'val'}", f"data.tokenizer={tok}"]
 
 
-def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: int = 300,
-           launcher: str = "deepspeed"):
-    """`deepspeed --num_gpus 2 ... longvivit train` (or torchrun's equivalent); kills its
-    process group and removes its /dev/shm buffers whatever happens."""
+def launch(out: Path, data: list[str], *extra: str, fault: str = "", eval_embeddings: Path | None = None,
+           timeout: int = 300, launcher: str = "deepspeed"):
+    """`deepspeed --num_gpus 2 ... longvivit train` (or torchrun's equivalent; with
+    `fault` or `eval_embeddings`, train_support.train_program); kills its process group and
+    removes its /dev/shm buffers whatever happens."""
     port = free_port()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "LONGVIVIT_FAULT": fault}
-    starter = {"deepspeed": [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module"],
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    starter = {"deepspeed": [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port),
+                             *train_program(fault, eval_embeddings)],
                "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_addr", "127.0.0.1", "--master_port", str(port), "-m"]}[launcher]
-    cmd = [*starter, "longvivit.cli",
-           "train", str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
+                            "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "longvivit.cli",
+                            "train"]}[launcher]
+    cmd = [*starter, str(DEMO), *data, f"out={out}", f"steps={STEPS}", "model.video.frames=16",
            "data.batch_size=4", f"checkpoint_every={STEPS // 2}", "log_every=1", "optim.warmup_steps=2",
            "progress=false", "data.num_workers=0", *extra]
     return communicate(cmd, port, timeout, env)
@@ -67,7 +71,7 @@ def launch(out: Path, data: list[str], *extra: str, fault: str = "", timeout: in
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    rc, output = launch(out, data, "save_eval_embeddings=true")
+    rc, output = launch(out, data, eval_embeddings=out / EMBEDDINGS)
     assert rc == 0, output[-4000:]
     return out, output
 
@@ -150,7 +154,7 @@ def test_export_loads_in_plain_pytorch_with_the_engines_embeddings(straight, dat
     dest = export(out, tmp_path / "export")
     assert (dest / "model.safetensors").is_file() and (dest / "config.yaml").is_file()
     model = load_exported(dest)
-    engine_emb = load_file(str(out / "eval_embeddings.safetensors"))
+    engine_emb = load_file(str(out / EMBEDDINGS))
     # every caption of each clip, grouped by clip: text_ids below hold the first of each
     first = torch.ones(len(engine_emb["caption_video"]), dtype=torch.bool)
     first[1:] = engine_emb["caption_video"][1:] != engine_emb["caption_video"][:-1]
@@ -211,7 +215,7 @@ def test_rerunning_a_finished_run_does_nothing_and_writes_nothing(straight, data
     out = tmp_path / "run"
     shutil.copytree(straight[0], out)  # the fixture's run stays untouched whatever happens
     before = listing(out)
-    rc, output = launch(out, data, "save_eval_embeddings=true", fault=f"kill_during_save:{STEPS}")
+    rc, output = launch(out, data, fault=f"kill_during_save:{STEPS}", eval_embeddings=out / EMBEDDINGS)
     assert rc == 0, output[-4000:]
     finished = events(output, "finished")
     assert len(finished) == 1 and finished[0]["step"] == STEPS, output[-3000:]

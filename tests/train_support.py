@@ -2,7 +2,9 @@
 
 `Launch` starts the launcher in its own process group with its output in a file (so a test
 can watch a run while it goes); leaving the `with` block kills whatever is left and removes
-the job's /dev/shm buffers, whether the test passed or not. `communicate` does the same for
+the job's /dev/shm buffers, whether the test passed or not. A run with faults or other test
+hooks (tests/hooks_support.py) trains through tests/scripts/train_with_hooks.py
+(`train_program`). `communicate` does the same for
 a launcher command a test only waits for. `tiny_run` makes a real one-step checkpoint and
 its export, and `broken_copy` cheap broken copies of it (the bad-input tests).
 """
@@ -24,16 +26,39 @@ from longvivit.events import read as read_events
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "longvivit" / "configs"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+WITH_HOOKS = ROOT / "tests" / "scripts" / "train_with_hooks.py"
+
+
+def train_program(faults: str = "", eval_embeddings: Path | None = None) -> list[str]:
+    """What the deepspeed launcher runs as `longvivit train`: the CLI's module, or, with
+    `faults` (NAME:STEPS[:RANK],...) or `eval_embeddings` (a file rank 0 saves each eval's
+    embeddings to), tests/scripts/train_with_hooks.py, which trains the same way with those
+    hooks (tests/hooks_support.py). CONFIG and its overrides follow either."""
+    hooks = [*(["--faults", faults] if faults else []),
+             *(["--eval-embeddings", str(eval_embeddings)] if eval_embeddings else [])]
+    return [str(WITH_HOOKS), *hooks] if hooks else ["--module", "longvivit.cli", "train"]
+
+
+def hooked_longvivit(folder: Path, faults: str) -> Path:
+    """An executable that stands in for the `longvivit` command (slurm/train.sbatch runs
+    `$LONGVIVIT train ARGS`): `train ARGS` through train_with_hooks.py with `faults`."""
+    path = folder / "longvivit-with-faults"
+    path.write_text(f'#!/bin/sh\n[ "$1" = train ] && shift\nexec "{sys.executable}" "{WITH_HOOKS}" '
+                    f'--faults "{faults}" "$@"\n')
+    path.chmod(0o755)
+    return path
 
 
 class Launch:
     """env: variables to add to the ranks' environment; a value of None removes one (e.g.
-    {"OMP_NUM_THREADS": None}: torch's default thread count instead of the tests' 1)."""
+    {"OMP_NUM_THREADS": None}: torch's default thread count instead of the tests' 1).
+    faults: the faults to inject (tests/hooks_support.py), e.g. "stall_data:2:1"."""
 
-    def __init__(self, config: str | Path, *overrides: str, log: Path, procs: int = 2, env: dict | None = None):
+    def __init__(self, config: str | Path, *overrides: str, log: Path, procs: int = 2, env: dict | None = None,
+                 faults: str = ""):
         self.port, self.log = free_port(), log
-        cmd = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(self.port), "--module",
-               "longvivit.cli", "train", str(config), "progress=false", *overrides]
+        cmd = [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(self.port),
+               *train_program(faults), str(config), "progress=false", *overrides]
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(env or {})}
         env = {k: v for k, v in env.items() if v is not None}
         self._out = open(log, "w")

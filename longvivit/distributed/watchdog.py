@@ -27,8 +27,9 @@ timeout (`timeouts.collective_s`, dist.init_process_group) as well as by its pha
 
 One watchdog per process, like a signal handler: the module functions act on the one
 `start` made (and do nothing when none runs, e.g. in `longvivit eval` or a unit test), so
-that the loop, the data wait and dist.py mark phases without passing it around. The
-fault points `stall_PHASE` (faults.py) stall a rank on entering a phase, for the tests.
+that the loop, the data wait and dist.py mark phases without passing it around. Its
+`on_enter(name, step)` callback is called on entering each phase (the trainer's hooks:
+the tests stall a rank there, tests/hooks_support.py).
 
 (torch.distributed.elastic.timer offers expiring scopes too, but needs a timer server in
 the launcher's agent and ends a worker with SIGKILL: no message, no stacks.)
@@ -46,11 +47,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 from longvivit import events
-from longvivit.distributed import faults
 
 EXIT_HANG = 4  # a rank made no progress within its phase's limit (see the run config's timeouts)
 REPORT_GRACE_S = 5.0  # between a rank's report and its exit (see the module docstring)
-STALL_S = 3600.0  # how long a stall_PHASE fault point holds a rank
 
 
 @dataclass
@@ -81,11 +80,14 @@ def deadline(frame: Frame, limits: Mapping[str, float]) -> float | None:
 
 class Watchdog:
     """Watches this rank's innermost phase; calls `on_hang(Hang)` once, from its own
-    thread, when that phase outlives its limit (`limits`: seconds by phase name)."""
+    thread, when that phase outlives its limit (`limits`: seconds by phase name), and
+    `on_enter(name, step)` from the thread that enters a phase, once its clock runs."""
 
     def __init__(self, limits: Mapping[str, float], rank: int, on_hang: Callable[[Hang], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_enter: Callable[[str, int | None], None] = lambda name, step: None):
         self.limits, self.rank, self._on_hang, self._clock = dict(limits), rank, on_hang, clock
+        self._on_enter = on_enter
         self._frames: list[Frame] = []
         self._cond = threading.Condition()
         self._stopped = False
@@ -108,7 +110,7 @@ class Watchdog:
             assert len(self._frames) <= 1, f"begin({name!r}) inside phase {self._frames[-1].name!r}"
             self._frames[:] = [Frame(name, step, self._clock())]
             self._cond.notify()
-        faults.hold_point(f"stall_{name}", step or 0, self.rank, lambda: False, timeout=STALL_S)
+        self._on_enter(name, step)
 
     @contextmanager
     def phase(self, name: str, step: int | None = None) -> Iterator[None]:
@@ -119,7 +121,7 @@ class Watchdog:
             self._frames.append(Frame(name, step, self._clock()))
             self._cond.notify()
         try:
-            faults.hold_point(f"stall_{name}", step or 0, self.rank, lambda: False, timeout=STALL_S)
+            self._on_enter(name, step)
             yield
         finally:
             with self._cond:
@@ -188,11 +190,12 @@ def report_and_exit(hang: Hang, cleanup: Callable[[], None] = lambda: None) -> N
     os._exit(EXIT_HANG)
 
 
-def start(limits: Mapping[str, float], rank: int, cleanup: Callable[[], None] = lambda: None) -> Watchdog:
+def start(limits: Mapping[str, float], rank: int, cleanup: Callable[[], None] = lambda: None,
+          on_enter: Callable[[str, int | None], None] = lambda name, step: None) -> Watchdog:
     """Start this process's watchdog (phase "setup"); a hang reports and exits (report_and_exit)."""
     global _active
     stop()
-    _active = Watchdog(limits, rank, lambda hang: report_and_exit(hang, cleanup)).start()
+    _active = Watchdog(limits, rank, lambda hang: report_and_exit(hang, cleanup), on_enter=on_enter).start()
     _active.begin("setup")
     return _active
 

@@ -228,16 +228,13 @@ def task_metrics(emb: Embeddings, tasks: list[str], dsl_temperature: float | Non
 
 
 def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
-             embeddings_file: Path | None = None, gallery_queries: int = 0) -> tuple[dict, Gallery | None]:
+             gallery_queries: int = 0) -> tuple[dict, Embeddings]:
     """The t2v_v2t metrics of the whole split, the same on every rank (the trainer's eval),
-    with a labelled split's zero-shot accuracy as zeroshot_* keys, and the gallery of
-    `gallery_queries` queries (None for 0, or without caption strings).
-    `embeddings_file`: also save the embeddings there (a .safetensors file); pass it on one
-    rank only, as every rank holds all of them."""
+    with a labelled split's zero-shot accuracy as zeroshot_* keys, and the embeddings they
+    came from (every rank holds all of them), with the gallery of `gallery_queries` queries
+    (`.gallery`: None for 0, or without caption strings)."""
     emb = embed(model, loader, mask_ratio, max_batches, gallery_queries=gallery_queries)
-    if embeddings_file is not None:
-        emb.save(embeddings_file)
-    return eval_scalars(task_metrics(emb, ["zeroshot", "t2v_v2t"])), emb.gallery
+    return eval_scalars(task_metrics(emb, ["zeroshot", "t2v_v2t"])), emb
 
 
 def eval_scalars(lines: list[dict]) -> dict:

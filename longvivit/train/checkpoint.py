@@ -35,7 +35,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -43,7 +43,6 @@ from omegaconf import OmegaConf
 
 from longvivit.config import ConfigError
 from longvivit.distributed import collectives as dist
-from longvivit.distributed import faults
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -235,9 +234,10 @@ def rank_file(tag_dir: Path, rank: int) -> Path:
 # ---------------------------------------------------------------------------- save
 
 def save(engine: DeepSpeedEngine, out: str | Path, step: int, parts: Mapping[str, Stateful],
-         config_yaml: str, keep_last: int) -> Path:
+         config_yaml: str, keep_last: int, on_written: Callable[[], None] = lambda: None) -> Path:
     """Save the engine and this rank's `parts` on every rank; the tag becomes complete
-    after all ranks are done.
+    after all ranks are done. `on_written()` is called on each rank once its own files are
+    on disk (the trainer's hooks.on_checkpoint_written).
 
     Never writes into a complete tag: a tag of this step already on disk is left over from
     another run in the same directory (resume=never), and rank 0 removes it before any rank
@@ -255,7 +255,7 @@ def save(engine: DeepSpeedEngine, out: str | Path, step: int, parts: Mapping[str
     torch.save({name: part.state_dict() for name, part in parts.items()}, rank_file(tag_dir, rank))
     if rank == 0:
         _write_atomic(tag_dir / CONFIG_FILE, config_yaml)
-        faults.fault_point("kill_during_save", step, rank)
+    on_written()
     dist.barrier()  # every rank's files are on disk past this point
     if rank == 0:
         meta = {"step": step, "world_size": engine.world_size, "time": time.time()}
@@ -377,9 +377,10 @@ def universal_dir(tag_dir: Path) -> Path:
     return tag_dir.parent / f"universal-{tag_dir.name}"
 
 
-def to_universal(tag_dir: Path, rank: int) -> Path:
+def to_universal(tag_dir: Path, rank: int, on_converted: Callable[[], None] = lambda: None) -> Path:
     """Convert `tag_dir`'s ZeRO shards (any stage) to DeepSpeed's universal checkpoint, on
     rank 0 while the others wait; returns the folder to hand to load(universal=...).
+    `on_converted()` is called on rank 0 between the conversion and its rename.
 
     Written aside and renamed into place: a run killed mid-conversion leaves only the
     .tmp folder, which the next conversion (or remove_incomplete) deletes, and the tag
@@ -397,7 +398,7 @@ def to_universal(tag_dir: Path, rank: int) -> Path:
         ds_to_universal(Namespace(input_folder=str(tag_dir), output_folder=str(work / tag_dir.name),
                                   num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
                                   strict=True, inject_missing_state=False))
-        faults.fault_point("kill_during_conversion", tag_step(tag_dir), rank)
+        on_converted()
         os.replace(work, final)
     dist.barrier()  # no rank loads before rank 0 has renamed the result into place
     return final

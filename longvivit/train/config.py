@@ -94,7 +94,10 @@ class RunConfig:
     max_nonfinite_steps: int = 3
     peak_tflops: float = 0.0  # MFU denominator per device; 0: measured (CPU) or spec table (GPU)
     progress: bool = True  # tqdm bar on rank 0
-    save_eval_embeddings: bool = False  # rank 0 writes out/eval_embeddings.safetensors (export checks)
+    # deprecated and ignored: accepted so that run configs stored before (a checkpoint's
+    # run_config.yaml) still load; an eval's embeddings reach code outside the trainer
+    # through its hooks (longvivit/train/hooks.py on_evaluate), or `longvivit eval --save-embeddings`
+    save_eval_embeddings: bool = False
     local: bool = False  # the config's local form: tiny dims, synthetic data, CPU twin (longvivit/train/local.py)
     local_dir: str = "runs/local"  # local runs, data and open_clip files
 

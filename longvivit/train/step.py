@@ -4,12 +4,12 @@ makes a step non-finite (a NaN/inf loss or gradient, which DeepSpeed then skips,
 update that made the weights non-finite, which nothing can undo)."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from longvivit.distributed import faults
 from longvivit.train.accumulate import whole_batch_step
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def train_step(trainer: Trainer, stream: Iterator[dict], mask_ratio: float | Non
         batch = next(stream)
         loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"], mask_ratio=mask_ratio,
                                generator=mask_generator(trainer, micro), real_frames=batch["real_frames"])
-        loss = faults.nan_point("nan_loss", trainer.state.step + 1, trainer.d.rank, loss)
+        loss = trainer.hooks.on_before_backward(trainer, trainer.state.step + 1, micro, loss)
         engine.backward(nan_grads_if_nonfinite(loss))
         engine.step()
         losses.append(loss.detach().float())
@@ -49,6 +49,7 @@ def whole_batch_train_step(trainer: Trainer, stream: Iterator[dict], mask_ratio:
     lr = engine.get_lr()[0]
     batches = [next(stream) for _ in range(trainer.cfg.grad_accum)]
     generators = [lambda micro=micro: mask_generator(trainer, micro) for micro in range(trainer.cfg.grad_accum)]
+    micros = itertools.count()  # whole_batch_step runs forward once per micro-batch, in order
 
     def embed(b: dict, g: torch.Generator):
         return engine.module.embed(b["video"], b["text_ids"], b["text_mask"], mask_ratio, generator=g,
@@ -57,7 +58,7 @@ def whole_batch_train_step(trainer: Trainer, stream: Iterator[dict], mask_ratio:
     def forward(b: dict, g: torch.Generator, negatives):
         loss, metrics = engine(b["video"], b["text_ids"], b["text_mask"], mask_ratio=mask_ratio, generator=g,
                                real_frames=b["real_frames"], negatives=negatives)
-        return faults.nan_point("nan_loss", trainer.state.step + 1, trainer.d.rank, loss), metrics
+        return trainer.hooks.on_before_backward(trainer, trainer.state.step + 1, next(micros), loss), metrics
 
     def backward(loss: torch.Tensor) -> None:  # the k passes sum to the whole batch's gradient: no division by k
         engine.backward(nan_grads_if_nonfinite(loss), scale_wrt_gas=False)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from longvivit.config import ConfigError, check, to_dict, to_yaml
 from longvivit.data.config import DataConfig
 from longvivit.data.load import clean_shared_memory
 from longvivit.distributed import collectives as dist
-from longvivit.distributed import faults, watchdog
+from longvivit.distributed import watchdog
 from longvivit.train import checkpoint
 from longvivit.train.config import (
     RunConfig,
@@ -57,6 +56,7 @@ from longvivit.train.config import (
     resolve_ds_config,
 )
 from longvivit.train.construct import build_model
+from longvivit.train.hooks import TrainerHooks
 from longvivit.train.metrics import Throughput, log_step
 from longvivit.train.step import NonFiniteStop, nonfinite_since, params_finite, train_step
 
@@ -264,11 +264,14 @@ class Trainer:
 
     `setup()` alone builds the engine and loaders at the resumed state without training
     (tests/scripts/resumed_state.py, bench/gpu.py); `state_dict()` is what a checkpoint holds
-    of this rank besides the engine (`parts()`, saved and loaded by name)."""
+    of this rank besides the engine (`parts()`, saved and loaded by name). `hooks` are
+    called at named moments of the run (hooks.py; the tests' faults: tests/hooks_support.py)."""
 
-    def __init__(self, cfg: RunConfig, ds_config: dict, tag: Path | None = None, d: dist.DistEnv | None = None):
+    def __init__(self, cfg: RunConfig, ds_config: dict, tag: Path | None = None, d: dist.DistEnv | None = None,
+                 hooks: TrainerHooks | None = None):
         self.cfg, self.ds_config, self.tag = cfg, ds_config, tag
         self.d = d or dist.read_env()
+        self.hooks = hooks or TrainerHooks()
         self.state = TrainState()
         self.stop: StopRequest | None = None
         self.engine: DeepSpeedEngine | None = None
@@ -290,10 +293,10 @@ class Trainer:
         self.t_start = time.time()
 
     @classmethod
-    def from_argv(cls, argv: list[str], d: dist.DistEnv | None = None) -> Trainer:
+    def from_argv(cls, argv: list[str], d: dist.DistEnv | None = None, hooks: TrainerHooks | None = None) -> Trainer:
         """CONFIG [key=value ...] validated (ConfigError before anything is made)."""
         d = d or dist.read_env()
-        return cls(*validate(argv, d), d)
+        return cls(*validate(argv, d), d, hooks)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -313,7 +316,8 @@ class Trainer:
         d, cfg = self.d, self.cfg
         dist.setup_env(d)
         self.stop = StopRequest()
-        watchdog.start(cfg.timeouts.limits(), d.rank, cleanup=lambda: dist.remove_shm_buffer(d))
+        watchdog.start(cfg.timeouts.limits(), d.rank, cleanup=lambda: dist.remove_shm_buffer(d),
+                       on_enter=lambda phase, step: self.hooks.on_phase_start(self, phase, step))
         dist.bind_device(d)
         dist.init_process_group(timedelta(seconds=cfg.timeouts.collective_s))
         dist.check_distinct_gpus()
@@ -332,7 +336,7 @@ class Trainer:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         if d.is_main:
             checkpoint.remove_incomplete(cfg.out)
-        universal = rescale(cfg, tag, d) if tag is not None else None
+        universal = rescale(self, tag) if tag is not None else None
         ds_config = self.ds_config
         if universal is not None:  # the engine reads the universal form instead of the rank shards
             ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
@@ -421,10 +425,11 @@ def image_data(cfg: RunConfig) -> DataConfig | None:
                                sampling="uniform")
 
 
-def rescale(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> Path | None:
+def rescale(trainer: Trainer, tag: Path) -> Path | None:
     """Resuming a checkpoint written by another number of ranks: rank 0 converts it to
     DeepSpeed's universal form (the others wait) and says in one JSON line what changed
     and what was kept (rescale_kept). None when the world size is the checkpoint's."""
+    cfg, d = trainer.cfg, trainer.d
     saved_world = checkpoint.saved_world_size(tag)
     if saved_world == d.world_size:
         return None
@@ -437,7 +442,8 @@ def rescale(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> Path | None:
                     batch_per_rank=batch, grad_accum=accum, global_batch=global_batch, kept=kept,
                     message=f"resuming a checkpoint of {saved_world} ranks on {d.world_size}: converting it to a "
                             f"universal checkpoint; {why}")
-    return checkpoint.to_universal(tag, d.rank)
+    step = checkpoint.tag_step(tag)
+    return checkpoint.to_universal(tag, d.rank, lambda: trainer.hooks.on_checkpoint_converted(trainer, step))
 
 
 def rescale_kept(cfg: RunConfig, batch: list[int], accum: list[int], global_batch: list[int]) -> tuple[str, str]:
@@ -513,28 +519,28 @@ def run_eval(trainer: Trainer) -> dict:
     from longvivit.eval.evaluate import evaluate
 
     cfg = trainer.cfg
-    # written for tests that compare the engine's embeddings against an export
-    keep = Path(cfg.out) / "eval_embeddings.safetensors" if cfg.save_eval_embeddings and trainer.d.is_main else None
     loader = open_loader(cfg, "val", trainer.device, trainer.d, training=False)
     try:
-        metrics, gallery = evaluate(trainer.engine.module, loader, cfg.eval_mask_ratio, cfg.eval_max_batches, keep,
-                                    cfg.eval_gallery)
+        metrics, embeddings = evaluate(trainer.engine.module, loader, cfg.eval_mask_ratio, cfg.eval_max_batches,
+                                       cfg.eval_gallery)
     finally:
         loader.close()
-    faults.fault_point("kill_during_eval", trainer.state.step, trainer.d.rank)
+    trainer.hooks.on_evaluate(trainer, trainer.state.step, metrics, embeddings)
     trainer.log.scalars(trainer.state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
-    if gallery is not None and trainer.log.active:  # rendered on rank 0 only
+    if embeddings.gallery is not None and trainer.log.active:  # rendered on rank 0 only
         from longvivit.eval.gallery import render
 
-        trainer.log.image(trainer.state.step, "eval/gallery", render(gallery))
+        trainer.log.image(trainer.state.step, "eval/gallery", render(embeddings.gallery))
     return metrics
 
 
 @watchdog.phased("checkpoint")
 def save(trainer: Trainer) -> Path:
     cfg, parts = trainer.cfg, checkpoint_parts(trainer.state, trainer.loader, trainer.images)
-    trainer.saved = checkpoint.save(trainer.engine, cfg.out, trainer.state.step, parts, trainer.config_yaml, cfg.keep_last)
-    trainer.saved_step = trainer.state.step
+    step = trainer.state.step
+    trainer.saved = checkpoint.save(trainer.engine, cfg.out, step, parts, trainer.config_yaml, cfg.keep_last,
+                                    lambda: trainer.hooks.on_checkpoint_written(trainer, step))
+    trainer.saved_step = step
     return trainer.saved
 
 
@@ -547,27 +553,26 @@ def loop(trainer: Trainer, stop: StopRequest) -> bool:
     Raises NonFiniteStop (nonfinite_since)."""
     from longvivit.train.metrics import StepTimer
 
-    cfg, rank, timer = trainer.cfg, trainer.d.rank, StepTimer()
+    cfg, hooks, timer = trainer.cfg, trainer.hooks, StepTimer()
     streams = {"video": batches(trainer.loader, timer)}
     if trainer.images is not None:
         streams["image"] = batches(trainer.images, timer)
     bad_since = 0  # the first of the non-finite steps in a row up to the last one (0: it was finite)
     while trainer.state.step < cfg.steps:
         watchdog.begin("step", trainer.state.step + 1)
-        faults.raise_point("raise_in_step", trainer.state.step + 1, rank)
+        hooks.on_step_start(trainer, trainer.state.step + 1)
         source = step_source(trainer)
         out = {**train_step(trainer, streams[source], source_mask_ratio(trainer, source)), "source": source}
         out["params_finite"] = params_finite(trainer.engine.module)
         trainer.state.step += 1
         step = trainer.state.step
-        faults.fault_point("stop_in_step", step, rank, signal.SIGTERM)
         bad_since = nonfinite_since(trainer, out, log_step(trainer, out, timer), bad_since)
         # no checkpoint at a non-finite step: if the run stops on them, the newest one is from before
         if every(cfg.checkpoint_every, step, cfg.steps) and not bad_since:
             save(trainer)
         if every(cfg.eval_every, step, cfg.steps):
             run_eval(trainer)
-        faults.hold_point("hold_for_signal", step, rank, lambda: stop.requested)
+        hooks.on_step_end(trainer, step)
         # after the final step the run is complete whatever was asked: finish() saves,
         # evaluates and exits 0 (a requeued job would have nothing left to do)
         if step < cfg.steps and stop.agreed():
@@ -613,13 +618,15 @@ def write_summary(trainer: Trainer, tag: Path, metrics: dict, seconds: float) ->
     events.emit("done", **summary)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks: TrainerHooks | None = None) -> int:
+    """`longvivit train`, its exit status; `hooks` for the Trainer (the tests' entry,
+    tests/scripts/train_with_hooks.py, passes its own)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"]):
         print(HELP)
         return 0
     try:
-        trainer = Trainer.from_argv(argv)
+        trainer = Trainer.from_argv(argv, hooks=hooks)
     except ConfigError as err:
         print(f"longvivit train: {err}".splitlines()[0], file=sys.stderr)
         return EXIT_CONFIG
