@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from longvivit.config import ConfigError
-from longvivit.distributed.watchdog import EXIT_HANG, Hang, Watchdog
+from longvivit.distributed.watchdog import EXIT_HANG, REPORT_GRACE_S, Hang, Watchdog
 
 from train_support import CONFIGS, Launch, events, step_lines
 
@@ -83,9 +83,11 @@ def test_the_innermost_phase_is_watched_and_leaving_it_restarts_the_one_around_i
     assert watch.overdue(29.9) is None  # a batch came: progress, the step's clock starts again at 20
     assert watch.overdue(30.0).phase == "step"
     with watch.phase("checkpoint", step=9):
-        with watch.waiting("barrier"):
-            assert watch.overdue(23.0) == Hang(1, "checkpoint", 9, 3.0, 3.0, "barrier")
-        assert watch.overdue(23.0).waiting is None
+        with watch.waiting("barrier"):  # waiting for peers: the one they wait for reports first
+            assert watch.overdue(23.0 + REPORT_GRACE_S - 0.1) is None
+            assert watch.overdue(23.0 + REPORT_GRACE_S) == Hang(1, "checkpoint", 9, 3.0 + REPORT_GRACE_S, 3.0,
+                                                               "barrier")
+        assert watch.overdue(23.0) == Hang(1, "checkpoint", 9, 3.0, 3.0, None)
         with watch.phase("eval"):  # limit 0: never overdue
             assert watch.overdue(1e9) is None
     watch.begin("step", 5)  # the next step replaces this one

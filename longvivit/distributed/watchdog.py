@@ -73,9 +73,14 @@ class Hang:
 
 
 def deadline(frame: Frame, limits: Mapping[str, float]) -> float | None:
-    """When `frame` is overdue (monotonic seconds); None: its phase has no limit."""
+    """When `frame` is overdue (monotonic seconds); None: its phase has no limit. A rank
+    waiting for its peers in a collective is given REPORT_GRACE_S more: the rank they wait
+    for, stuck since about the same moment, reports first, and the job's first hang line
+    names it (ranks enter a phase at different times, more so on a loaded machine)."""
     limit = limits.get(frame.name, 0.0)
-    return frame.start + limit if limit > 0 else None
+    if limit <= 0:
+        return None
+    return frame.start + limit + (REPORT_GRACE_S if frame.waiting else 0.0)
 
 
 class Watchdog:
