@@ -38,11 +38,11 @@ precision: {precision}
 def real_saved_bytes(config: str) -> int:
     """Bytes saved for backward by one training forward of the model the trainer builds,
     on real CPU tensors."""
-    from longvivit.train.trainer import build_model
+    from longvivit.train.construct import build_for_run
 
     cfg = load_run_config(config)
     v, batch = cfg.model.video, cfg.data.batch_size
-    model = build_model(cfg, resuming=False).to(plan.compute_dtype(cfg.precision)).train()
+    model = build_for_run(cfg, resuming=False).to(plan.compute_dtype(cfg.precision)).train()
     g = torch.Generator().manual_seed(0)
     video = torch.randint(0, 256, (batch, v.frames, v.image_size, v.image_size, 3), dtype=torch.uint8, generator=g)
     ids = torch.randint(1, cfg.model.text.vocab_size, (batch, cfg.data.text_length), generator=g)
@@ -72,11 +72,11 @@ def test_plan_activations_match_with_checkpointing_freezing_factorized_bf16(tmp_
 def test_the_planner_and_the_trainer_checkpoint_the_configured_blocks(tmp_path):
     """Both build through the model's constructor, which alone applies grad_checkpointing."""
     from longvivit.config import to_dict
-    from longvivit.train.trainer import build_model
+    from longvivit.train.construct import build_for_run
 
     cfg = load_run_config(write_config(tmp_path, extra=", grad_checkpointing: 2"))
     fake, _ = plan.fake_model(json.dumps(to_dict(cfg.model)), cfg.precision)
-    real = build_model(cfg, resuming=False)
+    real = build_for_run(cfg, resuming=False)
     assert fake.video.checkpointed == real.video.checkpointed == 2
     assert fake.text.checkpointed == real.text.checkpointed == 0
 
