@@ -94,7 +94,7 @@ def clip_sample(row: Row, opts: ShardOptions) -> dict:
 def picture_sample(row: Row, opts: ShardOptions) -> dict:
     """A still image shown for one frame, stored as a JPEG (codec "jpeg") at
     opts.jpeg_quality: the way image data sets are stored, decoded by DALI's image decoder
-    (nvJPEG on a GPU) where a one-frame clip needed a video decoder per image. Its pixels
+    (nvJPEG on a GPU) where a one-frame clip would need a video decoder per image. Its pixels
     are those clip_sample would encode (the same resampling), in RGB rather than YUV."""
     frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, None,
                             pix_fmt="rgb24", still_images=True)
