@@ -3,8 +3,8 @@
 Each subcommand's module (longvivit/cli/<command>.py) parses its arguments, calls the
 library and turns the outcome into an exit status, through ``main(argv)``. This file only
 dispatches, importing the module lazily so that `longvivit --help` is instant and a
-subcommand pays only for the libraries it uses. `tokenizer` and `train` still have their main()
-in their library module for now (longvivit/data/load/tokenizer.py, longvivit/train/trainer.py).
+subcommand pays only for the libraries it uses. `tokenizer` and `train` are dispatched to the
+main() of their library modules (longvivit/data/load/tokenizer.py, longvivit/train/trainer.py).
 """
 from __future__ import annotations
 
