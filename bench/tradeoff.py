@@ -64,7 +64,7 @@ def prepare(out: Path, videos: int, seed: int) -> dict:
     if (out / "shards" / "val" / "index.json").is_file() and (out / "tokenizer" / "spm.model").is_file():
         return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val",
                 "data.tokenizer": out / "tokenizer" / "spm.model"}
-    return prepare_data(out, argparse.Namespace(videos=videos, frames=CLIP_FRAMES, seed=seed))
+    return prepare_data(out, videos=videos, images=0, frames=CLIP_FRAMES, seed=seed)
 
 
 def decode_split(cfg, split: str) -> dict:

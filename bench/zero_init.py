@@ -5,7 +5,7 @@
 
 For each way of building, --ranks fresh CPU processes (DeepSpeed's CPU accelerator, gloo,
 1 torch thread) start a process group and build the preset's model as `longvivit train`
-does (train/construct.build_model; the run config demo.yaml with
+does (train/construct.build_for_run; the run config demo.yaml with
 model.preset=PRESET and zero3_cpu.json, fp32, seed 0):
   whole        every rank builds the whole model (what ZeRO stages 0-2 keep)
   partitioned  built inside deepspeed.zero.Init (ZeRO-3): each rank keeps its partition
@@ -66,9 +66,9 @@ def compare_with_whole(model: torch.nn.Module, cfg) -> dict:
     build with the same seed; and their no-weight-decay names."""
     from deepspeed.runtime.zero import GatheredParameters
 
-    from longvivit.train.construct import build_model
+    from longvivit.train.construct import build_for_run
 
-    whole_model = build_model(cfg, resuming=False)
+    whole_model = build_for_run(cfg, resuming=False)
     whole = dict(whole_model.named_parameters())
     names = [name for name, _ in model.named_parameters()]
     differ = []
@@ -83,7 +83,7 @@ def compare_with_whole(model: torch.nn.Module, cfg) -> dict:
 def rank_main(way: str, preset: str, check: bool) -> None:
     from longvivit.distributed import collectives as dist
     from longvivit.train.config import resolve_ds_config
-    from longvivit.train.construct import build_model
+    from longvivit.train.construct import build_for_run
     from longvivit.train.engine import partitioned_numel
 
     torch.set_num_threads(1)
@@ -96,7 +96,7 @@ def rank_main(way: str, preset: str, check: bool) -> None:
         ds_config = resolve_ds_config(cfg, d.world_size) if way == "partitioned" else None
         built: dict = {}
         t0 = time.perf_counter()
-        rise = common.peak_rss_increase(lambda: built.update(model=build_model(cfg, False, ds_config)))
+        rise = common.peak_rss_increase(lambda: built.update(model=build_for_run(cfg, False, ds_config)))
         seconds = time.perf_counter() - t0
         local, total = partitioned_numel(built["model"])
         row = {"rank": d.rank, "peak_rss_increase_bytes": rise, "vm_hwm_bytes": common.proc_status_bytes("VmHWM"),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from longvivit.train import export as export_module
 from longvivit.cli.eval import main as eval_main
-from longvivit.train.export import main as export_main
+from longvivit.cli.export import main as export_main
+from longvivit.train import export as export_module
 from train_support import broken_copy, replace_file, tiny_run
 
 

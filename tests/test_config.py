@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from longvivit.cli.shards import main as shards_main
+from longvivit.cli.synth import main as synth_main
 from longvivit.config import ConfigError, choice, load_config, load_yaml, validated
 from longvivit.data.prepare.shards import ShardOptions
-from longvivit.data.prepare.shards import main as shards_main
 from longvivit.data.prepare.synth import SynthConfig
-from longvivit.data.prepare.synth import main as synth_main
 
 
 @dataclass

@@ -181,12 +181,10 @@ def test_a_cuda_decoder_routes_what_nvdec_cannot_take_to_the_cpu(shard_samples):
 def demo_and_local_shards(tmp_path_factory) -> dict:
     """The shards `longvivit demo` and the local forms (`local=true`) write, made by their own
     code (longvivit/train/demo.py prepare_data with few videos; longvivit/train/local.py make_data)."""
-    import argparse
-
     from longvivit.train import demo, local
 
     root = tmp_path_factory.mktemp("forms")
-    demo.prepare_data(root / "demo", argparse.Namespace(videos=4, images=4, frames=8, seed=0))
+    demo.prepare_data(root / "demo", videos=4, images=4, frames=8, seed=0)
     local.make_data(root / "local")
     return {f"{form}/{split}": root / form / ("shards" if form == "demo" else "") / split
             for form in ("demo", "local") for split in ("train", "val", "images")}

@@ -12,7 +12,8 @@ import random
 import pytest
 
 from longvivit import cli
-from longvivit.data.prepare.importers import import_annotations, main, missing_list_path, paragraph
+from longvivit.cli.import_ import main
+from longvivit.data.prepare.importers import import_annotations, missing_list_path, paragraph
 from longvivit.data.prepare.manifest import Row, read_manifest
 
 from data_support import moving_frames, read_jsonl, refused, write_video

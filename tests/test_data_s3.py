@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from longvivit.cli.shards import main as shards_main
 from longvivit.data.load.reader import cache_dir, clean_stale_shared_memory, open_split
-from longvivit.data.prepare.shards import main as shards_main
 from longvivit.distributed.collectives import free_port
 
 from data_support import SHARD_SIZE, synth_data  # noqa: F401 (fixture)

@@ -20,7 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from longvivit.data.prepare.shards import ShardOptions, main, write_shards
+from longvivit.cli.shards import main
+from longvivit.data.prepare.shards import ShardOptions, write_shards
 from longvivit.data.prepare.video import RGB_FLAGS, decode_frames, frames_at, probe, read_resampled
 
 from data_support import moving_frames, pattern_frames, psnr, read_jsonl, refused, remux, write_audio_only, write_video

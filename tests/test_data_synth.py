@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longvivit.data.prepare.synth import COLOURS, SynthConfig, captions, event_lists, main, write_benchmark
+from longvivit.cli.synth import main
+from longvivit.data.prepare.synth import COLOURS, SynthConfig, captions, event_lists, write_benchmark
 from longvivit.data.prepare.video import frames_at, probe
 
 from data_support import SYNTH, read_jsonl, refused, synth_data  # noqa: F401 (fixture)

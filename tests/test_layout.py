@@ -1,10 +1,13 @@
 """The package's shape: the import path is the folder path, imports follow the data flow
 (config <- distributed <- model <- data <- eval <- train <- cli: nothing imports a package
-to its right), no package imports its own modules in a cycle, the config home pulls in
-nothing heavy, and no piece of logic is written twice."""
+to its right), no package imports its own modules in a cycle, imports sit at the top of a
+module (inside a function only an optional or heavy dependency, saying why), no module is
+named after a standard-library one, the config home pulls in nothing heavy, and no piece of
+logic is written twice."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import io
 import re
 import subprocess
@@ -145,6 +148,94 @@ def test_the_scan_resolves_relative_imports(tmp_path):
         ROOT = saved
     assert {"longvivit.train.trainer", "longvivit.model.dual", "longvivit.eval", "longvivit.config.check",
             "longvivit.data.load.loader"} <= found
+
+
+# ---------------------------------------------------------------------------- function-level imports
+
+# Modules another change of issue 21 is reshaping (the Trainer, data sources, fault hooks):
+# that change brings them under the rule, and this exemption goes with it.
+FUNCTION_IMPORTS_EXEMPT = ["longvivit/train/trainer.py", "longvivit/train/step.py", "longvivit/train/metrics.py",
+                           "longvivit/train/local.py", "longvivit/train/checkpoint.py", "longvivit/train/config.py",
+                           "longvivit/data/config.py", "longvivit/data/load/*.py", "longvivit/distributed/watchdog.py",
+                           "longvivit/distributed/faults.py", "longvivit/configs/*"]
+
+
+def _statement_runs(tree: ast.AST):
+    """(owner, statements) for each list of statements in `tree` (a body, an else, a
+    finally) and the node that holds it."""
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, name, None)
+            if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
+                yield node, stmts
+
+
+FUNCTION_IMPORT_PROBLEMS = {
+    "longvivit": "imports {} inside a function (import it at the top; a cycle it hides is broken by moving code)",
+    "stdlib": "imports the standard library's {} inside a function (nothing to defer: import it at the top)",
+    "unsaid": "imports {} inside a function without a comment saying why (the optional or heavy dependency it defers)",
+}
+
+
+def function_imports(path: Path) -> list[tuple[int, str, str]]:
+    """(line, module, problem: a FUNCTION_IMPORT_PROBLEMS key) for each import inside a
+    function of `path` that breaks the rule: one of longvivit or of the standard library, or
+    of a third-party module with no comment on its line or on the line above its run of
+    imports."""
+    text = path.read_text()
+    tree = ast.parse(text)
+    comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+                if tok.type == tokenize.COMMENT}
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    inside = {id(n) for f in functions for n in ast.walk(f)}
+    wrong = []
+    for owner, stmts in _statement_runs(tree):
+        if id(owner) not in inside:
+            continue
+        first = None  # line of the first import of the current run of imports
+        for stmt in stmts:
+            if not isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                first = None
+                continue
+            first = first or stmt.lineno
+            if isinstance(stmt, ast.ImportFrom):
+                names = ["longvivit" if stmt.level else stmt.module]
+            else:
+                names = [a.name for a in stmt.names]
+            said = first - 1 in comments or any(n in comments for n in range(stmt.lineno, stmt.end_lineno + 1))
+            for name in names:
+                top = name.split(".")[0]
+                problem = ("longvivit" if top == "longvivit" else "stdlib" if top in sys.stdlib_module_names
+                           else None if said else "unsaid")
+                if problem:
+                    wrong.append((stmt.lineno, name, problem))
+    return sorted(wrong)
+
+
+def test_imports_sit_at_the_top_but_for_optional_or_heavy_dependencies():
+    wrong = [f"{path.relative_to(ROOT)}:{line} " + FUNCTION_IMPORT_PROBLEMS[problem].format(name)
+             for path in sources()
+             if not any(fnmatch.fnmatch(str(path.relative_to(ROOT)), p) for p in FUNCTION_IMPORTS_EXEMPT)
+             for line, name, problem in function_imports(path)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_function_import_scan_flags_what_it_should(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("import os\n\n\ndef f():\n    from longvivit.model import dual\n    from . import y\n"
+                 "    import json\n    import deepspeed\n    return os\n\n\n"
+                 "def g():\n    # deepspeed is slow to import\n    import deepspeed\n    from deepspeed import comm\n"
+                 "    x = 1\n    import torch  # heavy\n    try:  # optional\n        import boto3\n"
+                 "    except ImportError:\n        pass\n    import PIL\n    return x\n")
+    assert function_imports(f) == [(5, "longvivit.model", "longvivit"), (6, "longvivit", "longvivit"),
+                                   (7, "json", "stdlib"), (8, "deepspeed", "unsaid"), (22, "PIL", "unsaid")]
+
+
+def test_no_module_is_named_after_a_standard_library_one():
+    """A longvivit/x/logging.py reads as the standard library's logging wherever it is imported."""
+    names = {p.stem for p in sources()} | {p.parent.name for p in sources()}
+    clash = sorted(n for n in names if n in sys.stdlib_module_names and not n.startswith("__"))
+    assert not clash, clash
 
 
 @pytest.mark.parametrize("module", ["longvivit.config", "longvivit.data.config", "longvivit.data.prepare.shards",

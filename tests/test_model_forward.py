@@ -120,7 +120,7 @@ def test_trainable_last_k_gives_gradients_to_exactly_the_trainable_parameters(tr
 def test_smoke_command_prints_one_json_line(capsys):
     import json
 
-    from longvivit.model.smoke import main
+    from longvivit.cli.smoke import main
 
     assert main(["--batch", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip())

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from longvivit.cli.plan import main as plan_main
 from longvivit.model import saved_bytes
 from longvivit.train import plan
 from longvivit.train.config import load_run_config
@@ -38,11 +39,11 @@ precision: {precision}
 def real_saved_bytes(config: str) -> int:
     """Bytes saved for backward by one training forward of the model the trainer builds,
     on real CPU tensors."""
-    from longvivit.train.trainer import build_model
+    from longvivit.train.construct import build_for_run
 
     cfg = load_run_config(config)
     v, batch = cfg.model.video, cfg.data.batch_size
-    model = build_model(cfg, resuming=False).to(plan.compute_dtype(cfg.precision)).train()
+    model = build_for_run(cfg, resuming=False).to(plan.compute_dtype(cfg.precision)).train()
     g = torch.Generator().manual_seed(0)
     video = torch.randint(0, 256, (batch, v.frames, v.image_size, v.image_size, 3), dtype=torch.uint8, generator=g)
     ids = torch.randint(1, cfg.model.text.vocab_size, (batch, cfg.data.text_length), generator=g)
@@ -72,11 +73,11 @@ def test_plan_activations_match_with_checkpointing_freezing_factorized_bf16(tmp_
 def test_the_planner_and_the_trainer_checkpoint_the_configured_blocks(tmp_path):
     """Both build through the model's constructor, which alone applies grad_checkpointing."""
     from longvivit.config import to_dict
-    from longvivit.train.trainer import build_model
+    from longvivit.train.construct import build_for_run
 
     cfg = load_run_config(write_config(tmp_path, extra=", grad_checkpointing: 2"))
     fake, _ = plan.fake_model(json.dumps(to_dict(cfg.model)), cfg.precision)
-    real = build_model(cfg, resuming=False)
+    real = build_for_run(cfg, resuming=False)
     assert fake.video.checkpointed == real.video.checkpointed == 2
     assert fake.text.checkpointed == real.text.checkpointed == 0
 
@@ -128,7 +129,7 @@ def test_parse_bytes():
 
 def test_cli_prints_a_table_then_one_json_line_and_its_limits_are_tight(tmp_path, capsys):
     config = write_config(tmp_path, "tiny", 16, 0.5, batch=4)
-    assert plan.main([config, "--gpus", "2", "--gpu-mem", "1.5GiB"]) == 0
+    assert plan_main([config, "--gpus", "2", "--gpu-mem", "1.5GiB"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("total") for line in out)
     result = json.loads(out[-1])
@@ -173,7 +174,7 @@ def test_masking_lets_more_frames_fit(tmp_path):
 
 def test_cli_refuses_a_bad_config_in_one_line_and_names_overrides_it_ignores(tmp_path, capsys):
     config = write_config(tmp_path, "tiny", 16, 0.5, batch=4)
-    assert plan.main([config, "model.video.width=0"]) == 2
+    assert plan_main([config, "model.video.width=0"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("longvivit plan: model.video.width: 0 must be > 0")
     assert len(captured.err.strip().splitlines()) == 1
@@ -234,7 +235,7 @@ def test_bad_input_exits_2_in_one_line_naming_it(argv, key, words, tmp_path, cap
     before = sorted(tmp_path.iterdir())
     capfd.readouterr()
     try:
-        status = plan.main([a.format(**files) for a in argv])
+        status = plan_main([a.format(**files) for a in argv])
     except SystemExit as exit_:  # argparse's own errors
         status = exit_.code
     out, err = capfd.readouterr()

@@ -45,12 +45,12 @@ def run_config(overrides: list[str]):
 def build_case(overrides: list[str]) -> dict:
     """What this rank built partitioned, against the whole build, or what it raised."""
     from longvivit.train.config import resolve_ds_config
-    from longvivit.train.construct import build_model
+    from longvivit.train.construct import build_for_run
     from longvivit.train.engine import partitioned_numel
 
     cfg = run_config(overrides)
     try:
-        model = build_model(cfg, False, resolve_ds_config(cfg, 2))
+        model = build_for_run(cfg, False, resolve_ds_config(cfg, 2))
     except Exception as err:  # noqa: BLE001 -- what each rank raised is the result
         return {"error": f"{type(err).__name__}: {err}"}
     held, total = partitioned_numel(model)
@@ -80,7 +80,7 @@ def built(tmp_path_factory) -> dict:
     """{(case, rank): what rank built}, from one 2-rank process group."""
     from safetensors.torch import save_file
 
-    from longvivit.train.construct import build_model
+    from longvivit.train.construct import build_for_run
     from longvivit.train.local import make_open_clip
 
     pytest.importorskip("open_clip")
@@ -88,7 +88,7 @@ def built(tmp_path_factory) -> dict:
     files = {"clip": tmp / "clip.pt", "export": tmp / "export"}
     make_open_clip(run_config([*CLIP_TEXT, "model.video.cls_token=true"]), files["clip"])
     files["export"].mkdir()
-    source = build_model(run_config(["model.video.frames=8", "seed=7"]), resuming=False)
+    source = build_for_run(run_config(["model.video.frames=8", "seed=7"]), resuming=False)
     save_file(source.state_dict(), str(files["export"] / "model.safetensors"))
     port, results = free_port(), mp.Manager().dict()
     try:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from longvivit.data.load.reader import clean_stale_shared_memory
-from longvivit.data.prepare.shards import main as shards_main
-from longvivit.distributed.collectives import free_port
 from longvivit.cli.eval import main as eval_main
+from longvivit.cli.shards import main as shards_main
+from longvivit.data.load.reader import clean_stale_shared_memory
+from longvivit.distributed.collectives import free_port
 
 from data_support import SHARD_SIZE, synth_data  # noqa: F401 (fixture)
 from s3_support import s3  # noqa: F401 (fixture)

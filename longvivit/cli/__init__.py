@@ -1,8 +1,10 @@
 """The `longvivit` command: one entry point, one module per subcommand.
 
-Each subcommand lives in the module that owns its concern and exposes ``main(argv)``;
-this file only dispatches, importing the module lazily so `longvivit --help` is instant
-and a subcommand pays only for the libraries it uses.
+Each subcommand's module (longvivit/cli/<command>.py) parses its arguments, calls the
+library and turns the outcome into an exit status, through ``main(argv)``. This file only
+dispatches, importing the module lazily so that `longvivit --help` is instant and a
+subcommand pays only for the libraries it uses. `tokenizer` and `train` are dispatched to the
+main() of their library modules (longvivit/data/load/tokenizer.py, longvivit/train/trainer.py).
 """
 from __future__ import annotations
 
@@ -10,16 +12,16 @@ import importlib
 import sys
 
 COMMANDS = {
-    "synth": ("longvivit.data.prepare.synth", "write the synthetic long-video benchmark (videos + manifests)"),
-    "shards": ("longvivit.data.prepare.shards", "manifest -> MDS shards (transcode, resample FPS, resize)"),
-    "import": ("longvivit.data.prepare.importers", "MSR-VTT/YouCook2/Kinetics/WebVid annotations -> a manifest"),
+    "synth": ("longvivit.cli.synth", "write the synthetic long-video benchmark (videos + manifests)"),
+    "shards": ("longvivit.cli.shards", "manifest -> MDS shards (transcode, resample FPS, resize)"),
+    "import": ("longvivit.cli.import_", "MSR-VTT/YouCook2/Kinetics/WebVid annotations -> a manifest"),
     "tokenizer": ("longvivit.data.load.tokenizer", "train a sentencepiece model on a caption corpus"),
     "train": ("longvivit.train.trainer", "CONFIG [key=value ...]: train (also under deepspeed / torchrun / srun)"),
     "eval": ("longvivit.cli.eval", "CHECKPOINT -> zero-shot retrieval metrics as JSON"),
-    "export": ("longvivit.train.export", "CHECKPOINT -> one safetensors file + config"),
-    "plan": ("longvivit.train.plan", "CONFIG -> predicted memory per GPU, what fits"),
-    "demo": ("longvivit.train.demo", "the whole path on the embedded synthetic benchmark, on CPU"),
-    "smoke": ("longvivit.model.smoke", "build the tiny model and run one forward/backward"),
+    "export": ("longvivit.cli.export", "CHECKPOINT -> one safetensors file + config"),
+    "plan": ("longvivit.cli.plan", "CONFIG -> predicted memory per GPU, what fits"),
+    "demo": ("longvivit.cli.demo", "the whole path on the embedded synthetic benchmark, on CPU"),
+    "smoke": ("longvivit.cli.smoke", "build the tiny model and run one forward/backward"),
 }
 
 

@@ -1,51 +1,19 @@
 """`longvivit eval`: a checkpoint's or an export's zero-shot metrics on a val split (the
-evaluator: longvivit/eval/evaluate.py).
+evaluator: longvivit/eval/evaluate.py; docs/evaluation.md).
 
     longvivit eval CHECKPOINT [--data SHARDS] [--batch-size N] [--mask-ratio R]
-                   [--tasks t2v_v2t,paragraph] [--dual-softmax [--dsl-temperature T]]
+                   [--tasks t2v_v2t,paragraph,zeroshot] [--dual-softmax [--dsl-temperature T]]
                    [--save-embeddings FILE.safetensors] [--out FILE]
                    [--report DIR] [--log-dir RUN_DIR] [--gallery N] [--collective-timeout S]
     longvivit eval --from-embeddings FILE.safetensors [--tasks ...] [--dual-softmax]
-    torchrun --nproc_per_node 8 -m longvivit.train.cli eval CHECKPOINT ...
-    deepspeed --num_gpus 8 --module longvivit.train.cli eval CHECKPOINT ...
+    torchrun --nproc_per_node 8 -m longvivit.cli eval CHECKPOINT ...
+    deepspeed --num_gpus 8 --module longvivit.cli eval CHECKPOINT ...
 
 CHECKPOINT is a run directory, its checkpoints/ directory, a tag directory or an exported
-directory (model.safetensors + config.yaml). Under a launcher every rank holds the whole
-model, embeds its part of the split, and the embeddings are all-gathered (dist.py); rank 0
-prints and writes.
-
-Tasks (metrics: retrieval.py):
-  t2v_v2t    every caption of every clip is a query: text-to-video ranks each caption's
-             clip among all clips; video-to-text counts a hit at k when any of the clip's
-             captions is among the first k of all captions
-  paragraph  each clip's captions joined in order (`paragraph_text`) into one query,
-             tokenized at the text tower's context_length, against the same clip embedding
-             (the whole clip at the model's frame count: data.frames = model.video.frames);
-             t2v_* / v2t_* in its line mean paragraph-to-video / video-to-paragraph
-  zeroshot   when every clip of the split has a class label (the shards' `label` column):
-             each clip classified among the classes the split names, by prompt templates
-             (zeroshot.py; --templates FILE to override): top-1, top-5, mean per-class
-
-Output: one JSON line per task, {"task": ..., metrics, "decode_failures", "data",
-"checkpoint"}, the t2v_v2t line last (a script reading the last line gets t2v_r1 etc. as
-before). `pairs` counts the distinct clips evaluated, `captions` the queries; clips that
-failed to decode are left out of both and counted in `decode_failures`. --dual-softmax adds
-dsl_* keys beside the plain ones (retrieval.dual_softmax).
-
-Bad input (a checkpoint that is not one or not whole, shards or a tokenizer that cannot be
-read, an output that cannot be written, numbers out of range) is one line on stderr naming
-the argument, exit 2, before a process group, a model or any output exists (check_inputs).
-
---save-embeddings writes the embeddings (video, text, paragraph, the clips' sample `index`
-and `caption_video`: the video row each caption belongs to) so --from-embeddings can score
-them again, with other options, without a model.
-
-Pictures (gallery.py): --report DIR writes DIR/index.html, every task's metrics and a
-gallery of the first --gallery N (default 4) clips' first captions, each with its top-3
-clips as frame strips, the right one marked (report.py); --log-dir RUN_DIR adds the metrics
-and the gallery image (`eval/gallery`) to RUN_DIR/tb and RUN_DIR/metrics.jsonl at the
-checkpoint's step, as the trainer's evals are. The gallery needs the clips' frames: neither
-works with --from-embeddings.
+directory. Under a launcher every rank holds the whole model and embeds its part of the
+split; the embeddings are all-gathered and rank 0 prints and writes. Output: one JSON line
+per task, the t2v_v2t line last. Bad input is one line on stderr naming the argument, exit
+2, before a process group, a model or any output exists (check_inputs).
 """
 from __future__ import annotations
 
@@ -55,13 +23,27 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from safetensors import safe_open
+
 from longvivit.config import ArgumentParser, ConfigError, load_config
+from longvivit.data.load import clean_shared_memory, open_loader
 from longvivit.distributed import collectives as dist
 from longvivit.distributed.config import TimeoutConfig
 from longvivit.eval.evaluate import DSL_TEMPERATURE, TASKS, Embeddings, embed, eval_scalars, task_metrics
-from longvivit.eval.gallery import Gallery
+from longvivit.eval.gallery import Gallery, render
+from longvivit.eval.report import write_report
 from longvivit.eval.zeroshot import DEFAULT_TEMPLATES, read_templates
-from longvivit.train.config import one_line
+from longvivit.model.config import ModelConfig
+from longvivit.train import checkpoint, export
+from longvivit.train.config import (
+    RunConfig,
+    check_shards,
+    check_tokenizer_file,
+    check_writable_dir,
+    check_writable_file,
+    one_line,
+)
+from longvivit.train.metrics import RunLogger
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -118,8 +100,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def check_inputs(args: argparse.Namespace) -> None:
     """Every file eval reads and every place it writes, checked before a process group, a
     model or an output exists: one ConfigError naming the argument and what is wrong."""
-    from longvivit.train.config import check_writable_dir, check_writable_file
-
     for key, path in (("--out", args.out), ("--save-embeddings", args.save_embeddings)):
         if path:
             check_writable_file(key, path)
@@ -141,8 +121,6 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def check_embeddings_file(path: str) -> None:
     """A file --save-embeddings wrote: whole safetensors holding the tensors Embeddings.load reads."""
-    from safetensors import safe_open
-
     if not Path(path).is_file():
         raise ConfigError(f"--from-embeddings: {path}: no such file")
     try:
@@ -159,10 +137,6 @@ def check_checkpoint(args: argparse.Namespace) -> None:
     """The checkpoint or export (checked_source: whole files), its run config, weights
     that fit its model config, and the val shards and tokenizer the eval would read
     (--data / --tokenizer, else the checkpoint's), as embed_checkpoint reads them."""
-    from longvivit.model.config import ModelConfig
-    from longvivit.train import checkpoint, export
-    from longvivit.train.config import RunConfig, check_shards, check_tokenizer_file
-
     source = export.checked_source(args.checkpoint, "checkpoint")
     exported = source.name == export.WEIGHTS
     folder = source.parent if exported else source
@@ -195,9 +169,6 @@ def _stored(schema, path: Path):
 def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv, paragraphs: bool,
                      gallery_queries: int = 0) -> tuple[Embeddings, str]:
     """This checkpoint's embeddings of the split (call on every rank), and the split."""
-    from longvivit.data.load import clean_shared_memory, open_loader
-    from longvivit.train import export
-
     model, cfg = export.load_any(args.checkpoint)
     cfg.data.val = args.data or cfg.data.val
     cfg.data.tokenizer = args.tokenizer or cfg.data.tokenizer
@@ -215,7 +186,8 @@ def embed_checkpoint(args: argparse.Namespace, d: dist.DistEnv, paragraphs: bool
         loader.close()
 
 
-def report(lines: list[dict], out: str | None) -> None:
+def print_lines(lines: list[dict], out: str | None) -> None:
+    """The JSON lines on stdout, and in the file `out` when given."""
     text = "".join(json.dumps(line) + "\n" for line in lines)
     if out:
         Path(out).write_text(text)
@@ -232,23 +204,18 @@ def from_embeddings(args: argparse.Namespace) -> int:
     except ValueError as err:  # a task the file holds no embeddings for
         print(f"longvivit eval: {args.from_embeddings}: {err}", file=sys.stderr)
         return 2
-    report([{**line, **info} for line in lines], args.out)
+    print_lines([{**line, **info} for line in lines], args.out)
     return 0
 
 
 def checkpoint_step(path: str | Path) -> int:
     """The step of the checkpoint `path` names; 0 for an export directory (it keeps none)."""
-    from longvivit.train import checkpoint, export
-
     return 0 if export.is_export(path) else checkpoint.tag_step(checkpoint.find_checkpoint(path))
 
 
 def log_eval(out: str | Path, step: int, lines: list[dict], gallery: Gallery | None) -> None:
     """The trainer's eval record in run directory `out`: eval/* scalars and the gallery
     image in out/tb, an "eval" line in out/metrics.jsonl."""
-    from longvivit.eval.gallery import render
-    from longvivit.train.metrics import RunLogger
-
     Path(out).mkdir(parents=True, exist_ok=True)
     log = RunLogger(out, 0, 0, step, progress=False)
     try:
@@ -262,8 +229,6 @@ def log_eval(out: str | Path, step: int, lines: list[dict], gallery: Gallery | N
 def write_pictures(args: argparse.Namespace, lines: list[dict], gallery: Gallery | None, info: dict) -> None:
     """--report and --log-dir (rank 0)."""
     if args.report:
-        from longvivit.eval.report import write_report
-
         write_report(args.report, lines, gallery, info)
     if args.log_dir:
         log_eval(args.log_dir, checkpoint_step(args.checkpoint), lines, gallery)
@@ -302,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.save_embeddings:
                 emb.save(args.save_embeddings, **info)
             lines = task_metrics(emb, tasks, args.dsl_temperature if args.dual_softmax else None)
-            report([{**line, **info} for line in lines], args.out)
+            print_lines([{**line, **info} for line in lines], args.out)
             write_pictures(args, lines, emb.gallery, info)
     finally:
         dist.shutdown(d)

@@ -33,6 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as tdist
 
 from longvivit.config import ConfigError
 from longvivit.distributed import launch_env, watchdog
@@ -94,6 +95,7 @@ def extensions_dir() -> str:
     Python/CUDA version only, so two checkouts (two virtualenvs) rebuild it over each
     other's build on every start: 25 s on an idle 2-core box, minutes on a busy one. One
     cache per environment (a folder named after sys.prefix) keeps it built."""
+    # cpp_extension warns on import where there is no CUDA toolkit: imported only when asked
     from torch.utils.cpp_extension import get_default_build_root
 
     env = hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
@@ -202,6 +204,7 @@ def init_process_group(timeout: timedelta) -> None:
     rank's device is bound. `timeout` bounds the rendezvous and every collective (the run
     config's timeouts.collective_s): one that waits longer for a peer fails instead of
     hanging."""
+    # deepspeed is slow to import and logs on import: only when a process group starts
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -226,8 +229,6 @@ def collective_device(backend: str, collective: str = "a collective") -> torch.d
 
 def _group():
     """torch.distributed when a process group is up, else None (one plain process)."""
-    import torch.distributed as tdist
-
     return tdist if tdist.is_available() and tdist.is_initialized() else None
 
 

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from longvivit.distributed import collectives as dist
 from longvivit.eval.gallery import Gallery, clips_shown, select_queries, thumbnail_strip
@@ -49,8 +51,6 @@ class Embeddings:
     gallery: Gallery | None = None  # retrieval pictures (embed(gallery_queries=N)); not saved
 
     def save(self, path: str | Path, **info: str) -> None:
-        from safetensors.torch import save_file
-
         tensors = {"index": self.index, "video": self.video, "text": self.text,
                    "caption_video": self.caption_video}
         for name in ("paragraph", "classes", "label"):
@@ -62,8 +62,6 @@ class Embeddings:
     @classmethod
     def load(cls, path: str | Path) -> tuple["Embeddings", dict[str, str]]:
         """(embeddings, the info saved with them)."""
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             t = {k: f.get_tensor(k) for k in f.keys()}
             meta = dict(f.metadata() or {})

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from longvivit.eval.retrieval import t2v_ranks
 
@@ -117,8 +118,6 @@ def clips_shown(queries: list[Query]) -> set[int]:
 @functools.cache
 def _fonts():
     """(caption font, label font): PIL's own, so the picture is the same on every machine."""
-    from PIL import ImageFont
-
     return ImageFont.load_default(size=14), ImageFont.load_default(size=12)
 
 
@@ -175,8 +174,6 @@ def render(gallery: Gallery) -> np.ndarray:
     right clip ranked when it is not among the hits), then its top clips' strips, the right
     one in a green border, wrong ones in a light grey one, each labelled rank and score
     (PIL's default font has no check mark: the right one says "right")."""
-    from PIL import Image, ImageDraw
-
     layout = Layout.of(gallery)
     height, width = layout.size(len(gallery.queries))
     image = Image.new("RGB", (width, height), BACKGROUND)

@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from longvivit.eval.gallery import Gallery, Query, render, strip_image
 
@@ -95,8 +96,6 @@ def page(lines: list[dict], gallery: Gallery | None, info: dict) -> str:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
 

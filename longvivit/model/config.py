@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from longvivit.config import check, choice
+from longvivit.model.masking import visible_count
 
 OPEN_CLIP_VOCAB = 49408  # open_clip's SimpleTokenizer: 49,152 BPE merges + bytes + sot/eot
 
@@ -76,8 +77,6 @@ class VideoConfig:
     def visible_tokens(self, mask_ratio: Optional[float] = None) -> int:
         """Tubelet tokens per clip the encoder sees at `mask_ratio` (None: the config's);
         factorized attention always masks whole tubes."""
-        from longvivit.model.masking import visible_count
-
         t, p, _ = self.tubelet
         scheme = "tube" if self.attention == "factorized" else self.mask_scheme
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio

@@ -28,9 +28,11 @@ CLIP counterpart and starts fresh.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from longvivit.model.text import ClipTextEncoder
 from longvivit.model.transformer import full_shape
@@ -49,11 +51,8 @@ def load_open_clip(path: str | Path, mmap: bool = False) -> dict[str, torch.Tens
     only the keys)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
         state = load_file(str(path))
     else:
-        import zipfile
-
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     state = state.get("state_dict", state)
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -15,6 +15,7 @@ import torch
 
 from longvivit.config import load_config, to_dict
 from longvivit.model.config import ModelConfig, TextConfig, VideoConfig
+from longvivit.model.dual import build_model
 
 
 def _preset(name, embed, video, text) -> ModelConfig:
@@ -41,8 +42,6 @@ def model_config(preset: str, overrides: Sequence[str] = ()) -> ModelConfig:
 def num_params(cfg: ModelConfig, part: Optional[str] = None) -> int:
     """Parameters of the model `cfg` builds (part: None for all, "video" or "text"),
     counted on the meta device: nothing is allocated, so `g` costs nothing."""
-    from longvivit.model.dual import build_model
-
     with torch.device("meta"):
         model = build_model(cfg)
     module = model if part is None else getattr(model, part)

@@ -1,29 +1,20 @@
 """The run's model with its initial weights, partitioned as it is built under ZeRO-3.
 
-    model = build_model(cfg, resuming, ds_config)   # longvivit/train/trainer.py's setup, then build_engine
+    model = build_for_run(cfg, resuming, ds_config)   # the trainer's setup, then build_engine
 
-ZeRO stage 3 (the resolved ds_config's stage): the model is built inside
-deepspeed.zero.Init, which partitions each module's parameters over the ranks as soon as
-that module's __init__ returns, in the ds_config's dtype, on this rank's device. No rank
-ever holds the whole model: a rank's peak is its share plus the module being built
-(bench/zero_init.py measures it against the whole build). The initial weights are the
-whole build's for the same seed, bit for bit: each module draws its own parameters in its
-own __init__, before zero.Init partitions them, from one CPU generator in fp32 whatever
-device and dtype zero.Init gives them (longvivit/model/transformer.py). Stages 0-2 (or no ds_config)
-build the whole model on every rank, which is what DeepSpeed keeps there.
+Under ZeRO stage 3 the model is built inside deepspeed.zero.Init, which partitions each
+module's parameters as soon as its __init__ returns: no rank ever holds the whole model
+(bench/zero_init.py). The initial weights are the whole build's for the same seed, bit for
+bit, because each module draws its own in its __init__ from one CPU generator in fp32
+(longvivit/model/transformer.py). Stages 0-2 build the whole model on every rank.
 
-Initial weights from a file (init=open_clip:PATH, init=checkpoint:PATH) into a partitioned
-model: rank 0 reads the file (an open_clip torch.save file memory-mapped, an export or a
-checkpoint whole) and maps it onto the model's names; then, module by module, every rank
-gathers that module's own parameters (deepspeed.zero.GatheredParameters, modifier_rank=0),
-rank 0 copies its entries in with the module's own _load_from_state_dict (which resizes
-position tables), and leaving the context broadcasts rank 0's values and partitions them
-again. Not "load before partitioning on rank 0": rank 0 would then build and hold the
-whole model, which zero.Init is there to avoid (and every other rank would wait for it);
-gathering costs one all-gather and one broadcast per module, once. Only rank 0 reads the
-file because the broadcast discards the other ranks' copies; an error in it (a missing
-file part, a shape that does not fit) rank 0 tells the others before any rank enters a
-collective it would wait in alone.
+Initial weights from a file (init=open_clip:PATH or checkpoint:PATH) go into a partitioned
+model one module at a time: rank 0 reads the file, every rank gathers that module's
+parameters, rank 0 copies its entries in (the module's own _load_from_state_dict, which
+resizes position tables), and leaving the gather broadcasts and partitions them again. Not
+"load on rank 0 before partitioning": rank 0 would then hold the whole model, which
+zero.Init is there to avoid. An error on rank 0 is told to every rank before any of them
+enters a collective it would wait in alone.
 """
 from __future__ import annotations
 
@@ -33,7 +24,11 @@ import torch
 from torch import nn
 
 from longvivit.distributed import collectives as dist
+from longvivit.model import build_model as build_dual_encoder
+from longvivit.model import init_from_open_clip
+from longvivit.model.init import check_loaded, open_clip_state
 from longvivit.train.config import zero_stage
+from longvivit.train.export import load_state_dict_any
 
 if TYPE_CHECKING:
     from longvivit.train.config import RunConfig
@@ -41,7 +36,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def build_model(cfg: RunConfig, resuming: bool, ds_config: dict | None = None) -> nn.Module:
+def build_for_run(cfg: RunConfig, resuming: bool, ds_config: dict | None = None) -> nn.Module:
     """The model of `cfg` with its initial weights (seed cfg.seed; cfg.init unless
     resuming): partitioned as it is built when `ds_config` is ZeRO stage 3, whole otherwise
     (and without a ds_config)."""
@@ -52,30 +47,22 @@ def build_model(cfg: RunConfig, resuming: bool, ds_config: dict | None = None) -
 
 
 def build_whole(cfg: RunConfig, resuming: bool) -> nn.Module:
-    from longvivit.model import build_model as build
-
-    model = build(cfg.model)
+    model = build_dual_encoder(cfg.model)
     if resuming or not cfg.init:
         return model
     kind, path = cfg.init.split(":", 1)
     if kind == "open_clip":
-        from longvivit.model import init_from_open_clip
-
         init_from_open_clip(model, path)
     else:
-        from longvivit.train.export import load_state_dict_any
-
         model.load_state_dict(load_state_dict_any(path))  # interpolates position tables
     return model
 
 
 def build_partitioned(cfg: RunConfig, resuming: bool, ds_config: dict) -> nn.Module:
-    import deepspeed
-
-    from longvivit.model import build_model as build
+    import deepspeed  # slow to import, and it logs on import: only where ZeRO-3 builds the model
 
     with deepspeed.zero.Init(config_dict_or_path=ds_config):  # its dtype, device, offload
-        model = build(cfg.model)
+        model = build_dual_encoder(cfg.model)
     if not resuming and cfg.init:
         init_partitioned(model, cfg.init)
     return model
@@ -86,14 +73,10 @@ def init_partitioned(model: nn.Module, init: str) -> None:
     init_from_open_clip and a strict load_state_dict check the whole model."""
     kind, path = init.split(":", 1)
     if kind == "open_clip":
-        from longvivit.model.init import check_loaded, open_clip_state
-
         state = on_rank0(lambda: open_clip_state(model, path)[0])
         missing, unexpected = load_partitioned(model, state)
         on_rank0(lambda: check_loaded(model, state, missing, unexpected))
         return
-    from longvivit.train.export import load_state_dict_any
-
     missing, unexpected = load_partitioned(model, on_rank0(lambda: load_state_dict_any(path)))
     if missing or unexpected:
         raise RuntimeError(f"init={init}: parameters not in it: {missing[:6]}; "
@@ -105,7 +88,7 @@ def load_partitioned(model: nn.Module, state: dict[str, torch.Tensor] | None) ->
     rank 0's `state` (None on the others): each module's own parameters gathered in turn,
     rank 0's entries copied in, broadcast and partitioned again. Returns rank 0's
     (missing, unexpected) keys on every rank; raises on every rank if an entry did not fit."""
-    import deepspeed
+    import deepspeed  # slow to import, and it logs on import: only where ZeRO-3 builds the model
 
     missing: list[str] = []
     unexpected: list[str] = []
@@ -146,4 +129,8 @@ def on_rank0(fn: Callable[[], T]) -> T | None:
     return result
 
 
-__all__ = ["build_model", "load_partitioned"]
+__all__ = ["build_for_run", "load_partitioned"]
+
+# longvivit/train/trainer.py (another change owns it) imports build_for_run under its old
+# name; this commit is to be reverted when trainer.py calls build_for_run
+build_model = build_for_run

@@ -1,4 +1,5 @@
-"""`longvivit demo [--out DIR]`: the paper's two-stage recipe on this machine, end to end.
+"""The paper's two-stage recipe on this machine, end to end (`longvivit demo`,
+longvivit/cli/demo.py).
 
     synth (long clips, 64 frames at 1 FPS, and image-caption stills) -> MDS shards (the
     stills with --still-images) -> an open_clip CLIP of the tiny shape with random weights
@@ -8,13 +9,12 @@
     with one JSON line (stage 2's numbers, and stage 1's under "short").
 
 Each stage runs the tiny model with ZeRO-3 on 2 processes under the real deepspeed launcher
-(CPU accelerator and gloo when there is no GPU): demo_short.yaml, then
-demo_long.yaml, with their paths pointed into DIR; their checkpoints, TensorBoard logs and
-metrics.jsonl land in DIR/short and DIR/long.
+(CPU accelerator and gloo when there is no GPU): demo_short.yaml, then demo_long.yaml, with
+their paths pointed into DIR; their checkpoints, TensorBoard logs and metrics.jsonl land in
+DIR/short and DIR/long.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,26 +23,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
+import torch
+
+from longvivit.data.prepare.shards import ShardOptions, write_shards
+from longvivit.data.prepare.synth import write_benchmark
 from longvivit.distributed import collectives as dist
-from longvivit.train.config import CONFIG_DIR
+from longvivit.train.config import CONFIG_DIR, load_run_config
+from longvivit.train.local import make_open_clip
+
+
+class StageFailed(RuntimeError):
+    """A stage's launcher exited with `status`; its output is in `log`."""
+
+    def __init__(self, stage: str, status: int, log: Path):
+        super().__init__(f"stage {stage} failed with status {status}; see {log}")
+        self.stage, self.status, self.log = stage, status, log
+
 
 STAGES = {"short": CONFIG_DIR / "demo_short.yaml", "long": CONFIG_DIR / "demo_long.yaml"}
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="longvivit demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/demo", help="everything the demo writes (default runs/demo)")
-    p.add_argument("--videos", type=int, default=400, help="synthetic videos (80%% train, 20%% val)")
-    p.add_argument("--images", type=int, default=800, help="synthetic image-caption pairs (stage 1)")
-    p.add_argument("--frames", type=int, default=64, help="frames per clip at 1 FPS (stage 2's)")
-    p.add_argument("--procs", type=int, default=2, help="training processes (ZeRO-3 ranks)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("overrides", nargs="*", help="key=value overrides of both stages' configs")
-    return p.parse_args(argv)
-
-
-def step(name: str, fn, *args, **kwargs):
+def timed(name: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), with a line before it and one saying how long it took."""
     t0 = time.time()
     print(f"[demo] {name} ...", flush=True)
     result = fn(*args, **kwargs)
@@ -50,29 +54,23 @@ def step(name: str, fn, *args, **kwargs):
     return result
 
 
-def prepare_data(out: Path, args: argparse.Namespace) -> dict:
+def prepare_data(out: Path, videos: int, images: int, frames: int, seed: int) -> dict:
     """Synthetic benchmark -> shards; returns the data.* overrides."""
-    from longvivit.data import write_benchmark, write_shards
-    from longvivit.data.prepare.shards import ShardOptions
-
-    step("synth", write_benchmark, out / "synth", videos=args.videos, frames=args.frames,
-         seed=args.seed, size=32, images=args.images, overwrite=True)
+    timed("synth", write_benchmark, out / "synth", videos=videos, frames=frames, seed=seed, size=32,
+          images=images, overwrite=True)
     for split, still in (("train", False), ("val", False), ("images", True)):
         manifest = out / "synth" / f"{split}.jsonl"
-        step(f"shards {split}", write_shards, manifest, out / "shards" / split,
-             ShardOptions(size=32, still_images=still), workers=2, overwrite=True, progress=False)
+        timed(f"shards {split}", write_shards, manifest, out / "shards" / split,
+              ShardOptions(size=32, still_images=still), workers=2, overwrite=True, progress=False)
     return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val"}
 
 
-def make_open_clip(out: Path, overrides: list[str]) -> Path:
+def starting_clip(out: Path, overrides: Sequence[str]) -> Path:
     """The open_clip CLIP that stage 1 starts from, of stage 1's shapes (random weights,
     seed 0: a stand-in for a downloaded checkpoint)."""
-    from longvivit.train.config import load_run_config
-    from longvivit.train.local import make_open_clip as build
-
     path = out / "open_clip" / "tiny-clip.pt"
     path.unlink(missing_ok=True)
-    build(load_run_config(STAGES["short"], overrides=overrides), path)
+    make_open_clip(load_run_config(STAGES["short"], overrides=list(overrides)), path)
     return path
 
 
@@ -91,7 +89,7 @@ def train_command(config: Path, out: Path, procs: int, port: int, overrides: dic
 def run_launcher(cmd: list[str], log_path: Path, port: int) -> int:
     """Run the launcher in its own process group; whatever happens, nothing survives it."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    if not _has_gpu():
+    if not torch.cuda.is_available():
         env["DS_ACCELERATOR"] = "cpu"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -121,12 +119,6 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def stage_line(summary: dict, seconds: float) -> dict:
     ev = summary["eval"]
     line = {"t2v_r1": ev["t2v_r1"], "chance": ev["chance_r1"], "v2t_r1": ev["v2t_r1"],
@@ -151,7 +143,7 @@ def print_stage(name: str, line: dict) -> None:
     print(f"    checkpoints: {line['checkpoints']}\n    TensorBoard: tensorboard --logdir {line['tensorboard']}")
 
 
-def report(stages: dict[str, dict], total_s: float) -> dict:
+def print_result(stages: dict[str, dict], total_s: float) -> dict:
     """Both stages' lines; the last line of stdout is stage 2's as JSON, stage 1's under "short"."""
     print(f"\nlongvivit demo: the two-stage recipe in {total_s:.0f} s")
     for name, title in (("short", "stage 1, 16 frames + images"), ("long", "stage 2, 64 frames at 75% masking")):
@@ -161,32 +153,30 @@ def report(stages: dict[str, dict], total_s: float) -> dict:
     return line
 
 
-def train_stage(name: str, out: Path, args: argparse.Namespace, overrides: dict) -> dict | int:
-    """Run one stage under the launcher; its summary line, or the launcher's exit status."""
+def train_stage(name: str, out: Path, frames: int, procs: int, overrides: Sequence[str], paths: dict) -> dict:
+    """Run one stage under the launcher; its summary line. Raises StageFailed."""
     port, t0 = dist.free_port(), time.time()
-    extra = ([f"model.video.frames={args.frames}"] if name == "long" else []) + args.overrides
-    cmd = train_command(STAGES[name], out / name, args.procs, port, overrides, extra)
+    extra = ([f"model.video.frames={frames}"] if name == "long" else []) + list(overrides)
+    cmd = train_command(STAGES[name], out / name, procs, port, paths, extra)
     print(f"[demo] train {name}: {' '.join(cmd)}", flush=True)
     rc = run_launcher(cmd, out / f"{name}.log", port)
     if rc != 0:
-        print(f"longvivit demo: stage {name} failed with status {rc}; see {out / f'{name}.log'}", file=sys.stderr)
-        return rc
+        raise StageFailed(name, rc, out / f"{name}.log")
     return stage_line(json.loads((out / name / "summary.json").read_text()), time.time() - t0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    t0, out = time.time(), Path(args.out).resolve()
+def run_demo(out: str | Path = "runs/demo", videos: int = 400, images: int = 800, frames: int = 64,
+             procs: int = 2, seed: int = 0, overrides: Sequence[str] = ()) -> dict:
+    """Both stages from scratch in `out`; prints each phase and the result, returns the last
+    line's JSON. `overrides` (key=value) apply to both stages' configs."""
+    t0, out = time.time(), Path(out).resolve()
     for name in STAGES:  # the demo always trains from scratch
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(out, args)
-    clip = step("open_clip", make_open_clip, out, args.overrides)
+    data = prepare_data(out, videos, images, frames, seed)
+    clip = timed("open_clip", starting_clip, out, overrides)
     stages = {}
     for name, init in (("short", f"open_clip:{clip}"), ("long", f"checkpoint:{out / 'short'}")):
-        images = {"data.images.train": out / "shards" / "images"} if name == "short" else {}
-        stages[name] = train_stage(name, out, args, {**data, **images, "init": init})
-        if isinstance(stages[name], int):
-            return stages[name]
-    report(stages, time.time() - t0)
-    return 0
+        image_data = {"data.images.train": out / "shards" / "images"} if name == "short" else {}
+        stages[name] = train_stage(name, out, frames, procs, overrides, {**data, **image_data, "init": init})
+    return print_result(stages, time.time() - t0)

@@ -55,7 +55,7 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optim
 def build_engine(model: nn.Module, cfg: RunConfig, ds_config: dict):
     """deepspeed.initialize on (model, AdamW, warmup-cosine); DeepSpeed steps the schedule
     once per optimizer step (after gradient accumulation)."""
-    import deepspeed
+    import deepspeed  # slow to import and logs on import: only when an engine is built
 
     optimizer, scheduler = build_optimizer(model, cfg)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,

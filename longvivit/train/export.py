@@ -1,6 +1,7 @@
-"""`longvivit export CHECKPOINT --out DIR`: one safetensors file + config + tokenizer.
+"""A checkpoint as one safetensors file + config + tokenizer, and the way back to a model.
 
-Consolidates the ZeRO shards of a checkpoint with DeepSpeed's own zero_to_fp32 utilities
+`export` (the command: `longvivit export CHECKPOINT --out DIR`, longvivit/cli/export.py)
+consolidates the ZeRO shards of a checkpoint with DeepSpeed's own zero_to_fp32 utilities
 into fp32 weights, and writes
 
     DIR/model.safetensors   the full state dict (fp32)
@@ -9,28 +10,27 @@ into fp32 weights, and writes
     DIR/tokenizer.model     a copy of the sentencepiece model
 
 `load_exported(DIR)` rebuilds the DualEncoder from that directory in plain PyTorch (no
-DeepSpeed, no process group).
-
-Bad input (no complete checkpoint, a missing or truncated shard, an unreadable
-run_config.yaml, an --out that cannot be written) is one line on stderr, exit 2, before
-anything is written; the files are written into a folder beside DIR and moved into it at
-the end, so a failed export leaves nothing behind.
+DeepSpeed, no process group). `check_export_args` checks every input before anything is
+written, and the files are written into a folder beside DIR and moved into it at the end,
+so a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from longvivit.config import ArgumentParser, ConfigError, load_config
+from longvivit.config import ConfigError, load_config
+from longvivit.model import build_model
 from longvivit.model.config import ModelConfig
+from longvivit.model.video import PositionEmbedding
 from longvivit.train import checkpoint
-from longvivit.train.config import check_writable_dir, one_line
+from longvivit.train.config import RunConfig, check_writable_dir, one_line
 
 WEIGHTS = "model.safetensors"
 
@@ -43,6 +43,7 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """fp32 weights of a (possibly ZeRO-partitioned) DeepSpeed checkpoint tag. Trained
     parameters come from the fp32 master copy; frozen ones (trainable_last_k) have none and
     are stored in the engine's dtype (bf16 in a bf16 run), so they are cast up here."""
+    # deepspeed is slow to import and logs on import: only when a checkpoint is read
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
@@ -54,8 +55,6 @@ def weights_source(path: str | Path) -> Path:
     so a file that is not safetensors fails here) or a complete checkpoint tag. Raises
     FileNotFoundError when `path` is neither."""
     if is_export(path):
-        from safetensors import safe_open
-
         weights = Path(path) / WEIGHTS
         with safe_open(str(weights), framework="pt") as f:
             f.keys()
@@ -67,8 +66,6 @@ def load_state_dict_any(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from an export directory or from any checkpoint location (see find_checkpoint)."""
     source = weights_source(path)
     if source.name == WEIGHTS:
-        from safetensors.torch import load_file
-
         return load_file(str(source))
     return consolidated_state_dict(source)
 
@@ -86,8 +83,6 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        from safetensors.torch import save_file
-
         save_file(consolidated_state_dict(tag), str(work / WEIGHTS), metadata={"checkpoint": str(tag)})
         (work / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg["model"])))
         (work / "run_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg)))
@@ -111,8 +106,6 @@ def checked_source(path: str | Path, key: str) -> Path:
     if is_export(path):
         weights = Path(path) / WEIGHTS
         try:
-            from safetensors import safe_open
-
             with safe_open(str(weights), framework="pt") as f:
                 f.keys()
         except Exception as err:  # noqa: BLE001 -- SafetensorError, OSError
@@ -130,8 +123,6 @@ def saved_shapes(source: Path) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor `source` (checked_source's) holds, by name, from headers only."""
     if source.name != WEIGHTS:
         return checkpoint.param_shapes(source)
-    from safetensors import safe_open
-
     with safe_open(str(source), framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
@@ -140,9 +131,6 @@ def check_fits(source: Path, model_cfg: ModelConfig, key: str) -> None:
     """The weights of `source` load into the model `model_cfg` builds (built on the meta
     device: no memory): the same parameters, each of the same shape, except the video
     position tables, which loading interpolates. ConfigError naming the first difference."""
-    from longvivit.model import build_model
-    from longvivit.model.video import PositionEmbedding
-
     with torch.device("meta"):
         model = build_model(model_cfg)
     here = {name: tuple(p.shape) for name, p in model.named_parameters()}
@@ -181,12 +169,7 @@ def check_export_args(ckpt: str, out: str) -> Path:
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu"):
-    """The DualEncoder of an export directory, in eval mode. (Plain PyTorch; could live in
-    longvivit.model next to build_model.)"""
-    from safetensors.torch import load_file
-
-    from longvivit.model import build_model
-
+    """The DualEncoder of an export directory, in eval mode (plain PyTorch)."""
     path = Path(path)
     model = build_model(load_config(ModelConfig, path / "config.yaml"))
     model.load_state_dict(load_file(str(path / WEIGHTS), device=str(device)))
@@ -195,9 +178,6 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu"):
 
 def load_any(path: str | Path):
     """(model in eval mode, RunConfig) from an export directory or a checkpoint."""
-    from longvivit.model import build_model
-    from longvivit.train.config import RunConfig
-
     if is_export(path):
         run = load_config(RunConfig, Path(path) / "run_config.yaml")
         tok = Path(path) / "tokenizer.model"
@@ -209,18 +189,3 @@ def load_any(path: str | Path):
     model = build_model(run.model)
     model.load_state_dict(consolidated_state_dict(tag))
     return model.eval(), run
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="longvivit export", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="run dir, checkpoints dir or tag dir (newest complete)")
-    p.add_argument("--out", required=True, help="directory to write")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        tag = check_export_args(args.checkpoint, args.out)
-    except ConfigError as err:
-        print(f"longvivit export: {err}".splitlines()[0], file=sys.stderr)
-        return 2
-    out = export(tag, args.out)
-    print(json.dumps({"out": str(out), "weights": str(out / WEIGHTS), "config": str(out / "config.yaml")}))
-    return 0

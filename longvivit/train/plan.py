@@ -1,53 +1,26 @@
-"""`longvivit plan CONFIG [key=value ...] [--gpus N] [--gpu-mem 80GiB]`: what fits on a GPU.
+"""What fits on a GPU: the memory one GPU needs for a run config, predicted before any job
+is queued (`longvivit plan`, longvivit/cli/plan.py; docs/performance.md, "Planning memory").
 
-    longvivit plan g_1b.yaml --gpus 8 --gpu-mem 80GiB
-    longvivit plan long_L256.yaml model.video.mask_ratio=0.5 --gpus 8
-
-Predicts the memory one GPU needs for a run config, before any job is queued, and prints a
-table followed by one JSON line (the last line of stdout).
-
-  params, grads, optimizer  model states, by ZeRO stage, offload and world size (below)
-  activations               bytes autograd saves for backward, MEASURED by running one
-                            forward of the real model on FakeTensors (CPU kernels, nothing
-                            allocated) with the config's masking, checkpointing, freezing
-                            and precision; the same count as longvivit.model.saved_bytes
-  recompute                 with activation checkpointing: the saved bytes of one block,
-                            re-materialised during its backward
-  inputs                    the uint8 video and the text ids of one micro-batch
-  zero_buffers              DeepSpeed's gradient buckets and (ZeRO-3) the gathered
-                            parameters it may keep live: upper bounds from the ds_config
-  reserve                   1 GiB for the CUDA context and library workspaces, plus 10% of
-                            everything above for allocator fragmentation and transients
-                            the count leaves out (activation gradients, temporaries)
-
-Model states follow the ZeRO paper's accounting (Rajbhandari et al. 2020): with bf16/fp16,
-2-byte parameters and gradients plus K = 12 bytes of optimizer state per trainable
-parameter (fp32 master copy, Adam m and v); with fp32, 4 + 4 + 8. Stage 1 shards the
-optimizer state over the GPUs, stage 2 also the gradients, stage 3 also the parameters
-(except those at or below stage3_param_persistence_threshold elements, kept whole).
-offload_optimizer / offload_param with device cpu or nvme move those bytes off the GPU.
-Frozen parameters (trainable_last_k) have neither gradients nor optimizer state.
-
-Activations are affine in the micro-batch, so they are measured at micro-batch 1 and 2
-and extrapolated; the token count depends on the frames, so max_frames re-measures every
-candidate (a doubling then bisection search over multiples of the tubelet's t frames, at
-the configured micro-batch and mask ratio). min_grad_checkpointing is the fewest video blocks
-(from the first) to checkpoint for the configured micro-batch and frames to fit, each
-candidate measured the same way (none, then a bisection over 1..depth): the setting to use,
-as checkpointing a block costs a recomputation of its forward in the backward.
+Model states follow the ZeRO paper's accounting (Rajbhandari et al. 2020) by stage, offload
+and world size; activations are MEASURED by one forward of the real model on FakeTensors
+(CPU kernels, nothing allocated) with the config's masking, checkpointing, freezing and
+precision, the same count as longvivit.model.saved_bytes; inputs, DeepSpeed's buffers (upper
+bounds from the ds_config) and a reserve for the CUDA context and fragmentation complete it.
+Activations are affine in the micro-batch (measured at 1 and 2); the largest frame count and
+the fewest checkpointed blocks that fit are searched, each candidate measured.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from longvivit.config import ArgumentParser, ConfigError
+from longvivit.config import ConfigError, load_config, to_dict
+from longvivit.model import build_model, saved_bytes
 from longvivit.model.config import ModelConfig
 from longvivit.train.config import (
     RunConfig,
@@ -116,8 +89,6 @@ class ParamCounts:
 
 def count_params(cfg: ModelConfig, persistence_threshold: int) -> ParamCounts:
     """Parameter counts of the model `cfg` builds, on the meta device (no allocation)."""
-    from longvivit.model import build_model
-
     with torch.device("meta"):
         model = build_model(cfg)
     params = list(model.parameters())
@@ -188,11 +159,6 @@ def fake_model(cfg_json: str, precision: str):
     """The model (its config as JSON, hashable for the cache) as DeepSpeed trains it (every floating tensor in the compute dtype), built
     on the meta device and moved to FakeTensors on 'cpu': no memory, but CPU kernel
     dispatch (the same attention kernel choice as a real CPU run). Returns (model, mode)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from longvivit.config import load_config
-    from longvivit.model import build_model
-
     cfg = load_config(ModelConfig, json.loads(cfg_json))
     dtype = compute_dtype(precision)
     with torch.device("meta"):
@@ -213,9 +179,6 @@ class Activations:
 def measure_activations(cfg: RunConfig, batch: int, frames: int | None = None) -> Activations:
     """Saved-for-backward bytes of one training forward at `batch` clips of `frames` frames
     (default: the config's), measured on the fake model."""
-    from longvivit.config import to_dict
-    from longvivit.model import saved_bytes
-
     model, mode = fake_model(json.dumps(to_dict(cfg.model)), cfg.precision)
     v = cfg.model.video
     frames = frames or v.frames
@@ -247,8 +210,6 @@ def _first_checkpointed_block(model):
 def _block_bytes(block, args, params) -> int:
     """Saved bytes of `block` run without checkpointing on the input it saw: what its
     recomputation holds while its backward runs."""
-    from longvivit.model import saved_bytes
-
     x, *rest = args
     x = x.detach().requires_grad_(True)
     return saved_bytes(lambda: block(x, *rest), ignore=params)
@@ -447,27 +408,4 @@ def _blocks(n: int | None) -> str:
     return "not even all" if n is None else str(n)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="longvivit plan", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="run config YAML")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs the job runs on (ZeRO world size)")
-    parser.add_argument("--gpu-mem", default="80GiB", help="memory per GPU, e.g. 80GiB, 16GB")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.gpus < 1:
-            raise ConfigError(f"--gpus: {args.gpus} must be >= 1")
-        plan = make_plan(args.config, args.overrides, args.gpus, parse_bytes(args.gpu_mem))
-    except ConfigError as err:
-        print(f"longvivit plan: {err}".splitlines()[0], file=sys.stderr)
-        return 2
-    print(table(plan))
-    print(json.dumps(asdict(plan)), flush=True)
-    return 0
-
-
-__all__ = ["main", "make_plan", "measure_activations", "state_bytes", "parse_bytes", "Plan"]
+__all__ = ["make_plan", "measure_activations", "state_bytes", "parse_bytes", "Plan"]

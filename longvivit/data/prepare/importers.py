@@ -42,26 +42,18 @@ absolute otherwise. A row whose video file is in none of its places is not fatal
 to MANIFEST with .missing.jsonl for .jsonl (out.jsonl -> out.missing.jsonl), one object
 per row: {"id", "expected": [every path tried], "url" (where the file gives one), ...}.
 That file is always written (empty when nothing is missing) so that a stale one never
-survives a re-run. The last line of stdout is a JSON summary (written, missing,
-uncaptioned, out, missing_list). Exit 0 when at least one row was written, 1 when none
-was, 2 on bad input (an unknown format, an annotation file missing, a folder, not UTF-8 or
-not in its format's shape, down to one entry's field; an unknown split; no --videos folder;
-an --out that is a folder, under a file or where no folder can be made): one line on
-stderr naming the file (and the entry), and nothing is created.
+survives a re-run.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from longvivit.config import ArgumentParser
 from longvivit.data.prepare.manifest import MAX_SECONDS, write_jsonl
 from longvivit.data.prepare.output import check_out, new_files
 
@@ -347,23 +339,3 @@ def _written_path(path: Path, base: Path) -> str:
         return str(path.relative_to(base))
     except ValueError:
         return str(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="longvivit import", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help=", ".join(FORMATS))
-    p.add_argument("annotations", help="the dataset's annotation file (JSON or CSV)")
-    p.add_argument("--videos", required=True, help="folder holding the downloaded videos")
-    p.add_argument("--out", required=True, help="manifest to write (.jsonl)")
-    p.add_argument("--split", help="keep only this split, as the annotation file names it")
-    p.add_argument("--unit", choices=list(UNITS), help="youcook2: a row per segment (default) "
-                   "or per video with the paragraph of its sentences")
-    a = p.parse_args(argv)
-    try:
-        summary = import_annotations(a.format, a.annotations, a.videos, a.out, a.split, a.unit)
-    except (AnnotationError, OSError) as err:
-        print(f"longvivit import: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0 if summary["written"] else 1

@@ -36,7 +36,7 @@ def storage_errors(url: str) -> Iterator[None]:
     """botocore's errors as OSErrors that name `url`: FileNotFoundError (no such bucket),
     PermissionError (credentials refused), ConnectionError (store unreachable, no
     credentials). Other schemes' errors pass unchanged."""
-    try:
+    try:  # boto3/botocore are optional: installed only where an S3 store is used
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:  # no boto3: only non-S3 remotes can be in use
         yield
@@ -77,7 +77,7 @@ def open_remote_output(url: str, overwrite: bool, what: str) -> RemoteOutput:
     """streaming's uploader for `url`, checked before anything is written: the store
     answers, the bucket exists, and the prefix is empty (or `overwrite`: objects of the same
     name are then replaced, others left)."""
-    from streaming.base.storage import CloudUploader
+    from streaming.base.storage import CloudUploader  # imports torch: only when writing to a store
 
     url = url.rstrip("/")
     staging = Path(tempfile.mkdtemp(prefix="longvivit-upload-"))

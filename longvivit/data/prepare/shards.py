@@ -1,51 +1,25 @@
 """Manifest -> MDS shards: every clip cut, resampled, resized and re-encoded once.
 
-    longvivit shards MANIFEST --out DIR|URL [--fps 1] [--size 256] [--codec vp9|h264]
-                     [--keyframe-interval 8] [--crf 20] [--workers N]
-                     [--shard-size 64mb] [--compression zstd] [--overwrite] [--part I/N]
-                     [--still-images [--jpeg-quality 95]]
-    longvivit shards --merge DIR      (join DIR/*/ written by slurm/shards.sbatch parts)
+Each manifest row (manifest.py) becomes one sample: the clip [start, end) as a player shows
+it (rotation, sample aspect ratio: video.py), at `fps`, short side `size`, encoded as VP9 in
+webm (decodable on CPU and GPU) or H.264 in mp4 (DALI decodes it only on GPU), with a
+keyframe at least every `keyframe_interval` frames so that decoding a few frames deep in a
+long clip costs only the frames from the keyframe before them. With `still_images`, a still
+image without an `end` becomes a one-frame sample stored as a JPEG (decoded by nvJPEG on a
+GPU rather than by a video decoder). Columns: COLUMNS.
 
-Each manifest row (see manifest.py) becomes one sample: the clip [start, end) (seconds
-from the start of the video), as a player shows it (rotation, sample aspect ratio: see
-video.py), at `fps`, short side `size` (shown aspect kept), encoded as
-VP9 in webm (decodable on CPU and GPU) or H.264 in mp4 (DALI decodes it only on GPU), with
-a keyframe at least every `keyframe-interval` frames so that decoding a few frames deep in
-a long clip costs only the frames from the keyframe before them. With --still-images, a
-still image (PNG, JPEG, ...) without an `end` becomes a one-frame sample stored as a JPEG
-(codec "jpeg", Pillow at --jpeg-quality), the way image-text data sets are stored and
-decoded on GPUs (nvJPEG) rather than as a one-frame video; with an `end` it becomes a clip
-of the picture held from `start` to `end`. Shards of one-frame video clips, as stills were
-written before, stay readable.
-
-Columns: video (encoded bytes: a webm/mp4 clip, or a JPEG), captions (list of str),
-duration_s (the source seconds the clip covers: end - start, or up to the end of the
-video), fps, num_frames, width, height, id, codec (vp9, h264 or jpeg), label.
-
-A row that cannot be used (missing, unreadable, empty, corrupt or truncated file, a decode
-error, no video stream, a still image without --still-images, no frames in range, empty or
-undecodable caption, duplicate id, malformed row) is skipped and listed with its reason in
-DIR/rejects.jsonl; it never stops the run. DIR/summary.json holds the counts, and the last
-line of stdout is the same summary as one JSON line; both are written however the run
-ends. The exit status is 1 when nothing could be written, and 2, with one line on stderr
-and nothing created, for bad input: an option out of range (--workers -1, --shard-size
-lots, --compression bogus, --part 3/2, --fps 0), a manifest that is missing, a folder,
-UTF-16 or without a row, or an --out that cannot be a folder.
-
---out s3://bucket/prefix (or another URL streaming writes to) uploads each shard as soon as
-it is written, then index.json, rejects.jsonl and summary.json; only the shard being built
-stays on local disk. The store, bucket and prefix are checked before any clip is transcoded
-(remote.py): an unreachable endpoint (S3_ENDPOINT_URL), a missing bucket, refused
-credentials or a non-empty prefix without --overwrite is a one-line error naming the URL.
+A row that cannot be used is skipped and listed with its reason in rejects.jsonl; it never
+stops the run. summary.json holds the counts, written however the run ends. Bad options or
+an input or output that cannot be used raise ValueError or OSError before anything is
+written. An s3:// (or other streaming) URL as `out` uploads each shard as soon as it is
+written (remote.py). `longvivit shards` (longvivit/cli/shards.py); docs/data.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing as mp
 import os
-import sys
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -54,7 +28,9 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from longvivit.config import ArgumentParser, check, choice, validated
+from tqdm import tqdm
+
+from longvivit.config import check, choice, validated
 from longvivit.data.prepare.manifest import Reject, Row, read_manifest, write_jsonl
 from longvivit.data.prepare.output import prepare_out
 from longvivit.data.prepare.remote import RemoteOutput, is_remote, open_remote_output, storage_errors
@@ -118,7 +94,7 @@ def clip_sample(row: Row, opts: ShardOptions) -> dict:
 def picture_sample(row: Row, opts: ShardOptions) -> dict:
     """A still image shown for one frame, stored as a JPEG (codec "jpeg") at
     opts.jpeg_quality: the way image data sets are stored, decoded by DALI's image decoder
-    (nvJPEG on a GPU) where a one-frame clip needed a video decoder per image. Its pixels
+    (nvJPEG on a GPU) where a one-frame clip would need a video decoder per image. Its pixels
     are those clip_sample would encode (the same resampling), in RGB rather than YUV."""
     frames = read_resampled(row.video, opts.fps, opts.size or None, row.start, None,
                             pix_fmt="rgb24", still_images=True)
@@ -144,8 +120,6 @@ def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = Sha
     part=(i, n) takes only rows i, i+n, i+2n, ... (one task of an array job). Bad options or
     a manifest or output that cannot be used raise ValueError or OSError before anything is
     written; a bad row is only a reject."""
-    from tqdm import tqdm
-
     validated(opts)
     size_limit = _writer_options(workers, shard_size, compression, part)
     entries = list(read_manifest(manifest))  # a missing or unreadable manifest fails first
@@ -185,6 +159,8 @@ def _writer_options(workers: int, shard_size: str | int, compression: str | None
     """Check the writing options before anything is read or written (streaming would refuse
     a bad size or compression only when the first shard is made, after transcoding); returns
     the shard size limit in bytes."""
+    # streaming imports torch and transformers: only when writing, so that this module and
+    # `longvivit synth` import without them (tests/test_layout.py)
     from streaming.base.compression import get_compressions
     from streaming.base.util import bytes_to_int
 
@@ -211,8 +187,8 @@ def _mds_writer(target: Path | RemoteOutput, compression: str | None, shard_size
     """streaming's MDSWriter, except that it never writes a shard of no samples. Before a
     sample that would take the shard being built past the size limit, streaming flushes
     that shard even when it holds nothing, so a first sample bigger than the limit (a long
-    clip against --shard-size) left an empty shard.00000.mds, whose 0 samples the reader
-    divides by every epoch (numpy warnings). A sample bigger than the limit is still
+    clip against --shard-size) would leave an empty shard.00000.mds, whose 0 samples the
+    reader divides by every epoch (numpy warnings). A sample bigger than the limit is still
     written, alone in its shard (tests/test_hour.py). A remote target: each shard is
     written to the staging folder, uploaded as soon as it is flushed and removed."""
     from streaming import MDSWriter  # imports torch + transformers: only when writing
@@ -291,7 +267,7 @@ def merge_parts(out: str | Path) -> dict:
     """Join the part folders OUT/*/ (slurm/shards.sbatch writes one per array task) into one
     dataset: their index files merge into OUT/index.json (streaming's merge_index; shard
     paths become part/shard...), their summaries into OUT/summary.json."""
-    from streaming.base.util import merge_index
+    from streaming.base.util import merge_index  # imports torch + transformers: only when merging
 
     out = Path(out)
     parts = sorted(p.parent for p in out.glob(f"*/{SUMMARY}"))
@@ -324,62 +300,3 @@ def _part_summary(part: Path) -> dict:
         raise ValueError(f"{part / SUMMARY}: not a shards summary ({type(err).__name__}: "
                          f"{err})") from None
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="longvivit shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("manifest", nargs="?", help="JSONL or CSV manifest")
-    p.add_argument("--out", help="output directory for the MDS shards, or a remote URL "
-                   "(s3://bucket/prefix; S3_ENDPOINT_URL for an S3-compatible server)")
-    p.add_argument("--merge", metavar="DIR", help="instead of writing: merge the part folders "
-                   "DIR/*/ (one per slurm/shards.sbatch array task) into one dataset in DIR")
-    p.add_argument("--fps", type=float, default=ShardOptions.fps)
-    p.add_argument("--size", type=int, default=ShardOptions.size,
-                   help="short side in pixels (0: keep the source size)")
-    p.add_argument("--codec", choices=list(CODECS), default=ShardOptions.codec)
-    p.add_argument("--keyframe-interval", type=int, default=ShardOptions.keyframe_interval)
-    p.add_argument("--crf", type=int, default=ShardOptions.crf)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="transcoding processes (0: in this process)")
-    p.add_argument("--shard-size", default="64mb", help="shard size limit, e.g. 64mb")
-    p.add_argument("--compression", default=None, help="e.g. zstd (video bytes are already "
-                   "compressed: this mostly helps the captions)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
-    p.add_argument("--part", default=(0, 1), type=_parse_part, metavar="I/N",
-                   help="write only rows I, I+N, I+2N, ... (array jobs; see slurm/shards.sbatch)")
-    p.add_argument("--still-images", action="store_true",
-                   help="take still images (PNG, JPEG, ...): one frame, stored as a JPEG, or "
-                        "with an end, a clip of the picture held from start to end "
-                        "(default: rejected)")
-    p.add_argument("--jpeg-quality", type=int, default=ShardOptions.jpeg_quality,
-                   help="JPEG quality of the still images (--still-images)")
-    a = p.parse_args(argv)
-    if a.merge:
-        return _print_summary(merge_parts, a.merge)
-    if not a.manifest or not a.out:
-        p.error("a MANIFEST and --out are required (or --merge DIR)")
-    opts = ShardOptions(a.fps, a.size, a.codec, a.keyframe_interval, a.crf, a.still_images,
-                        a.jpeg_quality)
-    return _print_summary(write_shards, a.manifest, a.out, opts, a.workers, a.shard_size,
-                          a.compression, a.overwrite, None, a.part)
-
-
-def _parse_part(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 3/16") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < N")
-    return i, n
-
-
-def _print_summary(fn, *args) -> int:
-    """Run a writer; its summary is the last line of stdout. Exit 1 when nothing was written."""
-    try:
-        summary = fn(*args)
-    except (ValueError, OSError) as err:  # bad options, an output refused, a store unreachable
-        print(f"longvivit shards: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0 if summary["written"] else 1

@@ -1,44 +1,30 @@
 """The synthetic long-video benchmark: captions that only the whole clip can match.
 
-    longvivit synth --out DIR [--videos N] [--frames F] [--seed S] [--size 64] [--images N]
-
 Each video is K events (default 3-4), each in its own time segment of the clip: an object
 of one of 6 colours and 4 shapes appears, moves up or down, grows or shrinks, and leaves,
 over a slowly drifting textured background with per-frame noise. Its caption names the
-events in order ("a red circle moves up, then a blue square grows, then ..."), so a model
-that sees only part of the clip cannot tell a caption from one that differs in a later
-event. Hard negatives make that explicit: a fraction of the videos come in families of
-three whose event lists differ in one attribute of one event, or only in their order.
+events in order, so a model that sees only part of the clip cannot tell a caption from one
+that differs in a later event; hard negatives (families of three whose event lists differ
+in one attribute of one event, or only in order) make that explicit. The motions are
+vertical and the shapes left-right symmetric so that the loader's horizontal flip never
+changes what a caption says. Optional image-caption stills serve stage 1 of the recipe.
 
-The motions are vertical and the shapes left-right symmetric on purpose: the loader's
-horizontal flip must not change what a caption says.
-
-With --images N the benchmark also has N image-caption pairs (stage 1 of the recipe trains
-on images beside the videos): single events rendered as stills, one object of a colour,
-shape and size at the top, middle or bottom of a background frame, captioned in the words
-of the video captions ("a small red circle at the top"): DIR/images/*.png and
-DIR/images.jsonl, for `longvivit shards --still-images`.
-
-Output: DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl manifests for
-`longvivit shards` (whole families go to one split; each row's "label", its first object
-such as "red circle", makes every split a labelled one for zero-shot classification),
-DIR/benchmark.json (the arguments).
-Everything is a function of the arguments: the same seed gives byte-identical files.
-Bad arguments (a count, size or fraction out of range, more videos than there are distinct
-captions, an --out that is a file, under a file or where no folder can be made) exit 2 with
-one line on stderr, before anything is created.
+Writes DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl (whole
+families to one split; "label", the first object, for zero-shot classification),
+DIR/images/ and DIR/images.jsonl, DIR/benchmark.json. The same seed gives the same bytes.
+`longvivit synth` (longvivit/cli/synth.py); docs/data.md.
 """
 from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from longvivit.config import ArgumentParser, check, validated
+from longvivit.config import check, validated
 from longvivit.data.prepare.manifest import write_jsonl
 from longvivit.data.prepare.output import prepare_out
 from longvivit.data.prepare.video import encode
@@ -139,7 +125,7 @@ def event_lists(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[int, l
         base = _random_events(rng, int(rng.integers(cfg.min_events, cfg.max_events + 1)))
         members = [base]
         # A single event cannot be reordered, so its list is no family's base; tested after
-        # the draw, so that the random stream (and every benchmark written before) is unchanged.
+        # the draw, as testing first would change the random stream of every seed's benchmark.
         if cfg.videos - len(videos) >= 3 and rng.random() < cfg.hard_negatives and len(base) > 1:
             members += [_change_one(rng, base), _reorder(rng, base)]
         keys = [tuple(m) for m in members]
@@ -237,8 +223,6 @@ def still_captions(colour: str, shape: str, size: str, place: str) -> list[str]:
 
 def write_images(out: Path, cfg: SynthConfig) -> None:
     """cfg.images stills -> out/images/*.png and out/images.jsonl (label: the object)."""
-    from PIL import Image
-
     (out / "images").mkdir()
     rows = []
     for i in range(cfg.images):
@@ -289,32 +273,3 @@ def _val_count(listing: list[tuple[int, list[Event]]], fraction: float) -> int:
     while n < len(listing) and listing[-n][0] == listing[-n - 1][0]:
         n += 1
     return n
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="longvivit synth", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--videos", type=int, default=SynthConfig.videos)
-    p.add_argument("--frames", type=int, default=SynthConfig.frames,
-                   help="frames per video at 1 FPS (16 to 256+)")
-    p.add_argument("--min-frames", type=int, default=0,
-                   help="if set, video lengths vary uniformly in [min-frames, frames]")
-    p.add_argument("--size", type=int, default=SynthConfig.size, help="frame side, pixels")
-    p.add_argument("--events", type=int, nargs=2, default=[3, 4], metavar=("MIN", "MAX"))
-    p.add_argument("--hard-negatives", type=float, default=SynthConfig.hard_negatives)
-    p.add_argument("--val-fraction", type=float, default=SynthConfig.val_fraction)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=0,
-                   help="also write this many image-caption pairs (stills; images.jsonl)")
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        summary = write_benchmark(a.out, a.videos, a.frames, a.seed, overwrite=a.overwrite,
-                                  min_frames=a.min_frames, size=a.size, min_events=a.events[0],
-                                  max_events=a.events[1], hard_negatives=a.hard_negatives,
-                                  val_fraction=a.val_fraction, images=a.images)
-    except (ValueError, OSError) as err:  # bad arguments, an output refused
-        print(f"longvivit synth: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0

@@ -29,6 +29,7 @@ import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import Interpolation, VideoReformatter
+from PIL import Image
 
 CODECS = {  # name on the command line -> (encoder, container)
     "vp9": ("libvpx-vp9", "webm"),
@@ -393,8 +394,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     chroma like the shards' VP9, no EXIF): the form image data sets store, which DALI's
     image decoder decodes with nvJPEG on a GPU (baseline is the form the GPUs' hardware
     JPEG decoders take; progressive JPEGs go to its slower CUDA path)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, "JPEG", quality=quality)
     return buf.getvalue()
