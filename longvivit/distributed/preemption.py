@@ -58,8 +58,3 @@ def write_stop_note(step: int, checkpoint: str) -> None:
         with open(tmp, "w") as f:
             f.write(f"step {step} checkpoint {checkpoint}\n")
         os.replace(tmp, path)
-
-
-# longvivit/train/trainer.py (another change owns it) imports write_stop_note under its old
-# name; this alias goes when it imports write_stop_note
-report_stop = write_stop_note

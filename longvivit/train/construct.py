@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from longvivit.distributed import collectives as dist
-from longvivit.model import build_model as build_dual_encoder
-from longvivit.model import init_from_open_clip
+from longvivit.model import build_model, init_from_open_clip
 from longvivit.model.init import check_loaded, open_clip_state
 from longvivit.train.config import zero_stage
 from longvivit.train.export import load_state_dict_any
@@ -47,7 +46,7 @@ def build_for_run(cfg: RunConfig, resuming: bool, ds_config: dict | None = None)
 
 
 def build_whole(cfg: RunConfig, resuming: bool) -> nn.Module:
-    model = build_dual_encoder(cfg.model)
+    model = build_model(cfg.model)
     if resuming or not cfg.init:
         return model
     kind, path = cfg.init.split(":", 1)
@@ -62,7 +61,7 @@ def build_partitioned(cfg: RunConfig, resuming: bool, ds_config: dict) -> nn.Mod
     import deepspeed  # slow to import, and it logs on import: only where ZeRO-3 builds the model
 
     with deepspeed.zero.Init(config_dict_or_path=ds_config):  # its dtype, device, offload
-        model = build_dual_encoder(cfg.model)
+        model = build_model(cfg.model)
     if not resuming and cfg.init:
         init_partitioned(model, cfg.init)
     return model
@@ -130,7 +129,3 @@ def on_rank0(fn: Callable[[], T]) -> T | None:
 
 
 __all__ = ["build_for_run", "load_partitioned"]
-
-# longvivit/train/trainer.py (another change owns it) imports build_for_run under its old
-# name; this commit is to be reverted when trainer.py calls build_for_run
-build_model = build_for_run

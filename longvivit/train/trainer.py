@@ -55,7 +55,7 @@ from longvivit.train.config import (
     repo_path,
     resolve_ds_config,
 )
-from longvivit.train.construct import build_model
+from longvivit.train.construct import build_for_run
 from longvivit.train.hooks import TrainerHooks
 from longvivit.train.metrics import Throughput, log_step
 from longvivit.train.step import NonFiniteStop, nonfinite_since, params_finite, train_step
@@ -340,7 +340,7 @@ class Trainer:
         ds_config = self.ds_config
         if universal is not None:  # the engine reads the universal form instead of the rank shards
             ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
-        self.engine = build_engine(build_model(cfg, tag is not None, ds_config), cfg, ds_config)
+        self.engine = build_engine(build_for_run(cfg, tag is not None, ds_config), cfg, ds_config)
         clean_shared_memory(cfg.data)
         self.loader = open_loader(cfg, "train", self.device, d, training=True)
         images = image_data(cfg)
@@ -583,14 +583,14 @@ def loop(trainer: Trainer, stop: StopRequest) -> bool:
 # ---------------------------------------------------------------------------- finish
 
 def finish(trainer: Trainer, stop: StopRequest, completed: bool, t_start: float) -> int:
-    from longvivit.distributed.preemption import EXIT_REQUEUE, report_stop
+    from longvivit.distributed.preemption import EXIT_REQUEUE, write_stop_note
 
     step = trainer.state.step
     tag = trainer.saved if trainer.saved_step == step else save(trainer)
     if not completed:
         events.emit("stop", rank=trainer.d.rank, step=step, checkpoint=str(tag), signal=stop.signum, exit=EXIT_REQUEUE)
         if trainer.d.is_main:
-            report_stop(step, str(tag))
+            write_stop_note(step, str(tag))
         return EXIT_REQUEUE
     metrics = run_eval(trainer)
     if trainer.d.is_main:
