@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from longvivit.data.load.tokenizer import BOS, EOS, PAD, Tokenizer, main, read_captions
+from longvivit.cli.tokenizer import main
+from longvivit.data.load.tokenizer import BOS, EOS, PAD, Tokenizer, read_captions
 
 from data_support import refused, synth_data  # noqa: F401 (fixture)
 

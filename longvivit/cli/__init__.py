@@ -15,7 +15,7 @@ COMMANDS = {
     "synth": ("longvivit.cli.synth", "write the synthetic long-video benchmark (videos + manifests)"),
     "shards": ("longvivit.cli.shards", "manifest -> MDS shards (transcode, resample FPS, resize)"),
     "import": ("longvivit.cli.import_", "MSR-VTT/YouCook2/Kinetics/WebVid annotations -> a manifest"),
-    "tokenizer": ("longvivit.data.load.tokenizer", "train a sentencepiece model on a caption corpus"),
+    "tokenizer": ("longvivit.cli.tokenizer", "train a sentencepiece model on a caption corpus"),
     "train": ("longvivit.train.trainer", "CONFIG [key=value ...]: train (also under deepspeed / torchrun / srun)"),
     "eval": ("longvivit.cli.eval", "CHECKPOINT -> zero-shot retrieval metrics as JSON"),
     "export": ("longvivit.cli.export", "CHECKPOINT -> one safetensors file + config"),

@@ -178,7 +178,7 @@ class Watchdog:
 _active: Watchdog | None = None
 
 
-def report_and_exit(hang: Hang, cleanup: Callable[[], None] = lambda: None) -> None:
+def announce_hang_and_exit(hang: Hang, cleanup: Callable[[], None] = lambda: None) -> None:
     """What a hang does in the trainer: say it, dump the stacks, clean up, wait for peers
     to report, exit EXIT_HANG."""
     events.emit("hang", rank=hang.rank, pid=os.getpid(), phase=hang.phase, step=hang.step,
@@ -197,10 +197,10 @@ def report_and_exit(hang: Hang, cleanup: Callable[[], None] = lambda: None) -> N
 
 def start(limits: Mapping[str, float], rank: int, cleanup: Callable[[], None] = lambda: None,
           on_enter: Callable[[str, int | None], None] = lambda name, step: None) -> Watchdog:
-    """Start this process's watchdog (phase "setup"); a hang reports and exits (report_and_exit)."""
+    """Start this process's watchdog (phase "setup"); a hang reports and exits (announce_hang_and_exit)."""
     global _active
     stop()
-    _active = Watchdog(limits, rank, lambda hang: report_and_exit(hang, cleanup), on_enter=on_enter).start()
+    _active = Watchdog(limits, rank, lambda hang: announce_hang_and_exit(hang, cleanup), on_enter=on_enter).start()
     _active.begin("setup")
     return _active
 
@@ -245,4 +245,4 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 __all__ = ["EXIT_HANG", "Hang", "Watchdog", "start", "stop", "begin", "phase", "phased", "waiting",
-           "report_and_exit"]
+           "announce_hang_and_exit"]

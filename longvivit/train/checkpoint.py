@@ -34,6 +34,8 @@ import os
 import random
 import shutil
 import time
+import zipfile
+from argparse import Namespace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from longvivit.config import ConfigError
+from longvivit.config import ConfigError, load_yaml
 from longvivit.distributed import collectives as dist
 
 if TYPE_CHECKING:
@@ -128,8 +130,6 @@ def check_files(tag_dir: Path, key: str, parts: bool = True) -> None:
     config = tag_dir / CONFIG_FILE
     if not config.is_file():
         raise ConfigError(f"{key}: {tag_dir}: no {CONFIG_FILE} in it")
-    from longvivit.config import load_yaml
-
     try:
         load_yaml(config)
     except ConfigError as err:
@@ -163,8 +163,6 @@ def _marker(tag_dir: Path, key: str) -> tuple[int, int]:
 
 
 def _check_torch_file(file: Path, key: str) -> None:
-    import zipfile
-
     try:
         with zipfile.ZipFile(file) as z:
             size = file.stat().st_size
@@ -388,8 +386,7 @@ def to_universal(tag_dir: Path, rank: int, on_converted: Callable[[], None] = la
     stay in the tag); load deletes it once every rank has loaded."""
     final = universal_dir(tag_dir)
     if rank == 0 and not final.is_dir():
-        from argparse import Namespace
-
+        # deepspeed: slow to import and logs on import; a run that never rescales needs none of it
         from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
         work = final.with_name(f".{final.name}.tmp")

@@ -238,6 +238,7 @@ class VideoDecoder:
         return self.pipes[kind]
 
     def _build(self, kind: str):
+        # DALI (here and below) loads its CUDA libraries on import: only where a pipeline is built
         from nvidia.dali import fn, pipeline_def, types
 
         # nvdec, and JPEGs on a CUDA device (nvJPEG), run "mixed"; the rest on the CPU,
@@ -311,7 +312,7 @@ class VideoDecoder:
 def _decoded(kind: str, device: str):
     """The pipeline's frames before the resize, by route: PyAV's (fed), a JPEG's picture
     (H, W, 3), or DALI's video decoder's (T, H, W, 3). Called inside a pipeline definition."""
-    from nvidia.dali import fn, types
+    from nvidia.dali import fn, types  # heavy: see _build
 
     if kind == "pyav":
         return fn.external_source(name="decoded", dtype=types.UINT8, ndim=4, layout="FHWC")
@@ -348,6 +349,7 @@ def default_threads() -> int:
 def _to_torch(out, device: torch.device) -> torch.Tensor:
     """DALI TensorList (B x (T, S, S, 3)) -> one torch tensor on `device` (a CPU pipeline's
     output on a CUDA device is copied there)."""
+    # heavy: see VideoDecoder._build
     from nvidia.dali.backend import TensorGPU
     from nvidia.dali.plugin.pytorch import feed_ndarray
 

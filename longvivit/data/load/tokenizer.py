@@ -1,13 +1,6 @@
-"""Tokenizers: a sentencepiece model trained on the captions (the BERT-style text tower's),
-or open_clip's BPE (the CLIP text tower's); the loader uses one to make text_ids.
-
-    longvivit tokenizer INPUT [INPUT ...] --out PREFIX [--vocab-size 8000]
-
-INPUT is a shard folder (its captions column), a manifest (.jsonl / .json / .csv) or a
-UTF-8 text file (one caption per line). Writes PREFIX.model and PREFIX.vocab and prints a
-JSON line. Bad input (an INPUT missing, not UTF-8, not shards, or with no caption; a
---vocab-size or --character-coverage sentencepiece refuses; a PREFIX under a file or where
-no folder can be made) exits 2 with one line on stderr and leaves nothing behind.
+"""Tokenizers: a sentencepiece model trained on the captions (the BERT-style text tower's;
+`train_tokenizer`, the `longvivit tokenizer` command) or open_clip's BPE (the CLIP text
+tower's); the loader uses one to make text_ids.
 
 Ids: 0 pad, 1 unk, 2 bos, 3 eos. `Tokenizer.encode` wraps every caption as
 [bos] text [eos], truncates the text to fit `length`, and pads with 0; the mask is True on
@@ -15,9 +8,7 @@ real tokens (what DualEncoder.encode_text expects).
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -25,7 +16,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from longvivit.config import ArgumentParser
+from longvivit.data.prepare.manifest import Row, read_manifest
 from longvivit.data.prepare.output import check_out, new_files
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -75,7 +66,7 @@ class ClipTokenizer:
     vocab_size = 49408
 
     def __init__(self):
-        try:
+        try:  # open_clip: an optional extra, needed only for text.tokenizer=open_clip
             from open_clip.tokenizer import SimpleTokenizer
         except ImportError:
             raise ImportError("text.tokenizer=open_clip needs the open_clip package "
@@ -112,7 +103,6 @@ def read_captions(source: str | Path) -> Iterator[str]:
     if source.is_dir():
         yield from _shard_captions(source)
     elif source.suffix.lower() in (".jsonl", ".json", ".csv"):
-        from longvivit.data.prepare.manifest import Row, read_manifest
         for row in read_manifest(source):
             if isinstance(row, Row):
                 yield from row.captions
@@ -139,7 +129,7 @@ def _shard_captions(folder: Path) -> Iterator[str]:
         raise FileNotFoundError(f"caption source {folder}: a folder without index.json "
                                 "(not MDS shards)")
     # StreamingDataset, not LocalDataset: it also reads compressed shards (unpacking them
-    # beside the originals, as training would).
+    # beside the originals, as training would); streaming imports torch: only for shard folders
     from streaming import StreamingDataset
     try:
         dataset = StreamingDataset(local=str(folder), batch_size=1)
@@ -198,20 +188,3 @@ def _check_training(out_prefix: str | Path, vocab_size: int, character_coverage:
             raise IsADirectoryError(f"--out {prefix}: {path} is a folder")
     check_out(files[0], f"--out {prefix}", folder=False)  # not under a file
     return files
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="longvivit tokenizer", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", help="shard folders, manifests or text files")
-    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.model")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--character-coverage", type=float, default=0.9995)
-    p.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
-    a = p.parse_args(argv)
-    try:
-        path = train_tokenizer(a.inputs, a.out, a.vocab_size, a.character_coverage, a.model_type)
-    except (ValueError, OSError) as err:  # bad input, an output refused
-        print(f"longvivit tokenizer: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"model": path, "vocab_size": Tokenizer(path).vocab_size}))
-    return 0
