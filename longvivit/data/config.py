@@ -97,7 +97,6 @@ class ImageConfig:
     def validate(self) -> None:
         p = self.proportion
         check(p is None or 0.0 <= p < 1.0, "proportion", f"{p} is outside [0, 1)")
-        check(not p or bool(self.train), "train", f"is empty but proportion={p}: image steps need image shards")
         check(self.batch_size is None or self.batch_size > 0, "batch_size", f"{self.batch_size} must be > 0")
         check(self.mask_ratio is None or 0.0 <= self.mask_ratio < 1.0, "mask_ratio",
               f"{self.mask_ratio} is outside [0, 1)")
@@ -199,6 +198,7 @@ def _with_images(sources: list[SourceConfig], images: ImageConfig) -> list[Sourc
     if p == 0:
         return [s for s in sources if s.name != OLD_IMAGES]
     if p is not None and not present:
+        check(bool(images.train), "data.images.train", f"is empty but proportion={p}: image steps need image shards")
         sources = [*sources, SourceConfig(name=OLD_IMAGES, kind="image", batch_size=images.DEFAULT_BATCH,
                                           mask_ratio=images.DEFAULT_MASK_RATIO)]
     elif not present:  # no image steps: the other keys have nothing to apply to (as before)
