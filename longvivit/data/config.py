@@ -181,8 +181,7 @@ def with_sources(data: DataConfig) -> DataConfig:
     sources = list(data.sources)
     if not sources:
         sources = [SourceConfig(name=OLD_VIDEO, kind="video", shards=data.train)]
-        if data.train:
-            sources[0].shards_key = "data.train"
+        sources[0].shards_key = "data.train"
     elif data.train:
         video = _named(sources, OLD_VIDEO, "data.train", "video")
         sources[sources.index(video)] = _given(video, "data.train", shards=data.train)
@@ -209,6 +208,7 @@ def _with_images(sources: list[SourceConfig], images: ImageConfig) -> list[Sourc
         changes["shards"] = images.train
     if p is not None:
         others = sum(s.weight for s in sources if s is not target)
+        check(others > 0, "data.images.proportion", f"{p}: no other source shares the steps with the images")
         sources = [s if s is target else _given(s, "", weight=s.weight * (1 - p) / others) for s in sources]
         changes["weight"] = p
     return [_given(s, "data.images.train" if images.train else "", **changes) if s is target else s
