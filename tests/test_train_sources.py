@@ -145,6 +145,11 @@ def test_the_older_keys_address_the_sources_of_their_names():
         three("data.train=/v")
 
 
+def test_an_override_of_a_list_entry_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^data.sources.0.weight: an entry of a list cannot be set on the command"):
+        three("data.sources.0.weight=0.5")
+
+
 @pytest.mark.parametrize("change, key", [
     ({"name": "a"}, "data.sources.1.name"),  # two sources named a
     ({"name": "rng"}, "data.sources.1.name"),

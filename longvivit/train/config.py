@@ -142,6 +142,7 @@ def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     """Preset defaults, then `sources` (YAML paths or dicts), then ``key=value`` overrides.
     With local=true, the local form of that config (longvivit/train/local.py) goes under the overrides."""
     preset = _preset_name(sources, overrides)
+    check_list_overrides(overrides)
     try:
         base = {"model": to_dict(model_config(preset))}
     except (KeyError, ValueError) as err:
@@ -154,6 +155,17 @@ def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     cfg = with_data_sources(load_config(RunConfig, base, *sources, local_changes(cfg), overrides=overrides))
     finish_local_form(cfg)
     return cfg
+
+
+def check_list_overrides(overrides: Sequence[str]) -> None:
+    """An override of one entry of a list (data.sources.0.shards=X, optim.betas.1=0.9) is
+    refused in one line: the config loader merges overrides as mappings, which cannot index
+    a list."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if any(part.isdigit() for part in key.split(".")):
+            raise ConfigError(f"{key}: an entry of a list cannot be set on the command line; set it in the "
+                              "YAML file (data.train and data.images.* set the sources named video and images)")
 
 
 def with_data_sources(cfg: RunConfig) -> RunConfig:
