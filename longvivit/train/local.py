@@ -10,15 +10,18 @@ runs in seconds on CPU, keeping everything that decides whether it works:
              contrastive gather, and the init chain (below)
   shrunk     model dims (video 128 wide, 6 deep, 2 heads, trainable_last_k <= 4; text 64
              wide, 2 deep; embeddings 64: the same for every config, so stages chain),
-             frames (8 if the config has <= 16, else 16), image size (two or more patches
-             a side, ~32 px), micro-batch <= 4, steps <= 20 (warmup a quarter of them),
+             frames (8 if the config has <= 16, else 16; a source's own too), image size
+             (two or more patches a side, ~32 px), micro-batch <= 4 (each source's too),
+             steps <= 20 (warmup a quarter of them),
              eval <= 2 batches, no loader workers, global_batch 0 (a cluster's global
              batch on a laptop's ranks would mean a huge grad_accum or micro-batch),
              data.canonical_nodes 0 (a cluster config's fixed 64 would pad the tiny data
              with repeats)
   data       the synthetic benchmark (24-frame clips at 1 FPS, 32 px VP9 shards, image
-             stills as one-frame shards for data.images, and a sentencepiece model), made
-             once under `local_dir`/data
+             stills as JPEG shards, and a sentencepiece model), made once under
+             `local_dir`/data; each of data.sources keeps its name, kind, weight and mask
+             ratio and reads the local shards of its kind (a list of streams becomes that
+             one folder)
   paths      out=runs/X -> `local_dir`/X; init=checkpoint:runs/X[/checkpoints/...] ->
              checkpoint:`local_dir`/X[/checkpoints/...], so stages chain locally as they
              do on the cluster; init=open_clip:PATH -> an open_clip CLIP built here with
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING
 from longvivit.config import ConfigError
 
 if TYPE_CHECKING:
+    from longvivit.data.config import SourceConfig
     from longvivit.train.config import RunConfig
 
 # One video depth for every config, so that chained stages (short -> long) share an
@@ -49,6 +53,7 @@ TEXT_WIDTH, TEXT_DEPTH, TEXT_HEADS, TEXT_VOCAB = 64, 2, 2, 512
 EMBED_DIM = 64
 MAX_BATCH, MAX_STEPS, MAX_EVAL_BATCHES = 4, 20, 2
 DATA_VIDEOS, DATA_FRAMES, DATA_SIZE, DATA_IMAGES = 48, 24, 32, 32
+LOCAL_SHARDS = {"video": "train", "image": "images"}  # a source's kind -> its local shards (make_data)
 
 
 def local_frames(frames: int) -> int:
@@ -107,13 +112,13 @@ def local_changes(cfg: RunConfig) -> dict:
     if cfg.model.text.tokenizer == "sentencepiece":  # open_clip's BPE keeps its vocabulary
         text["vocab_size"] = TEXT_VOCAB
     data_dir = Path(ld, "data")
-    data = {"train": str(data_dir / "train"), "val": str(data_dir / "val"),
-            "tokenizer": str(data_dir / "spm.model"), "frames": "${model.video.frames}",
-            "image_size": "${model.video.image_size}", "batch_size": min(d.batch_size, MAX_BATCH),
-            "num_workers": 0, "synthetic_samples": min(d.synthetic_samples, 64),
-            "canonical_nodes": 0}
-    if d.images.proportion:
-        data["images"] = {"train": str(data_dir / "images"), "batch_size": min(d.images.batch_size, MAX_BATCH)}
+    # the sources in full (a list merges as a whole), the older form cleared (it would apply over them)
+    data = {"sources": [local_source(src, data_dir) for src in d.sources], "train": "",
+            "images": {"train": "", "proportion": None, "batch_size": None, "mask_ratio": None},
+            "val": str(data_dir / "val"), "tokenizer": str(data_dir / "spm.model"),
+            "frames": "${model.video.frames}", "image_size": "${model.video.image_size}",
+            "batch_size": min(d.batch_size, MAX_BATCH), "num_workers": 0,
+            "synthetic_samples": min(d.synthetic_samples, 64), "canonical_nodes": 0}
     changes = {"model": {"embed_dim": EMBED_DIM, "video": video, "text": text}, "data": data,
                "out": local_path(cfg.out, ld), "steps": steps, "global_batch": 0,
                "optim": {"warmup_steps": min(cfg.optim.warmup_steps, max(1, steps // 4))},
@@ -121,6 +126,14 @@ def local_changes(cfg: RunConfig) -> dict:
     if cfg.init.startswith("checkpoint:"):
         changes["init"] = f"checkpoint:{local_path(cfg.init.split(':', 1)[1], ld)}"
     return changes
+
+
+def local_source(src: SourceConfig, data_dir: Path) -> dict:
+    """A data.sources entry in the local form: the local shards of its kind, its own batch
+    size and frames shrunk as data's are."""
+    return {"name": src.name, "kind": src.kind, "weight": src.weight, "shards": str(data_dir / LOCAL_SHARDS[src.kind]),
+            "batch_size": None if src.batch_size is None else min(src.batch_size, MAX_BATCH),
+            "frames": None if src.frames is None else local_frames(src.frames), "mask_ratio": src.mask_ratio}
 
 
 def finish_local_form(cfg: RunConfig) -> None:

@@ -58,6 +58,7 @@ from longvivit.train.config import (
 from longvivit.train.construct import build_for_run
 from longvivit.train.hooks import TrainerHooks
 from longvivit.train.metrics import Throughput, log_step
+from longvivit.train.sources import Sources, saved_part_names
 from longvivit.train.step import NonFiniteStop, nonfinite_since, params_finite, train_step
 
 if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
@@ -276,12 +277,9 @@ class Trainer:
         self.stop: StopRequest | None = None
         self.engine: DeepSpeedEngine | None = None
         self.device: torch.device | None = None
-        self.loader: Loader | None = None
-        self.images: Loader | None = None  # the image-text pairs beside the videos (data.images)
+        self.sources = Sources(cfg)  # what it trains on (data.sources): their loaders open in setup
         self.log: RunLogger | None = None
         self.config_yaml = resolved_yaml(cfg)
-        # source -> (visible tokens, model FLOPs) per sample: an image is one tubelet slice
-        self.per_sample: dict = {}
         self.peak = 0.0
         self.window = Throughput()  # the steps since the last TensorBoard line
         self.total = Throughput()  # every step this process logged, for the summary
@@ -327,7 +325,6 @@ class Trainer:
     def setup(self) -> None:
         """The engine (under ZeRO-3 built partitioned: construct.py), the loaders, and the
         checkpoint's state when resuming."""
-        from longvivit.model import flops_per_sample
         from longvivit.train.engine import apply_schedule, base_optimizer, build_engine, place_optimizer_state
         from longvivit.train.metrics import RunLogger, peak_tflops
 
@@ -342,22 +339,14 @@ class Trainer:
             ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
         self.engine = build_engine(build_for_run(cfg, tag is not None, ds_config), cfg, ds_config)
         clean_shared_memory(cfg.data)
-        self.loader = open_loader(cfg, "train", self.device, d, training=True)
-        images = image_data(cfg)
-        self.images = open_loader(cfg, "train", self.device, d, True, images) if images is not None else None
-        if tag is not None:
-            checkpoint.load(self.engine, tag, self.parts(), universal)
+        self.sources.open(lambda data: open_loader(cfg, "train", self.device, d, True, data))
+        if tag is not None:  # a checkpoint written before data.sources names its video loader "loader"
+            checkpoint.load(self.engine, tag, self.parts(saved_part_names(checkpoint.stored_config(tag))), universal)
             apply_schedule(self.engine)
             self.optimizer_state = place_optimizer_state(base_optimizer(self.engine))
             self.saved, self.saved_step = tag, self.state.step  # finish() must not write it again
         torch.manual_seed(cfg.seed + 1000 * d.rank + self.state.step)  # anything unseeded differs per rank
         self.log = RunLogger(cfg.out, d.rank, cfg.steps, self.state.step, cfg.progress and d.is_main)
-        v = cfg.model.video
-        self.per_sample = {"video": (v.visible_tokens(), flops_per_sample(cfg.model, v.mask_ratio))}
-        if self.images is not None:
-            ratio = cfg.data.images.mask_ratio
-            still = dataclasses.replace(cfg.model, video=dataclasses.replace(v, frames=v.tubelet[0]))
-            self.per_sample["image"] = (still.video.visible_tokens(ratio), flops_per_sample(still, ratio))
         self.peak = peak_tflops(self.device, cfg.peak_tflops)
 
     def train(self) -> int:
@@ -376,9 +365,17 @@ class Trainer:
             return report_nonfinite(self, err)
         return finish(self, self.stop, completed, self.t_start)
 
-    def parts(self) -> dict[str, checkpoint.Stateful]:
-        """What a checkpoint holds of this rank besides the engine, by name."""
-        return checkpoint_parts(self.state, self.loader, self.images)
+    def parts(self, saved_names: dict[str, str] | None = None) -> dict[str, checkpoint.Stateful]:
+        """What a checkpoint holds of this rank besides the engine, by name: the loop's
+        counters, each source's loader (named after the source, or as `saved_names` says a
+        checkpoint being loaded named it), the RNGs. checkpoint.save/load take any parts;
+        they load in this order: the RNGs last, so that nothing loaded after them draws from them."""
+        return {"train": self.state, **self.sources.parts(saved_names), "rng": checkpoint.RNGState()}
+
+    @property
+    def loader(self) -> Loader | None:
+        """The first source's loader (of a one-source run: its loader)."""
+        return next(iter(self.sources)).loader
 
     def state_dict(self) -> dict:
         return {name: part.state_dict() for name, part in self.parts().items()}
@@ -387,42 +384,22 @@ class Trainer:
         """Release everything start() and setup() took. A rank leaving on an error waits for
         no peer on its way out (dist.shutdown failed=True): its exit is what ends the job."""
         watchdog.stop()
-        for closable in (self.log, self.loader, self.images):
-            if closable is not None:
-                closable.close()
+        if self.log is not None:
+            self.log.close()
+        self.sources.close()
         if self.stop is not None:
             self.stop.restore()
         dist.shutdown(self.d, failed=failed)
 
 
-def checkpoint_parts(state: TrainState, loader: Loader, images: Loader | None = None) -> dict[str, checkpoint.Stateful]:
-    """What a checkpoint holds of this rank besides the engine, by name: the image loader
-    or another kind of state is one more entry here (checkpoint.save/load take any)."""
-    # they load in this order: the RNGs last, so that nothing loaded after them draws from them
-    parts = {"train": state, "loader": loader}
-    if images is not None:
-        parts["images"] = images
-    return {**parts, "rng": checkpoint.RNGState()}
-
-
 def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool,
                 data: DataConfig | None = None) -> Loader:
     """This rank's loader of `split` (longvivit.data.load.open_loader) for the model's text
-    tower; `data` in place of cfg.data (image_data)."""
+    tower; `data` in place of cfg.data (a source's: sources.source_data)."""
     from longvivit.data.load import open_loader as data_loader
 
     return data_loader(data or cfg.data, split, device, d.rank, d.world_size, training, cfg.model.text.tokenizer,
                        cfg.model.text.vocab_size)
-
-
-def image_data(cfg: RunConfig) -> DataConfig | None:
-    """The data config of the image loader (the stills of data.images.train at its
-    batch size), None without images."""
-    images = cfg.data.images
-    if images.proportion == 0:
-        return None
-    return dataclasses.replace(cfg.data, train=images.train, batch_size=images.batch_size, frames=1,
-                               sampling="uniform")
 
 
 def rescale(trainer: Trainer, tag: Path) -> Path | None:
@@ -504,14 +481,14 @@ def batches(loader: Iterable[dict], timer: StepTimer) -> Iterator[dict]:
 
 
 def step_source(trainer: Trainer) -> str:
-    """What the next optimizer step trains on: "image" on data.images.proportion of the
-    steps (a function of the step alone: the same on every rank and after a resume)."""
-    return "image" if trainer.images is not None and trainer.cfg.data.images.is_image_step(trainer.state.step + 1) else "video"
+    """The name of the source the next optimizer step trains on (sources.Schedule: a
+    function of the step alone, the same on every rank and after a resume)."""
+    return trainer.sources.at(trainer.state.step + 1).name
 
 
 def source_mask_ratio(trainer: Trainer, source: str) -> float | None:
     """The mask ratio of `source`'s batches (None: the model config's)."""
-    return trainer.cfg.data.images.mask_ratio if source == "image" else None
+    return trainer.sources[source].mask_ratio
 
 
 @watchdog.phased("eval")
@@ -536,7 +513,7 @@ def run_eval(trainer: Trainer) -> dict:
 
 @watchdog.phased("checkpoint")
 def save(trainer: Trainer) -> Path:
-    cfg, parts = trainer.cfg, checkpoint_parts(trainer.state, trainer.loader, trainer.images)
+    cfg, parts = trainer.cfg, trainer.parts()
     step = trainer.state.step
     trainer.saved = checkpoint.save(trainer.engine, cfg.out, step, parts, trainer.config_yaml, cfg.keep_last,
                                     lambda: trainer.hooks.on_checkpoint_written(trainer, step))
@@ -554,9 +531,7 @@ def loop(trainer: Trainer, stop: StopRequest) -> bool:
     from longvivit.train.metrics import StepTimer
 
     cfg, hooks, timer = trainer.cfg, trainer.hooks, StepTimer()
-    streams = {"video": batches(trainer.loader, timer)}
-    if trainer.images is not None:
-        streams["image"] = batches(trainer.images, timer)
+    streams = {source.name: batches(source.loader, timer) for source in trainer.sources}
     bad_since = 0  # the first of the non-finite steps in a row up to the last one (0: it was finite)
     while trainer.state.step < cfg.steps:
         watchdog.begin("step", trainer.state.step + 1)
