@@ -19,21 +19,27 @@ functions below are the file checks the commands share (shards, tokenizer, outpu
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Sequence
 
+import torch
 from omegaconf import OmegaConf
 
 from longvivit import configs
 from longvivit.config import ConfigError, check, choice, load_config, load_yaml, to_dict, validated
 from longvivit.data.config import DataConfig, shard_streams, with_sources
+from longvivit.data.load.tokenizer import make_tokenizer
 from longvivit.distributed.config import TimeoutConfig
 from longvivit.model import model_config
 from longvivit.model.config import ModelConfig
+from longvivit.train.local import finish_local_form, local_changes
 
 CONFIG_DIR = configs.HERE  # the shipped run configs
 
@@ -153,8 +159,6 @@ def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     cfg = with_data_sources(load_config(RunConfig, base, *sources, overrides=overrides))
     if not cfg.local:
         return cfg
-    from longvivit.train.local import finish_local_form, local_changes
-
     cfg = with_data_sources(load_config(RunConfig, base, *sources, local_changes(cfg), overrides=overrides))
     finish_local_form(cfg)
     return cfg
@@ -272,8 +276,6 @@ def check_shard_file(key: str, folder: Path, index: Path, number: int, shard: An
 def check_tokenizer_file(key: str, kind: str, path: str):
     """The tokenizer model.text.tokenizer names, read from `path` (sentencepiece): the
     tokenizer, or ConfigError naming `key` when the file is missing or not a model."""
-    from longvivit.data.load.tokenizer import make_tokenizer
-
     check(kind == "open_clip" or Path(path).is_file(), key, f"no tokenizer model at {path!r}")
     try:
         return make_tokenizer(kind, path)
@@ -286,9 +288,6 @@ def check_writable_dir(key: str, path: str | Path) -> None:
     existing ancestor is a directory where a probe directory can be made. The probe, not
     os.access, because root passes os.access on /proc and on read-only mounts; it is
     removed at once and the folder's modification time put back, so nothing changes."""
-    import os
-    import tempfile
-
     path = Path(path)
     existing = next(p for p in (path, *path.parents) if p.exists())
     check(existing.is_dir(), key, f"{str(path)!r} is a file, not a directory" if existing == path
@@ -316,8 +315,6 @@ def check_writable_file(key: str, path: str | Path) -> None:
 
 def check_precision(precision: str, device_type: str) -> None:
     """Refuse a precision this device cannot train in."""
-    import torch
-
     if device_type == "cpu":
         check(precision != "fp16", "precision", "fp16 is not supported on CPU (use fp32 or bf16)")
     elif precision == "bf16":
@@ -441,6 +438,7 @@ def check_ds_keys(ds: dict, name: str) -> None:
     string where a section or a number belongs), the top-level scalars it would take
     unchecked (DS_SCALARS), and every top-level key one that DeepSpeed reads. The first
     problem is one ConfigError naming the key."""
+    # deepspeed (and its pydantic): slow to import and logs on import; only checking a ds_config needs it
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from pydantic import ValidationError
 
@@ -455,7 +453,7 @@ def check_ds_keys(ds: dict, name: str) -> None:
           f"{ds.get('steps_per_print')} in {name} must be >= 1")
     unknown = [k for k in ds if k not in keys_deepspeed_reads(ds, name)]
     if unknown:
-        import deepspeed
+        import deepspeed  # heavy: see check_ds_keys
 
         raise ConfigError(f"ds_config.{unknown[0]}: not a key DeepSpeed {deepspeed.__version__} reads (in {name}; "
                           "a typo? keys of our own start with _)")
@@ -465,8 +463,7 @@ def keys_deepspeed_reads(ds: dict, name: str) -> set:
     """The top-level keys DeepSpeedConfig looks up while it parses `ds` (built on a dict
     that notes them, so the list is the installed DeepSpeed's own); ConfigError when
     DeepSpeed refuses `ds` (its asserts, a section's model)."""
-    import copy
-
+    # heavy: see check_ds_keys
     from deepspeed.runtime.config import DeepSpeedConfig
     from pydantic import ValidationError
 

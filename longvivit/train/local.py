@@ -40,7 +40,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
+from longvivit import configs
 from longvivit.config import ConfigError
+from longvivit.data.load.tokenizer import train_tokenizer
+from longvivit.data.prepare.shards import ShardOptions, write_shards
+from longvivit.data.prepare.synth import write_benchmark
 
 if TYPE_CHECKING:
     from longvivit.data.config import SourceConfig
@@ -78,13 +84,11 @@ def local_path(path: str, local_dir: str) -> str:
 def cpu_twin(ds_config: str) -> str:
     """X.json -> X_cpu.json: the same ZeRO stage, offload and
     precision, with what DeepSpeed's CPU accelerator can run."""
-    from longvivit.train.config import repo_path
-
     p = Path(ds_config)
     if p.stem.endswith("_cpu"):
         return ds_config
     twin = str(p.with_name(f"{p.stem}_cpu{p.suffix}"))
-    if not repo_path(twin).is_file():
+    if not configs.resolve(twin).is_file():
         raise ConfigError(f"ds_config: {ds_config} has no CPU twin {twin} for local=true")
     return twin
 
@@ -172,9 +176,6 @@ def make_data(root: Path) -> None:
     """Synthetic benchmark -> train/val shards -> tokenizer, built aside then renamed."""
     if (root / "spm.model").is_file():
         return
-    from longvivit.data import train_tokenizer, write_benchmark, write_shards
-    from longvivit.data.prepare.shards import ShardOptions
-
     tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     write_benchmark(tmp / "synth", videos=DATA_VIDEOS, frames=DATA_FRAMES, seed=0, size=DATA_SIZE,
@@ -196,8 +197,7 @@ def make_open_clip(cfg: RunConfig, path: Path) -> None:
     open_clip's, text.arch=clip), saved as a state dict for init_from_open_clip."""
     if path.is_file():
         return
-    import open_clip
-    import torch
+    import open_clip  # an optional extra: only the local forms of open_clip-initialised configs need it
 
     v = cfg.model.video
     vision = dict(image_size=v.image_size, patch_size=v.tubelet[1], width=v.width, layers=v.depth,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm import tqdm
 
 from longvivit.distributed import collectives as dist
 
@@ -97,6 +98,7 @@ class RunLogger:
         self.writer = self.bar = self.jsonl = None
         if not self.active:
             return
+        # tensorboard: a second of imports (protobuf, numpy plugins), paid on rank 0 only
         from torch.utils.tensorboard import SummaryWriter
 
         out = Path(out)
@@ -106,8 +108,6 @@ class RunLogger:
         if self.jsonl.tell() and not _ends_in_newline(out / "metrics.jsonl"):
             self.jsonl.write("\n")  # a run killed mid-line: this one starts on a line of its own
         if progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
                             mininterval=2.0)
 
