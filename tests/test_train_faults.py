@@ -15,6 +15,7 @@ test_slurm.py (hold_for_signal, stop_in_step), test_train_nan.py (nan_loss),
 test_train_eval_resume.py (kill_during_eval), test_train_zero3.py, test_train_s3.py and
 test_train_images.py (kill_during_save), test_train_elastic.py (kill_during_conversion).
 """
+import dataclasses
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from longvivit.config import ConfigError
 from longvivit.eval.evaluate import Embeddings
 from longvivit.train.hooks import TrainerHooks
 
@@ -105,17 +107,20 @@ def test_hooks_do_nothing_by_default():
 
 def test_a_stored_run_config_with_the_retired_save_eval_embeddings_still_loads(tmp_path):
     """Checkpoints written before the key was retired hold it in run_config.yaml: they still
-    load (resume, `longvivit eval`, export read that file), and the key does nothing."""
-    from longvivit.config import load_config, to_yaml
+    load (resume, `longvivit eval`, export read that file), and the key does nothing; named
+    on the command line it is refused with the reason."""
+    from longvivit.config import to_yaml
     from longvivit.train.config import RunConfig, load_run_config
 
-    old = to_yaml(load_run_config(CONFIGS / "demo.yaml")).replace("save_eval_embeddings: false",
-                                                                  "save_eval_embeddings: true")
+    assert "save_eval_embeddings" not in {f.name for f in dataclasses.fields(RunConfig)}
+    old = to_yaml(load_run_config(CONFIGS / "demo.yaml")).replace("progress: true\n",
+                                                                  "progress: true\nsave_eval_embeddings: true\n")
     assert "save_eval_embeddings: true" in old
     stored = tmp_path / "run_config.yaml"
     stored.write_text(old)
-    assert load_config(RunConfig, stored).save_eval_embeddings is True
-    assert load_run_config(stored).steps == load_run_config(CONFIGS / "demo.yaml").steps
+    assert load_run_config(stored) == load_run_config(CONFIGS / "demo.yaml")
+    with pytest.raises(ConfigError, match=r"^save_eval_embeddings: retired: .*on_evaluate"):
+        load_run_config(CONFIGS / "demo.yaml", overrides=["save_eval_embeddings=true"])
 
 
 def test_each_hook_fires_at_its_moment_of_a_real_run(tmp_path):

@@ -102,10 +102,6 @@ class RunConfig:
     max_nonfinite_steps: int = 3
     peak_tflops: float = 0.0  # MFU denominator per device; 0: measured (CPU) or spec table (GPU)
     progress: bool = True  # tqdm bar on rank 0
-    # deprecated and ignored: accepted so that run configs stored before (a checkpoint's
-    # run_config.yaml) still load; an eval's embeddings reach code outside the trainer
-    # through its hooks (longvivit/train/hooks.py on_evaluate), or `longvivit eval --save-embeddings`
-    save_eval_embeddings: bool = False
     local: bool = False  # the config's local form: tiny dims, synthetic data, CPU twin (longvivit/train/local.py)
     local_dir: str = "runs/local"  # local runs, data and open_clip files
 
@@ -147,9 +143,38 @@ def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
     return name
 
 
+# Top-level keys that no longer exist but that run configs stored before (a checkpoint's
+# run_config.yaml, read by resume, `longvivit eval` and export) still hold: dropped from
+# files and dicts; named on the command line, refused with the reason.
+RETIRED_KEYS = {
+    "save_eval_embeddings": "an eval's embeddings reach code outside the trainer through its hooks "
+                            "(longvivit/train/hooks.py on_evaluate), or `longvivit eval --save-embeddings`",
+}
+
+
+def without_retired_keys(sources: Sequence[Any], overrides: Sequence[str]) -> list[Any]:
+    """`sources` with RETIRED_KEYS dropped (a YAML path holding one is read into a
+    DictConfig); ConfigError for an override that sets one."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in RETIRED_KEYS:
+            raise ConfigError(f"{key}: retired: {RETIRED_KEYS[key]}")
+    kept = []
+    for src in sources:
+        node = load_yaml(src) if isinstance(src, (str, Path)) else src
+        if isinstance(node, dict) or OmegaConf.is_dict(node):
+            if any(key in node for key in RETIRED_KEYS):
+                node = {k: v for k, v in node.items() if k not in RETIRED_KEYS}
+            kept.append(node)
+        else:
+            kept.append(src)
+    return kept
+
+
 def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     """Preset defaults, then `sources` (YAML paths or dicts), then ``key=value`` overrides.
     With local=true, the local form of that config (longvivit/train/local.py) goes under the overrides."""
+    sources = tuple(without_retired_keys(sources, overrides))
     preset = _preset_name(sources, overrides)
     check_list_overrides(overrides)
     try:
