@@ -117,17 +117,24 @@ def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -
     `overrides` onto the defaults of `schema`; return a validated `schema` instance.
 
     Raises ConfigError with the offending key on an unknown key, a wrong type, or a value
-    that `validated` rejects.
+    that `validated` rejects. The schema's RETIRED_KEYS ({top-level key: why}, where it
+    has them) are dropped from `sources` and refused, with the reason, as overrides.
     """
+    retired = getattr(schema, "RETIRED_KEYS", {})
     try:
         cfg = OmegaConf.structured(schema)
         for src in sources:
             if isinstance(src, (str, Path)):
                 src = load_yaml(src)
+            if retired and (isinstance(src, dict) or OmegaConf.is_dict(src)):
+                src = {key: value for key, value in src.items() if key not in retired}
             cfg = _merge(cfg, src)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected key=value")
+            key = item.split("=", 1)[0]
+            if key in retired:
+                raise ConfigError(f"{key}: retired: {retired[key]}")
         if overrides:
             cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         obj = OmegaConf.to_object(cfg)

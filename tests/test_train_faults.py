@@ -109,7 +109,7 @@ def test_a_stored_run_config_with_the_retired_save_eval_embeddings_still_loads(t
     """Checkpoints written before the key was retired hold it in run_config.yaml: they still
     load (resume, `longvivit eval`, export read that file), and the key does nothing; named
     on the command line it is refused with the reason."""
-    from longvivit.config import to_yaml
+    from longvivit.config import load_config, to_yaml
     from longvivit.train.config import RunConfig, load_run_config
 
     assert "save_eval_embeddings" not in {f.name for f in dataclasses.fields(RunConfig)}
@@ -119,6 +119,9 @@ def test_a_stored_run_config_with_the_retired_save_eval_embeddings_still_loads(t
     stored = tmp_path / "run_config.yaml"
     stored.write_text(old)
     assert load_run_config(stored) == load_run_config(CONFIGS / "demo.yaml")
+    current = tmp_path / "current.yaml"
+    current.write_text(old.replace("save_eval_embeddings: true\n", ""))
+    assert load_config(RunConfig, stored) == load_config(RunConfig, current)  # as eval and export read it
     with pytest.raises(ConfigError, match=r"^save_eval_embeddings: retired: .*on_evaluate"):
         load_run_config(CONFIGS / "demo.yaml", overrides=["save_eval_embeddings=true"])
 

@@ -76,14 +76,36 @@ def read_env(env: dict | None = None) -> DistEnv:
     return DistEnv(rank, world, local_rank, local_world, addr, port)
 
 
-def setup_env(d: DistEnv) -> None:
-    """Export the torch.distributed / streaming variables for `d` (no process group yet)."""
-    os.environ.update(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
-                      LOCAL_WORLD_SIZE=str(d.local_world_size), MASTER_ADDR=d.master_addr,
-                      MASTER_PORT=str(d.master_port))
+# The environment variables setup_env changed, with their values before (None: unset),
+# put back by shutdown: a process that ran a rank (a notebook, a test, `longvivit eval` called
+# in-process) and then starts a launcher must not hand it LOCAL_WORLD_SIZE=1 and the like,
+# which a launcher that does not set them (deepspeed's) passes on to every rank.
+_saved_env: dict[str, str | None] = {}
+
+
+def setup_env(d: DistEnv) -> dict[str, str | None]:
+    """Export the torch.distributed / streaming variables for `d` (no process group yet);
+    the values they had before (None: unset), which shutdown (or restore_env) puts back."""
+    wanted = dict(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
+                  LOCAL_WORLD_SIZE=str(d.local_world_size), MASTER_ADDR=d.master_addr, MASTER_PORT=str(d.master_port))
     # The CPU accelerator counts its "devices" from LOCAL_SIZE (the deepspeed launcher sets it).
-    os.environ.setdefault("LOCAL_SIZE", str(d.local_world_size))
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    defaults = dict(LOCAL_SIZE=str(d.local_world_size), TORCH_EXTENSIONS_DIR=extensions_dir())
+    saved = {key: os.environ.get(key) for key in (*wanted, *defaults)}
+    os.environ.update(wanted)
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    for key, value in saved.items():  # a second setup_env keeps the first one's values
+        _saved_env.setdefault(key, value)
+    return saved
+
+
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put back the environment variables `saved` names as it holds them."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def extensions_dir() -> str:
@@ -307,7 +329,8 @@ def shm_buffers(d: DistEnv) -> list[Path]:
 
 def shutdown(d: DistEnv, failed: bool = False) -> None:
     """Tear the process group down, remove this rank's /dev/shm buffer (also when the
-    barrier fails: a peer that died, e.g. ended by its watchdog) and unbind the device.
+    barrier fails: a peer that died, e.g. ended by its watchdog), unbind the device and put
+    back the environment variables setup_env changed.
 
     failed: this rank is leaving on an error. It then waits for no one: its peers are
     elsewhere (in a step's collective, or stuck), and under NCCL a barrier would hold it
@@ -324,6 +347,8 @@ def shutdown(d: DistEnv, failed: bool = False) -> None:
     finally:
         remove_shm_buffer(d)
         _bound = None
+        restore_env(_saved_env)
+        _saved_env.clear()
 
 
 def remove_shm_buffer(d: DistEnv) -> None:

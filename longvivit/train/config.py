@@ -27,7 +27,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, ClassVar, List, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -68,6 +68,13 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
+    # Keys that no longer exist but that run configs stored before (a checkpoint's
+    # run_config.yaml, read by resume, `longvivit eval` and export) still hold: load_config
+    # drops them from files and refuses them, with the reason, as overrides.
+    RETIRED_KEYS: ClassVar[dict[str, str]] = {
+        "save_eval_embeddings": "an eval's embeddings reach code outside the trainer through its hooks "
+                                "(longvivit/train/hooks.py on_evaluate), or `longvivit eval --save-embeddings`",
+    }
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -143,38 +150,9 @@ def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
     return name
 
 
-# Top-level keys that no longer exist but that run configs stored before (a checkpoint's
-# run_config.yaml, read by resume, `longvivit eval` and export) still hold: dropped from
-# files and dicts; named on the command line, refused with the reason.
-RETIRED_KEYS = {
-    "save_eval_embeddings": "an eval's embeddings reach code outside the trainer through its hooks "
-                            "(longvivit/train/hooks.py on_evaluate), or `longvivit eval --save-embeddings`",
-}
-
-
-def without_retired_keys(sources: Sequence[Any], overrides: Sequence[str]) -> list[Any]:
-    """`sources` with RETIRED_KEYS dropped (a YAML path holding one is read into a
-    DictConfig); ConfigError for an override that sets one."""
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if key in RETIRED_KEYS:
-            raise ConfigError(f"{key}: retired: {RETIRED_KEYS[key]}")
-    kept = []
-    for src in sources:
-        node = load_yaml(src) if isinstance(src, (str, Path)) else src
-        if isinstance(node, dict) or OmegaConf.is_dict(node):
-            if any(key in node for key in RETIRED_KEYS):
-                node = {k: v for k, v in node.items() if k not in RETIRED_KEYS}
-            kept.append(node)
-        else:
-            kept.append(src)
-    return kept
-
-
 def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     """Preset defaults, then `sources` (YAML paths or dicts), then ``key=value`` overrides.
     With local=true, the local form of that config (longvivit/train/local.py) goes under the overrides."""
-    sources = tuple(without_retired_keys(sources, overrides))
     preset = _preset_name(sources, overrides)
     check_list_overrides(overrides)
     try:
