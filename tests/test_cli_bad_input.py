@@ -245,8 +245,8 @@ def test_an_export_that_fails_midway_leaves_nothing(world, tmp_path, monkeypatch
 
 def test_an_export_writes_into_out_and_leaves_no_work_folder(world, tmp_path):
     out = export_module.export(world["tag"], tmp_path / "a" / "exported")
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "run_config.yaml",
-                                                     "tokenizer.model"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "preprocess.json",
+                                                     "run_config.yaml", "tokenizer.model"]
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["exported"]
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 

@@ -8,6 +8,8 @@ into fp32 weights, and writes
     DIR/config.yaml         the ModelConfig: all that build_model needs
     DIR/run_config.yaml     the resolved run config the weights were trained with
     DIR/tokenizer.model     a copy of the sentencepiece model
+    DIR/preprocess.json     how the run's clips were made (shard FPS and short side, frames,
+                            sampling, size): what longvivit.load preprocesses raw videos with
 
 `load_exported(DIR)` rebuilds the DualEncoder from that directory in plain PyTorch (no
 DeepSpeed, no process group). `check_export_args` checks every input before anything is
@@ -26,6 +28,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from longvivit.config import ConfigError, load_config
+from longvivit.data.config import DataConfig
+from longvivit.data.preprocessing import PREPROCESS_FILE, config_for, write_preprocess_json
 from longvivit.model import build_model
 from longvivit.model.config import ModelConfig
 from longvivit.model.video import PositionEmbedding
@@ -86,6 +90,7 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
         save_file(consolidated_state_dict(tag), str(work / WEIGHTS), metadata={"checkpoint": str(tag)})
         (work / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg["model"])))
         (work / "run_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg)))
+        write_preprocess_json(config_for(load_config(DataConfig, run_cfg["data"])), work / PREPROCESS_FILE)
         tokenizer = Path(run_cfg["data"]["tokenizer"])
         if tokenizer.is_file():
             shutil.copy2(tokenizer, work / "tokenizer.model")
