@@ -993,12 +993,13 @@ def feed_record(overrides: list[str], result: dict) -> dict:
 # Each shipped GPU config in its real form (model, ds_config, precision, grad_accum, masking,
 # freezing, checkpointing, images) at a reduced micro-batch on synthetic clips on the GPU:
 # SHIPPED_BATCH clips (a negative for every positive), SHIPPED_IMAGE_BATCH images on the
-# image steps. 15 steps: with images on a fifth of them, steps 5, 10 and 15 are image steps.
-# Step times leave out the first SHIPPED_WARMUP video steps and the first image step (new
-# shapes: allocator growth, kernel selection); the last SHIPPED_SYNC_STEPS steps (a video
-# and an image step) run under SyncCounter and are left out too (warn mode costs time).
+# image steps. 13 steps: with images on a fifth of them, steps 3, 8 and 13 are image steps
+# (longvivit/train/sources.py). Step times leave out each video source's first
+# SHIPPED_WARMUP steps and each image source's first step (new shapes: allocator growth,
+# kernel selection); the last SHIPPED_SYNC_STEPS steps (a video and an image step) run
+# under SyncCounter and are left out too (warn mode costs time).
 SHIPPED_BATCH, SHIPPED_IMAGE_BATCH = 2, 16
-SHIPPED_STEPS, SHIPPED_WARMUP, SHIPPED_SYNC_STEPS = 15, 3, 2
+SHIPPED_STEPS, SHIPPED_WARMUP, SHIPPED_SYNC_STEPS = 13, 3, 2
 MADE_HERE = "made-by-gpu-suite"  # the scratch folder of init files made for a run (make_init_file)
 SYNC_REPEATS = 2  # micro-batches counted per real_frames variant (check_shipped_model)
 # Host syncs per micro-batch the model may make, by where real_frames lies: none unless it
@@ -1050,7 +1051,7 @@ def shipped_overrides(config: Path, work: Path) -> tuple[list[str], dict]:
     overrides = ["data.source=synthetic", f"data.batch_size={SHIPPED_BATCH}", f"steps={SHIPPED_STEPS}",
                  "log_every=1", "progress=false", "eval_every=0", "checkpoint_every=0",
                  f"init={init}" if init else "init=''"]
-    if cfg.data.images.proportion:
+    if any(s.name == "images" and s.kind == "image" for s in cfg.data.sources):  # data.images.* addresses it
         overrides.append(f"data.images.batch_size={SHIPPED_IMAGE_BATCH}")
     return overrides, note
 
@@ -1096,36 +1097,39 @@ def shipped_row(config: Path, overrides: list[str], init: dict, result: dict, pl
     from longvivit.train.config import load_run_config
 
     cfg = load_run_config(config, overrides=overrides)
-    v, images = cfg.model.video, cfg.data.images
+    v, sources = cfg.model.video, cfg.data.sources
+    images = next((s for s in sources if s.kind == "image"), None)
     row = {"config": str(config.relative_to(ROOT)), "overrides": overrides, "init": init, "preset": cfg.model.preset,
            "frames": v.frames, "image_size": v.image_size, "mask_ratio": v.mask_ratio, "batch": cfg.data.batch_size,
            "grad_accum": cfg.grad_accum, "ds_config": cfg.ds_config, "precision": cfg.precision,
            "grad_checkpointing": v.grad_checkpointing, "trainable_last_k": v.trainable_last_k,
-           "images": {"proportion": images.proportion, "batch": images.batch_size,
-                      "mask_ratio": images.mask_ratio} if images.proportion else None, "plan": plan}
+           "images": {"proportion": images.weight / sum(s.weight for s in sources), "batch": images.batch_size,
+                      "mask_ratio": images.mask_ratio} if images else None, "plan": plan}
     if "error" in result:
         return {**row, "error": result["error"], "output": result["output"]}
     losses = [x["loss"] for x in result["step"]]
-    batches = {"video": cfg.data.batch_size * cfg.grad_accum, "image": images.batch_size * cfg.grad_accum}
+    batches = {s.name: (s.batch_size or cfg.data.batch_size) * cfg.grad_accum for s in sources}
+    warm = {s.name: SHIPPED_WARMUP if s.kind == "video" else 1 for s in sources}
     row.update(backend=result["backend"], steps_done=result["steps"], losses=losses,
                finite=bool(losses) and all(math.isfinite(x) for x in losses), turn=result["turn"],
                peak_bytes=result["peak_bytes"], peak_reserved_bytes=result["peak_reserved_bytes"],
                peak_bytes_after_setup=result["peak_bytes_after_setup"],
-               by_source=by_source(result["train"], result["step"], batches), syncs=sync_summary(result["syncs"]))
+               by_source=by_source(result["train"], result["step"], batches, warm),
+               syncs=sync_summary(result["syncs"]))
     if "allocated" in plan:
         row["plan_over_measured"] = plan["allocated"] / result["peak_bytes"]
     return row
 
 
-def by_source(train: list[dict], steps: list[dict], batches: dict[str, int]) -> dict:
-    """Medians of the trainer's per-step numbers (log_every=1) by source over the timed steps:
-    after each source's warm-up (SHIPPED_WARMUP video steps, one image step), before the
-    sync steps. A step's seconds are its samples over its samples/s (one process)."""
-    source = {x["step"]: x.get("source", "video") for x in steps}
+def by_source(train: list[dict], steps: list[dict], batches: dict[str, int], warm: dict[str, int]) -> dict:
+    """Medians of the trainer's per-step numbers (log_every=1) by source name over the timed
+    steps: after each source's `warm` steps, before the sync steps. A step's seconds are its
+    samples over its samples/s (one process); batches: each source's samples a step."""
+    source = {x["step"]: x["source"] for x in steps}
     timed_until = SHIPPED_STEPS - SHIPPED_SYNC_STEPS
     out = {}
-    for name, warm in (("video", SHIPPED_WARMUP), ("image", 1)):
-        lines = [x for x in train if source.get(x["step"]) == name and x["step"] <= timed_until][warm:]
+    for name in batches:
+        lines = [x for x in train if source.get(x["step"]) == name and x["step"] <= timed_until][warm[name]:]
         if lines:
             median = lambda key: statistics.median(x[key] for x in lines)  # noqa: E731
             out[name] = {"steps": [x["step"] for x in lines], "step_s": statistics.median(

@@ -521,7 +521,8 @@ def gpu_shipped(r: dict) -> list[str]:
         if "error" in x:
             rows.append([label, f"error: {x['error']}"] + [""] * 8)
             continue
-        video, image = x["by_source"].get("video", {}), x["by_source"].get("image")
+        # by source name: the shipped configs' "video" and "images" ("image" in records from before data.sources)
+        video, image = x["by_source"].get("video", {}), x["by_source"].get("images", x["by_source"].get("image"))
         plan = x["plan"]
         s = x["syncs"]
         micro = max(s["micro_batches"], 1)

@@ -216,7 +216,11 @@ EXPORT_CASES = [
     (["{run}", "--out", "{files}/afile/exported"], "--out", "is a file, not a directory"),
     (["{run}", "--out", "/proc/x/exported"], "--out", "cannot create anything in /proc"),
     (["{run}", "--out", "/proc"], "--out", "cannot create anything in /proc"),
-    (["{run}"], "the following arguments are required: --out", ""),
+    (["{run}"], "give --out DIR, --hf DIR or both", ""),
+    (["{run}", "--hf", "{files}/afile"], "--hf", "is a file, not a directory"),
+    (["{run}", "--hf", "/proc/x/hf"], "--hf", "cannot create anything in /proc"),
+    (["{broken}/model_truncated", "--hf", "{tmp}/hf"], "checkpoint", "model_states.pt: truncated"),
+    (["{run}", "--out", "{tmp}/exported", "--hf", "{files}/afile"], "--hf", "is a file, not a directory"),
 ]
 
 

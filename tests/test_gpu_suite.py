@@ -248,9 +248,8 @@ def test_a_shipped_run_is_the_real_form_at_a_reduced_batch(name, tmp_path):
         (shipped.ds_config, shipped.precision, shipped.grad_accum, shipped.data.frames, shipped.data.sampling)
     assert cfg.data.source == "synthetic" and cfg.data.batch_size == gpu.SHIPPED_BATCH
     assert cfg.steps == gpu.SHIPPED_STEPS and cfg.log_every == 1 and cfg.checkpoint_every == cfg.eval_every == 0
-    if shipped.data.images.proportion:
-        assert cfg.data.images.proportion == shipped.data.images.proportion
-        assert cfg.data.images.batch_size == gpu.SHIPPED_IMAGE_BATCH
+    images = [(s.name, s.weight, s.batch_size) for s in cfg.data.sources if s.kind == "image"]
+    assert images == [(s.name, s.weight, gpu.SHIPPED_IMAGE_BATCH) for s in shipped.data.sources if s.kind == "image"]
     assert init["shipped"] == shipped.init and cfg.init == init["ran"]
     kind, _, path = shipped.init.partition(":")
     if shipped.init and Path(path).exists():  # kept, made absolute (the run's working dir is elsewhere)
@@ -367,11 +366,11 @@ def test_the_shipped_check_on_its_cpu_twin_with_images_init_and_sync_steps(monke
     assert row["backend"] == "gloo" and row["steps_done"] == gpu.SHIPPED_STEPS and row["finite"]
     assert row["init"]["ran"].startswith("open_clip:/")  # made here, or the demo's own file made absolute
     timed = gpu.SHIPPED_STEPS - gpu.SHIPPED_SYNC_STEPS
-    assert set(row["by_source"]) == {"video", "image"}
-    assert row["by_source"]["image"]["steps"] == [8, 12]  # image steps 4, 8, 12 (a quarter): 4 is warm-up
+    assert set(row["by_source"]) == {"video", "images"}
+    assert row["by_source"]["images"]["steps"] == [7, 11]  # image steps 3, 7, 11 (a quarter): 3 is warm-up
     assert all(s <= timed for src in row["by_source"].values() for s in src["steps"])
     s = row["syncs"]
-    assert s["steps"] == [14, 15] and s["micro_batches"] == 2 and s["control"] is None
+    assert s["steps"] == [12, 13] and s["micro_batches"] == 2 and s["control"] is None
     assert s["model"] == s["model_allowed"] == 0  # synthetic real_frames on the device, here the CPU
     assert row["turn"]["go"] and "allocated" in row["plan"]
     text = "\n".join(report.gpu_shipped(r))
@@ -425,7 +424,7 @@ def test_the_data_wait_run_is_short_b16_on_the_shards_and_its_record_weights_by_
     shipped, cfg = load_run_config(config), load_run_config(config, overrides=overrides)
     assert cfg.model == shipped.model and cfg.data.source == "shards" == shipped.data.source
     assert (cfg.data.frames, cfg.data.image_size) == (gpu.DECODE["frames"], gpu.DECODE["size"])
-    assert cfg.data.images.proportion == 0 and cfg.data.batch_size == gpu.FEED["batch"]
+    assert [s.kind for s in cfg.data.sources] == ["video"] and cfg.data.batch_size == gpu.FEED["batch"]
     assert (cfg.data.num_workers, cfg.data.prefetch, cfg.ds_config) == \
         (shipped.data.num_workers, shipped.data.prefetch, shipped.ds_config)
     assert gpu.FEED["steps"] * gpu.FEED["batch"] <= gpu.DECODE["videos"]  # one epoch

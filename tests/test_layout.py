@@ -7,7 +7,6 @@ logic is written twice."""
 from __future__ import annotations
 
 import ast
-import fnmatch
 import io
 import re
 import subprocess
@@ -164,15 +163,6 @@ def test_the_scan_resolves_relative_imports(tmp_path):
 
 # ---------------------------------------------------------------------------- function-level imports
 
-# Modules another change of issue 21 is reshaping (the Trainer, data sources, fault hooks):
-# that change brings them under the rule, and this exemption goes with it.
-FUNCTION_IMPORTS_EXEMPT = ["longvivit/train/trainer.py", "longvivit/train/step.py", "longvivit/train/metrics.py",
-                           "longvivit/train/local.py", "longvivit/train/config.py", "longvivit/data/config.py",
-                           "longvivit/data/load/__init__.py", "longvivit/data/load/loader.py",
-                           "longvivit/data/load/reader.py", "longvivit/data/load/synthetic.py",
-                           "longvivit/configs/*"]
-
-
 def _statement_runs(tree: ast.AST):
     """(owner, statements) for each list of statements in `tree` (a body, an else, a
     finally) and the node that holds it."""
@@ -228,7 +218,6 @@ def function_imports(path: Path) -> list[tuple[int, str, str]]:
 def test_imports_sit_at_the_top_but_for_optional_or_heavy_dependencies():
     wrong = [f"{path.relative_to(ROOT)}:{line} " + FUNCTION_IMPORT_PROBLEMS[problem].format(name)
              for path in sources()
-             if not any(fnmatch.fnmatch(str(path.relative_to(ROOT)), p) for p in FUNCTION_IMPORTS_EXEMPT)
              for line, name, problem in function_imports(path) if not lazy_api(path, name, False)]
     assert not wrong, "\n".join(wrong)
 

@@ -22,5 +22,5 @@ def test_demo_beats_chance_tenfold(tmp_path):
     # stage 1 trained on images on a quarter of its steps; stage 2 started from stage 1
     rows = [json.loads(x) for x in (tmp_path / "demo" / "short" / "metrics.jsonl").read_text().splitlines()]
     sources = [r["source"] for r in rows if r.get("kind") == "step"]
-    assert sources.count("image") == len(sources) // 4, sources
+    assert sources.count("images") == len(sources) // 4, sources  # the source named "images"
     assert "checkpoint:" in (tmp_path / "demo" / "long" / "run_config.yaml").read_text()

@@ -1,7 +1,9 @@
-"""Images beside videos (stage 1 of the recipe): image-text shards of one-frame clips, a
-proportion of the optimizer steps trained on an image batch with its own batch size and mask
-ratio, each source's loss logged on its own, and exact resume with both loaders' positions.
-Two ZeRO-3 ranks on CPU through the real deepspeed launcher."""
+"""Images beside videos (stage 1 of the recipe), given in the older form data.images on the
+command line (a source named "images" beside the config's "video": longvivit/data/config.py
+with_sources): image-text shards of one-frame clips, a proportion of the optimizer steps
+trained on an image batch with its own batch size and mask ratio, each source's loss logged
+on its own, and exact resume with both loaders' positions. Two ZeRO-3 ranks on CPU through
+the real deepspeed launcher. (tests/test_train_sources.py: N sources in the new form.)"""
 import math
 import os
 import sys
@@ -10,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from longvivit.config import ConfigError
-from longvivit.data.config import ImageConfig
 from longvivit.distributed.collectives import free_port
+from longvivit.train.sources import Schedule
 
 from train_support import communicate, step_lines, train_program
 
@@ -26,14 +28,18 @@ PROPORTION, IMAGES, IMAGE_BATCH = 0.5, 48, 8
 
 
 def test_image_steps_are_the_proportion_of_any_run_of_steps():
-    cfg = ImageConfig(train="shards/images", proportion=0.3)
-    chosen = [s for s in range(1, 1001) if cfg.is_image_step(s)]
+    from longvivit.train.config import load_run_config
+
+    cfg = load_run_config(DEMO, overrides=["data.images.train=shards/images", "data.images.proportion=0.3"])
+    schedule = Schedule([s.weight for s in cfg.data.sources])
+    assert [s.name for s in cfg.data.sources] == ["video", "images"]
+    chosen = [s for s in range(1, 1001) if schedule.pick(s) == 1]
     assert len(chosen) == 300
     for start in (1, 17, 500):  # any window of N steps holds floor or ceil of N * p
         for n in (10, 33, 101):
-            count = sum(cfg.is_image_step(s) for s in range(start, start + n))
+            count = sum(start <= s < start + n for s in chosen)
             assert math.floor(n * 0.3) <= count <= math.ceil(n * 0.3), (start, n, count)
-    assert not any(ImageConfig().is_image_step(s) for s in range(1, 100))  # no images: none
+    assert [s.name for s in load_run_config(DEMO).data.sources] == ["video"]  # no images: none
 
 
 def test_image_steps_need_image_shards(tmp_path):
@@ -88,7 +94,7 @@ def test_the_proportion_of_image_steps_is_honoured_and_both_losses_fall(straight
 
     lines = step_lines(straight)
     assert [x["step"] for x in lines] == list(range(1, STEPS + 1))
-    images = [x for x in lines if x["source"] == "image"]
+    images = [x for x in lines if x["source"] == "images"]
     assert [x["step"] for x in images] == list(range(2, STEPS + 1, 2))  # 1/2: every other one
     assert len(images) == math.floor(STEPS * PROPORTION)
     assert all(len(x["indices"]) == IMAGE_BATCH and max(x["indices"]) < IMAGES for x in images)
@@ -97,13 +103,13 @@ def test_the_proportion_of_image_steps_is_honoured_and_both_losses_fall(straight
     assert len(set(first)) == len(first) == IMAGES // 2
     videos = [x for x in lines if x["source"] == "video"]
     assert all(len(x["indices"]) <= 4 for x in videos)
-    for source, rows in (("image", images), ("video", videos)):
+    for source, rows in (("images", images), ("video", videos)):
         losses = [x["loss"] for x in rows]
         assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1, (source, losses)
 
     acc = EventAccumulator(str(straight / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
-    for source, rows in (("image", images), ("video", videos)):
+    for source, rows in (("images", images), ("video", videos)):
         logged = {e.step: e.value for e in acc.Scalars(f"train/loss_{source}")}
         assert logged == pytest.approx({x["step"]: x["loss"] for x in rows}), source  # log_every=1
 

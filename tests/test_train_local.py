@@ -79,7 +79,9 @@ def test_local_form_keeps_what_matters_and_shrinks_the_rest(name, tmp_path):
     assert v.width == 128 and v.depth == 6 and v.frames <= 16 and v.image_size <= 32
     assert local.data.frames == v.frames and local.data.image_size == v.image_size
     assert local.data.batch_size <= 4 and local.steps <= 20 and local.data.num_workers == 0
-    assert Path(local.out).parent == tmp_path and Path(local.data.train).is_relative_to(tmp_path)
+    assert Path(local.out).parent == tmp_path
+    assert [s.name for s in local.data.sources] == [s.name for s in full.data.sources]
+    assert all(Path(s.shards).is_relative_to(tmp_path) for s in local.data.sources)
 
 
 def test_local_form_unfixes_the_global_batch_unless_the_command_line_fixes_it(tmp_path):

@@ -16,7 +16,7 @@ COMMANDS = {
     "shards": ("longvivit.cli.shards", "manifest -> MDS shards (transcode, resample FPS, resize)"),
     "import": ("longvivit.cli.import_", "MSR-VTT/YouCook2/Kinetics/WebVid annotations -> a manifest"),
     "tokenizer": ("longvivit.cli.tokenizer", "train a sentencepiece model on a caption corpus"),
-    "train": ("longvivit.train.trainer", "CONFIG [key=value ...]: train (also under deepspeed / torchrun / srun)"),
+    "train": ("longvivit.cli.train", "CONFIG [key=value ...]: train (also under deepspeed / torchrun / srun)"),
     "eval": ("longvivit.cli.eval", "CHECKPOINT -> zero-shot retrieval metrics as JSON"),
     "export": ("longvivit.cli.export", "CHECKPOINT -> one safetensors file + config (--hf: a Hugging Face folder)"),
     "embed": ("longvivit.cli.embed", "MODEL INPUT --out DIR: embeddings of videos (and windows) and texts"),

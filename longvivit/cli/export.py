@@ -15,6 +15,7 @@ import sys
 
 from longvivit.config import ArgumentParser, ConfigError
 from longvivit.train.export import WEIGHTS, check_export_args, export
+from longvivit.use.hf import check_hf_args, write_hf
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tag = check_export_args(args.checkpoint, args.out) if args.out else None
         if args.hf:
-            # transformers is slow to import: only for --hf
-            from longvivit.use.hf import check_hf_args
-
             check_hf_args(args.checkpoint, args.hf)
     except ConfigError as err:
         print(f"longvivit export: {err}".splitlines()[0], file=sys.stderr)
@@ -41,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
         out = export(tag, args.out)
         written.update(out=str(out), weights=str(out / WEIGHTS), config=str(out / "config.yaml"))
     if args.hf:
-        from longvivit.use.hf import write_hf  # transformers: see above
-
         written["hf"] = str(write_hf(args.checkpoint, args.hf))
     print(json.dumps(written))
     return 0

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from longvivit.config import check, choice, validated
-from longvivit.data.config import DataConfig
+from longvivit.data.config import DataConfig, shard_streams
 
 GEOMETRY_SAMPLES = 8  # shard samples read to find the shard size
 PREPROCESS_FILE = "preprocess.json"
@@ -39,18 +39,25 @@ class PreprocessConfig:
         return asdict(self)
 
 
-
 def config_for(data: DataConfig, shards: str = "") -> PreprocessConfig:
     """A run's preprocessing: its data.frames/sampling/image_size, and the FPS and short
-    side of `shards` (a local shard folder; data.val, else data.train, when not given).
-    Shards that cannot be read leave the defaults (1 FPS, short side 256)."""
+    side of `shards` (a local shard folder; when not given data.val, else the first video
+    source's shards that can be read). Shards that cannot be read leave the defaults (1 FPS,
+    short side 256)."""
     fps, short_side = PreprocessConfig.fps, PreprocessConfig.short_side
-    for folder in ([shards] if shards else [data.val, data.train]):
+    for folder in ([shards] if shards else [data.val, *video_shard_folders(data)]):
         geometry = shard_geometry(folder)
         if geometry is not None:
             fps, short_side = geometry
             break
     return validated(PreprocessConfig(fps, short_side, data.frames, data.sampling, data.image_size))
+
+
+def video_shard_folders(data: DataConfig) -> list[str]:
+    """The shard folders of the run's video sources: data.sources' (each stream of a source
+    that mixes several), or the older form's data.train."""
+    sources = [src.shards for src in data.sources if src.kind == "video"] or [data.train]
+    return [path for shards in sources if shards for path, _ in shard_streams(shards)]
 
 
 def shard_geometry(folder: str) -> tuple[float, int] | None:
@@ -72,10 +79,6 @@ def shard_geometry(folder: str) -> tuple[float, int] | None:
         return None
     sides = {min(int(s["width"]), int(s["height"])) for s in videos}
     return float(videos[0]["fps"]), (sides.pop() if len(sides) == 1 else 0)
-
-
-def read_preprocess_json(path: str | Path) -> PreprocessConfig:
-    return validated(PreprocessConfig(**json.loads(Path(path).read_text())))
 
 
 def read_preprocess_json(path: str | Path) -> PreprocessConfig:

@@ -2,13 +2,15 @@
 
     RunConfig
       model: ModelConfig   (starts from the preset named by model.preset, then YAML, then CLI)
-      data:  DataConfig    (shards, tokenizer, frames/sampling/resolution, batch size per device)
+      data:  DataConfig    (sources: what it trains on; val shards, tokenizer, frames/sampling/resolution,
+                            batch size per device)
       optim: OptimConfig   (AdamW + warmup/cosine + clipping)
       timeouts: TimeoutConfig  (the process group's timeout, the watchdog's limit per phase)
       ... steps, grad_accum, global_batch, ds_config, precision, intervals, out, seed, init, resume
 
 `load_run_config(path, overrides)` returns it validated, or raises ConfigError naming the
-key, before anything heavy happens (no process group, no model, no output directory).
+key, before anything heavy happens (no process group, no model, no output directory); a
+config's older data.train/data.images form is converted to data.sources there (with_sources).
 `keep_global_batch(cfg, world_size)` derives grad_accum or data.batch_size from a fixed
 global_batch once the world size is known; `resolve_ds_config` fills the DeepSpeed JSON's
 "auto" entries from the run config, rejects explicit entries that disagree with it, and
@@ -17,21 +19,27 @@ functions below are the file checks the commands share (shards, tokenizer, outpu
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Sequence
 
+import torch
 from omegaconf import OmegaConf
 
 from longvivit import configs
-from longvivit.config import ConfigError, check, choice, load_config, load_yaml, to_dict
-from longvivit.data.config import DataConfig
+from longvivit.config import ConfigError, check, choice, load_config, load_yaml, to_dict, validated
+from longvivit.data.config import DataConfig, shard_streams, with_sources
+from longvivit.data.load.tokenizer import make_tokenizer
 from longvivit.distributed.config import TimeoutConfig
 from longvivit.model import model_config
 from longvivit.model.config import ModelConfig
+from longvivit.train.local import finish_local_form, local_changes
 
 CONFIG_DIR = configs.HERE  # the shipped run configs
 
@@ -120,6 +128,10 @@ class RunConfig:
               f"{self.data.image_size} differs from model.video.image_size={self.model.video.image_size}")
         check(self.data.text_length <= self.model.text.context_length, "data.text_length",
               f"{self.data.text_length} exceeds model.text.context_length={self.model.text.context_length}")
+        t = self.model.video.tubelet[0]
+        for i, src in enumerate(self.data.sources):  # empty until with_sources (load_run_config)
+            check(src.frames is None or src.frames % t == 0, f"data.sources.{i}.frames",
+                  f"{src.frames} is not a multiple of the tubelet's {t} frames (model.video.tubelet)")
 
 
 def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
@@ -139,18 +151,34 @@ def load_run_config(*sources: Any, overrides: Sequence[str] = ()) -> RunConfig:
     """Preset defaults, then `sources` (YAML paths or dicts), then ``key=value`` overrides.
     With local=true, the local form of that config (longvivit/train/local.py) goes under the overrides."""
     preset = _preset_name(sources, overrides)
+    check_list_overrides(overrides)
     try:
         base = {"model": to_dict(model_config(preset))}
     except (KeyError, ValueError) as err:
         raise ConfigError(f"model.preset: {preset!r} is not a known preset ({err})") from None
-    cfg = load_config(RunConfig, base, *sources, overrides=overrides)
+    cfg = with_data_sources(load_config(RunConfig, base, *sources, overrides=overrides))
     if not cfg.local:
         return cfg
-    from longvivit.train.local import finish_local_form, local_changes
-
-    cfg = load_config(RunConfig, base, *sources, local_changes(cfg), overrides=overrides)
+    cfg = with_data_sources(load_config(RunConfig, base, *sources, local_changes(cfg), overrides=overrides))
     finish_local_form(cfg)
     return cfg
+
+
+def check_list_overrides(overrides: Sequence[str]) -> None:
+    """An override of one entry of a list (data.sources.0.shards=X, optim.betas.1=0.9) is
+    refused in one line: the config loader merges overrides as mappings, which cannot index
+    a list."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if any(part.isdigit() for part in key.split(".")):
+            raise ConfigError(f"{key}: an entry of a list cannot be set on the command line; set it in the "
+                              "YAML file (data.train and data.images.* set the sources named video and images)")
+
+
+def with_data_sources(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its data in the form of data.sources (data.config.with_sources), validated."""
+    data = with_sources(cfg.data)
+    return cfg if data is cfg.data else validated(dataclasses.replace(cfg, data=data))
 
 
 def keep_global_batch(cfg: RunConfig, world_size: int) -> RunConfig:
@@ -180,18 +208,28 @@ def repo_path(path: str) -> Path:
 
 def check_data(cfg: RunConfig) -> None:
     """Shards and tokenizer are there and whole (local paths only; remote URLs are the
-    loader's to check): check_shards of each split, the tokenizer file read. A synthetic
-    source needs neither."""
+    loader's to check): check_shards of each source's shards and of val, the tokenizer file
+    read. A synthetic source needs neither."""
     if cfg.data.source == "synthetic":
         return
-    images = cfg.data.images
-    for key, path in (("train", cfg.data.train), ("val", cfg.data.val),
-                      ("images.train", images.train if images.proportion else "")):
-        if "://" in path or (key == "images.train" and not path):
-            continue
-        check_shards(f"data.{key}", path)
+    for key, path in [*source_shards(cfg), ("data.val", cfg.data.val)]:
+        if "://" not in path:
+            check_shards(key, path)
     if cfg.model.text.tokenizer != "open_clip":
         check(Path(cfg.data.tokenizer).is_file(), "data.tokenizer", f"no tokenizer model at {cfg.data.tokenizer!r}")
+
+
+def source_shards(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(the key naming it, path) of every shard folder or URL the sources read: the old
+    form's key where a source came from it (data.train, data.images.train)."""
+    found = []
+    for i, src in enumerate(cfg.data.sources):
+        streams = shard_streams(src.shards)
+        if isinstance(src.shards, str):
+            found.append((src.shards_key or f"data.sources.{i}.shards", src.shards))
+        else:
+            found += [(f"data.sources.{i}.shards.{j}.path", path) for j, (path, _) in enumerate(streams)]
+    return found
 
 
 def one_line(err: BaseException, limit: int = 160) -> str:
@@ -238,8 +276,6 @@ def check_shard_file(key: str, folder: Path, index: Path, number: int, shard: An
 def check_tokenizer_file(key: str, kind: str, path: str):
     """The tokenizer model.text.tokenizer names, read from `path` (sentencepiece): the
     tokenizer, or ConfigError naming `key` when the file is missing or not a model."""
-    from longvivit.data.load.tokenizer import make_tokenizer
-
     check(kind == "open_clip" or Path(path).is_file(), key, f"no tokenizer model at {path!r}")
     try:
         return make_tokenizer(kind, path)
@@ -252,9 +288,6 @@ def check_writable_dir(key: str, path: str | Path) -> None:
     existing ancestor is a directory where a probe directory can be made. The probe, not
     os.access, because root passes os.access on /proc and on read-only mounts; it is
     removed at once and the folder's modification time put back, so nothing changes."""
-    import os
-    import tempfile
-
     path = Path(path)
     existing = next(p for p in (path, *path.parents) if p.exists())
     check(existing.is_dir(), key, f"{str(path)!r} is a file, not a directory" if existing == path
@@ -282,8 +315,6 @@ def check_writable_file(key: str, path: str | Path) -> None:
 
 def check_precision(precision: str, device_type: str) -> None:
     """Refuse a precision this device cannot train in."""
-    import torch
-
     if device_type == "cpu":
         check(precision != "fp16", "precision", "fp16 is not supported on CPU (use fp32 or bf16)")
     elif precision == "bf16":
@@ -407,6 +438,7 @@ def check_ds_keys(ds: dict, name: str) -> None:
     string where a section or a number belongs), the top-level scalars it would take
     unchecked (DS_SCALARS), and every top-level key one that DeepSpeed reads. The first
     problem is one ConfigError naming the key."""
+    # deepspeed (and its pydantic): slow to import and logs on import; only checking a ds_config needs it
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from pydantic import ValidationError
 
@@ -421,7 +453,7 @@ def check_ds_keys(ds: dict, name: str) -> None:
           f"{ds.get('steps_per_print')} in {name} must be >= 1")
     unknown = [k for k in ds if k not in keys_deepspeed_reads(ds, name)]
     if unknown:
-        import deepspeed
+        import deepspeed  # heavy: see check_ds_keys
 
         raise ConfigError(f"ds_config.{unknown[0]}: not a key DeepSpeed {deepspeed.__version__} reads (in {name}; "
                           "a typo? keys of our own start with _)")
@@ -431,8 +463,7 @@ def keys_deepspeed_reads(ds: dict, name: str) -> set:
     """The top-level keys DeepSpeedConfig looks up while it parses `ds` (built on a dict
     that notes them, so the list is the installed DeepSpeed's own); ConfigError when
     DeepSpeed refuses `ds` (its asserts, a section's model)."""
-    import copy
-
+    # heavy: see check_ds_keys
     from deepspeed.runtime.config import DeepSpeedConfig
     from pydantic import ValidationError
 

@@ -10,15 +10,18 @@ runs in seconds on CPU, keeping everything that decides whether it works:
              contrastive gather, and the init chain (below)
   shrunk     model dims (video 128 wide, 6 deep, 2 heads, trainable_last_k <= 4; text 64
              wide, 2 deep; embeddings 64: the same for every config, so stages chain),
-             frames (8 if the config has <= 16, else 16), image size (two or more patches
-             a side, ~32 px), micro-batch <= 4, steps <= 20 (warmup a quarter of them),
+             frames (8 if the config has <= 16, else 16; a source's own too), image size
+             (two or more patches a side, ~32 px), micro-batch <= 4 (each source's too),
+             steps <= 20 (warmup a quarter of them),
              eval <= 2 batches, no loader workers, global_batch 0 (a cluster's global
              batch on a laptop's ranks would mean a huge grad_accum or micro-batch),
              data.canonical_nodes 0 (a cluster config's fixed 64 would pad the tiny data
              with repeats)
   data       the synthetic benchmark (24-frame clips at 1 FPS, 32 px VP9 shards, image
-             stills as one-frame shards for data.images, and a sentencepiece model), made
-             once under `local_dir`/data
+             stills as JPEG shards, and a sentencepiece model), made once under
+             `local_dir`/data; each of data.sources keeps its name, kind, weight and mask
+             ratio and reads the local shards of its kind (a list of streams becomes that
+             one folder)
   paths      out=runs/X -> `local_dir`/X; init=checkpoint:runs/X[/checkpoints/...] ->
              checkpoint:`local_dir`/X[/checkpoints/...], so stages chain locally as they
              do on the cluster; init=open_clip:PATH -> an open_clip CLIP built here with
@@ -37,9 +40,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
+from longvivit import configs
 from longvivit.config import ConfigError
+from longvivit.data.load.tokenizer import train_tokenizer
+from longvivit.data.prepare.shards import ShardOptions, write_shards
+from longvivit.data.prepare.synth import write_benchmark
 
 if TYPE_CHECKING:
+    from longvivit.data.config import SourceConfig
     from longvivit.train.config import RunConfig
 
 # One video depth for every config, so that chained stages (short -> long) share an
@@ -49,6 +59,7 @@ TEXT_WIDTH, TEXT_DEPTH, TEXT_HEADS, TEXT_VOCAB = 64, 2, 2, 512
 EMBED_DIM = 64
 MAX_BATCH, MAX_STEPS, MAX_EVAL_BATCHES = 4, 20, 2
 DATA_VIDEOS, DATA_FRAMES, DATA_SIZE, DATA_IMAGES = 48, 24, 32, 32
+LOCAL_SHARDS = {"video": "train", "image": "images"}  # a source's kind -> its local shards (make_data)
 
 
 def local_frames(frames: int) -> int:
@@ -73,13 +84,11 @@ def local_path(path: str, local_dir: str) -> str:
 def cpu_twin(ds_config: str) -> str:
     """X.json -> X_cpu.json: the same ZeRO stage, offload and
     precision, with what DeepSpeed's CPU accelerator can run."""
-    from longvivit.train.config import repo_path
-
     p = Path(ds_config)
     if p.stem.endswith("_cpu"):
         return ds_config
     twin = str(p.with_name(f"{p.stem}_cpu{p.suffix}"))
-    if not repo_path(twin).is_file():
+    if not configs.resolve(twin).is_file():
         raise ConfigError(f"ds_config: {ds_config} has no CPU twin {twin} for local=true")
     return twin
 
@@ -107,13 +116,13 @@ def local_changes(cfg: RunConfig) -> dict:
     if cfg.model.text.tokenizer == "sentencepiece":  # open_clip's BPE keeps its vocabulary
         text["vocab_size"] = TEXT_VOCAB
     data_dir = Path(ld, "data")
-    data = {"train": str(data_dir / "train"), "val": str(data_dir / "val"),
-            "tokenizer": str(data_dir / "spm.model"), "frames": "${model.video.frames}",
-            "image_size": "${model.video.image_size}", "batch_size": min(d.batch_size, MAX_BATCH),
-            "num_workers": 0, "synthetic_samples": min(d.synthetic_samples, 64),
-            "canonical_nodes": 0}
-    if d.images.proportion:
-        data["images"] = {"train": str(data_dir / "images"), "batch_size": min(d.images.batch_size, MAX_BATCH)}
+    # the sources in full (a list merges as a whole), the older form cleared (it would apply over them)
+    data = {"sources": [local_source(src, data_dir) for src in d.sources], "train": "",
+            "images": {"train": "", "proportion": None, "batch_size": None, "mask_ratio": None},
+            "val": str(data_dir / "val"), "tokenizer": str(data_dir / "spm.model"),
+            "frames": "${model.video.frames}", "image_size": "${model.video.image_size}",
+            "batch_size": min(d.batch_size, MAX_BATCH), "num_workers": 0,
+            "synthetic_samples": min(d.synthetic_samples, 64), "canonical_nodes": 0}
     changes = {"model": {"embed_dim": EMBED_DIM, "video": video, "text": text}, "data": data,
                "out": local_path(cfg.out, ld), "steps": steps, "global_batch": 0,
                "optim": {"warmup_steps": min(cfg.optim.warmup_steps, max(1, steps // 4))},
@@ -121,6 +130,14 @@ def local_changes(cfg: RunConfig) -> dict:
     if cfg.init.startswith("checkpoint:"):
         changes["init"] = f"checkpoint:{local_path(cfg.init.split(':', 1)[1], ld)}"
     return changes
+
+
+def local_source(src: SourceConfig, data_dir: Path) -> dict:
+    """A data.sources entry in the local form: the local shards of its kind, its own batch
+    size and frames shrunk as data's are."""
+    return {"name": src.name, "kind": src.kind, "weight": src.weight, "shards": str(data_dir / LOCAL_SHARDS[src.kind]),
+            "batch_size": None if src.batch_size is None else min(src.batch_size, MAX_BATCH),
+            "frames": None if src.frames is None else local_frames(src.frames), "mask_ratio": src.mask_ratio}
 
 
 def finish_local_form(cfg: RunConfig) -> None:
@@ -159,9 +176,6 @@ def make_data(root: Path) -> None:
     """Synthetic benchmark -> train/val shards -> tokenizer, built aside then renamed."""
     if (root / "spm.model").is_file():
         return
-    from longvivit.data import train_tokenizer, write_benchmark, write_shards
-    from longvivit.data.prepare.shards import ShardOptions
-
     tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     write_benchmark(tmp / "synth", videos=DATA_VIDEOS, frames=DATA_FRAMES, seed=0, size=DATA_SIZE,
@@ -183,8 +197,7 @@ def make_open_clip(cfg: RunConfig, path: Path) -> None:
     open_clip's, text.arch=clip), saved as a state dict for init_from_open_clip."""
     if path.is_file():
         return
-    import open_clip
-    import torch
+    import open_clip  # an optional extra: only the local forms of open_clip-initialised configs need it
 
     v = cfg.model.video
     vision = dict(image_size=v.image_size, patch_size=v.tubelet[1], width=v.width, layers=v.depth,

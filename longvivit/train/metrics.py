@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm import tqdm
 
 from longvivit.distributed import collectives as dist
 
@@ -97,6 +98,7 @@ class RunLogger:
         self.writer = self.bar = self.jsonl = None
         if not self.active:
             return
+        # tensorboard: a second of imports (protobuf, numpy plugins), paid on rank 0 only
         from torch.utils.tensorboard import SummaryWriter
 
         out = Path(out)
@@ -106,8 +108,6 @@ class RunLogger:
         if self.jsonl.tell() and not _ends_in_newline(out / "metrics.jsonl"):
             self.jsonl.write("\n")  # a run killed mid-line: this one starts on a line of its own
         if progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
                             mininterval=2.0)
 
@@ -220,22 +220,19 @@ def grad_norm(engine: DeepSpeedEngine) -> float:
 
 
 def log_step(trainer: Trainer, out: dict, timer: StepTimer) -> float:
-    """metrics.jsonl every step (loss, lr, source, batch indices, skipped); TensorBoard every
-    log_every and at every skipped step. Returns the loss (mean over ranks: non-finite on
-    every rank if it is on one)."""
-    failures = sum(loader.decode_failures for loader in (trainer.loader, trainer.images) if loader is not None)
-    loss, failures, data_wait, broken = dist.dist_mean([out["loss"].item(), failures, timer.data,
-                                                        float(not out.get("params_finite", True))])
+    """metrics.jsonl every step (loss, lr, the step's source by name, its batch indices in
+    that source, skipped); TensorBoard every log_every and at every skipped step. Returns the
+    loss (mean over ranks: non-finite on every rank if it is on one)."""
+    loss, failures, data_wait, broken = dist.dist_mean([out["loss"].item(), trainer.sources.decode_failures,
+                                                        timer.data, float(not out.get("params_finite", True))])
     out["params_nonfinite"] = broken > 0  # on any rank (nonfinite_since)
     seconds, _ = timer.lap()
-    source = out.get("source", "video")
-    batch = trainer.cfg.data.images.batch_size if source == "image" else trainer.cfg.data.batch_size
-    samples = batch * trainer.cfg.grad_accum * trainer.d.world_size
-    tokens, flops = trainer.per_sample[source]
-    trainer.window.add(Throughput(samples, seconds, data_wait, samples * tokens, samples * flops))
-    trainer.source_losses.setdefault(source, []).append(loss)
+    source = trainer.sources[out["source"]]
+    samples = source.batch_size * trainer.cfg.grad_accum * trainer.d.world_size
+    trainer.window.add(Throughput(samples, seconds, data_wait, samples * source.tokens, samples * source.flops))
+    trainer.source_losses.setdefault(source.name, []).append(loss)
     step = trainer.state.step
-    trainer.log.record(step, kind="step", loss=loss, lr=out["lr"], source=source, indices=out["indices"],
+    trainer.log.record(step, kind="step", loss=loss, lr=out["lr"], source=source.name, indices=out["indices"],
                        skipped=out["skipped"])
     trainer.log.progress(step, loss, trainer.window.per_second(trainer.window.samples))
     due = step % max(1, trainer.cfg.log_every) == 0 or step == trainer.cfg.steps
@@ -253,7 +250,7 @@ def log_scalars(trainer: Trainer, out: dict, loss: float, failures: float) -> No
                "decode_failures": failures, "memory_gb": memory_gb(trainer.device),
                **throughput(w.samples, w.tokens, w.seconds, w.flops / max(w.samples, 1), trainer.peak,
                             trainer.d.world_size)}
-    if trainer.images is not None:  # each source's mean loss over its steps since the last line
+    if len(trainer.sources) > 1:  # each source's mean loss over its steps since the last line
         scalars.update({f"loss_{source}": sum(losses) / len(losses)
                         for source, losses in trainer.source_losses.items()})
     trainer.source_losses = {}

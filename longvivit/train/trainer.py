@@ -1,25 +1,13 @@
-"""`longvivit train CONFIG.yaml [key=value ...]`: the training entry point and loop.
+"""The Trainer: one rank's run from a validated run config to its exit status
+(`longvivit train`, longvivit/cli/train.py, is its command line).
 
-Runs the same way as one plain process, under the deepspeed launcher, torchrun or srun
-(rank and world size from the environment, see dist.py):
-
-    longvivit train demo.yaml
-    deepspeed --num_gpus 2 --master_port 29600 --module longvivit.cli train CONFIG.yaml
-    torchrun --nproc_per_node 8 -m longvivit.cli train CONFIG.yaml
-    srun longvivit train CONFIG.yaml      (slurm/train.sbatch)
-
-Phases: validate (config, shards, precision, ds_config, out, resume target, init weights;
-exit 2 on any error, before a process group or output directory exists; what only a file
-can tell is read cheaply here: a shard index and its files' sizes, the tokenizer, every
-file of the checkpoint to resume or initialise from and its recorded shapes) -> setup (process
-group, model, engine, loaders, resume) -> loop (step, log, checkpoint, eval, stop on
-request; skip a non-finite step, exit 3 after max_nonfinite_steps of them in a row) ->
-finish (checkpoint, eval, summary.json). Each rank validates what it sees of `out`; once
-the process group is up, every rank takes the resume target rank 0 chose. A finished run
-(that checkpoint is at `steps`) stops there: one line says so, nothing is written.
-From setup on, each rank's watchdog (watchdog.py) times its phases: setup, step, and within
-a step data, checkpoint and eval; a rank stuck in one past its timeouts.*_s limit says so
-and exits 4.
+Phases: validate (everything a config, its files and its checkpoint can be wrong in: exit 2
+before a process group or output directory exists) -> start (device, process group, the
+resume target rank 0 chose) -> setup (engine, data sources, resume) -> loop (step, log,
+checkpoint, eval, stop on request; non-finite steps: step.py) -> finish (checkpoint, eval,
+summary.json). A finished run stops at start: one line says so, nothing is written. Each
+rank's watchdog (distributed/watchdog.py) times its phases; hooks (hooks.py) let callers
+act at named moments.
 """
 from __future__ import annotations
 
@@ -38,9 +26,15 @@ import torch
 from longvivit import events
 from longvivit.config import ConfigError, check, to_dict, to_yaml
 from longvivit.data.config import DataConfig
-from longvivit.data.load import clean_shared_memory
+from longvivit.data.load import Loader, clean_shared_memory
+from longvivit.data.load import open_loader as data_loader
+from longvivit.data.load.tokenizer import make_tokenizer
 from longvivit.distributed import collectives as dist
 from longvivit.distributed import watchdog
+from longvivit.distributed.preemption import EXIT_REQUEUE, StopRequest, write_stop_note
+from longvivit.eval.evaluate import evaluate
+from longvivit.eval.gallery import render
+from longvivit.model.init import load_image_tower
 from longvivit.train import checkpoint
 from longvivit.train.config import (
     RunConfig,
@@ -56,17 +50,22 @@ from longvivit.train.config import (
     resolve_ds_config,
 )
 from longvivit.train.construct import build_for_run
+from longvivit.train.engine import (
+    apply_schedule,
+    base_optimizer,
+    build_engine,
+    partitioned_numel,
+    place_optimizer_state,
+)
+from longvivit.train.export import check_fits, checked_source
 from longvivit.train.hooks import TrainerHooks
-from longvivit.train.metrics import Throughput, log_step
+from longvivit.train.local import prepare
+from longvivit.train.metrics import RunLogger, StepTimer, Throughput, log_step, peak_tflops, read_metrics
+from longvivit.train.sources import Sources, saved_part_names
 from longvivit.train.step import NonFiniteStop, nonfinite_since, params_finite, train_step
 
-if TYPE_CHECKING:  # heavy imports, deferred to setup at run time
+if TYPE_CHECKING:  # for annotations only: deepspeed is imported by the engine when it is built
     from deepspeed import DeepSpeedEngine
-
-    from longvivit.data.load import Loader
-    from longvivit.distributed.preemption import StopRequest
-    from longvivit.train.metrics import RunLogger, StepTimer
-
 
 EXIT_CONFIG = 2
 # max_nonfinite_steps non-finite steps in a row; not 75: a requeued run would replay them
@@ -76,24 +75,6 @@ EXIT_HANG = watchdog.EXIT_HANG
 
 
 # ---------------------------------------------------------------------------- validate
-
-HELP = """usage: longvivit train CONFIG.yaml [key=value ...]
-
-Train the dual encoder described by CONFIG (a path, or a shipped config's name: demo.yaml,
-long_L256.yaml, ...; see longvivit/configs/); each key=value
-overrides one entry with OmegaConf's dotted syntax, e.g. model.video.frames=128
-steps=2000 data.batch_size=4 out=runs/exp1. The whole config is checked before any
-process group, buffer or output file exists; a bad key or value exits 2 naming it.
-
-Run it as one process, or one process per GPU under `deepspeed`, `torchrun` or `srun`
-(RANK/WORLD_SIZE/LOCAL_RANK or SLURM's variables are read). It resumes by itself from
-the newest complete checkpoint in `out` (resume=never|PATH to change that);
-SIGUSR1/SIGTERM stop all ranks after the same step with a checkpoint (exit 75: requeue
-me). A step whose loss or gradient norm is not finite is skipped; max_nonfinite_steps of
-them in a row stop the run with no checkpoint of them (exit 3). A rank that stays in one
-phase (setup, data, step, checkpoint, eval) longer than timeouts.PHASE_s ends the job with
-a line naming it, the phase and the step (exit 4)."""
-
 
 def split_argv(argv: list[str]) -> tuple[str, list[str]]:
     """CONFIG and key=value overrides; drops the --local_rank the deepspeed launcher appends."""
@@ -115,8 +96,6 @@ def check_tokenizer(cfg: RunConfig) -> None:
 def tokenizer_for(cfg: RunConfig):
     """The tokenizer the model's text tower reads (model.text.tokenizer; data.tokenizer is
     the sentencepiece file)."""
-    from longvivit.data.load.tokenizer import make_tokenizer
-
     return make_tokenizer(cfg.model.text.tokenizer, cfg.data.tokenizer)
 
 
@@ -131,12 +110,10 @@ def check_init(cfg: RunConfig) -> None:
     if not Path(path).exists():
         raise ConfigError(f"init: {cfg.init!r}: no such file or directory")
     if kind == "checkpoint":
-        from longvivit.train.export import check_fits, checked_source
 
         check_fits(checked_source(path, "init"), cfg.model, "init")
         return
     try:
-        from longvivit.model.init import load_image_tower
 
         load_image_tower(path, mmap=True)
     except Exception as err:  # noqa: BLE001 -- torch.load/safetensors raise many types for bad files
@@ -194,7 +171,6 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     check_accelerator(cfg, device)
     check_out(cfg)
     if cfg.local:  # the config is valid: make the synthetic data / open_clip file it reads
-        from longvivit.train.local import prepare
 
         prepare(cfg)
     check_data(cfg)
@@ -211,8 +187,6 @@ def eval_left_undone(cfg: RunConfig, tag: Path | None) -> bool:
     """The eval due at the resumed checkpoint's step began and did not finish (a killed
     run): the final one wrote no summary.json, a periodic one no eval line in
     metrics.jsonl. Read on rank 0, which writes both."""
-    from longvivit.train.metrics import read_metrics
-
     if tag is None:
         return False
     step = checkpoint.tag_step(tag)
@@ -228,7 +202,7 @@ def finished(cfg: RunConfig, tag: Path | None) -> bool:
     return tag is not None and checkpoint.tag_step(tag) == cfg.steps
 
 
-def report_finished(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> int:
+def announce_finished(cfg: RunConfig, tag: Path, d: dist.DistEnv) -> int:
     """A finished run run again: nothing is trained, evaluated or written (a checkpoint is
     never rewritten); rank 0 says so in one JSON line."""
     if d.is_main:
@@ -266,7 +240,6 @@ class Trainer:
     (tests/scripts/resumed_state.py, bench/gpu.py); `state_dict()` is what a checkpoint holds
     of this rank besides the engine (`parts()`, saved and loaded by name). `hooks` are
     called at named moments of the run (hooks.py; the tests' faults: tests/hooks_support.py)."""
-
     def __init__(self, cfg: RunConfig, ds_config: dict, tag: Path | None = None, d: dist.DistEnv | None = None,
                  hooks: TrainerHooks | None = None):
         self.cfg, self.ds_config, self.tag = cfg, ds_config, tag
@@ -276,12 +249,9 @@ class Trainer:
         self.stop: StopRequest | None = None
         self.engine: DeepSpeedEngine | None = None
         self.device: torch.device | None = None
-        self.loader: Loader | None = None
-        self.images: Loader | None = None  # the image-text pairs beside the videos (data.images)
+        self.sources = Sources(cfg)  # what it trains on (data.sources): their loaders open in setup
         self.log: RunLogger | None = None
         self.config_yaml = resolved_yaml(cfg)
-        # source -> (visible tokens, model FLOPs) per sample: an image is one tubelet slice
-        self.per_sample: dict = {}
         self.peak = 0.0
         self.window = Throughput()  # the steps since the last TensorBoard line
         self.total = Throughput()  # every step this process logged, for the summary
@@ -311,8 +281,6 @@ class Trainer:
     def start(self) -> None:
         """The process environment, this rank's watchdog and stop handlers, its device (bound
         before any collective), the process group, and the resume target rank 0 chose."""
-        from longvivit.distributed.preemption import StopRequest
-
         d, cfg = self.d, self.cfg
         dist.setup_env(d)
         self.stop = StopRequest()
@@ -327,10 +295,6 @@ class Trainer:
     def setup(self) -> None:
         """The engine (under ZeRO-3 built partitioned: construct.py), the loaders, and the
         checkpoint's state when resuming."""
-        from longvivit.model import flops_per_sample
-        from longvivit.train.engine import apply_schedule, base_optimizer, build_engine, place_optimizer_state
-        from longvivit.train.metrics import RunLogger, peak_tflops
-
         cfg, d, tag = self.cfg, self.d, self.tag
         self.device = dist.bound_device()
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -342,22 +306,14 @@ class Trainer:
             ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
         self.engine = build_engine(build_for_run(cfg, tag is not None, ds_config), cfg, ds_config)
         clean_shared_memory(cfg.data)
-        self.loader = open_loader(cfg, "train", self.device, d, training=True)
-        images = image_data(cfg)
-        self.images = open_loader(cfg, "train", self.device, d, True, images) if images is not None else None
-        if tag is not None:
-            checkpoint.load(self.engine, tag, self.parts(), universal)
+        self.sources.open(lambda data: open_loader(cfg, "train", self.device, d, True, data))
+        if tag is not None:  # a checkpoint written before data.sources names its video loader "loader"
+            checkpoint.load(self.engine, tag, self.parts(saved_part_names(checkpoint.stored_config(tag))), universal)
             apply_schedule(self.engine)
             self.optimizer_state = place_optimizer_state(base_optimizer(self.engine))
             self.saved, self.saved_step = tag, self.state.step  # finish() must not write it again
         torch.manual_seed(cfg.seed + 1000 * d.rank + self.state.step)  # anything unseeded differs per rank
         self.log = RunLogger(cfg.out, d.rank, cfg.steps, self.state.step, cfg.progress and d.is_main)
-        v = cfg.model.video
-        self.per_sample = {"video": (v.visible_tokens(), flops_per_sample(cfg.model, v.mask_ratio))}
-        if self.images is not None:
-            ratio = cfg.data.images.mask_ratio
-            still = dataclasses.replace(cfg.model, video=dataclasses.replace(v, frames=v.tubelet[0]))
-            self.per_sample["image"] = (still.video.visible_tokens(ratio), flops_per_sample(still, ratio))
         self.peak = peak_tflops(self.device, cfg.peak_tflops)
 
     def train(self) -> int:
@@ -365,7 +321,7 @@ class Trainer:
         signal after a checkpoint, 3 non-finite steps). A finished run does nothing."""
         cfg = self.cfg
         if finished(cfg, self.tag) and not self.redo_eval:
-            return report_finished(cfg, self.tag, self.d)
+            return announce_finished(cfg, self.tag, self.d)
         self.setup()
         announce(self, self.tag, self.redo_eval)
         if self.redo_eval and self.state.step < cfg.steps:  # the final one: finish() runs it
@@ -373,12 +329,20 @@ class Trainer:
         try:
             completed = loop(self, self.stop)
         except NonFiniteStop as err:
-            return report_nonfinite(self, err)
+            return announce_nonfinite(self, err)
         return finish(self, self.stop, completed, self.t_start)
 
-    def parts(self) -> dict[str, checkpoint.Stateful]:
-        """What a checkpoint holds of this rank besides the engine, by name."""
-        return checkpoint_parts(self.state, self.loader, self.images)
+    def parts(self, saved_names: dict[str, str] | None = None) -> dict[str, checkpoint.Stateful]:
+        """What a checkpoint holds of this rank besides the engine, by name: the loop's
+        counters, each source's loader (named after the source, or as `saved_names` says a
+        checkpoint being loaded named it), the RNGs. checkpoint.save/load take any parts;
+        they load in this order: the RNGs last, so that nothing loaded after them draws from them."""
+        return {"train": self.state, **self.sources.parts(saved_names), "rng": checkpoint.RNGState()}
+
+    @property
+    def loader(self) -> Loader | None:
+        """The first source's loader (of a one-source run: its loader)."""
+        return next(iter(self.sources)).loader
 
     def state_dict(self) -> dict:
         return {name: part.state_dict() for name, part in self.parts().items()}
@@ -387,42 +351,20 @@ class Trainer:
         """Release everything start() and setup() took. A rank leaving on an error waits for
         no peer on its way out (dist.shutdown failed=True): its exit is what ends the job."""
         watchdog.stop()
-        for closable in (self.log, self.loader, self.images):
-            if closable is not None:
-                closable.close()
+        if self.log is not None:
+            self.log.close()
+        self.sources.close()
         if self.stop is not None:
             self.stop.restore()
         dist.shutdown(self.d, failed=failed)
 
 
-def checkpoint_parts(state: TrainState, loader: Loader, images: Loader | None = None) -> dict[str, checkpoint.Stateful]:
-    """What a checkpoint holds of this rank besides the engine, by name: the image loader
-    or another kind of state is one more entry here (checkpoint.save/load take any)."""
-    # they load in this order: the RNGs last, so that nothing loaded after them draws from them
-    parts = {"train": state, "loader": loader}
-    if images is not None:
-        parts["images"] = images
-    return {**parts, "rng": checkpoint.RNGState()}
-
-
 def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool,
                 data: DataConfig | None = None) -> Loader:
     """This rank's loader of `split` (longvivit.data.load.open_loader) for the model's text
-    tower; `data` in place of cfg.data (image_data)."""
-    from longvivit.data.load import open_loader as data_loader
-
+    tower; `data` in place of cfg.data (a source's: sources.source_data)."""
     return data_loader(data or cfg.data, split, device, d.rank, d.world_size, training, cfg.model.text.tokenizer,
                        cfg.model.text.vocab_size)
-
-
-def image_data(cfg: RunConfig) -> DataConfig | None:
-    """The data config of the image loader (the stills of data.images.train at its
-    batch size), None without images."""
-    images = cfg.data.images
-    if images.proportion == 0:
-        return None
-    return dataclasses.replace(cfg.data, train=images.train, batch_size=images.batch_size, frames=1,
-                               sampling="uniform")
 
 
 def rescale(trainer: Trainer, tag: Path) -> Path | None:
@@ -473,8 +415,6 @@ def announce(trainer: Trainer, tag: Path | None, redo_eval: bool = False) -> Non
     "resume" line in metrics.jsonl (logging.read_metrics: it supersedes the lines of later
     steps, which a killed run wrote and this one runs again, and with redo_eval the eval
     of its own step that did not finish)."""
-    from longvivit.train.engine import partitioned_numel
-
     local, total = partitioned_numel(trainer.engine.module)
     events.emit("start", rank=trainer.d.rank, pid=os.getpid(), world_size=trainer.d.world_size, backend=dist.backend(),
                 device=str(trainer.device), params_local=local, params_total=total, step=trainer.state.step,
@@ -504,19 +444,18 @@ def batches(loader: Iterable[dict], timer: StepTimer) -> Iterator[dict]:
 
 
 def step_source(trainer: Trainer) -> str:
-    """What the next optimizer step trains on: "image" on data.images.proportion of the
-    steps (a function of the step alone: the same on every rank and after a resume)."""
-    return "image" if trainer.images is not None and trainer.cfg.data.images.is_image_step(trainer.state.step + 1) else "video"
+    """The name of the source the next optimizer step trains on (sources.Schedule: a
+    function of the step alone, the same on every rank and after a resume)."""
+    return trainer.sources.at(trainer.state.step + 1).name
 
 
 def source_mask_ratio(trainer: Trainer, source: str) -> float | None:
     """The mask ratio of `source`'s batches (None: the model config's)."""
-    return trainer.cfg.data.images.mask_ratio if source == "image" else None
+    return trainer.sources[source].mask_ratio
 
 
 @watchdog.phased("eval")
 def run_eval(trainer: Trainer) -> dict:
-    from longvivit.eval.evaluate import evaluate
 
     cfg = trainer.cfg
     loader = open_loader(cfg, "val", trainer.device, trainer.d, training=False)
@@ -528,7 +467,6 @@ def run_eval(trainer: Trainer) -> dict:
     trainer.hooks.on_evaluate(trainer, trainer.state.step, metrics, embeddings)
     trainer.log.scalars(trainer.state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "eval")
     if embeddings.gallery is not None and trainer.log.active:  # rendered on rank 0 only
-        from longvivit.eval.gallery import render
 
         trainer.log.image(trainer.state.step, "eval/gallery", render(embeddings.gallery))
     return metrics
@@ -536,7 +474,7 @@ def run_eval(trainer: Trainer) -> dict:
 
 @watchdog.phased("checkpoint")
 def save(trainer: Trainer) -> Path:
-    cfg, parts = trainer.cfg, checkpoint_parts(trainer.state, trainer.loader, trainer.images)
+    cfg, parts = trainer.cfg, trainer.parts()
     step = trainer.state.step
     trainer.saved = checkpoint.save(trainer.engine, cfg.out, step, parts, trainer.config_yaml, cfg.keep_last,
                                     lambda: trainer.hooks.on_checkpoint_written(trainer, step))
@@ -551,12 +489,8 @@ def every(n: int, step: int, last: int) -> bool:
 def loop(trainer: Trainer, stop: StopRequest) -> bool:
     """Train to cfg.steps; False if a stop request ended it early (after a checkpoint).
     Raises NonFiniteStop (nonfinite_since)."""
-    from longvivit.train.metrics import StepTimer
-
     cfg, hooks, timer = trainer.cfg, trainer.hooks, StepTimer()
-    streams = {"video": batches(trainer.loader, timer)}
-    if trainer.images is not None:
-        streams["image"] = batches(trainer.images, timer)
+    streams = {source.name: batches(source.loader, timer) for source in trainer.sources}
     bad_since = 0  # the first of the non-finite steps in a row up to the last one (0: it was finite)
     while trainer.state.step < cfg.steps:
         watchdog.begin("step", trainer.state.step + 1)
@@ -583,7 +517,6 @@ def loop(trainer: Trainer, stop: StopRequest) -> bool:
 # ---------------------------------------------------------------------------- finish
 
 def finish(trainer: Trainer, stop: StopRequest, completed: bool, t_start: float) -> int:
-    from longvivit.distributed.preemption import EXIT_REQUEUE, write_stop_note
 
     step = trainer.state.step
     tag = trainer.saved if trainer.saved_step == step else save(trainer)
@@ -598,7 +531,7 @@ def finish(trainer: Trainer, stop: StopRequest, completed: bool, t_start: float)
     return 0
 
 
-def report_nonfinite(trainer: Trainer, err: NonFiniteStop) -> int:
+def announce_nonfinite(trainer: Trainer, err: NonFiniteStop) -> int:
     """Every rank says where it stopped; rank 0 says why in one line on stderr."""
     tag = str(trainer.saved) if trainer.saved is not None else None
     events.emit("nonfinite", rank=trainer.d.rank, first=err.first, step=err.last, checkpoint=tag, exit=EXIT_NONFINITE)
@@ -618,25 +551,4 @@ def write_summary(trainer: Trainer, tag: Path, metrics: dict, seconds: float) ->
     events.emit("done", **summary)
 
 
-def main(argv: list[str] | None = None, hooks: TrainerHooks | None = None) -> int:
-    """`longvivit train`, its exit status; `hooks` for the Trainer (the tests' entry,
-    tests/scripts/train_with_hooks.py, passes its own)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["-h"], ["--help"]):
-        print(HELP)
-        return 0
-    try:
-        trainer = Trainer.from_argv(argv, hooks=hooks)
-    except ConfigError as err:
-        print(f"longvivit train: {err}".splitlines()[0], file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        with trainer:
-            return trainer.train()
-    except ConfigError as err:  # found once the ranks meet (two on one GPU): the same on every rank
-        if trainer.d.is_main:
-            print(f"longvivit train: {err}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG
-
-
-__all__ = ["Trainer", "TrainState", "main", "validate"]
+__all__ = ["Trainer", "TrainState", "validate"]

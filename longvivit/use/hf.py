@@ -23,7 +23,6 @@ module only by `export --hf` and by the shims.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, cached_file
 
 from longvivit.config import load_config, to_dict
+from longvivit.data.config import DataConfig, shard_streams, with_sources
 from longvivit.data.load.tokenizer import make_tokenizer
 from longvivit.data.preprocessing import PREPROCESS_FILE, write_preprocess_json
 from longvivit.model import build_model, num_params
@@ -132,17 +132,8 @@ def write_hf(source: str | Path, out: str | Path) -> Path:
     of the same names replaced), written aside and moved in at the end. Returns `out`."""
     model, run = export.load_any(source)
     out = Path(out)
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    work = existing / f".{out.name}.hf-tmp{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
+    with export.written_aside(out, ".hf-tmp") as work:
         _write(work, source, model, run)
-        out.mkdir(parents=True, exist_ok=True)
-        for file in work.iterdir():
-            os.replace(file, out / file.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -184,6 +175,14 @@ def eval_line(tag: Path | None, step: int | None) -> dict | None:
     lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     evals = [x for x in lines if x.get("kind") == "eval" and x.get("step") == step]
     return evals[-1] if evals else None
+
+
+def training_sources(data: DataConfig) -> str:
+    """The run's data sources in one phrase: each one's name, kind, shards and share of the steps."""
+    sources = with_sources(data).sources
+    total = sum(src.weight for src in sources)
+    return ", ".join(f"{src.name} ({src.kind}s, `{', '.join(p for p, _ in shard_streams(src.shards))}`) on "
+                     f"{src.weight / total:.0%} of the steps" for src in sources)
 
 
 def model_card(run: RunConfig, preprocess: dict, evaluation: dict | None, step: int | None) -> str:
@@ -233,7 +232,7 @@ per caption. Loss: {run.model.loss}.
 
 ## Training data
 
-Train shards `{d.train}`, held-out shards `{d.val}`{f", images `{d.images.train}` on {d.images.proportion:.0%} of the steps" if d.images.train else ""};
+{training_sources(d)}; held-out shards `{d.val}`;
 {run.steps} steps{f" (weights of step {step})" if step is not None else ""}, {d.batch_size} clips per device and
 micro-batch, {run.grad_accum} micro-batch(es) per step, mask ratio {v.mask_ratio:g}, {run.precision}.
 

@@ -24,7 +24,7 @@ def test_the_real_form_steps_on_one_gpu_over_nccl(record, name):
     assert row["finite"], row["losses"]
     assert "video" in row["by_source"] and row["by_source"]["video"]["tokens_per_s"] > 0, row["by_source"]
     if row["images"]:  # the image steps ran too
-        assert "image" in row["by_source"], row["by_source"]
+        assert "images" in row["by_source"], row["by_source"]  # by source name
 
 
 @pytest.mark.parametrize("name", NAMES)

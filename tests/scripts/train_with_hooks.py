@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for hook
 
 from hooks_support import FaultHooks  # noqa: E402
 
-from longvivit.train.trainer import main  # noqa: E402
+from longvivit.cli.train import main  # noqa: E402
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

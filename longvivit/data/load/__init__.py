@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from longvivit.data.config import DataConfig
 
 
+from longvivit.data.load.loader import build_loader
+from longvivit.data.load.reader import clean_stale_shared_memory
+from longvivit.data.load.synthetic import SyntheticBatches
+from longvivit.data.load.tokenizer import make_tokenizer
+from longvivit.distributed import collectives
+
+
 class Loader(Protocol):
     decode_failures: int
 
@@ -36,12 +43,7 @@ def open_loader(data: DataConfig, split: str, device: torch.device, rank: int, w
     ids synthetic batches draw. Shard loaders are built with clean_shm=False: call
     clean_shared_memory first, on every rank."""
     if data.source == "synthetic":
-        from longvivit.data.load.synthetic import SyntheticBatches
-
         return SyntheticBatches(data, split, device, rank, world_size, training, vocab_size, tokenizer)
-    from longvivit.data.load.loader import build_loader
-    from longvivit.data.load.tokenizer import make_tokenizer
-
     return build_loader(data, split, device=device, rank=rank, world_size=world_size, training=training,
                         clean_shm=False, tokenizer=make_tokenizer(tokenizer, data.tokenizer))
 
@@ -49,11 +51,7 @@ def open_loader(data: DataConfig, split: str, device: torch.device, rank: int, w
 def clean_shared_memory(data: DataConfig) -> None:
     """Drop the shared memory a killed run left behind, on every rank, before any rank makes
     its own (a rank cleaning while another creates its segments could remove them)."""
-    from longvivit.distributed import collectives
-
     if data.source == "shards":  # synthetic batches use no shared memory
-        from longvivit.data.load.reader import clean_stale_shared_memory
-
         clean_stale_shared_memory()
     collectives.barrier()
 

@@ -26,9 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from streaming import StreamingDataset
+from streaming import Stream, StreamingDataset
 from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
 
+from longvivit.data.config import shard_streams
 from longvivit.data.prepare.remote import is_remote
 from longvivit.distributed.launch_env import launcher_local_world_size, local_rank, local_world_size
 
@@ -142,18 +143,32 @@ class ClipDataset(StreamingDataset):
         return sample
 
 
-def open_split(source: str, batch_size: int, shuffle: bool, seed: int,
+def open_split(source: str | list, batch_size: int, shuffle: bool, seed: int,
                local_cache: str = "", canonical_nodes: int = 0) -> ClipDataset:
     """A StreamingDataset over a shard folder, or over a remote (or, with `local_cache`,
-    any folder, e.g. on a network file system) copied shard by shard into a local cache."""
+    any folder, e.g. on a network file system) copied shard by shard into a local cache;
+    or, for a list of {path, weight} (data.config.shard_streams), over one streaming Stream
+    of each, mixed sample-wise: each epoch draws weight / sum of weights of its samples from
+    each (streaming's `proportion`: a stream is up- or down-sampled, the epoch keeps the
+    streams' total size), in an order that is a function of the seed and the epoch, so
+    state_dict/load_state_dict resume it as they do one folder. Sample indices run over the
+    streams in list order."""
     if not source:
         raise ValueError("no shard location given (data.train / data.val)")
+    common = dict(batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
+                  num_canonical_nodes=canonical_nodes or None)
+    if isinstance(source, str):
+        return ClipDataset(**stream_location(source, local_cache), **common)
+    streams = [Stream(**stream_location(path, local_cache), proportion=weight) for path, weight in shard_streams(source)]
+    return ClipDataset(streams=streams, **common)
+
+
+def stream_location(source: str, local_cache: str) -> dict:
+    """{remote, local} of a shard folder or URL: a remote (or any folder, given
+    `local_cache`) is copied into a local cache."""
     if is_remote(source) or local_cache:
-        remote, local = source, cache_dir(source, local_cache)
-    else:
-        if not (Path(source) / "index.json").is_file():
-            raise FileNotFoundError(f"shards {source}: no index.json (write shards with "
-                                    "`longvivit shards`)")
-        remote, local = None, source
-    return ClipDataset(remote=remote, local=local, batch_size=batch_size, shuffle=shuffle,
-                       shuffle_seed=seed, num_canonical_nodes=canonical_nodes or None)
+        return {"remote": source, "local": cache_dir(source, local_cache)}
+    if not (Path(source) / "index.json").is_file():
+        raise FileNotFoundError(f"shards {source}: no index.json (write shards with "
+                                "`longvivit shards`)")
+    return {"remote": None, "local": source}
