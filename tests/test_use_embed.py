@@ -24,6 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from longvivit.cli.search import main as search_main
 from longvivit.data.load.decode import VideoDecoder, plan_clip
 from longvivit.data.prepare.shards import ShardOptions, transcode
 from longvivit.data.prepare.manifest import read_manifest
@@ -122,9 +123,10 @@ def test_a_killed_embed_resumes_without_redoing_its_chunks(made, tmp_path):
     assert index_files(out) == index_files(tmp_path / "whole")
 
 
-def test_bad_videos_are_listed_and_nothing_else_is_lost(made, tmp_path):
+def test_bad_videos_are_listed_and_nothing_else_is_lost(made, tmp_path, capsys):
     """A folder of the val videos plus a truncated copy, a text file named .webm, and a
-    manifest naming a missing file: each bad one in rejects.jsonl with its reason."""
+    manifest naming a missing file: each bad one in rejects.jsonl with its reason. (And
+    `search --video` of an id the index lacks: one line naming it, exit 2.)"""
     videos = tmp_path / "videos"
     shutil.copytree(made["synth"] / "videos", videos)
     good = sorted(p.name for p in videos.iterdir())
@@ -137,6 +139,10 @@ def test_bad_videos_are_listed_and_nothing_else_is_lost(made, tmp_path):
     ids = [json.loads(x)["id"] for x in (tmp_path / "idx" / "videos.jsonl").read_text().splitlines()]
     assert ids == good and summary["videos"] == len(good) and summary["rejected"] == 2
     assert load_file(str(tmp_path / "idx" / "embeddings.safetensors"))["video"].shape == (len(good), 64)
+    capsys.readouterr()
+    assert search_main([str(tmp_path / "idx"), "a red circle", "--video", "notes.webm"]) == 2
+    out, err = capsys.readouterr()
+    assert not out and err == f"longvivit search: --video notes.webm: no video of that id in {tmp_path / 'idx'}\n"
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"video": str(videos / good[1]), "caption": "a clip"}) + "\n" +

@@ -46,21 +46,30 @@ def top_k(queries: torch.Tensor, rows: torch.Tensor, k: int, block: int = BLOCK)
     return best_s, best_i
 
 
-def search(idx: Index, queries: torch.Tensor, texts: list[str], k: int) -> list[dict]:
-    """One result per query: {"query", "videos": [...], "moments": [...] (windowed)}."""
-    out = [{"query": t, "videos": []} for t in texts]
-    scores, rows = top_k(queries, idx.tensors["video"], k)
-    for result, s, r in zip(out, scores.tolist(), rows.tolist()):
-        result["videos"] = [{"rank": n + 1, "score": round(sc, 6), **_video_fields(idx.videos[j])}
-                            for n, (sc, j) in enumerate(zip(s, r))]
+def search(idx: Index, queries: torch.Tensor, texts: list[str], k: int, video: str | None = None) -> list[dict]:
+    """One result per query: {"query", "videos": [...], "moments": [...] (windowed)};
+    `video`: only that video's moments (and the video itself), by its id."""
+    t = idx.tensors
+    rows = torch.arange(len(idx.videos))
+    if video is not None:
+        rows = torch.tensor([i for i, v in enumerate(idx.videos) if str(v["id"]) == video], dtype=torch.int64)
+    out = [{"query": text, "videos": []} for text in texts]
+    for result, hits in zip(out, _hits(queries, t["video"], rows, k)):
+        result["videos"] = [{"rank": n + 1, "score": sc, **_video_fields(idx.videos[j])} for n, (sc, j) in enumerate(hits)]
     if idx.windowed:
-        t = idx.tensors
-        scores, rows = top_k(queries, t["window"], k)
-        for result, s, r in zip(out, scores.tolist(), rows.tolist()):
-            result["moments"] = [{"rank": n + 1, "score": round(sc, 6), **_video_fields(idx.videos[int(t["window_video"][j])]),
+        windows = torch.isin(t["window_video"], rows).nonzero().flatten()
+        for result, hits in zip(out, _hits(queries, t["window"], windows, k)):
+            result["moments"] = [{"rank": n + 1, "score": sc, **_video_fields(idx.videos[int(t["window_video"][j])]),
                                   "start": float(t["window_start_s"][j]), "end": float(t["window_end_s"][j])}
-                                 for n, (sc, j) in enumerate(zip(s, r))]
+                                 for n, (sc, j) in enumerate(hits)]
     return out
+
+
+def _hits(queries: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, k: int) -> list[list[tuple[float, int]]]:
+    """Per query, (score, row of `table`) of its k best among `rows`, best first."""
+    candidates = table if len(rows) == len(table) else table[rows]
+    scores, found = top_k(queries, candidates, k)
+    return [[(round(sc, 6), int(rows[j])) for sc, j in zip(s, f)] for s, f in zip(scores.tolist(), found.tolist())]
 
 
 def _video_fields(row: dict) -> dict:
@@ -70,9 +79,9 @@ def _video_fields(row: dict) -> dict:
 
 # ---------------------------------------------------------------------------- checks
 
-def check_search_args(path: str, model: str | None, k: int, html: str | None) -> Index:
-    """The index (complete, whole, with video rows), the model it names (or --model), -k
-    and --html, checked before anything is written; the index, or ConfigError."""
+def check_search_args(path: str, model: str | None, k: int, html: str | None, video: str | None = None) -> Index:
+    """The index (complete, whole, with video rows), the model it names (or --model), -k,
+    --html and --video, checked before anything is written; the index, or ConfigError."""
     check(k >= 1, f"-k {k}", "must be >= 1")
     folder = Path(path)
     check(folder.is_dir(), "INDEX", f"{path}: " + ("is a file, not an index folder" if folder.exists()
@@ -91,6 +100,8 @@ def check_search_args(path: str, model: str | None, k: int, html: str | None) ->
     run = check_model(model or str(summary.get("model")), key)
     check(run.model.embed_dim == idx.tensors["video"].shape[1], key,
           f"embeds in {run.model.embed_dim} dimensions, the index in {idx.tensors['video'].shape[1]}")
+    check(video is None or any(str(v["id"]) == video for v in idx.videos), f"--video {video}",
+          f"no video of that id in {path}")
     if html:
         check_writable_dir("--html", html)
     return idx
