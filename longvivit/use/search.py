@@ -3,8 +3,8 @@
 Each query text is embedded by the index's model (or --model) and scored against every
 video row (and every window) of the index by one matrix product, in blocks of BLOCK rows
 so that memory stays bounded; the top k of each are the hits, scores being cosine
-similarities. Exact search costs O(rows x E) per query: bench/search.py measures it against
-the index sizes an approximate library would be worth adding for (bench/RESULTS.md).
+similarities. Exact search costs O(rows x E) per query; no approximate (vector-search
+library) path exists yet, nor a measure of the index size where one would pay.
 
 `--html DIR` writes DIR/index.html: per query its hits, each a strip of frames from the
 clip or moment (the eval report's pictures: gallery.thumbnail_strip, report.STYLE), the
