@@ -390,11 +390,29 @@ def zero_init_row(r: dict, way: str, x: dict) -> list:
             same]
 
 
+def embed_section(r: dict) -> list[str]:
+    lines = ["### Embedding throughput: `longvivit embed` from raw files and from shards", ""] + provenance(r)
+    lines += [f"{r['videos']} synthetic videos of the demo ({r['frames']} frames at 1 FPS, {r['size']} px, VP9), the "
+              f"{r['preset']} model with random weights, batches of {r['batch_size']} clips, one rank on the "
+              f"{r['device'].upper()}, captions embedded too; a fresh index each round, the two inputs taking turns, "
+              f"medians of {r['rounds']} rounds. videos/s: over the whole call (model load and index merge "
+              "included); decoding: its share of the chunks' decode + encode time.", ""]
+    rows = [[name, f"**{c['videos_per_s']:.2f}**", f"{c['decode_share']:.0%}",
+             " ".join(f"{x:.2f}" for x in c["videos_per_s_rounds"]),
+             " ".join(f"{x:.0%}" for x in c["decode_share_rounds"])] for name, c in r["cases"].items()]
+    lines += table(["input", "videos/s", "decoding", "videos/s per round", "decoding per round"], rows)
+    raw, shards = r["cases"]["raw files"], r["cases"]["shards"]
+    lines += [f"**{raw['videos_per_s']:.1f} videos/s from raw files ({raw['decode_share']:.0%} of the time decoding: "
+              f"PyAV at the shard FPS and size, then DALI's resize), {shards['videos_per_s']:.1f} from shards "
+              f"({shards['decode_share']:.0%}: DALI's CPU decoder).**", ""]
+    return lines
+
+
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
             ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section), ("padding", padding_section),
-            ("hour", hour_section), ("zero_init", zero_init_section)]
+            ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section)]
 
 
 OPTIONAL = {"tradeoff_seeds", "peers_profile"}

@@ -28,4 +28,5 @@ $PY bench/offload.py > bench/results/offload.json   # ~5 min: ZeRO-3 offload, to
 $PY bench/zero_init.py --preset B --check > bench/results/zero_init_B.json   # ~1 min: building under ZeRO-3, whole vs deepspeed.zero.Init, weights compared
 $PY bench/zero_init.py --preset B --mmap-threshold 0 > bench/results/zero_init_B_glibc.json   # the same with glibc's default malloc
 $PY bench/zero_init.py --preset g > bench/results/zero_init_g.json   # ~3 min, ~10 GB of RAM: the ~1B preset both ways
+$PY bench/embed.py > bench/results/embed.json   # ~1.5 min: longvivit embed's videos/s from raw files and shards
 $PY bench/report.py

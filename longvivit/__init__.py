@@ -11,6 +11,19 @@ direction (tests/test_layout.py):
                   load: reader, decode, loader, synthetic batches, tokenizer
     eval          embedding, retrieval, zero-shot, gallery, report
     train         the trainer, its config, engine, checkpoints, metrics, plan, demo, export
+    use           a trained encoder at work: load, preprocess, embed, search, Hugging Face
     cli           `longvivit COMMAND`: argument parsing and exit codes
+
+    model, preprocess, tokenizer = longvivit.load("runs/exp1-export")   # longvivit/use/, docs/use.md
 """
 __version__ = "0.1.0"
+__all__ = ["load"]
+
+
+def __getattr__(name: str):
+    """`longvivit.load`, imported on first use: `import longvivit` stays light (no torch)."""
+    if name == "load":
+        from longvivit.use import load  # torch, DALI and the model: only when a model is loaded
+
+        return load
+    raise AttributeError(f"module 'longvivit' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""`longvivit eval` and `longvivit export` on bad input: every case is one line on stderr
+"""`longvivit eval`, `export`, `embed` and `search` on bad input: every case is one line on stderr
 naming the input and what is wrong, exit 2, no traceback, and nothing created or changed
 (issue 22: 42 of 49 such inputs ended in a traceback, and a failed export left an empty
 out folder). The checkpoints are broken copies of one real tiny run (train_support.tiny_run,
@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from longvivit.cli.embed import main as embed_main
 from longvivit.cli.eval import main as eval_main
 from longvivit.cli.export import main as export_main
+from longvivit.cli.search import main as search_main
 from longvivit.train import export as export_module
 from train_support import broken_copy, replace_file, tiny_run
 
@@ -216,7 +218,11 @@ EXPORT_CASES = [
     (["{run}", "--out", "{files}/afile/exported"], "--out", "is a file, not a directory"),
     (["{run}", "--out", "/proc/x/exported"], "--out", "cannot create anything in /proc"),
     (["{run}", "--out", "/proc"], "--out", "cannot create anything in /proc"),
-    (["{run}"], "the following arguments are required: --out", ""),
+    (["{run}"], "give --out DIR, --hf DIR or both", ""),
+    (["{run}", "--hf", "{files}/afile"], "--hf", "is a file, not a directory"),
+    (["{run}", "--hf", "/proc/x/hf"], "--hf", "cannot create anything in /proc"),
+    (["{broken}/model_truncated", "--hf", "{tmp}/hf"], "checkpoint", "model_states.pt: truncated"),
+    (["{run}", "--out", "{tmp}/exported", "--hf", "{files}/afile"], "--hf", "is a file, not a directory"),
 ]
 
 
@@ -245,8 +251,8 @@ def test_an_export_that_fails_midway_leaves_nothing(world, tmp_path, monkeypatch
 
 def test_an_export_writes_into_out_and_leaves_no_work_folder(world, tmp_path):
     out = export_module.export(world["tag"], tmp_path / "a" / "exported")
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "run_config.yaml",
-                                                     "tokenizer.model"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "preprocess.json",
+                                                     "run_config.yaml", "tokenizer.model"]
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["exported"]
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
@@ -264,3 +270,49 @@ def test_the_command_line_prints_one_line_and_exits_2(command, argv, key, world,
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"longvivit {command}: {key}: "), line
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+EMBED_CASES = [  # INPUT: the tiny run's val shards, unless a case names another
+    (["{broken}/weights_truncated", "{data}/val"], "MODEL", "not a whole safetensors file"),
+    (["{broken}/run_config_missing", "{data}/val"], "MODEL", "run_config.yaml: no such file"),
+    (["{broken}/incomplete", "{data}/val"], "MODEL", "no complete checkpoint"),
+    (["{export}", "{tmp}/none.jsonl"], "INPUT", "no such file or folder"),
+    (["{export}", "{files}/empty"], "INPUT", "holds no videos"),
+    (["{export}", "{files}/no_braces.txt"], "INPUT", "neither a manifest"),
+    (["{export}", "{broken}/missing_shard"], "INPUT", "missing"),
+    (["{export}", "--text", "{tmp}/none.txt"], "--text", "no such file or folder"),
+    (["{export}", "{data}/val", "--stride", "4"], "--stride", "needs --window"),
+    (["{export}", "{data}/val", "--window", "-1"], "--window -1", "must be >= 1"),
+    (["{export}", "{data}/val", "--batch-size", "0"], "--batch-size 0", "must be >= 1"),
+    (["{export}"], "INPUT", "give videos to embed"),
+]
+
+
+@pytest.mark.parametrize("argv, key, words", EMBED_CASES)
+def test_embed_refuses_bad_input_in_one_line(argv, key, words, world, tmp_path, capfd):
+    argv = fill(argv, world, tmp_path) + ["--out", str(tmp_path / "idx")]
+    before = listing(world["broken"], world["export"], world["data"], tmp_path)
+    status, out, err = run_in_process(embed_main, argv, capfd)
+    assert_refused(status, out, err, "embed", key, words)
+    assert listing(world["broken"], world["export"], world["data"], tmp_path) == before
+
+
+SEARCH_CASES = [
+    (["{tmp}/none", "a red circle"], "INDEX", "no such folder"),
+    (["{files}/afile", "a red circle"], "INDEX", "is a file, not an index folder"),
+    (["{files}/empty", "a red circle"], "INDEX", "no index.json"),
+    (["{tmp}/unfinished", "a red circle"], "INDEX", "not complete"),
+    (["{tmp}/unfinished", "  "], "TEXT", "give at least one query text"),
+    (["{tmp}/unfinished", "a red circle", "-k", "0"], "-k 0", "must be >= 1"),
+    (["{tmp}/unfinished", "--queries", "{tmp}/none.txt"], "--queries", "No such file"),
+]
+
+
+@pytest.mark.parametrize("argv, key, words", SEARCH_CASES)
+def test_search_refuses_bad_input_in_one_line(argv, key, words, world, tmp_path, capfd):
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "index.json").write_text('{"complete": false}\n')
+    before = listing(world["broken"], world["files"], tmp_path)
+    status, out, err = run_in_process(search_main, fill(argv, world, tmp_path), capfd)
+    assert_refused(status, out, err, "search", key, words)
+    assert listing(world["broken"], world["files"], tmp_path) == before

@@ -8,6 +8,8 @@ into fp32 weights, and writes
     DIR/config.yaml         the ModelConfig: all that build_model needs
     DIR/run_config.yaml     the resolved run config the weights were trained with
     DIR/tokenizer.model     a copy of the sentencepiece model
+    DIR/preprocess.json     how the run's clips were made (shard FPS and short side, frames,
+                            sampling, size): what longvivit.load preprocesses raw videos with
 
 `load_exported(DIR)` rebuilds the DualEncoder from that directory in plain PyTorch (no
 DeepSpeed, no process group). `check_export_args` checks every input before anything is
@@ -16,8 +18,10 @@ so a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,6 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from longvivit.config import ConfigError, load_config
+from longvivit.data.config import DataConfig
+from longvivit.data.preprocessing import PREPROCESS_FILE, config_for, write_preprocess_json
 from longvivit.model import build_model
 from longvivit.model.config import ModelConfig
 from longvivit.model.video import PositionEmbedding
@@ -70,30 +76,39 @@ def load_state_dict_any(path: str | Path) -> dict[str, torch.Tensor]:
     return consolidated_state_dict(source)
 
 
+@contextlib.contextmanager
+def written_aside(out: Path, suffix: str) -> Iterator[Path]:
+    """A fresh folder to write `out`'s files into, in the nearest folder of `out` that exists
+    (its filesystem: a rename away); they move into `out` (made if needed, files of the
+    same names replaced) when the block ends without an error. A failure leaves neither a
+    partial file nor an empty `out` behind."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    work = existing / f".{out.name}{suffix}{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+        out.mkdir(parents=True, exist_ok=True)
+        for file in work.iterdir():
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def export(ckpt: str | Path, out: str | Path) -> Path:
     """Write the export of checkpoint `ckpt` into `out` (made if needed; files already in it
     with the same names are replaced). Returns `out`."""
     tag = checkpoint.find_checkpoint(ckpt)
     run_cfg = checkpoint.stored_config(tag)
     out = Path(out)
-    # written in the nearest folder that exists (out's filesystem: a rename away), moved into
-    # out at the end: a failure leaves neither a partial file nor an empty out behind
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    work = existing / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
+    with written_aside(out, ".tmp") as work:
         save_file(consolidated_state_dict(tag), str(work / WEIGHTS), metadata={"checkpoint": str(tag)})
         (work / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg["model"])))
         (work / "run_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_cfg)))
+        write_preprocess_json(config_for(load_config(DataConfig, run_cfg["data"])), work / PREPROCESS_FILE)
         tokenizer = Path(run_cfg["data"]["tokenizer"])
         if tokenizer.is_file():
             shutil.copy2(tokenizer, work / "tokenizer.model")
-        out.mkdir(parents=True, exist_ok=True)
-        for file in work.iterdir():
-            os.replace(file, out / file.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

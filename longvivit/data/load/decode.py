@@ -222,6 +222,12 @@ class VideoDecoder:
             return whole[0][1], good, error
         return (torch.stack([clips[i] for i in good]) if good else None), good, error
 
+    def resize(self, frames: list[np.ndarray], plans: list[ClipPlan]) -> torch.Tensor:
+        """Frames decoded elsewhere, (T, H, W, 3) uint8 per clip -> (b, T, S, S, 3) on the
+        device: the crop and resize of every route (longvivit/use/preprocess.py reads raw
+        videos with PyAV and ends in it, as the loader's clips do)."""
+        return self._run("pyav", frames, plans)
+
     def _decode_route(self, kind, encoded, plans, positions, clips, errors) -> list:
         """Decode the samples at `positions` by pipeline `kind` into `clips` (PyAV first
         decodes them to frames in Python); returns _run_checked's."""
