@@ -89,11 +89,18 @@ def classifier(model, tokenizer, text_length: int, labels: Sequence[str],
     tower and tokenizer, and each label's class index (N,). Under ZeRO-3 every rank must
     call it (the text forwards gather the partitioned weights)."""
     names = sorted(set(labels))
+    index = {name: i for i, name in enumerate(names)}
+    classes = class_embeddings(text_embedder(model, tokenizer, text_length), names, templates)
+    return names, classes, torch.tensor([index[x] for x in labels])
+
+
+def text_embedder(model, tokenizer, text_length: int) -> Callable[[list[str]], torch.Tensor]:
+    """texts -> (n, E) L2-normalised embeddings from the model's text tower, on the CPU."""
     device = next(model.parameters()).device
 
+    @torch.no_grad()
     def embed_texts(texts: list[str]) -> torch.Tensor:
         ids, mask = tokenizer.encode(texts, text_length)
         return model.encode_text(ids.to(device), mask.to(device), normalize=True).cpu()
 
-    index = {name: i for i, name in enumerate(names)}
-    return names, class_embeddings(embed_texts, names, templates), torch.tensor([index[x] for x in labels])
+    return embed_texts
