@@ -234,7 +234,7 @@ def test_lines_per_task_and_queries_are_the_model_on_every_caption(bench, single
     from longvivit.train.export import load_exported
 
     rows, lines = bench["rows"], single["lines"]
-    assert [x["task"] for x in lines] == ["zeroshot", "mc", "paragraph", "t2v_v2t"]  # synth rows are labelled
+    assert [x["task"] for x in lines] == ["zeroshot", "multilabel", "mc", "paragraph", "t2v_v2t"]  # synth rows are labelled
     emb, info = Embeddings.load(single["emb"])
     counts = [len(r["caption"]) for r in rows]
     assert counts[:3] == [1, 2, 3] and info["data"] == str(bench["val"])
@@ -286,6 +286,31 @@ def test_mc_line_is_the_model_on_each_answer_against_its_clip(bench, single):
     assert emb.mc.item_video.tolist() == [clip for clip, _ in items]
 
 
+def test_multilabel_line_is_the_model_on_each_object_against_every_clip(bench, single):
+    """Synth rows list their objects: the multilabel line's mAP is the mean over the objects
+    of the average precision of ranking the clips by the object's template-averaged text
+    embedding, and chance is a random ranking's."""
+    from longvivit.data.load.tokenizer import Tokenizer
+    from longvivit.eval.zeroshot import DEFAULT_TEMPLATES, average_precision, random_ap
+    from longvivit.train.export import load_exported
+
+    rows, emb = bench["rows"], Embeddings.load(single["emb"])[0]
+    names = sorted({x for r in rows for x in r["labels"]})
+    model, tok = load_exported(bench["export"]), Tokenizer(bench["export"] / "tokenizer.model")
+    aps, chance = [], []
+    with torch.no_grad():
+        for name in names:
+            texts = [t.format(name) for t in DEFAULT_TEMPLATES]
+            mean = model.encode_text(*tok.encode(texts, 32), normalize=True).mean(0)
+            positive = torch.tensor([name in r["labels"] for r in rows])
+            aps.append(average_precision(emb.video @ (mean / mean.norm()), positive))
+            chance.append(random_ap(len(rows), int(positive.sum())))
+    line = next(x for x in single["lines"] if x["task"] == "multilabel")
+    assert line["classes"] == len(names) and line["videos"] == len(rows)
+    assert line["map"] == pytest.approx(100 * sum(aps) / len(aps), abs=1e-4)
+    assert line["chance_map"] == pytest.approx(100 * sum(chance) / len(chance))
+
+
 def test_saved_embeddings_reproduce_the_lines(single, tmp_path, capsys):
     again = run_eval(["--from-embeddings", single["emb"]], capsys)
     assert again == single["lines"]
@@ -296,8 +321,8 @@ def test_saved_embeddings_reproduce_the_lines(single, tmp_path, capsys):
     emb.paragraph = None
     emb.save(tmp_path / "no_paragraph.safetensors")
     assert [x["task"] for x in run_eval(["--from-embeddings", tmp_path / "no_paragraph.safetensors"], capsys)] \
-        == ["zeroshot", "mc", "t2v_v2t"]  # the tasks the file holds
-    emb.classes = emb.label = emb.mc = None
+        == ["zeroshot", "multilabel", "mc", "t2v_v2t"]  # the tasks the file holds
+    emb.classes = emb.label = emb.mc = emb.label_classes = emb.targets = None
     emb.save(tmp_path / "unlabelled.safetensors")
     assert [x["task"] for x in run_eval(["--from-embeddings", tmp_path / "unlabelled.safetensors"], capsys)] \
         == ["t2v_v2t"]
@@ -385,7 +410,7 @@ def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
     rc, output = communicate(cmd, port, 600, env)
     assert rc == 0, output[-4000:]
     lines = [json.loads(x) for x in output.splitlines() if x.startswith('{"task"')]
-    assert [x["task"] for x in lines] == ["zeroshot", "mc", "paragraph", "t2v_v2t"], output[-4000:]  # rank 0 only
+    assert [x["task"] for x in lines] == ["zeroshot", "multilabel", "mc", "paragraph", "t2v_v2t"], output[-4000:]  # rank 0 only
     for got, want in zip(lines, single["lines"]):
         assert got == pytest.approx(want)
     two, _ = Embeddings.load(tmp_path / "emb.safetensors")

@@ -7,7 +7,7 @@ CSV with a header row naming the same columns; a caption cell that starts with "
 as a JSON list of captions, a start/end cell as a number. Relative video paths are relative
 to the manifest's folder.
 "label" is a class name, kept in the shards for zero-shot classification (longvivit/eval/zeroshot.py);
-"mc" a list of multiple-choice items
+"labels" a list of class names (the multi-label task); "mc" a list of multiple-choice items
 {"question": str, "answers": [str, ...] (2 or more), "answer": index of the right one,
 "kind": optional lower-case name} (longvivit/eval/multichoice.py), a single item standing
 for a list of one. Other keys are ignored (synth adds "events", "family" and "spans" for
@@ -54,6 +54,7 @@ class Row:
     end: float | None = None
     id: str = ""
     label: str = ""  # a class name ("" : none)
+    labels: list[str] = field(default_factory=list)  # class names (multi-label; [] : none)
     mc: list[dict] = field(default_factory=list)  # multiple-choice items ([] : none)
 
 
@@ -166,7 +167,7 @@ def _to_row(line: int, record: dict, base: Path) -> Row | Reject:
     try:
         start, end = _seconds(record, "start"), _seconds(record, "end")
         ident, label = _name(record, "id"), _name(record, "label")
-        items = _items(record)
+        labels, items = _labels(record), _items(record)
     except ValueError as err:
         return Reject(line, video, BAD_ROW, str(err))
     if start is not None and end is not None and end <= start:
@@ -179,7 +180,7 @@ def _to_row(line: int, record: dict, base: Path) -> Row | Reject:
         if start is not None or end is not None:
             ident += f"@{start or 0:g}-" + ("end" if end is None else f"{end:g}")
     return Row(line, video, checked, start, end, printable(ident),
-               printable(" ".join((label or "").split())), items)
+               printable(" ".join((label or "").split())), labels, items)
 
 
 def printable(text: str) -> str:
@@ -236,6 +237,16 @@ def _name(record: dict, key: str) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"{key}: {_shown(value)} is {_kind(value)}, not a string")
+
+
+def _labels(record: dict) -> list[str]:
+    """record["labels"]: a list of class names, each once ([] when absent)."""
+    value = _given(record, "labels")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) and x.strip() for x in value):
+        raise ValueError(f"labels: {_shown(value)} is not a list of class names")
+    return list(dict.fromkeys(printable(" ".join(x.split())) for x in value))
 
 
 def _items(record: dict) -> list[dict]:

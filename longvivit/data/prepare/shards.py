@@ -40,6 +40,7 @@ COLUMNS = {
     "video": "bytes", "captions": "json", "duration_s": "float64", "fps": "float64",
     "num_frames": "int32", "width": "int32", "height": "int32", "id": "str", "codec": "str",
     "label": "str",  # the manifest's class name, "" when it has none
+    "labels": "json",  # the manifest's class names (multi-label), [] when it has none
     "mc": "json",  # the manifest's multiple-choice items, [] when it has none
 }
 SUMMARY, REJECTS = "summary.json", "rejects.jsonl"
@@ -109,7 +110,7 @@ def _sample(row: Row, data: bytes, duration_s: float, info: ClipInfo, codec: str
     return {"video": data, "captions": row.captions, "duration_s": duration_s,
             "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
             "height": info.height, "id": row.id, "codec": codec, "label": row.label,
-            "mc": row.mc}
+            "labels": row.labels, "mc": row.mc}
 
 
 def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = ShardOptions(),
