@@ -47,3 +47,19 @@ def test_the_result_line_compares_stage_2_with_stage_1(capsys):
     assert "held-out text->video R@1 10.0% vs 5.0% (2.00x; chance 1.25%)" in out
     assert "multiple choice 60.0% vs 40.0% (1.50x; chance 37.5%)" in out
     assert "stage 2, 128 frames at 75% masking" in out
+
+
+def test_the_unmasked_tuning_stage_is_stage_2_without_masking_at_a_lower_rate():
+    """demo_tune.yaml (ViCLIP's closing step) continues demo_long.yaml: the same model and
+    trainable blocks (its checkpoint loads strictly), no masking, a tenth of the rate, fewer
+    steps, from stage 2's output."""
+    import dataclasses
+
+    from longvivit.train.config import CONFIG_DIR, load_run_config
+
+    long, tune = load_run_config(CONFIG_DIR / "demo_long.yaml"), load_run_config(CONFIG_DIR / "demo_tune.yaml")
+    assert long.model.video.mask_ratio == 0.75 and tune.model.video.mask_ratio == 0.0
+    assert dataclasses.replace(tune.model.video, mask_ratio=0.75) == long.model.video
+    assert tune.model.text == long.model.text and tune.data == long.data
+    assert tune.init == f"checkpoint:{long.out}" and tune.optim.lr == long.optim.lr / 10
+    assert tune.steps < long.steps
