@@ -365,3 +365,61 @@ def test_bad_input_fails_in_one_line_and_creates_nothing(tmp_path, capsys, case)
     argv = argv + [x for k, v in defaults.items() if k not in argv for x in (k, v)]
     line = refused(main, argv, capsys, tmp_path, "import")
     assert message in line, line
+
+
+# ----------------------------------------------------------------------------- EgoSchema
+
+def egoschema_files(root):
+    """questions.json and subset_answers.json as the release publishes them: a list of
+    questions with five "option N" keys, and {q_uid: right option} for some of them."""
+    questions = [{"q_uid": f"uid-{i}", "google_drive_id": f"drive{i}",
+                  "question": f"what does c do in video {i}?",
+                  **{f"option {k}": f"c does thing {k} in video {i}" for k in range(5)}}
+                 for i in range(3)]
+    return write_json(root / "questions.json", questions), write_json(root / "subset_answers.json",
+                                                                       {"uid-0": 3, "uid-2": 0})
+
+
+def test_egoschema_questions_with_answers_become_mc_items(tmp_path, capsys):
+    questions, answers = egoschema_files(tmp_path)
+    touch(tmp_path / "videos", "uid-0.mp4", "uid-1.mp4")  # uid-2's video not downloaded
+    rc, summary = run_cli(capsys, "egoschema", questions, "--answers", answers,
+                          "--videos", tmp_path / "videos", "--out", tmp_path / "ego.jsonl")
+    assert rc == 0 and (summary["written"], summary["missing"], summary["uncaptioned"]) == (1, 1, 1)
+    rows = manifest_rows(tmp_path / "ego.jsonl")
+    assert list(rows) == ["uid-0"]
+    row = rows["uid-0"]
+    assert row.captions == ["what does c do in video 0?"]
+    assert row.mc == [{"question": "what does c do in video 0?", "kind": "egoschema", "answer": 3,
+                       "answers": [f"c does thing {k} in video 0" for k in range(5)]}]
+    missing = [json.loads(x) for x in (tmp_path / "ego.missing.jsonl").read_text().splitlines()]
+    assert [m["id"] for m in missing] == ["uid-2"] and missing[0]["mc"]["answer"] == 0
+
+
+@pytest.mark.parametrize("answers, message", [
+    ({"uid-0": 5}, "'uid-0': 5 is not an option index 0..4"),
+    ({"uid-0": True}, "'uid-0': True is not an option index"),
+    ({"uid-9": 1}, "1 answer(s) for questions it does not hold (the first: 'uid-9')"),
+    ([3], "expected a JSON object {q_uid: option index}"),
+])
+def test_egoschema_bad_answers_fail_in_one_line(tmp_path, capsys, answers, message):
+    questions, _ = egoschema_files(tmp_path)
+    bad = write_json(tmp_path / "bad.json", answers)
+    (tmp_path / "videos").mkdir()
+    line = refused(main, ["egoschema", questions, "--answers", bad, "--videos", tmp_path / "videos",
+                          "--out", tmp_path / "out" / "m.jsonl"], capsys, tmp_path, "import")
+    assert message in line, line
+
+
+def test_egoschema_needs_its_answers_and_five_options(tmp_path, capsys):
+    questions, answers = egoschema_files(tmp_path)
+    (tmp_path / "videos").mkdir()
+    common = ["--videos", tmp_path / "videos", "--out", tmp_path / "out" / "m.jsonl"]
+    line = refused(main, ["egoschema", questions, *common], capsys, tmp_path, "import")
+    assert "--answers: egoschema needs it" in line
+    line = refused(main, ["msrvtt", questions, "--answers", answers, *common], capsys, tmp_path, "import")
+    assert "egoschema only" in line
+    four = write_json(tmp_path / "four.json", [{"q_uid": "uid-0", "question": "q?",
+                                                **{f"option {k}": "a" for k in range(4)}}])
+    line = refused(main, ["egoschema", four, "--answers", answers, *common], capsys, tmp_path, "import")
+    assert "[0] has no 'option 4'" in line

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from longvivit.cli.synth import main
-from longvivit.data.prepare.synth import COLOURS, SynthConfig, captions, event_lists, write_benchmark
+from longvivit.data.load.decode import select_frames
+from longvivit.data.prepare.synth import (
+    COLOURS,
+    SynthConfig,
+    captions,
+    event_lists,
+    long_range_lists,
+    long_range_spans,
+    write_benchmark,
+)
 from longvivit.data.prepare.video import frames_at, probe
 
 from data_support import SYNTH, read_jsonl, refused, synth_data  # noqa: F401 (fixture)
@@ -143,3 +152,107 @@ def test_single_event_videos_with_hard_negatives_are_written(tmp_path):
     rows = read_jsonl(tmp_path / "b" / "train.jsonl") + read_jsonl(tmp_path / "b" / "val.jsonl")
     assert all(len(r["events"]) == 1 for r in rows)
     assert len({tuple(r["events"][0]) for r in rows}) == 6  # every caption its own
+
+
+# ----------------------------------------------------------------------------- long range
+
+def seen_frames(spans: list, num_frames: int, view: int = 16) -> list[int]:
+    """How many of `view` uniform frames (the loader's own choice) fall in each event's span."""
+    idx, _ = select_frames(num_frames, view, "uniform", None)
+    return [int(((idx >= a) & (idx < b)).sum()) for a, b in spans]
+
+
+@pytest.mark.parametrize("frames, min_frames, event_frames", [(128, 0, 4), (256, 128, 4), (200, 0, 6)])
+def test_long_range_16_uniform_frames_see_most_events_in_at_most_one_frame(frames, min_frames, event_frames):
+    """The long-range design, from the event spans: with ShortViViT's 16 uniform frames more
+    than half of each clip's events (in fact all of them) are seen in at most one frame, and
+    the close pair in one frame at most between them; all the frames see each event whole.
+    The default benchmark is the contrast: there 16 frames see every event 3 times or more."""
+    cfg = SynthConfig(videos=60, frames=frames, min_frames=min_frames, long_range=True,
+                      hard_negatives=1.0, event_frames=event_frames)
+    cfg.validate()
+    listing = long_range_lists(cfg, np.random.default_rng(1))
+    for i, (_, events, pair) in enumerate(listing):
+        rng = np.random.default_rng([7, i])
+        n = int(rng.integers(min_frames or frames, frames + 1))
+        spans = long_range_spans(len(events), pair, n, event_frames, rng)
+        assert [b - a for a, b in spans] == [event_frames] * len(events)
+        assert all(b0 <= a1 for (_, b0), (a1, _) in zip(spans, spans[1:])) and spans[-1][1] <= n
+        assert spans[pair + 1][1] - spans[pair][0] <= n // 16  # the close pair within one stride
+        gaps = [a1 - b0 for (_, b0), (a1, _) in zip(spans, spans[1:])]
+        assert all(g >= event_frames for j, g in enumerate(gaps) if j != pair)  # idle stretches
+        seen = seen_frames(spans, n)
+        assert sum(s <= 1 for s in seen) > len(events) / 2, (spans, seen)
+        assert seen[pair] + seen[pair + 1] <= 1, (spans, seen)
+    default = SynthConfig(videos=60, frames=64)
+    for _, events in event_lists(default, np.random.default_rng(1)):
+        bounds = np.linspace(0, 64, len(events) + 1).round().astype(int)
+        assert min(seen_frames(list(zip(bounds[:-1], bounds[1:])), 64)) >= 3
+
+
+def test_long_range_hard_negatives_flip_one_direction_or_swap_the_close_pair():
+    cfg = SynthConfig(videos=90, frames=128, long_range=True, hard_negatives=1.0)
+    listing = long_range_lists(cfg, np.random.default_rng(0))
+    assert len({tuple(e) for _, e, _ in listing}) == len(listing)  # every caption unique
+    families: dict[int, list] = {}
+    for family, events, pair in listing:
+        families.setdefault(family, []).append((events, pair))
+    assert len(families) == 30
+    for (base, pair), (flipped, p1), (swapped, p2) in families.values():
+        assert pair == p1 == p2 and len({f"{c} {s}" for c, s, _ in base}) == len(base)  # objects distinct
+        changed = [j for j, (e, f) in enumerate(zip(base, flipped)) if e != f]
+        assert len(changed) == 1
+        (c, s, a), (c2, s2, a2) = base[changed[0]], flipped[changed[0]]
+        assert (c, s) == (c2, s2) and {a, a2} in ({"moves up", "moves down"}, {"grows", "shrinks"})
+        assert swapped[pair] == base[pair + 1] and swapped[pair + 1] == base[pair]
+        assert [e for j, e in enumerate(swapped) if j not in (pair, pair + 1)] == \
+            [e for j, e in enumerate(base) if j not in (pair, pair + 1)]
+
+
+def test_long_range_benchmark_draws_its_events_in_their_spans_and_nothing_between(tmp_path):
+    """What a row's spans and mc items say is in the video: each event's colour is on screen
+    in its span and no event's colour in the idle frames; the items' right answers name the
+    clip's events; captions fit the CLIP text tower's 32 tokens."""
+    summary = main(["--out", str(tmp_path / "b"), "--long-range", "--videos", "6", "--size", "32",
+                    "--seed", "2"])
+    assert summary == 0
+    rows = read_jsonl(tmp_path / "b" / "train.jsonl") + read_jsonl(tmp_path / "b" / "val.jsonl")
+    assert len(rows) == 6
+    for row in rows[:2]:
+        path = str(tmp_path / "b" / row["video"])
+        assert probe(path).num_frames == 128
+        frames = frames_at(path, [float(t) for t in range(128)])
+        inside = {t: colour for (colour, _, _), (a, b) in zip(row["events"], row["spans"]) for t in range(a, b)}
+        for t, frame in enumerate(frames):
+            shown = {c for c in COLOURS if (np.abs(frame.astype(int) - COLOURS[c]).max(-1) < 40).sum() >= 6}
+            assert shown == ({inside[t]} if t in inside else set()), (row["video"], t, shown)
+    for row in rows:
+        action, order = row["mc"]
+        assert action["kind"] == "action" and len(action["answers"]) == 4
+        assert order["kind"] == "order" and len(order["answers"]) == 2
+        caption = row["caption"][0]
+        assert action["answers"][action["answer"]] in caption
+        assert order["answers"][order["answer"]] in caption
+        assert order["answers"][1 - order["answer"]] not in caption
+        assert sorted(row["labels"]) == sorted(f"{c} {s}" for c, s, _ in row["events"])
+    tokenizer = pytest.importorskip("longvivit.data.load.tokenizer").make_tokenizer("open_clip")
+    _, mask = tokenizer.encode([c for r in rows for c in r["caption"]], 64)
+    assert int(mask.sum(1).max()) <= 32
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frames", "120"], "frames: the long-range variant needs 128 frames or more"),
+    (["--event-frames", "1"], "event_frames: 1 must be >= 2"),
+    (["--event-frames", "5"], "frames: the long-range variant needs 160 frames or more"),
+    (["--events", "1", "3"], "min_events: 1: the long-range variant needs 2 or more events"),
+    (["--min-frames", "100"], "frames: the long-range variant needs 128 frames or more (16 uniform "
+     "frames 8 apart, so that two back-to-back events of 4 frames share one of them), got 100"),
+])
+def test_long_range_bad_arguments_exit_2(tmp_path, capsys, argv, message):
+    line = refused(main, ["--out", tmp_path / "b", "--long-range", *argv], capsys, tmp_path, "synth")
+    assert message in line, line
+
+
+def test_event_frames_without_long_range_is_refused(tmp_path, capsys):
+    line = refused(main, ["--out", tmp_path / "b", "--event-frames", "4"], capsys, tmp_path, "synth")
+    assert "--event-frames applies to --long-range only" in line

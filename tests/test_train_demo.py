@@ -24,3 +24,42 @@ def test_demo_beats_chance_tenfold(tmp_path):
     sources = [r["source"] for r in rows if r.get("kind") == "step"]
     assert sources.count("images") == len(sources) // 4, sources  # the source named "images"
     assert "checkpoint:" in (tmp_path / "demo" / "long" / "run_config.yaml").read_text()
+
+
+def test_the_result_line_compares_stage_2_with_stage_1(capsys):
+    """The last line holds stage 2's numbers, stage 1's under "short", and stage 2 over
+    stage 1 for each accuracy both report; the text says both next to chance."""
+    from longvivit.train.demo import print_result
+
+    def stage(r1, mc, mc_action, ml):
+        return {"t2v_r1": r1, "chance": 1.25, "v2t_r1": r1, "t2v_r5": 3 * r1, "pairs": 80, "steps": 100,
+                "train_seconds": 1.0, "samples_per_s": 1.0, "checkpoints": "c", "tensorboard": "t",
+                "mc_items": 160, "mc_top1": mc, "mc_top1_with_question": mc, "mc_chance_top1": 37.5,
+                "mc_top1_action": mc_action, "mc_chance_top1_action": 25.0, "multilabel_map": ml,
+                "multilabel_chance_map": 20.0}
+
+    line = print_result({"short": stage(5.0, 40.0, 30.0, 50.0), "long": stage(10.0, 60.0, 0.0, 40.0)}, 12.0, 128)
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == line
+    assert line["t2v_r1"] == 10.0 and line["short"]["t2v_r1"] == 5.0
+    assert (line["t2v_r1_ratio"], line["mc_top1_ratio"], line["mc_top1_action_ratio"],
+            line["multilabel_map_ratio"]) == (2.0, 1.5, 0.0, 0.8)
+    assert "held-out text->video R@1 10.0% vs 5.0% (2.00x; chance 1.25%)" in out
+    assert "multiple choice 60.0% vs 40.0% (1.50x; chance 37.5%)" in out
+    assert "stage 2, 128 frames at 75% masking" in out
+
+
+def test_the_unmasked_tuning_stage_is_stage_2_without_masking_at_a_lower_rate():
+    """demo_tune.yaml (ViCLIP's closing step) continues demo_long.yaml: the same model and
+    trainable blocks (its checkpoint loads strictly), no masking, a tenth of the rate, fewer
+    steps, from stage 2's output."""
+    import dataclasses
+
+    from longvivit.train.config import CONFIG_DIR, load_run_config
+
+    long, tune = load_run_config(CONFIG_DIR / "demo_long.yaml"), load_run_config(CONFIG_DIR / "demo_tune.yaml")
+    assert long.model.video.mask_ratio == 0.75 and tune.model.video.mask_ratio == 0.0
+    assert dataclasses.replace(tune.model.video, mask_ratio=0.75) == long.model.video
+    assert tune.model.text == long.model.text and tune.data == long.data
+    assert tune.init == f"checkpoint:{long.out}" and tune.optim.lr == long.optim.lr / 10
+    assert tune.steps < long.steps

@@ -145,6 +145,17 @@ def caption_sets(row: dict, i: int) -> list[str]:
     return [[first], [first, second], [first, second, f"in this clip {first}"]][i % 3]
 
 
+def mc_of(rows: list[dict], i: int) -> dict:
+    """Every other clip holds an item: its own first caption against the next clip's, the
+    right one first or second in turn."""
+    if i % 2:
+        return {}
+    own, other = rows[i]["caption"][0], rows[(i + 1) % len(rows)]["caption"][0]
+    answers = [own, other] if i % 4 == 0 else [other, own]
+    return {"mc": {"question": "what happens in this clip?", "answers": answers,
+                   "answer": answers.index(own), "kind": "which"}}
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> dict:
     """Synthetic clips of 16-32 frames, val captions per caption_sets, its shards and
@@ -161,7 +172,7 @@ def bench(tmp_path_factory) -> dict:
     write_benchmark(root / "synth", videos=VIDEOS, frames=FRAMES, min_frames=16, size=SIZE, seed=5,
                     val_fraction=0.5)
     rows = [json.loads(line) for line in (root / "synth" / "val.jsonl").read_text().splitlines()]
-    rows = [{**row, "caption": caption_sets(row, i)} for i, row in enumerate(rows)]
+    rows = [{**row, "caption": caption_sets(row, i), **mc_of(rows, i)} for i, row in enumerate(rows)]
     (root / "synth" / "val3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = write_shards(root / "synth" / "val3.jsonl", root / "val", ShardOptions(size=SIZE), progress=False)
     assert summary["skipped"] == 0, summary
@@ -223,7 +234,7 @@ def test_lines_per_task_and_queries_are_the_model_on_every_caption(bench, single
     from longvivit.train.export import load_exported
 
     rows, lines = bench["rows"], single["lines"]
-    assert [x["task"] for x in lines] == ["zeroshot", "paragraph", "t2v_v2t"]  # synth rows are labelled
+    assert [x["task"] for x in lines] == ["zeroshot", "multilabel", "mc", "paragraph", "t2v_v2t"]  # synth rows are labelled
     emb, info = Embeddings.load(single["emb"])
     counts = [len(r["caption"]) for r in rows]
     assert counts[:3] == [1, 2, 3] and info["data"] == str(bench["val"])
@@ -249,6 +260,57 @@ def test_lines_per_task_and_queries_are_the_model_on_every_caption(bench, single
     assert by_task["t2v_v2t"]["pairs"] == by_task["paragraph"]["pairs"] == len(rows)
 
 
+def test_mc_line_is_the_model_on_each_answer_against_its_clip(bench, single):
+    """The mc line scores every item's answers (alone, and after the question, at the text
+    tower's context_length) from the model's own text embeddings against its clip's video
+    embedding, as a plain loop does."""
+    from longvivit.data.load.tokenizer import Tokenizer
+    from longvivit.train.export import load_exported
+
+    rows, emb = bench["rows"], Embeddings.load(single["emb"])[0]
+    items = [(i, r["mc"]) for i, r in enumerate(rows) if "mc" in r]
+    model, tok = load_exported(bench["export"]), Tokenizer(bench["export"] / "tokenizer.model")
+    right = {False: 0, True: 0}
+    with torch.no_grad():
+        for clip, item in items:
+            for with_question in right:
+                texts = [f"{item['question']} {a}" if with_question else a for a in item["answers"]]
+                scores = model.encode_text(*tok.encode(texts, 96), normalize=True) @ emb.video[clip]
+                others = torch.cat([scores[:item["answer"]], scores[item["answer"] + 1:]])
+                right[with_question] += bool((scores[item["answer"]] > others).all())
+    line = next(x for x in single["lines"] if x["task"] == "mc")
+    assert line["items"] == line["items_which"] == len(items) > 0
+    assert line["top1"] == pytest.approx(100 * right[False] / len(items))
+    assert line["top1_with_question"] == pytest.approx(100 * right[True] / len(items))
+    assert line["chance_top1"] == line["chance_top1_which"] == 50.0
+    assert emb.mc.item_video.tolist() == [clip for clip, _ in items]
+
+
+def test_multilabel_line_is_the_model_on_each_object_against_every_clip(bench, single):
+    """Synth rows list their objects: the multilabel line's mAP is the mean over the objects
+    of the average precision of ranking the clips by the object's template-averaged text
+    embedding, and chance is a random ranking's."""
+    from longvivit.data.load.tokenizer import Tokenizer
+    from longvivit.eval.zeroshot import DEFAULT_TEMPLATES, average_precision, random_ap
+    from longvivit.train.export import load_exported
+
+    rows, emb = bench["rows"], Embeddings.load(single["emb"])[0]
+    names = sorted({x for r in rows for x in r["labels"]})
+    model, tok = load_exported(bench["export"]), Tokenizer(bench["export"] / "tokenizer.model")
+    aps, chance = [], []
+    with torch.no_grad():
+        for name in names:
+            texts = [t.format(name) for t in DEFAULT_TEMPLATES]
+            mean = model.encode_text(*tok.encode(texts, 32), normalize=True).mean(0)
+            positive = torch.tensor([name in r["labels"] for r in rows])
+            aps.append(average_precision(emb.video @ (mean / mean.norm()), positive))
+            chance.append(random_ap(len(rows), int(positive.sum())))
+    line = next(x for x in single["lines"] if x["task"] == "multilabel")
+    assert line["classes"] == len(names) and line["videos"] == len(rows)
+    assert line["map"] == pytest.approx(100 * sum(aps) / len(aps), abs=1e-4)
+    assert line["chance_map"] == pytest.approx(100 * sum(chance) / len(chance))
+
+
 def test_saved_embeddings_reproduce_the_lines(single, tmp_path, capsys):
     again = run_eval(["--from-embeddings", single["emb"]], capsys)
     assert again == single["lines"]
@@ -259,8 +321,8 @@ def test_saved_embeddings_reproduce_the_lines(single, tmp_path, capsys):
     emb.paragraph = None
     emb.save(tmp_path / "no_paragraph.safetensors")
     assert [x["task"] for x in run_eval(["--from-embeddings", tmp_path / "no_paragraph.safetensors"], capsys)] \
-        == ["zeroshot", "t2v_v2t"]  # the tasks the file holds
-    emb.classes = emb.label = None
+        == ["zeroshot", "multilabel", "mc", "t2v_v2t"]  # the tasks the file holds
+    emb.classes = emb.label = emb.mc = emb.label_classes = emb.targets = None
     emb.save(tmp_path / "unlabelled.safetensors")
     assert [x["task"] for x in run_eval(["--from-embeddings", tmp_path / "unlabelled.safetensors"], capsys)] \
         == ["t2v_v2t"]
@@ -327,7 +389,10 @@ def test_log_dir_gets_the_metrics_and_the_gallery_image(single):
     retrieval, zeroshot = single["lines"][-1], single["lines"][0]
     assert acc.Scalars("eval/t2v_r1")[0].value == pytest.approx(retrieval["t2v_r1"])
     assert acc.Scalars("eval/zeroshot_top1")[0].value == pytest.approx(zeroshot["top1"])
-    assert acc.Scalars("eval/paragraph_t2v_r1")[0].value == pytest.approx(single["lines"][1]["t2v_r1"])
+    by_task = {x["task"]: x for x in single["lines"]}
+    assert acc.Scalars("eval/paragraph_t2v_r1")[0].value == pytest.approx(by_task["paragraph"]["t2v_r1"])
+    assert acc.Scalars("eval/mc_top1")[0].value == pytest.approx(by_task["mc"]["top1"])
+    assert acc.Scalars("eval/mc_top1_which")[0].value == pytest.approx(by_task["mc"]["top1_which"])
     (line,) = [json.loads(x) for x in (single["run"] / "metrics.jsonl").read_text().splitlines()]
     assert line["kind"] == "eval" and line["step"] == 0 and line["v2t_r1"] == pytest.approx(retrieval["v2t_r1"])
 
@@ -345,7 +410,7 @@ def test_two_torchrun_ranks_equal_one_process(bench, single, tmp_path):
     rc, output = communicate(cmd, port, 600, env)
     assert rc == 0, output[-4000:]
     lines = [json.loads(x) for x in output.splitlines() if x.startswith('{"task"')]
-    assert [x["task"] for x in lines] == ["zeroshot", "paragraph", "t2v_v2t"], output[-4000:]  # rank 0 only
+    assert [x["task"] for x in lines] == ["zeroshot", "multilabel", "mc", "paragraph", "t2v_v2t"], output[-4000:]  # rank 0 only
     for got, want in zip(lines, single["lines"]):
         assert got == pytest.approx(want)
     two, _ = Embeddings.load(tmp_path / "emb.safetensors")

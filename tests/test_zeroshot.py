@@ -82,3 +82,84 @@ def test_the_classifier_runs_the_text_tower_on_each_template():
     m = classification_metrics(video, classes, y)
     assert m["classes"] == 2 and m["top1"] == pytest.approx(200 / 3)
     assert m["mean_per_class"] == pytest.approx(75.0)  # red circle 1/1, blue square 1/2
+
+
+# ----------------------------------------------------------------------------- multi-label
+
+def test_average_precision_on_a_hand_made_ranking_with_ties_against_the_model():
+    from longvivit.eval.zeroshot import average_precision
+
+    positive = torch.tensor([True, False, True, False])
+    assert average_precision(torch.tensor([0.9, 0.8, 0.7, 0.6]), positive) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(torch.tensor([0.9, 0.1, 0.8, 0.2]), positive) == 1.0
+    # all tied: the positives rank last (precision 1/3 and 2/4)
+    assert average_precision(torch.zeros(4), positive) == pytest.approx((1 / 3 + 2 / 4) / 2)
+    # a NaN on a positive ranks it last, on a negative first
+    nan = float("nan")
+    assert average_precision(torch.tensor([nan, 0.8, 0.7, 0.6]), positive) == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert average_precision(torch.tensor([0.9, nan, 0.7, 0.6]), positive) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+@pytest.mark.parametrize("n, positives", [(5, 1), (5, 2), (6, 3), (4, 4)])
+def test_chance_ap_is_the_mean_over_every_ranking(n, positives):
+    import itertools
+
+    from longvivit.eval.zeroshot import average_precision, random_ap
+
+    aps = [average_precision(-torch.tensor(order, dtype=torch.float), torch.arange(n) < positives)
+           for order in itertools.permutations(range(n))]
+    assert random_ap(n, positives) == pytest.approx(sum(aps) / len(aps))
+
+
+def test_multilabel_metrics_and_classifier_on_hand_made_clips():
+    """Clips embedded as the sum of the objects they hold score mAP 100 and hit@1 100;
+    clips embedded as one object they lack score below; chance is from the targets."""
+    from longvivit.eval.zeroshot import multilabel_classifier, multilabel_metrics
+
+    names = ["blue square", "green cross", "red circle"]
+
+    class Tokenizer:
+        def encode(self, texts, length):
+            ids = torch.tensor([[names.index(n) for n in names if n in t] for t in texts])
+            return ids, torch.ones_like(ids, dtype=torch.bool)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def encode_text(self, ids, mask, normalize):
+            return F.one_hot(ids[:, 0], 3).float()
+
+    lists = [["red circle", "blue square"], ["green cross"], ["blue square"], ["red circle", "green cross"]]
+    got, classes, targets = multilabel_classifier(Model(), Tokenizer(), 8, lists)
+    assert got == names
+    assert targets.tolist() == [[True, False, True], [False, True, False], [True, False, False],
+                                [False, True, True]]
+    video = F.normalize(targets.float(), dim=-1)
+    m = multilabel_metrics(video, classes, targets)
+    assert (m["videos"], m["classes"], m["map"], m["hit1"]) == (4, 3, 100.0, 100.0)
+    assert m["labels_per_video"] == 1.5 and m["chance_hit1"] == pytest.approx(50.0)
+    from longvivit.eval.zeroshot import random_ap
+    assert m["chance_map"] == pytest.approx(100 * random_ap(4, 2))  # each class in 2 of 4 clips
+    lacking = F.one_hot(torch.tensor([1, 0, 2, 0]), 3).float()  # each clip: an object it lacks
+    m = multilabel_metrics(lacking, classes, targets)
+    assert m["hit1"] == 0.0 and m["map"] < m["chance_map"]
+
+
+def test_manifest_labels_are_class_name_lists(tmp_path):
+    import json
+
+    from longvivit.data.prepare.manifest import Reject, Row, read_manifest
+
+    rows = [{"video": "v.mp4", "caption": "x", "id": "a", "labels": ["red  circle", "blue square", "red circle"]},
+            {"video": "v.mp4", "caption": "x", "id": "b"},
+            {"video": "v.mp4", "caption": "x", "id": "c", "labels": "red circle"},
+            {"video": "v.mp4", "caption": "x", "id": "d", "labels": ["red circle", 3]}]
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b, c, d = read_manifest(tmp_path / "m.jsonl")
+    assert isinstance(a, Row) and a.labels == ["red circle", "blue square"]  # spaces folded, each once
+    assert isinstance(b, Row) and b.labels == []
+    assert isinstance(c, Reject) and "labels:" in c.detail and "not a list of class names" in c.detail
+    assert isinstance(d, Reject) and "not a list of class names" in d.detail

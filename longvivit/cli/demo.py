@@ -17,7 +17,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default="runs/demo", help="everything the demo writes (default runs/demo)")
     p.add_argument("--videos", type=int, default=400, help="synthetic videos (80%% train, 20%% val)")
     p.add_argument("--images", type=int, default=800, help="synthetic image-caption pairs (stage 1)")
-    p.add_argument("--frames", type=int, default=64, help="frames per clip at 1 FPS (stage 2's)")
+    p.add_argument("--frames", type=int, help="frames per clip at 1 FPS (stage 2's; default 64, "
+                   "128 with --long-range)")
+    p.add_argument("--long-range", action="store_true", help="on `synth --long-range` data, whose "
+                   "clips hold multiple-choice items (not measured to fit 10 minutes)")
     p.add_argument("--procs", type=int, default=2, help="training processes (ZeRO-3 ranks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", help="key=value overrides of both stages' configs")
@@ -27,7 +30,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        run_demo(args.out, args.videos, args.images, args.frames, args.procs, args.seed, args.overrides)
+        frames = args.frames if args.frames is not None else 128 if args.long_range else 64
+        run_demo(args.out, args.videos, args.images, frames, args.procs, args.seed, args.overrides,
+                 args.long_range)
     except StageFailed as err:
         print(f"longvivit demo: {err}", file=sys.stderr)
         return err.status

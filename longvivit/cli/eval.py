@@ -2,7 +2,7 @@
 evaluator: longvivit/eval/evaluate.py; docs/evaluation.md).
 
     longvivit eval CHECKPOINT [--data SHARDS] [--batch-size N] [--mask-ratio R]
-                   [--tasks t2v_v2t,paragraph,zeroshot] [--dual-softmax [--dsl-temperature T]]
+                   [--tasks t2v_v2t,paragraph,zeroshot,multilabel,mc] [--dual-softmax [--dsl-temperature T]]
                    [--save-embeddings FILE.safetensors] [--out FILE]
                    [--report DIR] [--log-dir RUN_DIR] [--gallery N] [--collective-timeout S]
     longvivit eval --from-embeddings FILE.safetensors [--tasks ...] [--dual-softmax]
@@ -197,7 +197,8 @@ def print_lines(lines: list[dict], out: str | None) -> None:
 def from_embeddings(args: argparse.Namespace) -> int:
     emb, info = Embeddings.load(args.from_embeddings)
     held = [t for t in TASKS if (t != "paragraph" or emb.paragraph is not None)
-            and (t != "zeroshot" or emb.classes is not None)]
+            and (t != "zeroshot" or emb.classes is not None)
+            and (t != "multilabel" or emb.label_classes is not None) and (t != "mc" or emb.mc is not None)]
     tasks = args.tasks.split(",") if args.tasks else held
     try:
         lines = task_metrics(emb, tasks, args.dsl_temperature if args.dual_softmax else None)

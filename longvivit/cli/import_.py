@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", help="keep only this split, as the annotation file names it")
     p.add_argument("--unit", choices=list(UNITS), help="youcook2: a row per segment (default) "
                    "or per video with the paragraph of its sentences")
+    p.add_argument("--answers", help="egoschema: the answers file (subset_answers.json)")
     a = p.parse_args(argv)
     try:
-        summary = import_annotations(a.format, a.annotations, a.videos, a.out, a.split, a.unit)
+        summary = import_annotations(a.format, a.annotations, a.videos, a.out, a.split, a.unit, a.answers)
     except (AnnotationError, OSError) as err:
         print(f"longvivit import: {err}", file=sys.stderr)
         return 2

@@ -13,9 +13,16 @@ Tasks (metrics: retrieval.py):
   zeroshot   when every clip of the split has a class label (the shards' `label` column):
              each clip classified among the classes the split names, by prompt templates
              (zeroshot.py): top-1, top-5, mean per-class
+  multilabel when every clip has a list of classes (the shards' `labels` column: the
+             synthetic benchmark's objects): mAP over the classes, hit@1, each next to
+             chance (zeroshot.py)
+  mc         when some clips hold multiple-choice items (the shards' `mc` column): each
+             answer, alone and after its question, scored against the clip at the text
+             tower's context_length; top-1 next to chance, per kind (multichoice.py)
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,12 +34,25 @@ from safetensors.torch import save_file
 
 from longvivit.distributed import collectives as dist
 from longvivit.eval.gallery import Gallery, clips_shown, select_queries, thumbnail_strip
+from longvivit.eval.multichoice import McEmbeddings, embed_items, items_of, mc_metrics
 from longvivit.eval.retrieval import retrieval_metrics
-from longvivit.eval.zeroshot import DEFAULT_TEMPLATES, classification_metrics, classifier, labels_of
+from longvivit.eval.zeroshot import (
+    DEFAULT_TEMPLATES,
+    classification_metrics,
+    classifier,
+    label_lists_of,
+    labels_of,
+    multilabel_classifier,
+    multilabel_metrics,
+    text_embedder,
+)
 
-TASKS = ("zeroshot", "paragraph", "t2v_v2t")  # in printing order: t2v_v2t last
+TASKS = ("zeroshot", "multilabel", "mc", "paragraph", "t2v_v2t")  # in printing order: t2v_v2t last
 DSL_TEMPERATURE = 0.01  # sim / 0.01: CLIP's logit scale of 100, as DSL evaluations use
 ZEROSHOT_SCALARS = ("top1", "top5", "mean_per_class", "chance_top1")  # beside the retrieval metrics
+MULTILABEL_SCALARS = ("map", "chance_map", "hit1", "chance_hit1")
+MC_PREFIXES = ("items", "top1", "chance_top1")  # and their per-kind forms (top1_order, ...)
+MC_TENSORS = ("answers", "answers_with_question", "answer_item", "item_video", "correct")
 
 
 # ---------------------------------------------------------------------------- embeddings
@@ -49,14 +69,20 @@ class Embeddings:
     label: torch.Tensor | None = None  # (Nv,) int64: each clip's class row in `classes`
     decode_failures: int = 0
     gallery: Gallery | None = None  # retrieval pictures (embed(gallery_queries=N)); not saved
+    label_classes: torch.Tensor | None = None  # (C', E): multi-label class embeddings
+    targets: torch.Tensor | None = None  # (Nv, C') bool: the classes each clip holds
+    mc: McEmbeddings | None = None  # the split's multiple-choice items, embedded
 
     def save(self, path: str | Path, **info: str) -> None:
         tensors = {"index": self.index, "video": self.video, "text": self.text,
                    "caption_video": self.caption_video}
-        for name in ("paragraph", "classes", "label"):
+        for name in ("paragraph", "classes", "label", "label_classes", "targets"):
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name)
         meta = {"decode_failures": str(self.decode_failures), **{k: str(v) for k, v in info.items()}}
+        if self.mc is not None:
+            tensors.update({f"mc_{k}": getattr(self.mc, k) for k in MC_TENSORS})
+            meta["mc_kinds"] = json.dumps(self.mc.kinds)
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
 
     @classmethod
@@ -66,7 +92,10 @@ class Embeddings:
             t = {k: f.get_tensor(k) for k in f.keys()}
             meta = dict(f.metadata() or {})
         emb = cls(t["index"], t["video"], t["text"], t["caption_video"], t.get("paragraph"),
-                  t.get("classes"), t.get("label"), int(meta.pop("decode_failures", 0)))
+                  t.get("classes"), t.get("label"), int(meta.pop("decode_failures", 0)),
+                  label_classes=t.get("label_classes"), targets=t.get("targets"))
+        if "mc_kinds" in meta:
+            emb.mc = McEmbeddings(*(t[f"mc_{k}"] for k in MC_TENSORS), json.loads(meta.pop("mc_kinds")))
         return emb, meta
 
 
@@ -171,6 +200,8 @@ def embed(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
     try:
         emb = gather_embeddings(embed_split(model, loader, mask_ratio, max_batches, paragraphs, thumbnails))
         add_classes(emb, model, loader, templates)
+        add_label_classes(emb, model, loader, templates)
+        add_items(emb, model, loader)
     finally:
         model.train(was_training)
     emb.decode_failures = int(dist.all_reduce([loader.decode_failures])[0])
@@ -205,6 +236,33 @@ def add_classes(emb: Embeddings, model, loader, templates: Sequence[str]) -> Non
         _, emb.classes, emb.label = classifier(model, loader.tokenizer, loader.cfg.text_length, labels, templates)
 
 
+def add_label_classes(emb: Embeddings, model, loader, templates: Sequence[str]) -> None:
+    """The multi-label classes of a split whose every clip has a class list (shards'
+    `labels` column): the same on every rank."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        return
+    label_lists = label_lists_of(dataset, emb.index.tolist())
+    if all(label_lists):
+        _, emb.label_classes, emb.targets = multilabel_classifier(model, loader.tokenizer, loader.cfg.text_length,
+                                                                  label_lists, templates)
+
+
+def add_items(emb: Embeddings, model, loader) -> None:
+    """The multiple-choice items of the split's clips (shards' `mc` column), embedded at the
+    text tower's context_length (an answer after its question is longer than a caption):
+    the same on every rank."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        return
+    per_clip = items_of(dataset, emb.index.tolist())
+    items = [it for clip in per_clip for it in clip]
+    if items:
+        rows = [row for row, clip in enumerate(per_clip) for _ in clip]
+        embed_texts = text_embedder(model, loader.tokenizer, model.cfg.text.context_length)
+        emb.mc = embed_items(items, rows, embed_texts)
+
+
 # ---------------------------------------------------------------------------- metrics
 
 def task_metrics(emb: Embeddings, tasks: list[str], dsl_temperature: float | None = None) -> list[dict]:
@@ -215,6 +273,14 @@ def task_metrics(emb: Embeddings, tasks: list[str], dsl_temperature: float | Non
             if emb.classes is None:
                 continue  # the split has no labels (or not on every clip)
             metrics = classification_metrics(emb.video, emb.classes, emb.label)
+        elif task == "multilabel":
+            if emb.label_classes is None:
+                continue  # the split has no class lists (or not on every clip)
+            metrics = multilabel_metrics(emb.video, emb.label_classes, emb.targets)
+        elif task == "mc":
+            if emb.mc is None:
+                continue  # no clip of the split holds an item
+            metrics = mc_metrics(emb.video, emb.mc)
         elif task == "paragraph":
             if emb.paragraph is None:
                 raise ValueError("no paragraph embeddings (embedded without the paragraph task)")
@@ -232,18 +298,27 @@ def evaluate(model, loader, mask_ratio: float = 0.0, max_batches: int = 0,
     came from (every rank holds all of them), with the gallery of `gallery_queries` queries
     (`.gallery`: None for 0, or without caption strings)."""
     emb = embed(model, loader, mask_ratio, max_batches, gallery_queries=gallery_queries)
-    return eval_scalars(task_metrics(emb, ["zeroshot", "t2v_v2t"])), emb
+    return eval_scalars(task_metrics(emb, ["zeroshot", "multilabel", "mc", "t2v_v2t"])), emb
 
 
 def eval_scalars(lines: list[dict]) -> dict:
     """Task lines as one dict, as the trainer logs and summarises them: the t2v_v2t line as
-    it is, then the zeroshot line's accuracies and the paragraph line's ranks with the
-    task's name in front (zeroshot_top1, paragraph_t2v_r1, ...)."""
+    it is, then the other lines' numbers with the task's name in front (zeroshot_top1,
+    multilabel_map, mc_top1, mc_top1_order, paragraph_t2v_r1, ...)."""
     by_task = {line["task"]: line for line in lines}
     out = dict(by_task.get("t2v_v2t", {}))
     for task, line in by_task.items():
         if task == "t2v_v2t":
             continue
-        keep = ZEROSHOT_SCALARS if task == "zeroshot" else [k for k in line if k.startswith(("t2v_", "v2t_", "dsl_"))]
-        out.update({f"{task}_{k}": line[k] for k in keep})
+        out.update({f"{task}_{k}": line[k] for k in scalar_keys(task, line)})
     return out
+
+
+def scalar_keys(task: str, line: dict) -> list[str]:
+    """The keys of a task's line that eval_scalars keeps."""
+    if task == "zeroshot":
+        return list(ZEROSHOT_SCALARS)
+    if task == "multilabel":
+        return list(MULTILABEL_SCALARS)
+    prefixes = MC_PREFIXES if task == "mc" else ("t2v_", "v2t_", "dsl_")
+    return [k for k in line if k.startswith(prefixes)]

@@ -2,6 +2,7 @@
 
     longvivit import FORMAT ANNOTATIONS --videos DIR --out MANIFEST.jsonl [--split NAME]
                      [--unit segment|paragraph]                       (--unit: youcook2)
+                     [--answers ANSWERS.json]                         (egoschema)
 
 FORMAT, the annotation file it reads, and where it looks for each video in DIR (the first
 file that exists wins):
@@ -32,6 +33,14 @@ file that exists wins):
   webvid      a WebVid CSV (videoid,contentUrl,duration,page_dir,name): caption = name.
               DIR/<page_dir>/<videoid>.mp4 (the official downloader's layout) or
               DIR/<videoid>.mp4.
+  egoschema   EgoSchema's questions.json ([{"q_uid", "question", "option 0" .. "option 4",
+              "google_drive_id", ...}]) with --answers subset_answers.json ({q_uid: index of
+              the right option}; the full set's answers are not published): one row per
+              question that has an answer, id <q_uid>, caption the question, and "mc", its
+              multiple-choice item {question, answers: the 5 options, answer, kind:
+              "egoschema"} for `longvivit eval --tasks mc`. A question without an answer
+              has nothing to score: counted as "uncaptioned", not written. An answer for a
+              question the file lacks is an error. DIR/<q_uid>.mp4 (the release's names).
 
 --split keeps the entries whose split is NAME, as the file spells it (msrvtt: train,
 validate, test; youcook2: training, validation; kinetics: the CSV's split column). Rows
@@ -59,6 +68,7 @@ from longvivit.data.prepare.output import check_out, new_files
 
 VIDEO_EXTS = ("mp4", "mkv", "webm")  # what YouTube downloaders write, mp4 first
 UNITS = ("segment", "paragraph")  # youcook2 --unit
+EGOSCHEMA_OPTIONS = tuple(f"option {i}" for i in range(5))  # questions.json's keys of the 5 answers
 YOUTUBE = "https://www.youtube.com/watch?v="
 
 
@@ -148,9 +158,50 @@ def read_webvid(path: Path, videos: Path) -> Iterator[Clip]:
                    files=[videos / row["page_dir"] / name, videos / name])
 
 
+def read_egoschema(path: Path, videos: Path, answers: Path) -> Iterator[Clip]:
+    """Answered questions as clips holding their item; an unanswered one as a clip with no
+    caption (counted, not written)."""
+    right = _egoschema_answers(answers)
+    try:
+        questions = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"not JSON ({err})") from None
+    if not isinstance(questions, list):
+        raise AnnotationError("expected a JSON list of questions")
+    for i, entry in enumerate(questions):
+        where = f"[{i}]"
+        q_uid, question = _fields(entry, where, "q_uid", "question")
+        q_uid, question = _name(q_uid, f"{where}.q_uid"), _text(question, f"{where}.question")
+        options = [_text(o, f"{where}.{k}") for k, o in
+                   zip(EGOSCHEMA_OPTIONS, _fields(entry, where, *EGOSCHEMA_OPTIONS))]
+        answer = right.pop(q_uid, None)
+        item = {"question": question, "answers": options, "answer": answer, "kind": "egoschema"}
+        yield Clip(q_uid, question if answer is not None else "", files=[videos / f"{q_uid}.mp4"],
+                   extra={"mc": item} if answer is not None else {})
+    if right:
+        raise AnnotationError(f"--answers {answers}: {len(right)} answer(s) for questions it does "
+                              f"not hold (the first: {next(iter(right))!r})")
+
+
+def _egoschema_answers(path: Path) -> dict[str, int]:
+    try:
+        answers = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"--answers {path}: not JSON ({err})") from None
+    except UnicodeDecodeError:
+        raise AnnotationError(f"--answers {path}: not UTF-8 text") from None
+    if not isinstance(answers, dict):
+        raise AnnotationError(f"--answers {path}: expected a JSON object {{q_uid: option index}}")
+    for q_uid, answer in answers.items():
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(EGOSCHEMA_OPTIONS):
+            raise AnnotationError(f"--answers {path}: {q_uid!r}: {answer!r} is not an option index "
+                                  f"0..{len(EGOSCHEMA_OPTIONS) - 1}")
+    return dict(answers)
+
+
 FORMATS: dict[str, Callable[..., Iterator[Clip]]] = {
     "msrvtt": read_msrvtt, "msrvtt-1ka": read_msrvtt_1ka, "youcook2": read_youcook2,
-    "kinetics": read_kinetics, "webvid": read_webvid,
+    "kinetics": read_kinetics, "webvid": read_webvid, "egoschema": read_egoschema,
 }
 
 
@@ -251,12 +302,14 @@ def missing_list_path(out: str | Path) -> Path:
 
 def import_annotations(fmt: str, annotations: str | Path, videos: str | Path,
                        out: str | Path, split: str | None = None,
-                       unit: str | None = None) -> dict:
+                       unit: str | None = None, answers: str | Path | None = None) -> dict:
     """Write the manifest `out` and its missing list; returns the summary. Raises
     AnnotationError (a ValueError) on bad input, before anything is created."""
     annotations, videos, out = Path(annotations), Path(os.path.abspath(videos)), Path(out)
-    _check_inputs(fmt, annotations, videos, out, unit)
-    clips = FORMATS[fmt](annotations, videos, **({"unit": unit} if unit else {}))
+    answers = Path(answers) if answers is not None else None
+    _check_inputs(fmt, annotations, videos, out, unit, answers)
+    clips = FORMATS[fmt](annotations, videos, **({"unit": unit} if unit else {}),
+                         **({"answers": answers} if answers else {}))
     base = Path(os.path.abspath(out)).parent  # where manifest.py resolves relative paths
     try:
         rows, missing, uncaptioned, splits = _collect(clips, split, base)
@@ -278,11 +331,18 @@ def import_annotations(fmt: str, annotations: str | Path, videos: str | Path,
             "missing_list": str(missing_list_path(out))}
 
 
-def _check_inputs(fmt: str, annotations: Path, videos: Path, out: Path, unit: str | None) -> None:
+def _check_inputs(fmt: str, annotations: Path, videos: Path, out: Path, unit: str | None,
+                  answers: Path | None) -> None:
     if fmt not in FORMATS:
         raise AnnotationError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if unit is not None and (fmt != "youcook2" or unit not in UNITS):
         raise AnnotationError(f"--unit {unit}: youcook2 only, one of {', '.join(UNITS)}")
+    if (answers is not None) != (fmt == "egoschema"):
+        raise AnnotationError("--answers: egoschema needs it (subset_answers.json)" if answers is None
+                              else f"--answers {answers}: egoschema only")
+    if answers is not None and not answers.is_file():
+        raise AnnotationError(f"--answers {answers}: " + ("is a folder, not a file" if answers.is_dir()
+                                                          else "no such file"))
     if annotations.is_dir():
         raise AnnotationError(f"{annotations}: is a folder, not an annotation file")
     if not annotations.is_file():

@@ -6,8 +6,12 @@ JSONL, one object per line:
 CSV with a header row naming the same columns; a caption cell that starts with "[" is read
 as a JSON list of captions, a start/end cell as a number. Relative video paths are relative
 to the manifest's folder.
-"label" is a class name, kept in the shards for zero-shot classification (longvivit/eval/zeroshot.py).
-Other keys are ignored (synth adds "events" and "family" for analysis). start/end are
+"label" is a class name, kept in the shards for zero-shot classification (longvivit/eval/zeroshot.py);
+"labels" a list of class names (the multi-label task); "mc" a list of multiple-choice items
+{"question": str, "answers": [str, ...] (2 or more), "answer": index of the right one,
+"kind": optional lower-case name} (longvivit/eval/multichoice.py), a single item standing
+for a list of one. Other keys are ignored (synth adds "events", "family" and "spans" for
+analysis). start/end are
 seconds from the start of the video as a player shows it (video.py): JSON numbers from 0
 to MAX_SECONDS (a string such as "5" or a boolean is refused, not guessed at). A key that
 is null or "" counts as absent. Either format may start with a UTF-8 byte-order mark and use
@@ -30,7 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,6 +42,7 @@ from typing import Any, Iterator
 # inside what FFmpeg's 64-bit timestamps can seek to at any usual time base (1e308 is not).
 MAX_SECONDS = 1e9
 BAD_ROW = "bad manifest row"
+KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # an item's kind: a metric key suffix
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Row:
     end: float | None = None
     id: str = ""
     label: str = ""  # a class name ("" : none)
+    labels: list[str] = field(default_factory=list)  # class names (multi-label; [] : none)
+    mc: list[dict] = field(default_factory=list)  # multiple-choice items ([] : none)
 
 
 @dataclass
@@ -160,6 +167,7 @@ def _to_row(line: int, record: dict, base: Path) -> Row | Reject:
     try:
         start, end = _seconds(record, "start"), _seconds(record, "end")
         ident, label = _name(record, "id"), _name(record, "label")
+        labels, items = _labels(record), _items(record)
     except ValueError as err:
         return Reject(line, video, BAD_ROW, str(err))
     if start is not None and end is not None and end <= start:
@@ -172,7 +180,7 @@ def _to_row(line: int, record: dict, base: Path) -> Row | Reject:
         if start is not None or end is not None:
             ident += f"@{start or 0:g}-" + ("end" if end is None else f"{end:g}")
     return Row(line, video, checked, start, end, printable(ident),
-               printable(" ".join((label or "").split())))
+               printable(" ".join((label or "").split())), labels, items)
 
 
 def printable(text: str) -> str:
@@ -229,6 +237,46 @@ def _name(record: dict, key: str) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"{key}: {_shown(value)} is {_kind(value)}, not a string")
+
+
+def _labels(record: dict) -> list[str]:
+    """record["labels"]: a list of class names, each once ([] when absent)."""
+    value = _given(record, "labels")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) and x.strip() for x in value):
+        raise ValueError(f"labels: {_shown(value)} is not a list of class names")
+    return list(dict.fromkeys(printable(" ".join(x.split())) for x in value))
+
+
+def _items(record: dict) -> list[dict]:
+    """record["mc"]: multiple-choice items, each checked (module docstring); [] when absent."""
+    value = _given(record, "mc")
+    if value is None:
+        return []
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        raise ValueError(f"mc: {_shown(value)} is not an item or a list of items")
+    for i, item in enumerate(items):
+        _check_item(item, f"mc[{i}]")
+    return [{k: item[k] for k in ("question", "answers", "answer", "kind") if k in item} for item in items]
+
+
+def _check_item(item, where: str) -> None:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: {_shown(item)} is {_kind(item)}, not an item")
+    question, answers, answer = item.get("question"), item.get("answers"), item.get("answer")
+    if not isinstance(question, str):
+        raise ValueError(f"{where}.question: {_shown(question)} is not a string")
+    if not (isinstance(answers, list) and len(answers) >= 2
+            and all(isinstance(a, str) and a.strip() for a in answers)):
+        raise ValueError(f"{where}.answers: {_shown(answers)} is not a list of 2 or more answers")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(answers):
+        raise ValueError(f"{where}.answer: {_shown(answer)} is not the index of one of its "
+                         f"{len(answers)} answers")
+    kind = item.get("kind", "")
+    if not isinstance(kind, str) or not set(kind) <= KIND_CHARS:
+        raise ValueError(f"{where}.kind: {_shown(kind)} is not a lower-case name (a-z, 0-9, _)")
 
 
 def _captions(value) -> list[str] | str:

@@ -40,6 +40,8 @@ COLUMNS = {
     "video": "bytes", "captions": "json", "duration_s": "float64", "fps": "float64",
     "num_frames": "int32", "width": "int32", "height": "int32", "id": "str", "codec": "str",
     "label": "str",  # the manifest's class name, "" when it has none
+    "labels": "json",  # the manifest's class names (multi-label), [] when it has none
+    "mc": "json",  # the manifest's multiple-choice items, [] when it has none
 }
 SUMMARY, REJECTS = "summary.json", "rejects.jsonl"
 MAX_SHARD_BYTES = 1 << 32  # streaming's shards index samples with uint32 offsets
@@ -107,7 +109,8 @@ def picture_sample(row: Row, opts: ShardOptions) -> dict:
 def _sample(row: Row, data: bytes, duration_s: float, info: ClipInfo, codec: str) -> dict:
     return {"video": data, "captions": row.captions, "duration_s": duration_s,
             "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
-            "height": info.height, "id": row.id, "codec": codec, "label": row.label}
+            "height": info.height, "id": row.id, "codec": codec, "label": row.label,
+            "labels": row.labels, "mc": row.mc}
 
 
 def write_shards(manifest: str | Path, out: str | Path, opts: ShardOptions = ShardOptions(),

@@ -9,9 +9,21 @@ in one attribute of one event, or only in order) make that explicit. The motions
 vertical and the shapes left-right symmetric so that the loader's horizontal flip never
 changes what a caption says. Optional image-caption stills serve stage 1 of the recipe.
 
+The long-range variant (long_range=True, `longvivit synth --long-range`) is the one only
+long context can solve: 128 frames by default (1 FPS), each event a few seconds
+(event_frames, default 4) between stretches where nothing happens, every clip's objects
+distinct, and two of its events back to back (the close pair). 16 frames spread over the
+clip (ShortViViT's view) see each event in at most one frame, which shows where an object
+is but not where it goes (a clip's tracks cover the same heights or sizes whichever way
+they run), and at most one event of the close pair. Its hard negatives flip one event's
+direction (up <-> down, grows <-> shrinks) or swap the close pair; every clip writes its
+multiple-choice items ("mc": what one event did, 4 answers; which of the close pair came
+first, 2 answers) and its event spans (frames [start, end)).
+
 Writes DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl (whole
-families to one split; "label", the first object, for zero-shot classification),
-DIR/images/ and DIR/images.jsonl, DIR/benchmark.json. The same seed gives the same bytes.
+families to one split; "label", the first object, for zero-shot classification; "labels",
+every object, for the multi-label task), DIR/images/ and DIR/images.jsonl,
+DIR/benchmark.json. The same seed gives the same bytes.
 `longvivit synth` (longvivit/cli/synth.py); docs/data.md.
 """
 from __future__ import annotations
@@ -39,6 +51,9 @@ Event = tuple[str, str, str]  # (colour, shape, action)
 SIZES = {"small": 0.12, "big": 0.28}  # half-extent of a still's object, in frame sides
 PLACES = {"at the top": 0.25, "in the middle": 0.5, "at the bottom": 0.75}  # centre row
 OUTPUTS = ("videos", "train.jsonl", "val.jsonl", "benchmark.json", "images", "images.jsonl")  # all write_benchmark writes
+LONG_RANGE_FRAMES = 128  # the long-range variant's default clip length (1 FPS: seconds)
+SHORT_VIEW = 16  # frames ShortViViT spreads over a clip: what the long-range variant is built against
+FLIPPED = {"moves up": "moves down", "moves down": "moves up", "grows": "shrinks", "shrinks": "grows"}
 
 
 @dataclass
@@ -53,6 +68,8 @@ class SynthConfig:
     val_fraction: float = 0.2
     seed: int = 0
     images: int = 0  # image-caption pairs (stills of single events)
+    long_range: bool = False  # short events between idle stretches (the module docstring)
+    event_frames: int = 4  # long_range: frames (seconds) each event lasts
 
     def validate(self) -> None:
         lo = self.min_frames or self.frames
@@ -70,16 +87,39 @@ class SynthConfig:
         check(0 <= self.hard_negatives <= 1, "hard_negatives", f"{self.hard_negatives} is outside [0, 1]")
         check(self.images >= 0, "images", f"{self.images} must be >= 0")
         check(self.seed >= 0, "seed", f"{self.seed} must be >= 0 (numpy's seeds are)")
-        most = distinct_event_lists(self.min_events, self.max_events)
+        if self.long_range:
+            self.validate_long_range(lo)
+        most = distinct_event_lists(self.min_events, self.max_events, self.long_range)
         check(self.videos <= most, "videos", f"{self.videos} videos need as many distinct "
               f"captions; {self.min_events}..{self.max_events} events make only {most}")
+
+    def validate_long_range(self, shortest: int) -> None:
+        """The close pair fits between two of ShortViViT's frames, and the events with an idle
+        stretch of event_frames between them fit the shortest clip."""
+        check(self.min_events >= 2, "min_events", f"{self.min_events}: the long-range variant needs "
+              "2 or more events a video (two of them close in time)")
+        check(self.event_frames >= 2, "event_frames", f"{self.event_frames} must be >= 2 (a direction "
+              "needs two frames)")
+        stride = shortest // SHORT_VIEW
+        check(2 * self.event_frames <= stride, "frames", f"the long-range variant needs "
+              f"{SHORT_VIEW * 2 * self.event_frames} frames or more ({SHORT_VIEW} uniform frames "
+              f"{2 * self.event_frames} apart, so that two back-to-back events of {self.event_frames} "
+              f"frames share one of them), got {shortest}")
+        gap = stride - 2 * self.event_frames  # the most idle frames inside the close pair
+        need = (2 * self.max_events - 2) * self.event_frames + gap
+        check(need <= shortest, "frames", f"{self.max_events} events of {self.event_frames} frames with "
+              f"idle stretches between them need {need} frames, got {shortest}")
 
 
 # ----------------------------------------------------------------------------- event lists
 
-def distinct_event_lists(min_events: int, max_events: int) -> int:
-    """How many distinct event lists (captions) there are of min_events..max_events events."""
-    kinds = len(COLOURS) * len(SHAPES) * len(ACTIONS)
+def distinct_event_lists(min_events: int, max_events: int, distinct_objects: bool = False) -> int:
+    """How many distinct event lists (captions) there are of min_events..max_events events
+    (distinct_objects: no object twice in a list, as in the long-range variant)."""
+    objects, kinds = len(COLOURS) * len(SHAPES), len(COLOURS) * len(SHAPES) * len(ACTIONS)
+    if distinct_objects:
+        sizes = range(max(1, min_events), min(max_events, objects) + 1)
+        return sum(math.perm(objects, k) * len(ACTIONS) ** k for k in sizes)
     sizes = range(max(1, min_events), min(max_events, kinds) + 1)
     return sum(math.perm(kinds, k) for k in sizes)
 
@@ -153,6 +193,102 @@ def label(events: list[Event]) -> str:
     return f"{colour} {shape}"
 
 
+def labels(events: list[Event]) -> list[str]:
+    """Every object of a video, in order of appearance, each once: its classes for the
+    multi-label task (what a video-level embedding can answer; the first object alone is
+    one of its 3-4 objects, which no pooled embedding ranks first)."""
+    return list(dict.fromkeys(f"{c} {s}" for c, s, _ in events))
+
+
+# ----------------------------------------------------------------------------- long range
+
+def _distinct_object_events(rng: np.random.Generator, k: int) -> list[Event]:
+    """k events of k different objects (so that a question can name an event by its object)."""
+    objects = [(c, s) for c in COLOURS for s in SHAPES]
+    return [(*objects[i], str(rng.choice(ACTIONS))) for i in rng.choice(len(objects), k, replace=False)]
+
+
+def _flip_one(rng: np.random.Generator, events: list[Event]) -> list[Event]:
+    """The same list with one event running the other way (a direction hard negative)."""
+    out, i = list(events), int(rng.integers(len(events)))
+    colour, shape, action = out[i]
+    out[i] = (colour, shape, FLIPPED[action])
+    return out
+
+
+def _swap(events: list[Event], pair: int) -> list[Event]:
+    """The same list with events pair and pair + 1 swapped (an order hard negative)."""
+    out = list(events)
+    out[pair], out[pair + 1] = out[pair + 1], out[pair]
+    return out
+
+
+def long_range_lists(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[int, list[Event], int]]:
+    """(family id, events, close pair) for every video: the close pair is events (pair,
+    pair + 1); a family is a base, its direction flip and its close-pair swap."""
+    seen: set[tuple[Event, ...]] = set()
+    videos: list[tuple[int, list[Event], int]] = []
+    family = 0
+    while len(videos) < cfg.videos:
+        base = _distinct_object_events(rng, int(rng.integers(cfg.min_events, cfg.max_events + 1)))
+        pair = int(rng.integers(len(base) - 1))
+        members = [base]
+        if cfg.videos - len(videos) >= 3 and rng.random() < cfg.hard_negatives:
+            members += [_flip_one(rng, base), _swap(base, pair)]
+        keys = [tuple(m) for m in members]
+        if seen.intersection(keys):
+            continue  # a repeated caption would make retrieval ambiguous: draw again
+        seen.update(keys)
+        videos += [(family, m, pair) for m in members]
+        family += 1
+    return videos
+
+
+def long_range_spans(k: int, pair: int, frames: int, event_frames: int,
+                     rng: np.random.Generator) -> list[tuple[int, int]]:
+    """[start, end) frames of each of k events: events pair and pair + 1 back to back, at
+    most frames // SHORT_VIEW frames from the first's start to the second's end (so one
+    stride of the 16 uniform frames holds both), every other event on its own, and at least
+    event_frames idle frames between any two of these blocks; the rest of the idle time is
+    spread at random before, between and after them."""
+    gap = int(rng.integers(frames // SHORT_VIEW - 2 * event_frames + 1))  # inside the close pair
+    blocks = [2 * event_frames + gap if i == pair else event_frames for i in range(k) if i != pair + 1]
+    free = frames - sum(blocks) - event_frames * (len(blocks) - 1)
+    extra = np.diff(np.sort(rng.integers(free + 1, size=len(blocks))), prepend=0)  # idle before each block
+    spans, t = [], 0
+    for b, (length, idle) in enumerate(zip(blocks, extra)):
+        t += int(idle) + (event_frames if b else 0)
+        spans.append((t, t + event_frames))
+        if length > event_frames:  # the close pair's second event
+            spans.append((t + event_frames + gap, t + length))
+        t += length
+    return spans
+
+
+def _phrase(event: Event) -> str:
+    colour, shape, action = event
+    return f"a {colour} {shape} {action}"
+
+
+def mc_items(events: list[Event], pair: int, rng: np.random.Generator) -> list[dict]:
+    """The clip's multiple-choice items, answers phrased as captions are:
+    action: what one event (not the first) did after the one before it, one answer per
+            action (chance 1/4); a single frame of it tells moving from resizing, not which way
+    order:  which of the close pair came first, both orders (chance 1/2)"""
+    i = int(rng.integers(1, len(events)))
+    (pc, ps, pa), (c, s, a) = events[i - 1], events[i]
+    action = {"kind": "action", "question": f"what does the {c} {s} do after the {pc} {ps} {pa}?",
+              "answers": [f"{_phrase(events[i - 1])}, then {_phrase((c, s, x))}" for x in ACTIONS],
+              "answer": ACTIONS.index(a)}
+    first, second = events[pair], events[pair + 1]
+    orders = [f"{_phrase(first)}, then {_phrase(second)}", f"{_phrase(second)}, then {_phrase(first)}"]
+    right = int(rng.integers(2))
+    named = sorted(f"{c} {s}" for c, s, _ in (first, second))  # in no order the clip gives away
+    order = {"kind": "order", "question": f"which comes first, the {named[0]} or the {named[1]}?",
+             "answers": orders if right == 0 else orders[::-1], "answer": right}
+    return [action, order]
+
+
 # ----------------------------------------------------------------------------- rendering
 
 def _background(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
@@ -196,12 +332,16 @@ def _event_track(action: str, size: int, n: int, x: float) -> list[tuple[float, 
     return [(x, size * 0.5, big - (big - small) * u) for u in s]  # shrinks
 
 
-def render(events: list[Event], frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB frames: event i fills segment i of K equal time segments; the
-    object appears at the segment's first frame and leaves after its last."""
+def render(events: list[Event], frames: int, size: int, rng: np.random.Generator,
+           spans: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames: event i fills frames spans[i] (default: segment i of K
+    equal time segments); the object appears at the span's first frame and leaves after
+    its last."""
     video = _background(rng, size, frames)
-    bounds = np.linspace(0, frames, len(events) + 1).round().astype(int)
-    for (colour, shape, action), t0, t1 in zip(events, bounds[:-1], bounds[1:]):
+    if spans is None:
+        bounds = np.linspace(0, frames, len(events) + 1).round().astype(int)
+        spans = list(zip(bounds[:-1], bounds[1:]))
+    for (colour, shape, action), (t0, t1) in zip(events, spans):
         x = size * rng.uniform(0.35, 0.65)
         for t, (cx, cy, r) in zip(range(t0, t1), _event_track(action, size, t1 - t0, x)):
             video[t][_shape_mask(shape, size, cx, cy, r)] = COLOURS[colour]
@@ -246,28 +386,40 @@ def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: 
     out = prepare_out(Path(out), overwrite, OUTPUTS.__contains__, "benchmark files")
     (out / "videos").mkdir()
     rng = np.random.default_rng(cfg.seed)
-    listing = event_lists(cfg, rng)
+    listing = long_range_lists(cfg, rng) if cfg.long_range else [(f, e, None) for f, e in event_lists(cfg, rng)]
     n_val = _val_count(listing, cfg.val_fraction)
     rows = {"train": [], "val": []}
-    for i, (family, events) in enumerate(listing):
-        video_rng = np.random.default_rng([cfg.seed, i])
-        n = int(video_rng.integers(cfg.min_frames or cfg.frames, cfg.frames + 1))
-        data, _ = encode(render(events, n, cfg.size, video_rng), fps=1.0, codec="vp9")
+    for i, (family, events, pair) in enumerate(listing):
+        pixels, extra = _video(cfg, i, events, pair)
         name = f"videos/{i:06d}.webm"
-        (out / name).write_bytes(data)
+        (out / name).write_bytes(encode(pixels, fps=1.0, codec="vp9")[0])
         split = "val" if i >= len(listing) - n_val else "train"
         rows[split].append({"video": name, "caption": captions(events), "id": f"synth-{i:06d}",
-                            "label": label(events), "family": family, "events": [list(e) for e in events]})
+                            "label": label(events), "labels": labels(events), "family": family,
+                            "events": [list(e) for e in events], **extra})
     for split, split_rows in rows.items():
         write_jsonl(out / f"{split}.jsonl", split_rows)
     if cfg.images:
         write_images(out, cfg)
     (out / "benchmark.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     return {"out": str(out), "train": len(rows["train"]), "val": len(rows["val"]),
-            "images": cfg.images, "families": listing[-1][0] + 1, "frames": cfg.frames, "size": cfg.size}
+            "images": cfg.images, "families": listing[-1][0] + 1, "frames": cfg.frames, "size": cfg.size,
+            "long_range": cfg.long_range}
 
 
-def _val_count(listing: list[tuple[int, list[Event]]], fraction: float) -> int:
+def _video(cfg: SynthConfig, i: int, events: list[Event], pair: int | None) -> tuple[np.ndarray, dict]:
+    """Video i's frames and what its row adds for the long-range variant (its event spans
+    and multiple-choice items), from its own random stream."""
+    video_rng = np.random.default_rng([cfg.seed, i])
+    n = int(video_rng.integers(cfg.min_frames or cfg.frames, cfg.frames + 1))
+    if pair is None:
+        return render(events, n, cfg.size, video_rng), {}
+    spans = long_range_spans(len(events), pair, n, cfg.event_frames, video_rng)
+    extra = {"spans": [list(s) for s in spans], "mc": mc_items(events, pair, video_rng)}
+    return render(events, n, cfg.size, video_rng, spans), extra
+
+
+def _val_count(listing: list[tuple], fraction: float) -> int:
     """About `fraction` of the videos, taken from the end without splitting a family."""
     n = max(1, int(round(fraction * len(listing))))
     while n < len(listing) and listing[-n][0] == listing[-n - 1][0]:
