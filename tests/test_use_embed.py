@@ -82,6 +82,7 @@ def test_windows_are_the_clips_frames_at_the_window_spans(made):
     assert len(short) == 1 and short[0].real_frames == 3 and torch.equal(short[0].video[3], whole[2])
 
 
+@pytest.mark.slow  # about 30 s each on 2 cores: `make test-all`
 def test_two_ranks_write_the_index_one_rank_writes(made, tmp_path):
     args = [made["export"], made["synth"] / "val.jsonl", "--chunk-size", "1", "--dtype", "float32"]
     longvivit("embed", *args, "--out", tmp_path / "one")
@@ -95,6 +96,7 @@ def test_two_ranks_write_the_index_one_rank_writes(made, tmp_path):
     assert index_files(tmp_path / "one") == index_files(tmp_path / "two")
 
 
+@pytest.mark.slow  # about 30 s each on 2 cores: `make test-all`
 def test_a_killed_embed_resumes_without_redoing_its_chunks(made, tmp_path):
     """Killed (SIGKILL) once 3 chunks are on disk, rerun: those chunks are kept, the rest
     embedded, and the index is the one an uninterrupted run writes. (36 clips: every video
