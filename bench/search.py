@@ -1,11 +1,12 @@
 """Search time: exact (torch matrix product, longvivit.use.search.top_k) against faiss, by index size.
 
-    .venv/bin/python bench/search.py > bench/results/search.json     (~3 min on 2 cores)
+    .venv/bin/python bench/search.py > bench/results/search.json     (~5 min on 2 cores, ~4 GB)
 
 Random L2-normalised rows (the index's own form) of the L preset's embed dimension
 (configs long_L256 / short_L16: 768), ROWS from 1e3 to 1e6 (3 GB of float32 at 1e6: the rows
-are held once, every size a prefix of them), and a batch of 1 and of 64 normalised queries,
-k 10; each timing sample runs the search max(1, 300,000 / rows) times and divides.
+are held once, every size a prefix of them), and a batch of 1, 16 and 64 normalised queries
+(faiss searches fewer than 20 queries row by row, more by BLAS), k 10; each timing sample
+runs the search max(1, 300,000 / rows) times and divides.
 Cases, taking turns in each round (common.interleaved), medians over the rounds:
 
 - exact: top_k, what `longvivit search` runs by default;
@@ -84,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     p.add_argument("--dim", type=int, default=PRESETS["L"].embed_dim)
-    p.add_argument("--queries", type=int, nargs="+", default=[1, 64], help="query batch sizes (default 1 64)")
+    p.add_argument("--queries", type=int, nargs="+", default=[1, 16, 64], help="query batch sizes (default 1 16 64)")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--build-max-rows", type=int, default=300_000)
     p.add_argument("--ivf-max-rows", type=int, default=100_000)
     common.add_threads_arg(p)
