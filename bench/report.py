@@ -408,11 +408,48 @@ def embed_section(r: dict) -> list[str]:
     return lines
 
 
+def search_section(r: dict) -> list[str]:
+    def ms(x: float | None) -> str:
+        return "" if x is None else f"{x * 1e3:.3g}"
+
+    def where(c: dict | None) -> str:
+        if c is None or c["faster_from"] is None:
+            return "not faster at any size measured" if c else "not measured"
+        if c["rows"] is None:
+            return f"faster at every size measured (from {c['faster_from']:,} rows)"
+        return f"faster from about **{c['rows']:,} rows** (measured: from {c['faster_from']:,})"
+
+    lines = ["### Search: exact (torch matrix product) against faiss, by index size", ""] + provenance(r)
+    lines += [f"Random L2-normalised rows of dimension {r['dim']} (the L preset's embed_dim), k {r['k']}, faiss "
+              f"{r['faiss']}, {r['threads']} torch and {r['threads']} faiss thread(s); ms per query batch, medians of "
+              f"{r['rounds']} rounds in which the cases took turns (each sample max(1, {r['repeat_rows']:,} / rows) "
+              "calls). exact: `top_k`, the default; faiss: faiss's flat inner-product search of the rows in place "
+              "(`--backend faiss`); faiss + IndexFlatIP build: an index built from the rows on every call (up to "
+              f"{r['build_max_rows']:,} rows); IVF: IndexIVFFlat, sqrt(rows) cells, 1/8 of them probed, query time "
+              f"only (built once; up to {r['ivf_max_rows']:,} rows), and its recall@{r['k']} against exact on these "
+              "cluster-free rows.", ""]
+    for nq, q in r["queries"].items():
+        rows = []
+        for e in q["sizes"]:
+            ivf = e.get("ivf")
+            rows.append([f"{e['rows']:,}", ms(e["exact_s"]), ms(e["faiss_s"]), f"{e['exact_s'] / e['faiss_s']:.2f}",
+                         ms(e.get("faiss+build_s")), ms(e.get("ivf_s")),
+                         f"{ivf['build_s'] * 1e3:.0f}" if ivf else "", f"{ivf['recall']:.2f}" if ivf else "",
+                         f"{e['faiss_same_ids']:.0%}"])
+        lines += [f"{nq} quer{'y' if nq == '1' else 'ies'} per batch:", ""]
+        lines += table(["rows", "exact ms", "faiss ms", "exact / faiss", "faiss + IndexFlatIP build ms", "IVF ms",
+                        "IVF build ms", f"IVF recall@{r['k']}", "faiss ids = exact"], rows)
+        lines += [f"**{nq} quer{'y' if nq == '1' else 'ies'}: faiss {where(q['crossover'])}; with an IndexFlatIP built "
+                  f"per call, {where(q['crossover_with_build'])}.**", ""]
+    return lines
+
+
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
             ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section), ("padding", padding_section),
-            ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section)]
+            ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section),
+            ("search", search_section)]
 
 
 OPTIONAL = {"tradeoff_seeds", "peers_profile"}

@@ -29,4 +29,5 @@ $PY bench/zero_init.py --preset B --check > bench/results/zero_init_B.json   # ~
 $PY bench/zero_init.py --preset B --mmap-threshold 0 > bench/results/zero_init_B_glibc.json   # the same with glibc's default malloc
 $PY bench/zero_init.py --preset g > bench/results/zero_init_g.json   # ~3 min, ~10 GB of RAM: the ~1B preset both ways
 $PY bench/embed.py > bench/results/embed.json   # ~1.5 min: longvivit embed's videos/s from raw files and shards
+$PY bench/search.py > bench/results/search.json   # ~4 min, ~4 GB: exact search against faiss, 1e3 to 1e6 rows
 $PY bench/report.py

@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import peers  # noqa: E402
 import report  # noqa: E402
+import search  # noqa: E402
 import tradeoff  # noqa: E402
 
 import gpu  # noqa: E402
@@ -45,6 +46,16 @@ def test_tradeoff_runs_by_letter_and_seed_means():
     assert row["t2v_r1"] == 10.0 and row["v2t_r1"] == 5.0 and row["step_s"] == 0.4 and row["train_s"] == 30.0
     assert [s["t2v_r1"] for s in row["per_seed"]] == [10.0, 20.0, 0.0] and row["seeds"] == [0, 1, 2]
     assert tradeoff.over_seeds(runs[:1], [0]) is runs[0]
+
+
+def test_search_crossover():
+    sizes = [1000, 10_000, 100_000, 1_000_000]
+    exact = [1.0, 10.0, 100.0, 1000.0]
+    # slower, slower, 2x faster, faster: the ratio's log crosses zero between 1e4 (x2) and 1e5 (x0.5): at ~10^4.5
+    assert search.crossover(sizes, exact, [4.0, 20.0, 50.0, 500.0]) == {"faster_from": 100_000, "rows": 31_600}
+    assert search.crossover(sizes, exact, [0.5, 20.0, 50.0, 500.0])["faster_from"] == 100_000  # faster, then not
+    assert search.crossover(sizes, exact, [0.5, 5.0, 50.0, 500.0]) == {"faster_from": 1000, "rows": None}
+    assert search.crossover(sizes, exact, [2.0, 5.0, 50.0, 2000.0]) == {"faster_from": None, "rows": None}
 
 
 def test_report_renders_every_committed_result(tmp_path):

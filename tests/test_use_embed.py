@@ -5,8 +5,9 @@ Preprocessing a shard's own bytes as a raw video gives the loader's frames bit f
 long clip's windows are its frames at the window spans; a 2-rank embed (torchrun) writes
 the index a 1-rank one writes, byte for byte; an embed killed after some chunks and run
 again skips them and writes the same index; truncated, garbage and missing videos are
-listed in rejects.jsonl with their reasons and every other video is embedded. (With a
-trained model: tests/test_use_trained.py; bad command lines: tests/test_cli_bad_input.py.)
+listed in rejects.jsonl with their reasons and every other video is embedded, and `search`
+finds the same hits on that index by either backend. (With a trained model:
+tests/test_use_trained.py; bad command lines: tests/test_cli_bad_input.py.)
 """
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def test_a_killed_embed_resumes_without_redoing_its_chunks(made, tmp_path):
 def test_bad_videos_are_listed_and_nothing_else_is_lost(made, tmp_path, capsys):
     """A folder of the val videos plus a truncated copy, a text file named .webm, and a
     manifest naming a missing file: each bad one in rejects.jsonl with its reason. (And
-    `search --video` of an id the index lacks: one line naming it, exit 2.)"""
+    `search --video` of an id the index lacks: one line naming it, exit 2; `search` by
+    either backend: the same hits.)"""
     videos = tmp_path / "videos"
     shutil.copytree(made["synth"] / "videos", videos)
     good = sorted(p.name for p in videos.iterdir())
@@ -145,6 +147,14 @@ def test_bad_videos_are_listed_and_nothing_else_is_lost(made, tmp_path, capsys):
     assert search_main([str(tmp_path / "idx"), "a red circle", "--video", "notes.webm"]) == 2
     out, err = capsys.readouterr()
     assert not out and err == f"longvivit search: --video notes.webm: no video of that id in {tmp_path / 'idx'}\n"
+    outputs = {}
+    for backend in ("exact", "faiss"):  # the same JSON lines whichever backend scores the rows
+        assert search_main([str(tmp_path / "idx"), "a red circle", "a blue square", "-k", "3", "--device", "cpu",
+                            "--backend", backend]) == 0
+        outputs[backend] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [[h["id"] for h in r["videos"]] for r in outputs["faiss"]] == \
+        [[h["id"] for h in r["videos"]] for r in outputs["exact"]]
+    assert len(outputs["exact"]) == 2 and len(outputs["exact"][0]["videos"]) == 3
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"video": str(videos / good[1]), "caption": "a clip"}) + "\n" +

@@ -3,8 +3,18 @@
 Each query text is embedded by the index's model (or --model) and scored against every
 video row (and every window) of the index by one matrix product, in blocks of BLOCK rows
 so that memory stays bounded; the top k of each are the hits, scores being cosine
-similarities. Exact search costs O(rows x E) per query; no approximate (vector-search
-library) path exists yet, nor a measure of the index size where one would pay.
+similarities. Exact search costs O(rows x E) per query.
+
+`--backend faiss` (the optional extra `search`: faiss-cpu) scores the same rows by faiss's
+flat inner-product search (faiss.knn: the kernel IndexFlatIP.search runs, on the rows where
+they lie, without copying them into an IndexFlatIP first, a copy that costs more than the
+search itself at every size bench/search.py measured): exact too, the inner product of the
+L2-normalised rows the index holds with the normalised query embeddings, i.e. the same
+cosine. An approximate index (IVF, HNSW) would need a training pass over the rows on every
+call (a search reads the index afresh), so it pays only for an index kept between searches;
+`faiss_index(..., nlist=)` builds the IVF one that bench/search.py measures (its recall
+against exact search: tests/test_use_search.py). Where faiss overtakes the torch matrix
+product: bench/search.py, bench/RESULTS.md, docs/use.md.
 
 `--html DIR` writes DIR/index.html: per query its hits, each a strip of frames from the
 clip or moment (the eval report's pictures: gallery.thumbnail_strip, report.STYLE), the
@@ -16,6 +26,7 @@ import json
 from html import escape
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from longvivit.config import ConfigError, check
@@ -29,6 +40,7 @@ from longvivit.use.index import Index
 from longvivit.use.preprocess import Preprocess
 
 BLOCK = 1 << 16  # index rows scored at once
+BACKENDS = ("exact", "faiss")
 
 
 def top_k(queries: torch.Tensor, rows: torch.Tensor, k: int, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,29 +58,77 @@ def top_k(queries: torch.Tensor, rows: torch.Tensor, k: int, block: int = BLOCK)
     return best_s, best_i
 
 
-def search(idx: Index, queries: torch.Tensor, texts: list[str], k: int, video: str | None = None) -> list[dict]:
+def import_faiss():
+    """The faiss module, or ConfigError naming the extra that installs it."""
+    try:
+        import faiss  # the optional extra `search` (faiss-cpu): only --backend faiss needs it
+    except ImportError:
+        raise ConfigError("--backend faiss: faiss is not installed (pip install 'longvivit[search]', "
+                          "which installs faiss-cpu)") from None
+    return faiss
+
+
+def faiss_index(rows: torch.Tensor, nlist: int = 0, nprobe: int = 1, seed: int = 1234):
+    """A faiss inner-product index of `rows` (N, E): IndexFlatIP (exact) for nlist 0, else
+    IndexIVFFlat with `nlist` k-means cells trained on the rows (seeded), `nprobe` of them
+    searched per query (approximate)."""
+    faiss = import_faiss()
+    x = np.ascontiguousarray(rows.float().numpy())
+    flat = faiss.IndexFlatIP(x.shape[1])
+    if not nlist:
+        flat.add(x)
+        return flat
+    ivf = faiss.IndexIVFFlat(flat, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.seed = seed
+    ivf.train(x)
+    ivf.add(x)
+    ivf.nprobe = nprobe  # (faiss's wrapper keeps `flat`, the quantizer, alive with `ivf`)
+    return ivf
+
+
+def faiss_top_k(queries: torch.Tensor, rows: torch.Tensor, k: int, index=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_k by faiss: the same (scores (Q, k'), row indices (Q, k')), best first; by its flat
+    inner-product search of `rows` in place (faiss.knn), or by `index` (faiss_index(rows, ...))."""
+    faiss = import_faiss()
+    k = min(k, len(rows))
+    xq = np.ascontiguousarray(queries.float().numpy())
+    if index is None:
+        scores, found = faiss.knn(xq, np.ascontiguousarray(rows.float().numpy()), k, metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        scores, found = index.search(xq, k)
+    return torch.from_numpy(scores), torch.from_numpy(found).long()
+
+
+def search(idx: Index, queries: torch.Tensor, texts: list[str], k: int, video: str | None = None,
+           backend: str = "exact") -> list[dict]:
     """One result per query: {"query", "videos": [...], "moments": [...] (windowed)};
-    `video`: only that video's moments (and the video itself), by its id."""
+    `video`: only that video's moments (and the video itself), by its id; `backend`: exact
+    (torch, top_k) or faiss (its flat inner-product search, faiss_top_k), the same hits but
+    for ties."""
     t = idx.tensors
     rows = torch.arange(len(idx.videos))
     if video is not None:
         rows = torch.tensor([i for i, v in enumerate(idx.videos) if str(v["id"]) == video], dtype=torch.int64)
     out = [{"query": text, "videos": []} for text in texts]
-    for result, hits in zip(out, _hits(queries, t["video"], rows, k)):
-        result["videos"] = [{"rank": n + 1, "score": sc, **_video_fields(idx.videos[j])} for n, (sc, j) in enumerate(hits)]
+    for result, hits in zip(out, _hits(queries, t["video"], rows, k, backend)):
+        result["videos"] = [{"rank": n + 1, "score": sc, **_video_fields(idx.videos[j])}
+                            for n, (sc, j) in enumerate(hits)]
     if idx.windowed:
         windows = torch.isin(t["window_video"], rows).nonzero().flatten()
-        for result, hits in zip(out, _hits(queries, t["window"], windows, k)):
+        for result, hits in zip(out, _hits(queries, t["window"], windows, k, backend)):
             result["moments"] = [{"rank": n + 1, "score": sc, **_video_fields(idx.videos[int(t["window_video"][j])]),
                                   "start": float(t["window_start_s"][j]), "end": float(t["window_end_s"][j])}
                                  for n, (sc, j) in enumerate(hits)]
     return out
 
 
-def _hits(queries: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, k: int) -> list[list[tuple[float, int]]]:
+def _hits(queries: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, k: int,
+          backend: str = "exact") -> list[list[tuple[float, int]]]:
     """Per query, (score, row of `table`) of its k best among `rows`, best first."""
     candidates = table if len(rows) == len(table) else table[rows]
-    scores, found = top_k(queries, candidates, k)
+    if not len(candidates):
+        return [[] for _ in queries]
+    scores, found = (faiss_top_k if backend == "faiss" else top_k)(queries, candidates, k)
     return [[(round(sc, 6), int(rows[j])) for sc, j in zip(s, f)] for s, f in zip(scores.tolist(), found.tolist())]
 
 
@@ -79,10 +139,15 @@ def _video_fields(row: dict) -> dict:
 
 # ---------------------------------------------------------------------------- checks
 
-def check_search_args(path: str, model: str | None, k: int, html: str | None, video: str | None = None) -> Index:
+def check_search_args(path: str, model: str | None, k: int, html: str | None, video: str | None = None,
+                      backend: str = "exact") -> Index:
     """The index (complete, whole, with video rows), the model it names (or --model), -k,
-    --html and --video, checked before anything is written; the index, or ConfigError."""
+    --html, --video and --backend (faiss installed), checked before anything is written; the
+    index, or ConfigError."""
     check(k >= 1, f"-k {k}", "must be >= 1")
+    check(backend in BACKENDS, f"--backend {backend}", f"must be one of {', '.join(BACKENDS)}")
+    if backend == "faiss":
+        import_faiss()
     folder = Path(path)
     check(folder.is_dir(), "INDEX", f"{path}: " + ("is a file, not an index folder" if folder.exists()
                                                   else "no such folder"))
