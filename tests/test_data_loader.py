@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -273,18 +274,23 @@ def test_stale_shared_memory_from_a_crashed_run_is_cleaned(synth_data, tmp_path)
     # A live segment must survive the cleaning, and so must its prefix's file lock;
     # the crashed run's segments and a lock without segments must not.
     live = shared_memory.SharedMemory(name="999999_locals", create=True, size=16)
+    # a prefix some of whose segments are in use keeps all of them: a hole (its locals gone,
+    # its barrier there) would send streaming's next pick onto a prefix whose locals exist
+    unmapped = Path("/dev/shm/999999_barrier")
+    unmapped.write_bytes(b"\0" * 16)
     locks = [os.path.join(tempfile.gettempdir(), f"99999{i}_barrier_filelock") for i in (8, 9)]
     try:
         for lock in locks:
             open(lock, "w").close()
         removed = clean_stale_shared_memory()
-        assert leaked <= set(removed) and "999999_locals" not in removed
-        assert os.path.exists("/dev/shm/999999_locals")
+        assert leaked <= set(removed) and not {"999999_locals", "999999_barrier"} & set(removed)
+        assert os.path.exists("/dev/shm/999999_locals") and unmapped.exists()
         assert not os.path.exists(locks[0]) and os.path.exists(locks[1])
     finally:
         live.close()
         live.unlink()
         os.remove(locks[1])
+    assert "999999_barrier" in clean_stale_shared_memory() and not unmapped.exists()
     # the same remote + cache now opens
     batch = next(iter(build_loader(cfg, "train", CPU, 0, 1, training=True)))
     assert batch["video"].shape[0] == 2

@@ -99,7 +99,7 @@ def _segments() -> list[Path]:
 
 
 def clean_stale_shared_memory() -> list[str]:
-    """Remove streaming's shared-memory segments that no live process uses, and the file
+    """Remove streaming's shared-memory segments of the prefixes no live process uses any segment of, and the file
     locks of prefixes left without segments (streaming never deletes them, and skips every
     prefix that has one, so they pile up run after run). Returns the names removed. Does
     nothing where /proc or /dev/shm is missing (not Linux).
@@ -113,7 +113,13 @@ def clean_stale_shared_memory() -> list[str]:
     segments = _segments()
     locks = [p for p in Path(tempfile.gettempdir()).iterdir() if _FILELOCK.match(p.name)]
     in_use = _open_paths()
-    stale = [p for p in segments if str(p) not in in_use]
+    # A prefix goes whole or not at all. streaming picks a new dataset's prefix as the
+    # largest of each segment name's first free prefix: a prefix left with some of its
+    # segments (a live dataset that holds its barrier but no longer maps its locals) makes
+    # that pick land on a prefix whose locals exist, and the node's leader dies on
+    # FileExistsError ('/000052_locals').
+    live = {p.name[:6] for p in segments if str(p) in in_use}
+    stale = [p for p in segments if p.name[:6] not in live]
     _unlink_all(stale)
     live_prefixes = {p.name[:6] for p in _segments()}
     locks = [p for p in locks if p.name[:6] not in live_prefixes and str(p) not in in_use]
