@@ -126,8 +126,9 @@ def load_config(schema: Type[T], *sources: Any, overrides: Sequence[str] = ()) -
         for src in sources:
             if isinstance(src, (str, Path)):
                 src = load_yaml(src)
-            if retired and (isinstance(src, dict) or OmegaConf.is_dict(src)):
-                src = {key: value for key, value in src.items() if key not in retired}
+            if (isinstance(src, dict) or OmegaConf.is_dict(src)) and any(key in src for key in retired):
+                kept = [key for key in src if key not in retired]
+                src = OmegaConf.masked_copy(src, kept) if OmegaConf.is_dict(src) else {k: src[k] for k in kept}
             cfg = _merge(cfg, src)
         for item in overrides:
             if "=" not in item:
