@@ -2,9 +2,9 @@
 test (or the code it calls in-process) leaves behind reaches every later test and every
 process they launch: a launcher's variable such as LOCAL_WORLD_SIZE reaches every rank of
 a deepspeed-launched run (that launcher sets LOCAL_SIZE, not LOCAL_WORLD_SIZE, which is read
-first), so each rank would be streaming's node leader. Whatever changed is put back; a
-change to a variable the launchers, the ranks or the libraries' thread and device choices
-read fails the test (libraries' own caches, set once on first use, do not)."""
+first), so each rank would be streaming's node leader. A change to a variable the
+launchers, the ranks or the libraries' thread and device choices read fails the test and
+is put back; others (libraries set their own on first import) are left alone."""
 import os
 import re
 
@@ -19,13 +19,12 @@ WATCHED = re.compile(r"^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|LOCAL_SIZE|
 def environment_unchanged():
     before = dict(os.environ)
     yield
-    changed = sorted(k for k in before.keys() | os.environ.keys()
-                     if before.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST")  # pytest's, per phase
-    for key in changed:
+    watched = sorted(k for k in before.keys() | os.environ.keys()
+                     if before.get(k) != os.environ.get(k) and WATCHED.match(k))
+    for key in watched:
         if key in before:
             os.environ[key] = before[key]
         else:
             del os.environ[key]
-    watched = [key for key in changed if WATCHED.match(key)]
     if watched:
         pytest.fail(f"the test left the environment changed: {', '.join(watched)}", pytrace=False)

@@ -223,17 +223,14 @@ def test_helpers_run_at_every_world_size(world):
         assert r["calls"] and set(r["calls"]) == {"cpu"}, r["calls"]
 
 
-def test_shutdown_puts_back_the_environment_setup_env_changed(monkeypatch):
-    """A process that ran a rank in-process (a Trainer, `longvivit eval`) and then starts
-    the deepspeed launcher must not pass it LOCAL_WORLD_SIZE=1: the launcher sets LOCAL_SIZE
-    but not LOCAL_WORLD_SIZE, which is read first, so every rank would call itself the
-    node's leader and streaming's second one die on FileExistsError ('/000052_locals')."""
+def test_restore_env_puts_back_what_setup_env_changed(monkeypatch):
+    """A process that ran a rank in-process and then starts the deepspeed launcher must not
+    pass it LOCAL_WORLD_SIZE=1: the launcher sets LOCAL_SIZE but not LOCAL_WORLD_SIZE, which
+    is read first, so every rank would call itself the node's leader."""
     env = {"PATH": "/bin", "MASTER_PORT": "1234", "TORCH_EXTENSIONS_DIR": "/mine"}
     monkeypatch.setattr(os, "environ", dict(env))
-    d = dist.DistEnv(0, 1, 0, 1, "127.0.0.1", 2345)
-    dist.setup_env(d)
-    dist.setup_env(d)  # twice: the first one's values are the ones put back
+    saved = dist.setup_env(dist.DistEnv(0, 1, 0, 1, "127.0.0.1", 2345))
     assert os.environ["LOCAL_WORLD_SIZE"] == "1" and os.environ["MASTER_PORT"] == "2345"
     assert os.environ["TORCH_EXTENSIONS_DIR"] == "/mine"
-    dist.shutdown(d)
+    dist.restore_env(saved)
     assert os.environ == env

@@ -116,8 +116,10 @@ def _eval(run: Path, shards: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "longvivit.cli", "eval", str(run), "--data", shards],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(x) for x in proc.stdout.strip().splitlines()[-3:]]
-    assert [x["task"] for x in lines] == ["zeroshot", "paragraph", "t2v_v2t"], proc.stdout[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.strip().splitlines()[-4:]]
+    # the synthetic clips carry labels (zero-shot) and every object present (multi-label), no
+    # multiple-choice items (mc: synth --long-range)
+    assert [x["task"] for x in lines] == ["zeroshot", "multilabel", "paragraph", "t2v_v2t"], proc.stdout[-3000:]
     return lines[-1]
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     d = dist.read_env()
     try:
-        start_process_group(d, TimeoutConfig.collective_s)
+        saved_env = start_process_group(d, TimeoutConfig.collective_s)
     except ConfigError as err:  # no device for this rank (dist.rank_device)
         print(f"longvivit embed: {err}", file=sys.stderr)
         return 2
@@ -62,5 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"out": str(args.out), **summary}), flush=True)
     finally:
         dist.shutdown(d)
+        if d.world_size == 1:  # called in-process (a notebook, the tests): leave no RANK=0 behind
+            dist.restore_env(saved_env)
     return 0
 

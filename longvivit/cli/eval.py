@@ -235,13 +235,15 @@ def write_pictures(args: argparse.Namespace, lines: list[dict], gallery: Gallery
         log_eval(args.log_dir, checkpoint_step(args.checkpoint), lines, gallery)
 
 
-def start_process_group(d: dist.DistEnv, timeout_s: float) -> None:
+def start_process_group(d: dist.DistEnv, timeout_s: float) -> dict[str, str | None]:
     """Bind this rank's device, then the process group under a launcher (world size > 1);
-    one plain process needs none."""
-    dist.setup_env(d)
+    one plain process needs none. The environment variables it set, with their values
+    before (dist.restore_env)."""
+    saved = dist.setup_env(d)
     dist.bind_device(d)
     if d.world_size > 1:
         dist.init_process_group(timedelta(seconds=timeout_s))
+    return saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = args.tasks.split(",") if args.tasks else list(TASKS)
     d = dist.read_env()
     try:
-        start_process_group(d, args.collective_timeout)
+        saved_env = start_process_group(d, args.collective_timeout)
     except ConfigError as err:  # no device for this rank (dist.rank_device)
         print(f"longvivit eval: {err}", file=sys.stderr)
         return 2
@@ -272,4 +274,6 @@ def main(argv: list[str] | None = None) -> int:
             write_pictures(args, lines, emb.gallery, info)
     finally:
         dist.shutdown(d)
+        if d.world_size == 1:  # called in-process (a notebook, the tests): leave no RANK=0 behind
+            dist.restore_env(saved_env)
     return 0

@@ -76,16 +76,12 @@ def read_env(env: dict | None = None) -> DistEnv:
     return DistEnv(rank, world, local_rank, local_world, addr, port)
 
 
-# The environment variables setup_env changed, with their values before (None: unset),
-# put back by shutdown: a process that ran a rank (a notebook, a test, `longvivit eval` called
-# in-process) and then starts a launcher must not hand it LOCAL_WORLD_SIZE=1 and the like,
-# which a launcher that does not set them (deepspeed's) passes on to every rank.
-_saved_env: dict[str, str | None] = {}
-
-
 def setup_env(d: DistEnv) -> dict[str, str | None]:
     """Export the torch.distributed / streaming variables for `d` (no process group yet);
-    the values they had before (None: unset), which shutdown (or restore_env) puts back."""
+    the values they had before (None: unset), for restore_env. A process that runs a rank
+    in-process (a notebook, a test) and then starts a launcher puts them back first: the
+    deepspeed launcher sets LOCAL_SIZE, not LOCAL_WORLD_SIZE, which is read first, so an
+    inherited LOCAL_WORLD_SIZE=1 would make every rank streaming's node leader."""
     wanted = dict(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
                   LOCAL_WORLD_SIZE=str(d.local_world_size), MASTER_ADDR=d.master_addr, MASTER_PORT=str(d.master_port))
     # The CPU accelerator counts its "devices" from LOCAL_SIZE (the deepspeed launcher sets it).
@@ -94,8 +90,6 @@ def setup_env(d: DistEnv) -> dict[str, str | None]:
     os.environ.update(wanted)
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    for key, value in saved.items():  # a second setup_env keeps the first one's values
-        _saved_env.setdefault(key, value)
     return saved
 
 
@@ -329,8 +323,7 @@ def shm_buffers(d: DistEnv) -> list[Path]:
 
 def shutdown(d: DistEnv, failed: bool = False) -> None:
     """Tear the process group down, remove this rank's /dev/shm buffer (also when the
-    barrier fails: a peer that died, e.g. ended by its watchdog), unbind the device and put
-    back the environment variables setup_env changed.
+    barrier fails: a peer that died, e.g. ended by its watchdog) and unbind the device.
 
     failed: this rank is leaving on an error. It then waits for no one: its peers are
     elsewhere (in a step's collective, or stuck), and under NCCL a barrier would hold it
@@ -347,8 +340,6 @@ def shutdown(d: DistEnv, failed: bool = False) -> None:
     finally:
         remove_shm_buffer(d)
         _bound = None
-        restore_env(_saved_env)
-        _saved_env.clear()
 
 
 def remove_shm_buffer(d: DistEnv) -> None:
