@@ -30,7 +30,11 @@ gpu_turn):
                          short_L16, long_L256, g_1b) training at micro-batch 2: step time,
                          tokens/s, peak memory against the plan, host syncs per micro-batch
   shipped_model  ~40 s   the same configs' models outside the engine: SDPA kernels of the
-                         video tower with and without the CLS bias, host syncs by real_frames
+                         video tower with and without the CLS key copies, host syncs by
+                         real_frames
+  flash          ~20 s   every config's video tower at its real size (2 blocks, 1 clip, bf16):
+                         forward + backward with SDPA held to FlashAttention or cuDNN, and
+                         with only the memory-efficient kernel (for information)
   two_gpu        ~0 s    skipped below 2 GPUs; ~100 s with 2: two NCCL ranks, then the resume
                          on one GPU
 
@@ -1187,17 +1191,18 @@ def random_model(cfg, device: torch.device, dtype: torch.dtype):
     return model.train()
 
 
-def video_pass(model, batch: dict, bias: bool = True) -> None:
+def video_pass(model, batch: dict, cls_copies: bool = True) -> None:
     """Forward + backward of the video tower alone at its config's masking (a CPU generator,
-    as the trainer's); bias False: without the ln T' CLS bias (cls_bias), for comparison."""
+    as the trainer's); cls_copies False: the CLS key once instead of T' times
+    (VideoEncoder.cls_key_copies), for comparison."""
     tower, v = model.video, model.cfg.video
-    if not bias:
-        tower.cls_bias = lambda x, slices: None  # this instance only
+    if not cls_copies:
+        tower.cls_key_copies = lambda slices: 1  # this instance only
     try:
         emb = tower(batch["video"], v.mask_ratio, v.mask_scheme, torch.Generator().manual_seed(0), None)
         emb.float().sum().backward()
     finally:
-        tower.__dict__.pop("cls_bias", None)
+        tower.__dict__.pop("cls_key_copies", None)
         model.zero_grad(set_to_none=True)
 
 
@@ -1232,8 +1237,8 @@ def model_syncs(model, batch: dict, device: torch.device) -> dict:
     return out
 
 
-def has_cls_bias(v) -> bool:
-    """Whether the joint video tower passes the ln T' CLS bias (VideoEncoder.cls_bias)."""
+def has_cls_copies(v) -> bool:
+    """Whether the joint video tower repeats the CLS key T' times (VideoEncoder.cls_key_copies)."""
     return v.cls_token and v.attention != "factorized" and v.frames // v.tubelet[0] > 1
 
 
@@ -1250,7 +1255,7 @@ def kernels_of(step: Callable[[], None], device: torch.device) -> dict:
 
 def shipped_model_row(config: Path, device: torch.device) -> dict:
     """One shipped config's model: the SDPA kernels of its video tower's forward + backward
-    (with the CLS bias, and without it where there is one: what the bias costs), and the
+    (with the CLS key copies, and without them where there are some: what they cost), and the
     whole model's host syncs per micro-batch by real_frames variant."""
     from longvivit.data.load.synthetic import SyntheticBatches
     from longvivit.train.config import load_run_config
@@ -1261,23 +1266,24 @@ def shipped_model_row(config: Path, device: torch.device) -> dict:
     t = cfg.model.text
     batch = next(iter(SyntheticBatches(cfg.data, "train", device, 0, 1, True, t.vocab_size, t.tokenizer)))
     v = cfg.model.video
-    bias = has_cls_bias(v)
+    copies = has_cls_copies(v)
     row = {"config": str(config.relative_to(ROOT)), "preset": cfg.model.preset, "frames": v.frames,
            "image_size": v.image_size, "mask_ratio": v.mask_ratio, "cls_token": v.cls_token, "pool": v.pool,
            "attention": v.attention, "heads": v.heads, "head_dim": v.width // v.heads, "dtype": str(dtype)[6:],
-           "tokens": v.visible_tokens(v.mask_ratio), "batch": SHIPPED_BATCH, "bias": bias,
+           "tokens": v.visible_tokens(v.mask_ratio), "batch": SHIPPED_BATCH, "cls_copies": copies,
            **kernels_of(lambda: video_pass(model, batch), device)}
-    if bias:
-        row["without_bias"] = kernels_of(lambda: video_pass(model, batch, bias=False), device)
+    if copies:
+        row["without_cls_copies"] = kernels_of(lambda: video_pass(model, batch, cls_copies=False), device)
     row["syncs"] = model_syncs(model, batch, device)
     return row
 
 
 def check_shipped_model(work: Path, device: torch.device | None = None, configs: list[Path] | None = None) -> dict:
     """g. Each shipped config's model on this GPU, outside the engine (random weights, its
-    precision): which SDPA kernel its video tower runs (the ln T' CLS bias of the open_clip
-    shape is an additive mask, which FlashAttention does not take), and the host syncs of
-    its forward + backward when real_frames comes as None, on the host or on the GPU."""
+    precision): which SDPA kernel its video tower runs (the open_clip shape repeats the CLS
+    key T' times instead of an additive mask, which FlashAttention would not take), and the
+    host syncs of its forward + backward when real_frames comes as None, on the host or on
+    the GPU."""
     device = device or torch.device("cuda")
     rows = {}
     for config in configs or shipped_configs():
@@ -1289,6 +1295,81 @@ def check_shipped_model(work: Path, device: torch.device | None = None, configs:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return {"control": counter_control(device), "sync_repeats": SYNC_REPEATS, "configs": rows}
+
+
+# ---------------------------------------------------------------------------- i. flash
+
+FLASH_BLOCKS = 2  # video blocks kept: which kernels take a call depends on its shapes, not on the depth
+# SDPA held to these backends in turn (torch.nn.attention.SDPBackend names); "flash_or_cudnn"
+# must run for every config, "efficient" is for information
+FLASH_SETS = {"flash": ("FLASH_ATTENTION",), "cudnn": ("CUDNN_ATTENTION",),
+              "flash_or_cudnn": ("FLASH_ATTENTION", "CUDNN_ATTENTION"), "efficient": ("EFFICIENT_ATTENTION",)}
+
+
+def every_config() -> list[Path]:
+    """Every run config that ships (longvivit/configs/*.yaml), the CPU demos' too: a tiny
+    tower costs nothing, and a demo on a GPU should not fall back to the math kernel either."""
+    return sorted(CONFIGS.glob("*.yaml"))
+
+
+def runs_with(step: Callable[[], None], backends: tuple[str, ...]) -> dict:
+    """Whether `step` runs with scaled_dot_product_attention held to `backends`: SDPA raises
+    when none of them takes a call, after a warning per backend saying why not (kept)."""
+    import warnings
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel([getattr(SDPBackend, b) for b in backends]):
+                step()
+        except RuntimeError as err:
+            why = sorted({str(w.message) for w in caught})
+            return {"ran": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}", "why": why}
+    return {"ran": True}
+
+
+def flash_row(config: Path, device: torch.device) -> dict:
+    """One config's video tower at its real size and masking (FLASH_BLOCKS blocks, all
+    trainable, random weights, one clip, bf16): forward + backward under each FLASH_SETS."""
+    from dataclasses import replace
+
+    from longvivit.train.config import load_run_config
+
+    cfg = load_run_config(config, overrides=["data.source=synthetic"])
+    v = cfg.model.video
+    short = replace(v, depth=FLASH_BLOCKS, trainable_last_k=None, grad_checkpointing=0)
+    model = random_model(replace(cfg.model, video=short), device, torch.bfloat16)
+    g = torch.Generator(device=device).manual_seed(0)
+    video = torch.randint(0, 256, (1, v.frames, v.image_size, v.image_size, 3), dtype=torch.uint8, device=device,
+                          generator=g)
+    row = {"config": str(config.relative_to(ROOT)), "frames": v.frames, "image_size": v.image_size,
+           "mask_ratio": v.mask_ratio, "cls_token": v.cls_token, "attention": v.attention, "heads": v.heads,
+           "head_dim": v.width // v.heads, "tokens": v.visible_tokens(v.mask_ratio), "cls_copies": has_cls_copies(v)}
+    for name, backends in FLASH_SETS.items():
+        row[name] = runs_with(lambda: video_pass(model, {"video": video}), backends)
+    return row
+
+
+def check_flash(work: Path, device: torch.device | None = None, configs: list[Path] | None = None) -> dict:
+    """i. Every config's video tower on this GPU with SDPA held to FlashAttention and cuDNN
+    (then each alone, and the memory-efficient kernel alone, for information): whole clips
+    pass no attention mask (the CLS key's copies, VideoEncoder.cls_key_copies), so one of
+    the two must take every call; a tower that runs only on the memory-efficient or math
+    kernel fails."""
+    device = device or torch.device("cuda")
+    rows = {}
+    for config in configs or every_config():
+        try:
+            rows[config.stem] = flash_row(config, device)
+        except Exception as err:  # noqa: BLE001 -- recorded; the other configs still run
+            rows[config.stem] = {"config": str(config.relative_to(ROOT)), "error": f"{type(err).__name__}: {err}",
+                                 "traceback": traceback.format_exc()[-ERROR_TAIL:]}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"torch": torch.__version__, "blocks": FLASH_BLOCKS, "sets": {k: list(v) for k, v in FLASH_SETS.items()},
+            "configs": rows}
 
 
 # ---------------------------------------------------------------------------- h. two GPUs
@@ -1350,7 +1431,7 @@ def two_gpu_record(overrides: list[str], runs: dict[str, Finished], steps: list[
 CHECKS: dict[str, Callable[[Path], dict]] = {
     "attention": check_attention, "trainer": check_trainer, "plan_memory": check_plan_memory,
     "mfu": check_mfu, "decode": check_decode, "shipped": check_shipped, "shipped_model": check_shipped_model,
-    "two_gpu": check_two_gpu,
+    "flash": check_flash, "two_gpu": check_two_gpu,
 }
 
 

@@ -616,18 +616,38 @@ def gpu_shipped_model(r: dict) -> list[str]:
         if "error" in x:
             rows.append([name, f"error: {x['error']}"] + [""] * 6)
             continue
-        nb = x.get("without_bias")
-        rows.append([name, f"{x['tokens']:,} x {x['batch']}, head dim {x['head_dim']}", "yes" if x["bias"] else "no",
+        nb = x.get("without_cls_copies")
+        rows.append([name, f"{x['tokens']:,} x {x['batch']}, head dim {x['head_dim']}",
+                     "yes" if x["cls_copies"] else "no",
                      kernels(x["kernels"]), f"{x['step_ms']:.1f}", kernels(nb["kernels"]) if nb else "",
                      f"{nb['step_ms']:.1f}" if nb else "",
                      ", ".join(f"{v}: {count(s['per_micro_batch'])}" for v, s in x["syncs"].items())])
     dtypes = sorted({x["dtype"] for x in r["configs"].values() if "dtype" in x})
     lines = [f"Each shipped config's model outside the engine ({', '.join(dtypes)}, random "
              "weights): the SDPA kernels of one forward + backward of the video tower at its mask ratio, with the "
-             "ln T' CLS bias where the config has one and the same pass without it; host syncs per micro-batch of "
+             "CLS key repeated T' times where the config has one and the same pass with it once; host syncs per "
+             "micro-batch of "
              f"the whole model by where real_frames lies (counter check: {count(r['control'])} sync in one .item()).", ""]
-    return lines + table(["config", "tokens per clip x clips", "CLS bias", "attention kernels", "step ms",
-                          "without the bias", "step ms", "syncs per micro-batch"], rows)
+    return lines + table(["config", "tokens per clip x clips", "CLS key copies", "attention kernels", "step ms",
+                          "CLS key once", "step ms", "syncs per micro-batch"], rows)
+
+
+def gpu_flash(r: dict) -> list[str]:
+    def ran(x: dict) -> str:
+        return "yes" if x["ran"] else "no"
+
+    rows = []
+    for name, x in r["configs"].items():
+        if "error" in x:
+            rows.append([name, f"error: {x['error']}"] + [""] * 5)
+            continue
+        rows.append([name, f"{x['tokens']:,}, head dim {x['head_dim']}", "yes" if x["cls_copies"] else "no",
+                     *(ran(x[k]) for k in ("flash_or_cudnn", "flash", "cudnn", "efficient"))])
+    return ([f"Each config's video tower at its real size ({r['blocks']} blocks, one clip, bf16, torch "
+             f"{r['torch']}): does its forward + backward run with "
+             "scaled_dot_product_attention held to these kernels? FlashAttention or cuDNN must.", ""]
+            + table(["config", "tokens per clip", "CLS key copies", "flash or cuDNN", "flash alone",
+                     "cuDNN alone", "memory-efficient alone"], rows))
 
 
 def gpu_two_gpu(r: dict) -> list[str]:
@@ -649,6 +669,7 @@ GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume",
               ("decode", "DALI mixed decoding and the loader", gpu_decode),
               ("shipped", "The shipped configs on one GPU", gpu_shipped),
               ("shipped_model", "The shipped configs' models: attention kernels and host syncs", gpu_shipped_model),
+              ("flash", "Every config's video tower on FlashAttention or cuDNN", gpu_flash),
               ("two_gpu", "Two GPUs: NCCL ranks, then the resume on one", gpu_two_gpu)]
 
 

@@ -377,21 +377,39 @@ def test_the_shipped_check_on_its_cpu_twin_with_images_init_and_sync_steps(monke
     assert "demo_short (tiny, 2 x 16f @ 50%, accum 1)" in text
 
 
-def test_the_shipped_model_check_on_cpu_records_kernels_with_and_without_the_bias(tmp_path):
+def test_the_shipped_model_check_on_cpu_records_kernels_with_and_without_the_cls_copies(tmp_path):
     import report
 
-    configs = [gpu.CONFIGS / "demo_short.yaml", gpu.CONFIGS / "demo.yaml"]  # CLS token (bias) and none
+    configs = [gpu.CONFIGS / "demo_short.yaml", gpu.CONFIGS / "demo.yaml"]  # CLS token (copies) and none
     r = gpu.check_shipped_model(tmp_path, torch.device("cpu"), configs)
-    with_bias, plain = r["configs"]["demo_short"], r["configs"]["demo"]
-    assert with_bias["bias"] and not plain["bias"] and "without_bias" not in plain
-    for row in (with_bias, plain, with_bias["without_bias"]):
+    with_copies, plain = r["configs"]["demo_short"], r["configs"]["demo"]
+    assert with_copies["cls_copies"] and not plain["cls_copies"] and "without_cls_copies" not in plain
+    for row in (with_copies, plain, with_copies["without_cls_copies"]):
         assert row["kernels"] == {} and "flash" in row["ops"] and not row["math"]  # CPU: aten ops only
         assert row["step_ms"] > 0
-    assert set(with_bias["syncs"]) == set(gpu.MODEL_SYNCS_ALLOWED)
-    assert all(v["per_micro_batch"] is None for v in with_bias["syncs"].values())  # no CUDA: not counted
+    assert set(with_copies["syncs"]) == set(gpu.MODEL_SYNCS_ALLOWED)
+    assert all(v["per_micro_batch"] is None for v in with_copies["syncs"].values())  # no CUDA: not counted
     assert r["control"] is None
     text = "\n".join(report.gpu_shipped_model(r))
     assert "| demo_short |" in text and "| yes |" in text
+
+
+def test_the_flash_check_on_cpu_records_each_kernel_set(tmp_path):
+    """CPU twin: the CPU's own flash SDPA takes every call (it takes masks too, so only a
+    GPU can show the point of the check); cuDNN and memory-efficient exist on CUDA only,
+    so holding SDPA to them fails, and that is recorded, not raised."""
+    import report
+
+    r = gpu.check_flash(tmp_path, torch.device("cpu"), [gpu.CONFIGS / "demo_short.yaml", gpu.CONFIGS / "demo.yaml"])
+    assert r["blocks"] == gpu.FLASH_BLOCKS and set(r["sets"]) == set(gpu.FLASH_SETS)
+    short, plain = r["configs"]["demo_short"], r["configs"]["demo"]
+    assert short["cls_copies"] and not plain["cls_copies"]
+    for row in (short, plain):
+        assert row["flash"] == {"ran": True} and row["flash_or_cudnn"] == {"ran": True}
+        assert not row["cudnn"]["ran"] and not row["efficient"]["ran"]
+        assert row["efficient"]["error"].startswith("RuntimeError: ")
+    text = "\n".join(report.gpu_flash(r))
+    assert "| demo_short | 64, head dim 32 | yes | yes | yes | no | no |" in text, text
 
 
 def test_a_config_whose_model_fails_is_recorded_and_the_others_still_run(monkeypatch, tmp_path):

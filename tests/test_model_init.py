@@ -85,19 +85,19 @@ def test_static_video_embeds_like_the_image_tower(case, tmp_path):
     assert torch.allclose(image, still, atol=1e-4, rtol=1e-3)
 
 
-def test_the_cls_key_bias_is_what_makes_the_match_exact(tmp_path, monkeypatch):
+def test_the_cls_key_copies_are_what_makes_the_match_exact(tmp_path, monkeypatch):
     torch.manual_seed(0)
     clip = small_clip("avg", False)
     path = tmp_path / "clip.pt"
     torch.save(clip.state_dict(), path)
     model = video_model([])
     init_from_open_clip(model, path)
-    monkeypatch.setattr(model.video, "cls_bias", lambda x, slices: None)
+    monkeypatch.setattr(model.video, "cls_key_copies", lambda slices: 1)  # the CLS key once
     frame = torch.randn(2, 32, 32, 3)
     with torch.no_grad():
         image = clip.encode_image(frame.permute(0, 3, 1, 2))
         video = model.encode_video(frame[:, None].expand(-1, 8, -1, -1, -1), mask_ratio=0.0)
-    print(f"without the CLS key bias: cosine {F.cosine_similarity(image, video).min().item():.5f}")
+    print(f"without the CLS key copies: cosine {F.cosine_similarity(image, video).min().item():.5f}")
     assert not torch.allclose(image, video, atol=1e-4, rtol=1e-3)
 
 

@@ -66,7 +66,7 @@ def syncs_of(fn) -> list[str]:
 
 
 CASES = {
-    "joint-cls (open_clip shape: ln T' CLS bias)": ["video.cls_token=true", "video.pool=cls", "text.arch=clip",
+    "joint-cls (open_clip shape: T' CLS key copies)": ["video.cls_token=true", "video.pool=cls", "text.arch=clip",
                                                      "text.tokenizer=open_clip", "text.vocab_size=49408"],
     "joint-mean, siglip": ["loss=siglip"],
     "factorized-tube": ["video.attention=factorized", "video.mask_scheme=tube", "video.cls_token=true"],

@@ -16,7 +16,7 @@ or a training checkpoint ({"state_dict": ...}, "module." prefixes); .safetensors
 
 With cls_token=true and matching pooling (pool=mean <-> open_clip pool_type='avg',
 pool=cls <-> 'tok') a static video embeds exactly like the image tower embeds its frame
-(see VideoEncoder.cls_bias). Without a CLS token the image's class token is dropped and
+(see VideoEncoder.cls_key_copies). Without a CLS token the image's class token is dropped and
 the match is only approximate: trained CLIP towers use it as an attention sink.
 
 A whole CLIP model also initialises the text tower when the model's is open_clip's

@@ -64,7 +64,8 @@ def video_flops(cfg: VideoConfig, mask_ratio: float = 0.0) -> float:
     extra = 1 if cfg.cls_token else 0
     embed = 2 * n * (3 * t * p * p) * cfg.width  # only the kept tubelets are embedded
     if cfg.attention == "joint":
-        blocks = _block_flops(n + extra, cfg.width, cfg.mlp_ratio, n + extra)
+        copies = slices - 1 if cfg.cls_token else 0  # the CLS key's extra copies (VideoEncoder.cls_key_copies)
+        blocks = _block_flops(n + extra, cfg.width, cfg.mlp_ratio, n + extra + copies)
     else:
         per_slice = n // slices + extra
         blocks = (_block_flops(slices * per_slice, cfg.width, cfg.mlp_ratio, per_slice)

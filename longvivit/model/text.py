@@ -62,12 +62,23 @@ class TextEncoder(nn.Module):
         mask = mask.bool().clone()
         mask[:, 0] |= ~mask.any(1)  # an empty caption attends to (and pools) its first slot
         x = self.token_embed(ids) + self.pos_embed[:L]  # (B, L, D)
-        attend = mask[:, None, None, :]  # (B, 1, 1, L): keys each query may attend to
-        x = run_blocks(self.blocks, x, attend, self.checkpointed)
+        x = run_blocks(self.blocks, x, self.checkpointed, attn_mask=self.key_mask(mask))
         x = self.norm(x)
         keep = mask[..., None].to(x.dtype)  # (B, L, 1)
         pooled = (x * keep).sum(1) / keep.sum(1)  # (B, D)
         return self.head(pooled)  # (B, E)
+
+    @staticmethod
+    def key_mask(mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, 1, 1, L) True on the keys each query may attend to; None when no caption is
+        padded (no mask: SDPA may pick FlashAttention). Decided for a plain CPU tensor
+        only: on an accelerator reading the mask back would be a host sync per micro-batch
+        (the model makes none: bench/gpu.py MODEL_SYNCS_ALLOWED), and a batch of real
+        captions is nearly always padded anyway, so there the mask stays; the planner's
+        FakeTensors have no values to read (and it measures for a GPU, which keeps it)."""
+        if type(mask) is torch.Tensor and mask.device.type == "cpu" and bool(mask.all()):
+            return None
+        return mask[:, None, None, :]
 
 
 class ClipTextEncoder(TextEncoder):
@@ -82,8 +93,7 @@ class ClipTextEncoder(TextEncoder):
         if L > self.cfg.context_length:
             raise ValueError(f"text length {L} exceeds context_length {self.cfg.context_length}")
         x = self.token_embed(ids) + self.pos_embed[:L]  # (B, L, D)
-        causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()  # query i sees keys <= i
-        x = self.norm(run_blocks(self.blocks, x, causal, self.checkpointed))
+        x = self.norm(run_blocks(self.blocks, x, self.checkpointed, is_causal=True))  # query i sees keys <= i
         eot = ids.argmax(dim=1)  # (B,): the end-of-text id is the highest in open_clip's BPE
         return self.head(x[torch.arange(B, device=ids.device), eot])  # (B, E)
 

@@ -94,11 +94,24 @@ class Attention(nn.Module):
         self.qkv = Linear(width, 3 * width, generator=generator)
         self.proj = Linear(width, width, generator=generator)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, first_key_copies: int = 1,
+                is_causal: bool = False) -> torch.Tensor:
+        """x (B, N, D) -> (B, N, D). attn_mask: SDPA's (bool or additive), None for none.
+        first_key_copies c: the first token's key and value enter every softmax c times
+        (the same softmax as a +ln(c) bias on that key's logits, without a mask, so SDPA
+        may pick FlashAttention; VideoEncoder.cls_key_copies says why). is_causal: query i
+        sees keys <= i (SDPA takes no attn_mask with it)."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D/H)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, D/H)
+        extra = first_key_copies - 1
+        if extra:
+            # c-1 more copies of the first token's q, k, v in front; the queries then skip
+            # them. Copying qkv whole (not k and v apart) lets the original buffer go: the
+            # pass keeps what it keeps without copies, plus c-1 tokens.
+            qkv = torch.cat([qkv[:, :1].expand(-1, extra, -1, -1, -1), qkv], dim=1)  # (B, c-1+N, 3, H, D/H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, c-1+N, D/H)
+        q = q[:, :, extra:]  # (B, H, N, D/H): the queries stay N
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, H, N, D/H)
         return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
 
@@ -169,18 +182,20 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio, activation, generator)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask)  # (B, N, D)
+    def forward(self, x: torch.Tensor, **attention) -> torch.Tensor:
+        """x (B, N, D); attention: Attention.forward's keywords (mask, first-key copies, causal)."""
+        x = x + self.attn(self.norm1(x), **attention)  # (B, N, D)
         return x + self.mlp(self.norm2(x))
 
 
-def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-               checkpointed: int = 0) -> torch.Tensor:
-    """Apply `blocks` in order; the first `checkpointed` of them recompute their activations
-    in the backward pass instead of keeping them (only their input is saved)."""
+def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, checkpointed: int = 0, **attention) -> torch.Tensor:
+    """Apply `blocks` in order, each with the same `attention` keywords (attn_mask,
+    first_key_copies, is_causal: Attention.forward); the first `checkpointed` of them
+    recompute their activations in the backward pass instead of keeping them (only their
+    input is saved)."""
     for i, block in enumerate(blocks):
         if i < checkpointed and torch.is_grad_enabled():
-            x = checkpoint(block, x, attn_mask, use_reentrant=False)
+            x = checkpoint(block, x, use_reentrant=False, **attention)
         else:
-            x = block(x, attn_mask)
+            x = block(x, **attention)
     return x

@@ -280,11 +280,10 @@ class VideoEncoder(nn.Module):
         with torch.set_grad_enabled(grad and self.frozen_prefix == 0):
             x = self.patch_embed(x, index) + self.positions(slices, grid, index, still)  # (B, n, D)
             x = self.ln_pre(self.with_cls(x, rows))  # (B, 1+n, D) | (B, T', 1+s, D)
-            bias = (self.cls_bias(x, slices) if real is None
-                    else self.padding_bias(x, masking.to_device(real, x.device), valid, rows))
-            x = run_blocks(self.blocks[: self.frozen_prefix], x, bias)
-        x = run_blocks(self.blocks[self.frozen_prefix:], x, bias,
-                       max(0, self.checkpointed - self.frozen_prefix))
+            attention = self.attention_keywords(x, slices, real, valid, rows)
+            x = run_blocks(self.blocks[: self.frozen_prefix], x, **attention)
+        x = run_blocks(self.blocks[self.frozen_prefix:], x, max(0, self.checkpointed - self.frozen_prefix),
+                       **attention)
         return self.head(self.pool(self.norm(x), valid))  # (B, E)
 
     def as_tubelet(self, image: torch.Tensor) -> torch.Tensor:
@@ -345,26 +344,40 @@ class VideoEncoder(nn.Module):
         cls = self.cls_token.to(x.dtype).expand(*x.shape[:-2], 1, D)
         return torch.cat([cls, x], dim=-2)
 
-    def cls_bias(self, x: torch.Tensor, slices: int) -> Optional[torch.Tensor]:
-        """Additive attention bias of ln(T') on the CLS key, joint attention only.
+    def attention_keywords(self, x: torch.Tensor, slices: int, real: Optional[torch.Tensor],
+                           valid: Optional[torch.Tensor], rows: int) -> dict:
+        """What every block's attention is told besides the tokens (run_blocks' keywords).
+        Whole clips: no mask, only the CLS key's copies (cls_key_copies), so the fused
+        kernels, FlashAttention included, can run. Padded clips: padding_bias's mask."""
+        if real is not None:
+            return {"attn_mask": self.padding_bias(x, masking.to_device(real, x.device), valid, rows)}
+        copies = self.cls_key_copies(slices)
+        return {"first_key_copies": copies} if copies > 1 else {}
+
+    def cls_key_copies(self, slices: int) -> int:
+        """How many times the CLS key and value enter each softmax of joint attention: T'.
 
         A static video (one frame repeated) holds every patch key T' times but the CLS key
-        once; the bias gives the CLS key the weight of T' copies, so every softmax equals
-        the image tower's and a static video embeds exactly like its frame
-        (tests/test_model_init.py). Trained CLIP CLS tokens act as attention sinks, so
-        without it the equivalence breaks on real weights. The bias is a constant of the
-        clip length, independent of the mask (padded clips: padding_bias)."""
-        if self.cls_token is None or self.cfg.attention == "factorized" or slices == 1:
-            return None
-        bias = torch.zeros(1, 1, 1, x.shape[1], dtype=x.dtype, device=x.device)  # (1, 1, 1, 1+n)
-        bias[..., 0] = math.log(slices)
-        return bias
+        once. Repeating the CLS key and value T' times in the keys (the queries stay 1+n)
+        gives it the weight of T' copies, so every softmax equals the image tower's and a
+        static video embeds exactly like its frame (tests/test_model_init.py). Trained CLIP
+        CLS tokens act as attention sinks, so without it the equivalence breaks on real
+        weights. It is the same softmax as a +ln(T') bias on the CLS key's logits
+        (exp(s + ln T') = T' exp(s)), which padding_bias still uses, but it needs no mask:
+        an additive mask keeps SDPA off FlashAttention. The cost is T'-1 more keys (2% at
+        256 frames with 75% masking) and a copy of each block's q, k, v (Attention). The
+        count is a constant of the clip length, independent of the mask. Factorized
+        attention has a CLS copy per slice already (with_cls): 1."""
+        if self.cls_token is None or self.cfg.attention == "factorized":
+            return 1
+        return slices
 
     def padding_bias(self, x: torch.Tensor, real: torch.Tensor, valid: torch.Tensor,
                      rows: int) -> torch.Tensor:
         """The attention mask of a batch with padded clips. Joint: an additive (B, 1, 1, keys)
-        bias, -inf on the filler tokens and ln(real slices) on the CLS key (cls_bias per
-        clip). Factorized: (B, 1, 1, T') True on the slices of content (FactorizedBlock)."""
+        bias, -inf on the filler tokens and ln(real slices) on the CLS key (the softmax of
+        cls_key_copies per clip, whose count cannot differ between the rows of one batch).
+        Factorized: (B, 1, 1, T') True on the slices of content (FactorizedBlock)."""
         if self.cfg.attention == "factorized":
             return (torch.arange(rows, device=x.device)[None] < real[:, None])[:, None, None]
         keys = valid

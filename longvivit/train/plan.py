@@ -184,7 +184,8 @@ def measure_activations(cfg: RunConfig, batch: int, frames: int | None = None) -
     frames = frames or v.frames
     first = _first_checkpointed_block(model)
     captured: dict = {}
-    hook = first.register_forward_pre_hook(lambda _, args: captured.setdefault("args", args)) if first else None
+    hook = (first.register_forward_pre_hook(lambda _, args, kwargs: captured.setdefault("call", (args, kwargs)),
+                                            with_kwargs=True) if first else None)
     params = list(model.parameters())
     try:
         with mode:
@@ -192,7 +193,7 @@ def measure_activations(cfg: RunConfig, batch: int, frames: int | None = None) -
             ids = torch.ones((batch, cfg.data.text_length), dtype=torch.int64)
             mask = torch.ones((batch, cfg.data.text_length), dtype=torch.bool)
             saved = saved_bytes(lambda: model(video, ids, mask), ignore=params)
-            recompute = _block_bytes(first, captured["args"], params) if first else 0
+            recompute = _block_bytes(first, *captured["call"], params) if first else 0
     finally:
         if hook is not None:
             hook.remove()
@@ -207,12 +208,12 @@ def _first_checkpointed_block(model):
     return video.blocks[video.frozen_prefix]
 
 
-def _block_bytes(block, args, params) -> int:
-    """Saved bytes of `block` run without checkpointing on the input it saw: what its
-    recomputation holds while its backward runs."""
+def _block_bytes(block, args, kwargs, params) -> int:
+    """Saved bytes of `block` run without checkpointing on the input (and attention
+    keywords) it saw: what its recomputation holds while its backward runs."""
     x, *rest = args
     x = x.detach().requires_grad_(True)
-    return saved_bytes(lambda: block(x, *rest), ignore=params)
+    return saved_bytes(lambda: block(x, *rest, **kwargs), ignore=params)
 
 
 # ---------------------------------------------------------------------------- the plan

@@ -1,8 +1,8 @@
 """g. Each shipped config's model outside the engine: its video tower's attention runs a fused
-SDPA kernel (never the math fallback), with the ln T' CLS bias where the config has one (the
-record shows which kernel, and the same pass without the bias); and the whole model's
-forward + backward makes no host sync when real_frames comes as None or on the host, one
-when it comes on the GPU (bench/gpu.py check_shipped_model)."""
+SDPA kernel (never the math fallback), with the CLS key repeated T' times where the config
+has a CLS token (the record shows which kernel, and the same pass with the CLS key once);
+and the whole model's forward + backward makes no host sync when real_frames comes as None
+or on the host, one when it comes on the GPU (bench/gpu.py check_shipped_model)."""
 import pytest
 
 import gpu
