@@ -208,6 +208,30 @@ def tradeoff_seeds_section(r: dict) -> list[str]:
     return lines
 
 
+def demo_seeds_section(r: dict) -> list[str]:
+    """The demo's two stages per seed, and in how many seeds stage 2 wins on each measure."""
+    lines = [f"### The demo over seeds: LongViViT (stage 2) vs ShortViViT at 16 frames (stage 1), {r['benchmark']}", ""]
+    lines += provenance(r)
+    if r["overrides"]:
+        lines += [f"Overrides of both stages: `{' '.join(r['overrides'])}`.", ""]
+    names = {"t2v_r1": "t2v R@1 %", "mc_top1": "multiple choice %", "mc_top1_action": "MC action %",
+             "mc_top1_order": "MC order %", "multilabel_map": "multi-label mAP %"}
+    keys = [k for k in names if all(k in x["long"] for x in r["runs"])]
+    rows = [[x["seed"], *(f"{x['short'][k]:.1f} -> **{x['long'][k]:.1f}**" for k in keys), f"{x['seconds']:.0f}"]
+            for x in r["runs"]]
+    first = r["runs"][0]["chance"]
+    lines += table(["seed", *(f"{names[k]} (chance {first[k]:.1f})" if k in first else names[k] for k in keys),
+                    "demo s"], rows)
+    n = len(r["runs"])
+    for k in keys:
+        wins = sum(x["long"][k] > x["short"][k] for x in r["runs"])
+        above = sum(x["long"][k] > x["chance"][k] for x in r["runs"]) if k in first else None
+        gain = sum(x["long"][k] - x["short"][k] for x in r["runs"]) / n
+        lines += [f"- {names[k]}: stage 2 > stage 1 in **{wins} of {n}** seeds (mean change {gain:+.1f} points)"
+                  + (f"; stage 2 above chance in {above} of {n}." if above is not None else ".")]
+    return lines + [""]
+
+
 def offload_section(r: dict) -> list[str]:
     lines = ["### ZeRO-3 offload: the trainer's fused torch AdamW vs DeepSpeedCPUAdam", ""] + provenance(r)
     b = r["cpu_adam_build"]
@@ -447,12 +471,13 @@ def search_section(r: dict) -> list[str]:
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
-            ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section), ("padding", padding_section),
+            ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_section),
+            ("offload", offload_section), ("padding", padding_section),
             ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section),
             ("search", search_section)]
 
 
-OPTIONAL = {"tradeoff_seeds", "peers_profile"}
+OPTIONAL = {"tradeoff_seeds", "peers_profile", "demo_seeds"}
 
 
 # ---------------------------------------------------------------------------- GPU acceptance suite

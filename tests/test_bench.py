@@ -167,3 +167,16 @@ def test_hour_statements_follow_the_numbers():
     text = "\n".join(report.hour_section(r))
     assert "2.000x what 360 frames unmasked save" in text and "not measured" in text
     assert f"1 of {len(r['plans'])} configs fit" in text and "**does not fit**" in text and "90.0 GiB per GPU" in text
+
+
+def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
+    machine = {"date": "d", "nproc": 2, "cpu": "c", "torch_threads": 1, "load_avg_1m": 0.0, "python": "3",
+               "torch": "t", "deepspeed": "d", "transformers": "x"}
+    chance = {"t2v_r1": 1.25, "mc_top1": 37.5}
+    runs = [{"seed": s, "seconds": 300.0, "chance": chance, "short": {"t2v_r1": 4.0, "mc_top1": mc_short},
+             "long": {"t2v_r1": r1, "mc_top1": 40.0}} for s, (r1, mc_short) in enumerate([(9.0, 45.0), (3.0, 35.0)])]
+    text = "\n".join(report.demo_seeds_section({"command": "c", "machine": machine, "benchmark": "synth --long-range",
+                                                "overrides": [], "runs": runs}))
+    assert "t2v R@1 %: stage 2 > stage 1 in **1 of 2** seeds (mean change +2.0 points); stage 2 above chance in 2 of 2" in text
+    assert "multiple choice %: stage 2 > stage 1 in **1 of 2** seeds (mean change +0.0 points)" in text
+    assert "| 0 | 4.0 -> **9.0** | 45.0 -> **40.0** | 300 |" in text
