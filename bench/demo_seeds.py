@@ -1,7 +1,7 @@
 """The demo's comparison over seeds: does stage 2 (LongViViT) beat stage 1 (ShortViViT at its
 own 16 frames) on the long-range benchmark whatever the seed?
 
-    .venv/bin/python bench/demo_seeds.py [--out runs/demo-seeds] [--seeds 0 1 2] [--short-range] \
+    .venv/bin/python bench/demo_seeds.py [--out runs/demo-seeds] [--seeds 0 1 2] [--short-range | --objects K] \
         [overrides ...]
 
 Runs `longvivit demo --long-range --seed S` (the benchmark's clips, captions and items
@@ -27,11 +27,11 @@ CHANCE = {"t2v_r1": "chance", "mc_top1": "mc_chance_top1", "mc_top1_action": "mc
           "mc_top1_order": "mc_chance_top1_order", "multilabel_map": "multilabel_chance_map"}
 
 
-def run_seed(out: Path, seed: int, long_range: bool, overrides: list[str]) -> dict:
+def run_seed(out: Path, seed: int, long_range: bool, objects: int | None, overrides: list[str]) -> dict:
     """One demo; its stages' numbers. Raises if the demo fails (its log is kept)."""
     log = out / f"seed-{seed}.log"
     cmd = [sys.executable, "-m", "longvivit.cli", "demo", "--out", str(out / f"seed-{seed}"), "--seed", str(seed),
-           *(["--long-range"] if long_range else []), *overrides]
+           *(["--long-range"] if long_range else []), *(["--objects", str(objects)] if objects else []), *overrides]
     common.log(f"[demo_seeds] {' '.join(cmd)}")
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=common.REPO).returncode
@@ -48,12 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo-seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--short-range", action="store_true", help="the default benchmark, not --long-range")
+    p.add_argument("--objects", type=int, help="the long-range clips share this many objects (demo --objects)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of both stages (the demo's)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    runs = [run_seed(out, s, not args.short_range, args.overrides) for s in args.seeds]
-    common.emit({"benchmark": "synth" if args.short_range else "synth --long-range",
+    if args.objects and args.short_range:
+        p.error("--objects applies to the long-range benchmark only")
+    runs = [run_seed(out, s, not args.short_range, args.objects, args.overrides) for s in args.seeds]
+    benchmark = "synth" if args.short_range else "synth --long-range" + (f" --objects {args.objects}" if args.objects else "")
+    common.emit({"benchmark": benchmark,
                  "overrides": args.overrides, "runs": runs})
     return 0
 

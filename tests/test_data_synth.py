@@ -209,6 +209,18 @@ def test_long_range_hard_negatives_flip_one_direction_or_swap_the_close_pair():
             [e for j, e in enumerate(base) if j not in (pair, pair + 1)]
 
 
+def test_long_range_objects_draws_every_clip_from_the_same_few_objects():
+    """--objects K: the clips share K objects (captions then differ in actions and order);
+    the default (0) keeps the draws of every seed's benchmark as they were."""
+    shared = long_range_lists(SynthConfig(videos=60, frames=128, long_range=True, objects=4),
+                              np.random.default_rng(0))
+    objects = {(c, s) for _, events, _ in shared for c, s, _ in events}
+    assert len(objects) == 4 and len({tuple(e) for _, e, _ in shared}) == 60
+    assert all(len({(c, s) for c, s, _ in events}) == len(events) for _, events, _ in shared)
+    everyone = long_range_lists(SynthConfig(videos=60, frames=128, long_range=True), np.random.default_rng(0))
+    assert len({(c, s) for _, events, _ in everyone for c, s, _ in events}) > 4
+
+
 def test_long_range_benchmark_draws_its_events_in_their_spans_and_nothing_between(tmp_path):
     """What a row's spans and mc items say is in the video: each event's colour is on screen
     in its span and no event's colour in the idle frames; the items' right answers name the
@@ -245,6 +257,8 @@ def test_long_range_benchmark_draws_its_events_in_their_spans_and_nothing_betwee
     (["--event-frames", "1"], "event_frames: 1 must be >= 2"),
     (["--event-frames", "5"], "frames: the long-range variant needs 160 frames or more"),
     (["--events", "1", "3"], "min_events: 1: the long-range variant needs 2 or more events"),
+    (["--objects", "3"], "objects: 3: need 0 (all) or max_events=4..24"),
+    (["--objects", "25"], "objects: 25: need 0 (all) or max_events=4..24"),
     (["--min-frames", "100"], "frames: the long-range variant needs 128 frames or more (16 uniform "
      "frames 8 apart, so that two back-to-back events of 4 frames share one of them), got 100"),
 ])
@@ -253,6 +267,7 @@ def test_long_range_bad_arguments_exit_2(tmp_path, capsys, argv, message):
     assert message in line, line
 
 
-def test_event_frames_without_long_range_is_refused(tmp_path, capsys):
-    line = refused(main, ["--out", tmp_path / "b", "--event-frames", "4"], capsys, tmp_path, "synth")
-    assert "--event-frames applies to --long-range only" in line
+@pytest.mark.parametrize("flag", ["--event-frames", "--objects"])
+def test_long_range_options_without_long_range_are_refused(tmp_path, capsys, flag):
+    line = refused(main, ["--out", tmp_path / "b", flag, "4"], capsys, tmp_path, "synth")
+    assert f"{flag} applies to --long-range only" in line

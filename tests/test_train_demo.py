@@ -63,3 +63,11 @@ def test_the_unmasked_tuning_stage_is_stage_2_without_masking_at_a_lower_rate():
     assert tune.model.text == long.model.text and tune.data == long.data
     assert tune.init == f"checkpoint:{long.out}" and tune.optim.lr == long.optim.lr / 10
     assert tune.steps < long.steps
+
+
+def test_objects_without_long_range_exits_2_before_writing(tmp_path, capsys):
+    from longvivit.cli.demo import main
+
+    assert main(["--out", str(tmp_path / "demo"), "--objects", "4"]) == 2
+    assert "--objects applies to --long-range only" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

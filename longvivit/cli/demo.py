@@ -21,6 +21,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "128 with --long-range)")
     p.add_argument("--long-range", action="store_true", help="on `synth --long-range` data, whose "
                    "clips hold multiple-choice items (not measured to fit 10 minutes)")
+    p.add_argument("--objects", type=int, help="with --long-range: the clips share this many objects "
+                   "(`synth --objects`; default all 24)")
     p.add_argument("--procs", type=int, default=2, help="training processes (ZeRO-3 ranks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", help="key=value overrides of both stages' configs")
@@ -30,9 +32,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.objects is not None and not args.long_range:
+            print("longvivit demo: --objects applies to --long-range only", file=sys.stderr)
+            return 2
         frames = args.frames if args.frames is not None else 128 if args.long_range else 64
         run_demo(args.out, args.videos, args.images, frames, args.procs, args.seed, args.overrides,
-                 args.long_range)
+                 args.long_range, args.objects or 0)
     except StageFailed as err:
         print(f"longvivit demo: {err}", file=sys.stderr)
         return err.status

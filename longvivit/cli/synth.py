@@ -1,5 +1,5 @@
 """`longvivit synth --out DIR [--videos N] [--frames F] [--seed S] [--size 64] [--images N]
-[--long-range [--event-frames L]]`: the synthetic long-video benchmark
+[--long-range [--event-frames L] [--objects K]]`: the synthetic long-video benchmark
 (longvivit/data/prepare/synth.py).
 
 Prints the summary as one JSON line; bad arguments (a count, size or fraction out of range,
@@ -25,7 +25,9 @@ pair, so not their order. Hard negatives (all videos, unless --hard-negatives) f
 event's direction or swap the back-to-back pair; captions name 3-4 events and fit the
 CLIP text tower's 32 tokens. Rows add "spans" (each event's frames [start, end)) and "mc":
 two multiple-choice items a clip, what one event did after the one before it (4 answers)
-and which of the pair came first (2 answers), scored by `longvivit eval --tasks mc`."""
+and which of the pair came first (2 answers), scored by `longvivit eval --tasks mc`.
+--objects K: every clip draws its objects from the same K (of 24), so that captions differ
+in what the objects do and in what order, not in which objects appear."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-range", action="store_true", help="the long-range variant (below)")
     p.add_argument("--event-frames", type=int, help="--long-range: frames (seconds) each event lasts "
                    f"(default {SynthConfig.event_frames})")
+    p.add_argument("--objects", type=int, help="--long-range: the clips share this many objects "
+                   "(default: all 24)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    if a.event_frames is not None and not a.long_range:
-        p.error("--event-frames applies to --long-range only")
+    for flag, value in (("--event-frames", a.event_frames), ("--objects", a.objects)):
+        if value is not None and not a.long_range:
+            p.error(f"{flag} applies to --long-range only")
     event_frames = a.event_frames if a.event_frames is not None else SynthConfig.event_frames
     frames = a.frames if a.frames is not None else LONG_RANGE_FRAMES if a.long_range else SynthConfig.frames
     hard = a.hard_negatives if a.hard_negatives is not None else 1.0 if a.long_range else SynthConfig.hard_negatives
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                                   min_frames=a.min_frames, size=a.size, min_events=a.events[0],
                                   max_events=a.events[1], hard_negatives=hard,
                                   val_fraction=a.val_fraction, images=a.images, long_range=a.long_range,
-                                  event_frames=event_frames)
+                                  event_frames=event_frames, objects=a.objects or 0)
     except (ValueError, OSError) as err:  # bad arguments, an output refused
         print(f"longvivit synth: {err}", file=sys.stderr)
         return 2

@@ -62,10 +62,11 @@ def timed(name: str, fn, *args, **kwargs):
     return result
 
 
-def prepare_data(out: Path, videos: int, images: int, frames: int, seed: int, long_range: bool = False) -> dict:
-    """Synthetic benchmark (its long-range variant, all videos in hard-negative families)
-    -> shards; returns the data.* overrides."""
-    variant = {"long_range": True, "hard_negatives": 1.0} if long_range else {}
+def prepare_data(out: Path, videos: int, images: int, frames: int, seed: int, long_range: bool = False,
+                 objects: int = 0) -> dict:
+    """Synthetic benchmark (its long-range variant, all videos in hard-negative families,
+    drawing on `objects` objects, 0: all) -> shards; returns the data.* overrides."""
+    variant = {"long_range": True, "hard_negatives": 1.0, "objects": objects} if long_range else {}
     timed("synth", write_benchmark, out / "synth", videos=videos, frames=frames, seed=seed, size=32,
           images=images, overwrite=True, **variant)
     for split, still in (("train", False), ("val", False), ("images", True)):
@@ -204,7 +205,8 @@ def train_stage(name: str, out: Path, frames: int, procs: int, overrides: Sequen
 
 
 def run_demo(out: str | Path = "runs/demo", videos: int = 400, images: int = 800, frames: int = 64,
-             procs: int = 2, seed: int = 0, overrides: Sequence[str] = (), long_range: bool = False) -> dict:
+             procs: int = 2, seed: int = 0, overrides: Sequence[str] = (), long_range: bool = False,
+             objects: int = 0) -> dict:
     """Both stages from scratch in `out`; prints each phase and the result, returns the last
     line's JSON. `overrides` (key=value) apply to both stages' configs; long_range: on the
     long-range benchmark (module docstring)."""
@@ -212,7 +214,7 @@ def run_demo(out: str | Path = "runs/demo", videos: int = 400, images: int = 800
     for name in STAGES:  # the demo always trains from scratch
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(out, videos, images, frames, seed, long_range)
+    data = prepare_data(out, videos, images, frames, seed, long_range, objects)
     clip = timed("open_clip", starting_clip, out, overrides)
     stages = {}
     for name, init in (("short", f"open_clip:{clip}"), ("long", f"checkpoint:{out / 'short'}")):

@@ -70,6 +70,7 @@ class SynthConfig:
     images: int = 0  # image-caption pairs (stills of single events)
     long_range: bool = False  # short events between idle stretches (the module docstring)
     event_frames: int = 4  # long_range: frames (seconds) each event lasts
+    objects: int = 0  # long_range: how many of the colour-shape objects the clips share (0: all)
 
     def validate(self) -> None:
         lo = self.min_frames or self.frames
@@ -89,7 +90,7 @@ class SynthConfig:
         check(self.seed >= 0, "seed", f"{self.seed} must be >= 0 (numpy's seeds are)")
         if self.long_range:
             self.validate_long_range(lo)
-        most = distinct_event_lists(self.min_events, self.max_events, self.long_range)
+        most = distinct_event_lists(self.min_events, self.max_events, self.long_range, self.objects)
         check(self.videos <= most, "videos", f"{self.videos} videos need as many distinct "
               f"captions; {self.min_events}..{self.max_events} events make only {most}")
 
@@ -98,6 +99,9 @@ class SynthConfig:
         stretch of event_frames between them fit the shortest clip."""
         check(self.min_events >= 2, "min_events", f"{self.min_events}: the long-range variant needs "
               "2 or more events a video (two of them close in time)")
+        check(self.objects == 0 or self.max_events <= self.objects <= len(COLOURS) * len(SHAPES), "objects",
+              f"{self.objects}: need 0 (all) or max_events={self.max_events}..{len(COLOURS) * len(SHAPES)} "
+              "(a clip's objects are distinct)")
         check(self.event_frames >= 2, "event_frames", f"{self.event_frames} must be >= 2 (a direction "
               "needs two frames)")
         stride = shortest // SHORT_VIEW
@@ -113,10 +117,13 @@ class SynthConfig:
 
 # ----------------------------------------------------------------------------- event lists
 
-def distinct_event_lists(min_events: int, max_events: int, distinct_objects: bool = False) -> int:
+def distinct_event_lists(min_events: int, max_events: int, distinct_objects: bool = False,
+                         objects: int = 0) -> int:
     """How many distinct event lists (captions) there are of min_events..max_events events
-    (distinct_objects: no object twice in a list, as in the long-range variant)."""
-    objects, kinds = len(COLOURS) * len(SHAPES), len(COLOURS) * len(SHAPES) * len(ACTIONS)
+    (distinct_objects: no object twice in a list, drawn from `objects` of them (0: all), as
+    in the long-range variant)."""
+    objects = objects or len(COLOURS) * len(SHAPES)
+    kinds = len(COLOURS) * len(SHAPES) * len(ACTIONS)
     if distinct_objects:
         sizes = range(max(1, min_events), min(max_events, objects) + 1)
         return sum(math.perm(objects, k) * len(ACTIONS) ** k for k in sizes)
@@ -202,9 +209,8 @@ def labels(events: list[Event]) -> list[str]:
 
 # ----------------------------------------------------------------------------- long range
 
-def _distinct_object_events(rng: np.random.Generator, k: int) -> list[Event]:
-    """k events of k different objects (so that a question can name an event by its object)."""
-    objects = [(c, s) for c in COLOURS for s in SHAPES]
+def _distinct_object_events(rng: np.random.Generator, k: int, objects: list[tuple[str, str]]) -> list[Event]:
+    """k events of k different `objects` (so that a question can name an event by its object)."""
     return [(*objects[i], str(rng.choice(ACTIONS))) for i in rng.choice(len(objects), k, replace=False)]
 
 
@@ -226,11 +232,14 @@ def _swap(events: list[Event], pair: int) -> list[Event]:
 def long_range_lists(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[int, list[Event], int]]:
     """(family id, events, close pair) for every video: the close pair is events (pair,
     pair + 1); a family is a base, its direction flip and its close-pair swap."""
+    objects = [(c, s) for c in COLOURS for s in SHAPES]
+    if cfg.objects:  # the clips share a few objects: captions then differ in what they do and when
+        objects = [objects[i] for i in rng.permutation(len(objects))[: cfg.objects]]
     seen: set[tuple[Event, ...]] = set()
     videos: list[tuple[int, list[Event], int]] = []
     family = 0
     while len(videos) < cfg.videos:
-        base = _distinct_object_events(rng, int(rng.integers(cfg.min_events, cfg.max_events + 1)))
+        base = _distinct_object_events(rng, int(rng.integers(cfg.min_events, cfg.max_events + 1)), objects)
         pair = int(rng.integers(len(base) - 1))
         members = [base]
         if cfg.videos - len(videos) >= 3 and rng.random() < cfg.hard_negatives:
