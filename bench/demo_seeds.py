@@ -1,14 +1,14 @@
 """The demo's comparison over seeds: does stage 2 (LongViViT) beat stage 1 (ShortViViT at its
 own 16 frames) on the long-range benchmark whatever the seed?
 
-    .venv/bin/python bench/demo_seeds.py [--out runs/demo-seeds] [--seeds 0 1 2] [--short-range | --objects K] \
+    .venv/bin/python bench/demo_seeds.py [--out runs/demo-seeds] [--seeds 0 1 2] [--short-range | --objects K] [--tune] \
         [overrides ...]
 
 Runs `longvivit demo --long-range --seed S` (the benchmark's clips, captions and items
 change with S; the recipe and the initial CLIP do not) once per seed, each in its own
 folder under --out, and keeps each run's last line (longvivit/train/demo.py): held-out
 text->video R@1, multiple-choice accuracy (overall, per kind) and multi-label mAP of both
-stages, with chance. --short-range: the default benchmark instead (no multiple choice).
+stages, with chance (and stage 3's with --tune). --short-range: the default benchmark instead (no multiple choice).
 One JSON object on stdout; bench/report.py renders the table and counts the seeds where
 stage 2 wins.
 """
@@ -27,11 +27,12 @@ CHANCE = {"t2v_r1": "chance", "mc_top1": "mc_chance_top1", "mc_top1_action": "mc
           "mc_top1_order": "mc_chance_top1_order", "multilabel_map": "multilabel_chance_map"}
 
 
-def run_seed(out: Path, seed: int, long_range: bool, objects: int | None, overrides: list[str]) -> dict:
+def run_seed(out: Path, seed: int, long_range: bool, objects: int | None, tune: bool, overrides: list[str]) -> dict:
     """One demo; its stages' numbers. Raises if the demo fails (its log is kept)."""
     log = out / f"seed-{seed}.log"
     cmd = [sys.executable, "-m", "longvivit.cli", "demo", "--out", str(out / f"seed-{seed}"), "--seed", str(seed),
-           *(["--long-range"] if long_range else []), *(["--objects", str(objects)] if objects else []), *overrides]
+           *(["--long-range"] if long_range else []), *(["--objects", str(objects)] if objects else []),
+           *(["--tune"] if tune else []), *overrides]
     common.log(f"[demo_seeds] {' '.join(cmd)}")
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=common.REPO).returncode
@@ -40,6 +41,7 @@ def run_seed(out: Path, seed: int, long_range: bool, objects: int | None, overri
     line = json.loads(log.read_text().strip().splitlines()[-1])
     pick = lambda d: {k: d[k] for k in KEYS if k in d}  # noqa: E731
     return {"seed": seed, "seconds": line["seconds"], "short": pick(line["short"]), "long": pick(line),
+            **({"tune": pick(line["tune"])} if "tune" in line else {}),
             "chance": {k: line[c] for k, c in CHANCE.items() if c in line}}
 
 
@@ -49,13 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--short-range", action="store_true", help="the default benchmark, not --long-range")
     p.add_argument("--objects", type=int, help="the long-range clips share this many objects (demo --objects)")
+    p.add_argument("--tune", action="store_true", help="also the optional third stage (demo --tune)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of both stages (the demo's)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.objects and args.short_range:
         p.error("--objects applies to the long-range benchmark only")
-    runs = [run_seed(out, s, not args.short_range, args.objects, args.overrides) for s in args.seeds]
+    runs = [run_seed(out, s, not args.short_range, args.objects, args.tune, args.overrides)
+            for s in args.seeds]
     benchmark = "synth" if args.short_range else "synth --long-range" + (f" --objects {args.objects}" if args.objects else "")
     common.emit({"benchmark": benchmark,
                  "overrides": args.overrides, "runs": runs})

@@ -229,6 +229,15 @@ def demo_seeds_section(r: dict) -> list[str]:
         gain = sum(x["long"][k] - x["short"][k] for x in r["runs"]) / n
         lines += [f"- {names[k]}: stage 2 > stage 1 in **{wins} of {n}** seeds (mean change {gain:+.1f} points)"
                   + (f"; stage 2 above chance in {above} of {n}." if above is not None else ".")]
+    if all("tune" in x for x in r["runs"]):
+        lines += ["", "Stage 3 (unmasked tuning, demo_tune.yaml) after stage 2, per seed:", ""]
+        lines += table(["seed", *(names[k] for k in keys)],
+                       [[x["seed"], *(f"{x['long'][k]:.1f} -> **{x['tune'][k]:.1f}**" for k in keys)] for x in r["runs"]])
+        for k in keys:
+            better = sum(x["tune"][k] > x["long"][k] for x in r["runs"])
+            gain = sum(x["tune"][k] - x["long"][k] for x in r["runs"]) / n
+            lines += [f"- {names[k]}: stage 3 > stage 2 in **{better} of {n}** seeds (mean change {gain:+.1f} points)."]
+        lines += [""]
     return lines + [""]
 
 

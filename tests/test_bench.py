@@ -180,3 +180,8 @@ def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
     assert "t2v R@1 %: stage 2 > stage 1 in **1 of 2** seeds (mean change +2.0 points); stage 2 above chance in 2 of 2" in text
     assert "multiple choice %: stage 2 > stage 1 in **1 of 2** seeds (mean change +0.0 points)" in text
     assert "| 0 | 4.0 -> **9.0** | 45.0 -> **40.0** | 300 |" in text
+    tuned = [dict(x, tune={"t2v_r1": x["long"]["t2v_r1"] + 1.0, "mc_top1": 30.0}) for x in runs]
+    text = "\n".join(report.demo_seeds_section({"command": "c", "machine": machine, "benchmark": "synth --long-range",
+                                                "overrides": [], "runs": tuned}))
+    assert "- t2v R@1 %: stage 3 > stage 2 in **2 of 2** seeds (mean change +1.0 points)." in text
+    assert "- multiple choice %: stage 3 > stage 2 in **0 of 2** seeds (mean change -10.0 points)." in text

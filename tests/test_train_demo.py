@@ -48,6 +48,13 @@ def test_the_result_line_compares_stage_2_with_stage_1(capsys):
     assert "multiple choice 60.0% vs 40.0% (1.50x; chance 37.5%)" in out
     assert "stage 2, 128 frames at 75% masking" in out
 
+    tuned = print_result({"short": stage(5.0, 40.0, 30.0, 50.0), "long": stage(10.0, 60.0, 0.0, 40.0),
+                          "tune": stage(12.0, 30.0, 0.0, 40.0)}, 12.0, 128)
+    out = capsys.readouterr().out
+    assert tuned["tune"]["t2v_r1"] == 12.0 and (tuned["tune"]["t2v_r1_ratio"], tuned["tune"]["mc_top1_ratio"]) == (1.2, 0.5)
+    assert {k: v for k, v in tuned.items() if k != "tune"} == line
+    assert "stage 3, 128 frames unmasked" in out and "R@1 12.0% vs 10.0% (1.20x)" in out
+
 
 def test_the_unmasked_tuning_stage_is_stage_2_without_masking_at_a_lower_rate():
     """demo_tune.yaml (ViCLIP's closing step) continues demo_long.yaml: the same model and

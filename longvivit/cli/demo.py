@@ -20,9 +20,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--frames", type=int, help="frames per clip at 1 FPS (stage 2's; default 64, "
                    "128 with --long-range)")
     p.add_argument("--long-range", action="store_true", help="on `synth --long-range` data, whose "
-                   "clips hold multiple-choice items (not measured to fit 10 minutes)")
+                   "clips hold multiple-choice items (6-10 minutes here)")
     p.add_argument("--objects", type=int, help="with --long-range: the clips share this many objects "
                    "(`synth --objects`; default all 24)")
+    p.add_argument("--tune", action="store_true", help="then stage 3: demo_tune.yaml, a short unmasked "
+                   "fine-tune of stage 2 at a tenth of its rate (ViCLIP's closing step)")
     p.add_argument("--procs", type=int, default=2, help="training processes (ZeRO-3 ranks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", help="key=value overrides of both stages' configs")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         frames = args.frames if args.frames is not None else 128 if args.long_range else 64
         run_demo(args.out, args.videos, args.images, frames, args.procs, args.seed, args.overrides,
-                 args.long_range, args.objects or 0)
+                 args.long_range, args.objects or 0, args.tune)
     except StageFailed as err:
         print(f"longvivit demo: {err}", file=sys.stderr)
         return err.status
