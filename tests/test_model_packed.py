@@ -77,6 +77,8 @@ def test_packed_attention_is_a_naive_softmax_per_sequence():
         logits[..., 0] += math.log(c)
         want = torch.einsum("hqk,khd->qhd", logits.softmax(-1), v)
         torch.testing.assert_close(got[a:b], want, atol=1e-12, rtol=0)
+    no_copies = Packed.of(lengths, torch.ones_like(copies), torch.device("cpu"))
+    assert no_copies.key_index is None and no_copies.k_bounds == no_copies.q_bounds
 
 
 def test_auto_packs_on_cuda_only_and_factorized_never():

@@ -144,7 +144,8 @@ class Packed:
     k_bounds: tuple[int, ...]  # (S+1,) cumulative key lengths, on the host
     cu_q: torch.Tensor  # (S+1,) int32, q_bounds on the device
     cu_k: torch.Tensor  # (S+1,) int32, k_bounds on the device
-    key_index: torch.Tensor  # (total keys,) int64 on the device: the row's token behind each key
+    key_index: Optional[torch.Tensor]  # (total keys,) int64 on the device: the row's token behind each
+    # key; None when no sequence repeats its first key (the keys are the queries' tokens)
     max_q: int  # the longest sequence's queries
     max_k: int  # and keys
 
@@ -156,15 +157,19 @@ class Packed:
         seq = torch.repeat_interleave(torch.arange(len(lengths)), keys)  # (total keys,) which sequence
         within = torch.arange(int(cu_k[-1])) - cu_k[seq]  # position among its sequence's keys
         key_index = cu_q[seq] + (within - (first_key_copies[seq] - 1)).clamp(min=0)  # copies -> the first token
+        copied = bool((first_key_copies > 1).any())  # a host tensor: no sync
         return cls(tuple(cu_q.tolist()), tuple(cu_k.tolist()), to_device(cu_q.int(), device),
-                   to_device(cu_k.int(), device), to_device(key_index, device), int(lengths.max()), int(keys.max()))
+                   to_device(cu_k.int(), device), to_device(key_index, device) if copied else None,
+                   int(lengths.max()), int(keys.max()))
 
     def attention(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv (total, 3, H, D/H) -> (total, H, D/H): softmax(q k^T / sqrt(D/H)) v per sequence.
-        One gather makes every sequence's keys and values (index_select: its backward adds
-        the copies' gradients in index order, the same on every run on the CPU)."""
+        With first-key copies one gather makes every sequence's keys and values (index_select:
+        its backward adds the copies' gradients in index order, the same on every run on the
+        CPU); without, they are views of qkv, as in the masked path."""
         q = qkv[:, 0]  # (total, H, D/H)
-        k, v = qkv[:, 1:].index_select(0, self.key_index).unbind(1)  # 2 x (total keys, H, D/H)
+        kv = qkv[:, 1:] if self.key_index is None else qkv[:, 1:].index_select(0, self.key_index)
+        k, v = kv.unbind(1)  # 2 x (total keys, H, D/H)
         if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
             return varlen_attn(q, k, v, self.cu_q, self.cu_k, self.max_q, self.max_k)  # (total, H, D/H)
         out = [F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[c:d].transpose(0, 1),
