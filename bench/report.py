@@ -281,19 +281,21 @@ def decode_section(r: dict) -> list[str]:
 
 
 def padding_section(parts: list[dict]) -> list[str]:
-    lines = ["### Padded clips: padding dropped before the encoder vs encoded as frames", ""]
+    lines = ["### Padded clips: padding dropped before the encoder (masked or packed) vs encoded as frames", ""]
     for r in parts:
         lines += provenance(r)
     lines += ["Tiny video encoder train step (forward, scalar loss, backward, fused AdamW), fp32, median "
               "over interleaved rounds. `content`: real_frames not passed, the padding (last frame "
               "repeated) is encoded and pooled; `dropped`: its tokens are dropped like masked ones, rows "
-              "padded to the batch's longest clip with a key mask; `whole`: no clip padded.", ""]
+              "padded to the batch's longest clip with a key mask (video.packing=masked); `packed`: the "
+              "clips' tokens of content in one sequence, attention per clip without a mask "
+              "(video.packing=packed; on the CPU one SDPA call per clip); `whole`: no clip padded.", ""]
     rows = [[f"{r['batch']} x {r['frames']}f, real frames cycling {r['real_frames']}", f"{r['mask_ratio']:.0%}",
-             name, c["row_tokens"], f"{c['step_s']:.4f}", f"**{c['time_vs_content']:.3f}**",
-             f"{c['saved_bytes'] / MiB:.1f}", f"{c['bytes_vs_content']:.4f}"]
+             name, c["row_tokens"], c.get("batch_tokens", ""), f"{c['step_s']:.4f}",
+             f"**{c['time_vs_content']:.3f}**", f"{c['saved_bytes'] / MiB:.1f}", f"{c['bytes_vs_content']:.4f}"]
             for r in parts for name, c in r["cases"].items()]
-    lines += table(["batch", "mask", "case", "tokens per row", "step s", "time / content", "saved MiB",
-                    "bytes / content"], rows)
+    lines += table(["batch", "mask", "case", "tokens per row", "tokens in the batch", "step s", "time / content",
+                    "saved MiB", "bytes / content"], rows)
     for r in parts:
         d, full = r["cases"]["dropped"], r["cases"]["content"]["row_tokens"]
         shorter = d["row_tokens"] < full
@@ -303,6 +305,11 @@ def padding_section(parts: list[dict]) -> list[str]:
                      f"the longest clip sets the row width, so dropping changes the work by "
                      f"{d['time_vs_content']:.2f}x in time and {d['bytes_vs_content']:.4f}x in bytes (the key mask's cost).**"),
                   ""]
+        p = r["cases"].get("packed")
+        if p:
+            lines += [f"Packed: {p['batch_tokens']} tokens instead of {d['batch_tokens']}, "
+                      f"{p['step_s'] / d['step_s']:.2f}x the masked rows' time and "
+                      f"{p['saved_bytes'] / d['saved_bytes']:.2f}x their saved bytes.", ""]
     return lines
 
 
