@@ -116,3 +116,27 @@ def test_packed_sdpa_calls_take_no_mask(monkeypatch):
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     embed_and_grads(model(["video.cls_token=true"], "packed"), 0.5)
     assert len(calls) == 2 * len(REAL) and all(mask is None for mask in calls)  # 2 blocks x 3 clips
+
+
+def test_the_varlen_call_takes_the_packed_operands_on_fake_cuda():
+    """What a CPU can check of the CUDA path: torch's varlen op, on FakeTensors standing for
+    CUDA bf16 tensors, accepts the operands Packed.attention hands it (order, shapes, dtypes)
+    and returns one differentiable (total, H, D/H) output. Its numbers: tests/gpu only."""
+    import dataclasses
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from longvivit.model import transformer
+
+    if transformer.varlen_attn is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    host = Packed.of(torch.tensor([3, 1, 4]), torch.tensor([2, 1, 5]), torch.device("cpu"))
+    with FakeTensorMode():
+        cuda = {"device": "cuda"}
+        packed = dataclasses.replace(host, cu_q=torch.empty(4, dtype=torch.int32, **cuda),
+                                     cu_k=torch.empty(4, dtype=torch.int32, **cuda),
+                                     key_index=torch.empty(13, dtype=torch.int64, **cuda))
+        qkv = torch.empty(8, 3, 2, 8, dtype=torch.bfloat16, requires_grad=True, **cuda)
+        out = packed.attention(qkv)
+        assert out.shape == (8, 2, 8) and out.dtype == torch.bfloat16 and out.device.type == "cuda"
+        assert "varlen" in type(out.grad_fn).__name__

@@ -171,6 +171,9 @@ class Packed:
         kv = qkv[:, 1:] if self.key_index is None else qkv[:, 1:].index_select(0, self.key_index)
         k, v = kv.unbind(1)  # 2 x (total keys, H, D/H)
         if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            # dense (tokens, heads, head dim) operands, the layout the varlen kernels document
+            # (untested on a GPU yet: tests/gpu/test_gpu_packed.py)
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             return varlen_attn(q, k, v, self.cu_q, self.cu_k, self.max_q, self.max_k)  # (total, H, D/H)
         out = [F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[c:d].transpose(0, 1),
                                               v[c:d].transpose(0, 1)).transpose(0, 1)  # (L, H, D/H)
