@@ -37,6 +37,9 @@ gpu_turn):
                          with only the memory-efficient kernel (for information)
   two_gpu        ~0 s    skipped below 2 GPUs; ~100 s with 2: two NCCL ranks, then the resume
                          on one GPU
+  packed         ~30 s   a padded batch of the B tower in bf16 (8 clips of 64 and 16 frames):
+                         packed (varlen attention) against masked rows, kernels, agreement
+                         with fp32, host syncs and step time (an estimate: not run yet)
 
 Child processes run in the check's scratch folder (deleted afterwards, checkpoints and all),
 with their output in a log file there; a failed one's last lines go into the record.
@@ -1428,10 +1431,76 @@ def two_gpu_record(overrides: list[str], runs: dict[str, Finished], steps: list[
 
 # ---------------------------------------------------------------------------- main
 
+# ---------------------------------------------------------------------------- j. packed
+
+# bench/padding.py's mixed batch at the B tower's real size: half the clips whole, half a quarter
+# long, 75% masking, the open_clip shape (a CLS token: its key repeated per slice of content)
+PACKED_CELL = dict(preset="B", frames=64, image_size=224, batch=8, real=[64, 16], mask_ratio=0.75)
+PACKED_ROUNDS = 7  # interleaved rounds of each step (median)
+
+
+def packed_towers(cell: dict, device: torch.device, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """The cell's video tower twice, the same weights: video.packing masked and packed."""
+    from longvivit.model import build_model, model_config
+
+    towers = {}
+    for packing in ("masked", "packed"):
+        torch.manual_seed(0)
+        cfg = model_config(cell["preset"], [f"video.frames={cell['frames']}", f"video.image_size={cell['image_size']}",
+                                            "video.cls_token=true", f"video.packing={packing}"])
+        towers[packing] = build_model(cfg).video.to(device, dtype).train()
+    return towers
+
+
+def packed_step(tower, video: torch.Tensor, real: torch.Tensor, ratio: float,
+                probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tower_step on a padded batch (real_frames on the host, a CPU mask generator, as the
+    trainer passes them)."""
+    tower.zero_grad(set_to_none=True)
+    emb = tower(video, ratio, "random", torch.Generator().manual_seed(0), real)  # (B, E)
+    (emb.float() * probe).sum().backward()
+    return emb.detach().float(), torch.cat([p.grad.float().flatten() for p in tower.parameters()])
+
+
+def check_packed(work: Path, device: torch.device | None = None, cell: dict | None = None) -> dict:
+    """j. A padded batch (clips of mixed lengths) through the B tower in bf16 packed (torch's
+    varlen attention: every clip's tokens of content in one sequence, no mask) and masked
+    (rows padded to the longest clip, an additive key mask): the kernels each runs, both
+    against the masked path in strict fp32 (the thresholds of check_attention), the packed
+    path's host syncs (none: real_frames on the host), and the step time of each (forward +
+    backward, median of interleaved rounds)."""
+    device = device or torch.device("cuda")
+    c = cell or PACKED_CELL
+    towers = packed_towers(c, device, torch.bfloat16)
+    g = torch.Generator(device=device).manual_seed(0)
+    video = torch.randint(0, 256, (c["batch"], c["frames"], c["image_size"], c["image_size"], 3), dtype=torch.uint8,
+                          device=device, generator=g)
+    real = torch.tensor([c["real"][i % len(c["real"])] for i in range(c["batch"])])  # on the host
+    probe = torch.randn(towers["packed"].head.out_features, device=device, generator=g)
+    steps = {name: (lambda t=t: packed_step(t, video, real, c["mask_ratio"], probe)) for name, t in towers.items()}
+    out = {name: kernels_of(step, device) for name, step in steps.items()}
+    with strict_fp32():
+        ref = packed_towers(c, device, torch.float32)["masked"]
+        emb32, grad32 = packed_step(ref, video, real, c["mask_ratio"], probe)
+    del ref
+    for name, step in steps.items():
+        emb, grad = step()
+        out[name]["vs_fp32_masked"] = precision_agreement(emb32, emb, grad32, grad)
+    with SyncCounter() as counter:
+        steps["packed"]()
+    samples = common.interleaved(steps, PACKED_ROUNDS, device=device)
+    for name in steps:
+        out[name]["step_s"] = common.median(samples[name])
+        out[name]["step_s_samples"] = samples[name]
+    return {**c, "rounds": PACKED_ROUNDS, "embed_cosine_min": EMBED_COSINE_MIN, "grad_cosine_min": GRAD_COSINE_MIN,
+            "packed_syncs": len(counter.sites) if counter.active else None, "sync_sites": sync_table(counter.sites),
+            "packed_vs_masked_time": out["packed"]["step_s"] / out["masked"]["step_s"], **out}
+
+
 CHECKS: dict[str, Callable[[Path], dict]] = {
     "attention": check_attention, "trainer": check_trainer, "plan_memory": check_plan_memory,
     "mfu": check_mfu, "decode": check_decode, "shipped": check_shipped, "shipped_model": check_shipped_model,
-    "flash": check_flash, "two_gpu": check_two_gpu,
+    "flash": check_flash, "two_gpu": check_two_gpu, "packed": check_packed,
 }
 
 

@@ -314,19 +314,21 @@ def decode_section(r: dict) -> list[str]:
 
 
 def padding_section(parts: list[dict]) -> list[str]:
-    lines = ["### Padded clips: padding dropped before the encoder vs encoded as frames", ""]
+    lines = ["### Padded clips: padding dropped before the encoder (masked or packed) vs encoded as frames", ""]
     for r in parts:
         lines += provenance(r)
     lines += ["Tiny video encoder train step (forward, scalar loss, backward, fused AdamW), fp32, median "
               "over interleaved rounds. `content`: real_frames not passed, the padding (last frame "
               "repeated) is encoded and pooled; `dropped`: its tokens are dropped like masked ones, rows "
-              "padded to the batch's longest clip with a key mask; `whole`: no clip padded.", ""]
+              "padded to the batch's longest clip with a key mask (video.packing=masked); `packed`: the "
+              "clips' tokens of content in one sequence, attention per clip without a mask "
+              "(video.packing=packed; on the CPU one SDPA call per clip); `whole`: no clip padded.", ""]
     rows = [[f"{r['batch']} x {r['frames']}f, real frames cycling {r['real_frames']}", f"{r['mask_ratio']:.0%}",
-             name, c["row_tokens"], f"{c['step_s']:.4f}", f"**{c['time_vs_content']:.3f}**",
-             f"{c['saved_bytes'] / MiB:.1f}", f"{c['bytes_vs_content']:.4f}"]
+             name, c["row_tokens"], c.get("batch_tokens", ""), f"{c['step_s']:.4f}",
+             f"**{c['time_vs_content']:.3f}**", f"{c['saved_bytes'] / MiB:.1f}", f"{c['bytes_vs_content']:.4f}"]
             for r in parts for name, c in r["cases"].items()]
-    lines += table(["batch", "mask", "case", "tokens per row", "step s", "time / content", "saved MiB",
-                    "bytes / content"], rows)
+    lines += table(["batch", "mask", "case", "tokens per row", "tokens in the batch", "step s", "time / content",
+                    "saved MiB", "bytes / content"], rows)
     for r in parts:
         d, full = r["cases"]["dropped"], r["cases"]["content"]["row_tokens"]
         shorter = d["row_tokens"] < full
@@ -336,6 +338,11 @@ def padding_section(parts: list[dict]) -> list[str]:
                      f"the longest clip sets the row width, so dropping changes the work by "
                      f"{d['time_vs_content']:.2f}x in time and {d['bytes_vs_content']:.4f}x in bytes (the key mask's cost).**"),
                   ""]
+        p = r["cases"].get("packed")
+        if p:
+            lines += [f"Packed: {p['batch_tokens']} tokens instead of {d['batch_tokens']}, "
+                      f"{p['step_s'] / d['step_s']:.2f}x the masked rows' time and "
+                      f"{p['saved_bytes'] / d['saved_bytes']:.2f}x their saved bytes.", ""]
     return lines
 
 
@@ -684,6 +691,22 @@ def gpu_flash(r: dict) -> list[str]:
                      "cuDNN alone", "memory-efficient alone"], rows))
 
 
+def gpu_packed(r: dict) -> list[str]:
+    def kernels(k: dict) -> str:
+        return "; ".join(f"{b} {v['count']} ({v['time_us'] / 1e3:.2f} ms)" for b, v in k.items()) or "none"
+
+    rows = [[name, kernels(x["kernels"]), f"{x['step_s']:.4f}", f"{x['vs_fp32_masked']['embedding_cosine_min']:.5f}",
+             f"{x['vs_fp32_masked']['grad_cosine']:.5f}"] for name, x in ((n, r[n]) for n in ("masked", "packed"))]
+    return ([f"The {r['preset']} video tower in bf16 on {r['batch']} clips of {r['frames']} frames, real frames "
+             f"cycling {r['real']}, {r['mask_ratio']:.0%} masking, a CLS token: forward + backward with the rows "
+             "padded to the longest clip and a key mask (masked) and with every clip's tokens of content in one "
+             f"sequence (packed, torch's varlen attention); median of {r['rounds']} interleaved rounds. "
+             f"**Packed takes {r['packed_vs_masked_time']:.2f}x the masked step's time**; host syncs in a packed "
+             f"step: {count(r['packed_syncs'])}.", ""]
+            + table(["path", "attention kernels", "step s", "embedding cosine vs fp32 masked (min)",
+                     "gradient cosine"], rows))
+
+
 def gpu_two_gpu(r: dict) -> list[str]:
     codes = ", ".join(f"{n} {c}" for n, c in r["exit_codes"].items())
     starts = "; ".join(f"{n}: " + ", ".join(f"rank {s['rank']}/{s['world_size']} {s['backend']} {s['device']}"
@@ -704,7 +727,8 @@ GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume",
               ("shipped", "The shipped configs on one GPU", gpu_shipped),
               ("shipped_model", "The shipped configs' models: attention kernels and host syncs", gpu_shipped_model),
               ("flash", "Every config's video tower on FlashAttention or cuDNN", gpu_flash),
-              ("two_gpu", "Two GPUs: NCCL ranks, then the resume on one", gpu_two_gpu)]
+              ("two_gpu", "Two GPUs: NCCL ranks, then the resume on one", gpu_two_gpu),
+              ("packed", "Padded batches: packed (varlen attention) against masked rows", gpu_packed)]
 
 
 def gpu_section(folder: Path) -> list[str]:

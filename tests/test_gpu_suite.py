@@ -412,6 +412,23 @@ def test_the_flash_check_on_cpu_records_each_kernel_set(tmp_path):
     assert "| demo_short | 64, head dim 32 | yes | yes | yes | no | no |" in text, text
 
 
+def test_the_packed_check_on_cpu_times_both_paths_and_agrees_with_fp32(tmp_path):
+    """CPU twin on the tiny tower: the packed path is the loop of SDPA calls here, so what it
+    shows is the record and its rendering; both paths agree with fp32 masked as on a GPU."""
+    import report
+
+    cell = dict(preset="tiny", frames=16, image_size=32, batch=3, real=[16, 6, 11], mask_ratio=0.75)
+    r = gpu.check_packed(tmp_path, torch.device("cpu"), cell)
+    assert r["packed_syncs"] is None  # no CUDA: not counted
+    for name in ("packed", "masked"):
+        assert r[name]["kernels"] == {} and not r[name]["math"]  # CPU: aten ops only
+        assert r[name]["vs_fp32_masked"]["embedding_cosine_min"] > 0.99
+        assert len(r[name]["step_s_samples"]) == gpu.PACKED_ROUNDS and r[name]["step_s"] > 0
+    assert r["packed_vs_masked_time"] == r["packed"]["step_s"] / r["masked"]["step_s"]
+    text = "\n".join(report.gpu_packed(r))
+    assert f"**Packed takes {r['packed_vs_masked_time']:.2f}x the masked step's time**" in text, text
+
+
 def test_a_config_whose_model_fails_is_recorded_and_the_others_still_run(monkeypatch, tmp_path):
     import report
 

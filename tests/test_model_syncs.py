@@ -69,6 +69,7 @@ CASES = {
     "joint-cls (open_clip shape: T' CLS key copies)": ["video.cls_token=true", "video.pool=cls", "text.arch=clip",
                                                      "text.tokenizer=open_clip", "text.vocab_size=49408"],
     "joint-mean, siglip": ["loss=siglip"],
+    "joint-cls packed (padded clips in one sequence)": ["video.cls_token=true", "video.packing=packed"],
     "factorized-tube": ["video.attention=factorized", "video.mask_scheme=tube", "video.cls_token=true"],
 }
 REAL = {"None": None, "int": FRAMES, "cpu-whole": torch.tensor([FRAMES, FRAMES]),

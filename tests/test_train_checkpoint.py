@@ -60,6 +60,8 @@ def test_resume_refuses_other_architecture(tmp_path):
     d = _tag(ckpt.ckpt_root(tmp_path), 4, model=model, world=2)
     same_but_masked = {**model, "preset": "x", "video": {**model["video"], "mask_ratio": 0.75}}
     ckpt.check_compatible(d, same_but_masked)  # training knobs may change
+    # how padded batches run is no architecture, and a checkpoint from before the key resumes
+    ckpt.check_compatible(d, {**model, "video": {**model["video"], "packing": "packed"}})
     wider = {**model, "video": {**model["video"], "width": 96}}
     with pytest.raises(ConfigError, match=r"^model\.video\.width: .*64.*96"):
         ckpt.check_compatible(d, wider)

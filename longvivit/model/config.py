@@ -40,6 +40,12 @@ class VideoConfig:
     activation: str = choice("gelu", "quick_gelu")  # OpenAI CLIP weights use quick_gelu
     mask_ratio: float = 0.0  # fraction of tubelet tokens dropped before the encoder (training)
     mask_scheme: str = choice("random", "tube")
+    # padded batches (clips of different lengths), joint attention: packed puts each clip's tokens of
+    # content into one sequence, attention per clip without a mask (torch's varlen kernel on CUDA,
+    # a loop of SDPA calls elsewhere); masked pads the rows to the longest clip with a key mask;
+    # auto: packed on CUDA, masked elsewhere. The same numbers either way (tests/test_model_packed.py).
+    # (Not on/off: YAML and the command line would read those as booleans.)
+    packing: str = choice("auto", "packed", "masked")
     grad_checkpointing: int = 0  # number of blocks (from the first) with activation checkpointing
     trainable_last_k: Optional[int] = None  # None: all blocks train; k: only the last k blocks
     train_stem: bool = True  # with trainable_last_k: tubelet/position embeddings keep training.

@@ -22,7 +22,9 @@ Padded clips (`sample_visible_padded`): a clip shorter than the model's frames a
 its last frame repeated (longvivit/data/load/decode.py), so its real tokens are the first real_slices * S
 in this numbering. Masking draws only among them, keeping the ratio of the clip's own
 tokens (a 10-frame clip at 75% keeps a quarter of its 10 frames' tokens, not a quarter of
-64 frames' worth), and the batch is padded to its longest row with a validity mask.
+64 frames' worth), and the batch is padded to its longest row with a validity mask. The
+valid entries of a row lead it, and how many there are is known on the host
+(`padded_counts`), which is what lets the encoder pack rows without reading the mask.
 """
 from __future__ import annotations
 
@@ -86,6 +88,16 @@ def _check(mask_ratio: float, scheme: str) -> None:
         raise ValueError(f"mask_scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
 
 
+def padded_counts(spatial: int, mask_ratio: float, scheme: str, real_slices: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 on the host: how many tokens row b of sample_visible_padded keeps, its
+    leading valid entries (the rest are fillers). real_slices on the CPU, clamped to the
+    clip's slices already. The same float32 arithmetic as on any device: the counts the
+    host reads are the ones the device's rows hold."""
+    if scheme == "tube":
+        return real_slices * max(1, round((1.0 - mask_ratio) * spatial))
+    return (real_slices * spatial * (1.0 - mask_ratio)).round().clamp(min=1).long()
+
+
 def sample_visible_padded(slices: int, spatial: int, mask_ratio: float, scheme: str,
                           real_slices: torch.Tensor, generator: Optional[torch.Generator] = None,
                           device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,22 +113,19 @@ def sample_visible_padded(slices: int, spatial: int, mask_ratio: float, scheme: 
     batch = real_slices.shape[0]
     host = real_slices.clamp(1, slices)  # (B,), where it came
     real = to_device(host, device)  # (B,)
+    kept_host = padded_counts(spatial, mask_ratio, scheme, host.cpu())  # (B,) on the host
+    kept = to_device(kept_host, real.device)  # (B,)
+    width = int(kept_host.max())
     if scheme == "tube":
-        kept = max(1, round((1.0 - mask_ratio) * spatial))
         positions = _keep_lowest_noise(batch, spatial, mask_ratio, generator, device)  # (B, kept)
-        width = int(host.max()) * kept
         offsets = torch.arange(slices, device=positions.device) * spatial
         index = (offsets[None, :, None] + positions[:, None, :]).flatten(1)[:, :width]
-        valid = torch.arange(width, device=index.device)[None] < (real * kept)[:, None]
+        valid = torch.arange(width, device=index.device)[None] < kept[:, None]
         return index.masked_fill(~valid, 0), valid
     n = slices * spatial
-    # the same float32 arithmetic on the host as on any device: the counts are equal
-    kept_host = (host * spatial * (1.0 - mask_ratio)).round().clamp(min=1).long()  # (B,)
-    kept = to_device(kept_host, real.device)
     noise_device = generator.device if generator is not None else device
     noise = to_device(torch.rand(batch, n, generator=generator, device=noise_device), device)  # (B, N)
     noise = noise.masked_fill(torch.arange(n, device=noise.device)[None] >= (real * spatial)[:, None], 2.0)
-    width = int(kept_host.max())
     order = noise.argsort(dim=1)[:, :width]  # padding tokens (noise 2) last
     valid = torch.arange(width, device=order.device)[None] < kept[:, None]
     index = order.masked_fill(~valid, n).sort(dim=1).values  # kept tokens sorted, fillers (n) last

@@ -9,12 +9,20 @@ image-to-video mapping in init.py a rename.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from longvivit.model.masking import to_device
+
+try:  # FlashAttention's (or cuDNN's) varlen kernel behind torch's own API (torch >= 2.10)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # an older torch: Packed attends sequence by sequence
+    varlen_attn = None
 
 # ----------------------------------------------------------------------------- initial weights
 #
@@ -95,14 +103,17 @@ class Attention(nn.Module):
         self.proj = Linear(width, width, generator=generator)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, first_key_copies: int = 1,
-                is_causal: bool = False) -> torch.Tensor:
+                is_causal: bool = False, packed: Optional["Packed"] = None) -> torch.Tensor:
         """x (B, N, D) -> (B, N, D). attn_mask: SDPA's (bool or additive), None for none.
         first_key_copies c: the first token's key and value enter every softmax c times
         (the same softmax as a +ln(c) bias on that key's logits, without a mask, so SDPA
         may pick FlashAttention; VideoEncoder.cls_key_copies says why). is_causal: query i
-        sees keys <= i (SDPA takes no attn_mask with it)."""
+        sees keys <= i (SDPA takes no attn_mask with it). packed: x is (1, total, D), the
+        sequences `packed` describes one after another, each attending only to itself."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
+        if packed is not None:
+            return self.proj(packed.attention(qkv[0]).reshape(B, N, D))  # (1, total, D)
         extra = first_key_copies - 1
         if extra:
             # c-1 more copies of the first token's q, k, v in front; the queries then skip
@@ -113,6 +124,61 @@ class Attention(nn.Module):
         q = q[:, :, extra:]  # (B, H, N, D/H): the queries stay N
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, H, N, D/H)
         return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Sequences of different lengths packed one after another into one (1, total, D) row,
+    and how Attention attends within each of them: no padding, no mask.
+
+    Sequence i is tokens q_bounds[i]:q_bounds[i+1] of the row. Its keys and values are the
+    row's tokens key_index[k_bounds[i]:k_bounds[i+1]]: its own tokens, its first one
+    entered first_key_copies[i] times (the CLS key's copies, VideoEncoder.cls_key_copies,
+    which may differ between the sequences here). On CUDA in fp16/bf16 one call of torch's
+    varlen attention (FlashAttention's or cuDNN's varlen kernel, cumulative lengths cu_q
+    and cu_k) covers every sequence; elsewhere a loop calls SDPA once per sequence without
+    a mask, the same softmax. Built from lengths on the host (`of`); its device tensors
+    arrive without a host sync and the bounds are host ints, so nothing is read back."""
+
+    q_bounds: tuple[int, ...]  # (S+1,) cumulative query lengths, on the host
+    k_bounds: tuple[int, ...]  # (S+1,) cumulative key lengths, on the host
+    cu_q: torch.Tensor  # (S+1,) int32, q_bounds on the device
+    cu_k: torch.Tensor  # (S+1,) int32, k_bounds on the device
+    key_index: Optional[torch.Tensor]  # (total keys,) int64 on the device: the row's token behind each
+    # key; None when no sequence repeats its first key (the keys are the queries' tokens)
+    max_q: int  # the longest sequence's queries
+    max_k: int  # and keys
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor, first_key_copies: torch.Tensor, device: torch.device) -> "Packed":
+        """lengths, first_key_copies: (S,) int64 on the CPU (copies >= 1)."""
+        keys = lengths + first_key_copies - 1  # (S,)
+        cu_q, cu_k = F.pad(lengths.cumsum(0), (1, 0)), F.pad(keys.cumsum(0), (1, 0))  # (S+1,) twice
+        seq = torch.repeat_interleave(torch.arange(len(lengths)), keys)  # (total keys,) which sequence
+        within = torch.arange(int(cu_k[-1])) - cu_k[seq]  # position among its sequence's keys
+        key_index = cu_q[seq] + (within - (first_key_copies[seq] - 1)).clamp(min=0)  # copies -> the first token
+        copied = bool((first_key_copies > 1).any())  # a host tensor: no sync
+        return cls(tuple(cu_q.tolist()), tuple(cu_k.tolist()), to_device(cu_q.int(), device),
+                   to_device(cu_k.int(), device), to_device(key_index, device) if copied else None,
+                   int(lengths.max()), int(keys.max()))
+
+    def attention(self, qkv: torch.Tensor) -> torch.Tensor:
+        """qkv (total, 3, H, D/H) -> (total, H, D/H): softmax(q k^T / sqrt(D/H)) v per sequence.
+        With first-key copies one gather makes every sequence's keys and values (index_select:
+        its backward adds the copies' gradients in index order, the same on every run on the
+        CPU); without, they are views of qkv, as in the masked path."""
+        q = qkv[:, 0]  # (total, H, D/H)
+        kv = qkv[:, 1:] if self.key_index is None else qkv[:, 1:].index_select(0, self.key_index)
+        k, v = kv.unbind(1)  # 2 x (total keys, H, D/H)
+        if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            # dense (tokens, heads, head dim) operands, the layout the varlen kernels document
+            # (untested on a GPU yet: tests/gpu/test_gpu_packed.py)
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            return varlen_attn(q, k, v, self.cu_q, self.cu_k, self.max_q, self.max_k)  # (total, H, D/H)
+        out = [F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[c:d].transpose(0, 1),
+                                              v[c:d].transpose(0, 1)).transpose(0, 1)  # (L, H, D/H)
+               for a, b, c, d in zip(self.q_bounds, self.q_bounds[1:], self.k_bounds, self.k_bounds[1:])]
+        return torch.cat(out)  # (total, H, D/H)
 
 
 class _ActivationLinear(torch.autograd.Function):
@@ -190,7 +256,7 @@ class Block(nn.Module):
 
 def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, checkpointed: int = 0, **attention) -> torch.Tensor:
     """Apply `blocks` in order, each with the same `attention` keywords (attn_mask,
-    first_key_copies, is_causal: Attention.forward); the first `checkpointed` of them
+    first_key_copies, is_causal, packed: Attention.forward); the first `checkpointed` of them
     recompute their activations in the backward pass instead of keeping them (only their
     input is saved)."""
     for i, block in enumerate(blocks):

@@ -32,6 +32,7 @@ from longvivit.model.transformer import (
     Attention,
     Block,
     Linear,
+    Packed,
     fill_,
     full_shape,
     init_generator,
@@ -268,6 +269,7 @@ class VideoEncoder(nn.Module):
             raise ValueError("factorized attention needs mask_scheme='tube' "
                              "(every temporal slice must keep the same spatial positions)")
         real = self.real_slices(real_frames, slices, x.shape[0])  # (B,) on the CPU, or None: every clip whole
+        clips = None  # the packed layout of a padded batch (PackedClips), when it takes one
         if real is None:
             index, valid = masking.sample_visible(x.shape[0], slices, grid * grid, mask_ratio, mask_scheme,
                                                   generator, x.device), None  # (B, n) or None
@@ -275,16 +277,25 @@ class VideoEncoder(nn.Module):
             scheme = "tube" if self.cfg.attention == "factorized" else mask_scheme
             index, valid = masking.sample_visible_padded(slices, grid * grid, mask_ratio, scheme, real,
                                                          generator, x.device)  # (B, n) twice
+            if self.packs(x.device):
+                clips = self.packed_clips(masking.padded_counts(grid * grid, mask_ratio, scheme, real), real,
+                                          index.shape[1], x.device)
         rows = slices if real is None else int(real.max())  # temporal slices in the token rows (host: no sync)
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and self.frozen_prefix == 0):
             x = self.patch_embed(x, index) + self.positions(slices, grid, index, still)  # (B, n, D)
             x = self.ln_pre(self.with_cls(x, rows))  # (B, 1+n, D) | (B, T', 1+s, D)
-            attention = self.attention_keywords(x, slices, real, valid, rows)
+            if clips is not None:
+                x, attention = clips.pack(x), {"packed": clips.attention}  # (1, total, D)
+            else:
+                attention = self.attention_keywords(x, slices, real, valid, rows)
             x = run_blocks(self.blocks[: self.frozen_prefix], x, **attention)
         x = run_blocks(self.blocks[self.frozen_prefix:], x, max(0, self.checkpointed - self.frozen_prefix),
                        **attention)
-        return self.head(self.pool(self.norm(x), valid))  # (B, E)
+        x = self.norm(x)
+        if clips is not None:
+            x = clips.unpack(x)  # (B, 1+n, D), zeros on the fillers
+        return self.head(self.pool(x, valid))  # (B, E)
 
     def as_tubelet(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, 1, H, W) -> (B, C, t, H, W), the image repeated over one tubelet. The tubelet
@@ -354,6 +365,23 @@ class VideoEncoder(nn.Module):
         copies = self.cls_key_copies(slices)
         return {"first_key_copies": copies} if copies > 1 else {}
 
+    def packs(self, device: torch.device) -> bool:
+        """Whether a padded batch runs packed (PackedClips) rather than masked (padding_bias):
+        video.packing packed, or auto on CUDA. Joint attention only: factorized attention
+        keeps its key mask over the padding slices (its spatial attention has no padding)."""
+        if self.cfg.attention != "joint" or self.cfg.packing == "masked":
+            return False
+        return self.cfg.packing == "packed" or torch.device(device).type == "cuda"
+
+    def packed_clips(self, counts: torch.Tensor, real: torch.Tensor, width: int,
+                     device: torch.device) -> "PackedClips":
+        """The packed layout of a padded batch: row b holds counts[b] kept tokens of content
+        (then fillers) among `width`, after the CLS token if there is one, whose key enters
+        the clip's keys real[b] times (cls_key_copies per clip). counts, real: (B,) on the CPU."""
+        cls = int(self.cls_token is not None)
+        copies = real if cls else torch.ones_like(real)
+        return PackedClips.of(counts + cls, copies, cls + width, device)
+
     def cls_key_copies(self, slices: int) -> int:
         """How many times the CLS key and value enter each softmax of joint attention: T'.
 
@@ -414,6 +442,40 @@ class VideoEncoder(nn.Module):
         if self.cls_token is not None:
             valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, 1+n)
         return valid.to(x.dtype)
+
+
+class PackedClips:
+    """A padded batch's tokens of content, every clip's after the last, as one (1, total, D)
+    sequence (its CLS token first in each clip): blocks run on it (LayerNorm and MLP act
+    per token) and attention stays inside each clip without a mask (transformer.Packed:
+    torch's varlen attention on a GPU), so no filler token costs a FLOP and FlashAttention
+    can run. Equal to the masked path (padding_bias) up to rounding:
+    tests/test_model_packed.py. Which tokens exist comes from the host (masking.padded_counts:
+    the valid entries of a row lead it), so packing reads nothing back from the device."""
+
+    def __init__(self, rows: torch.Tensor, batch: int, width: int, attention: Packed):
+        self.rows = rows  # (total,) int64 on the device: each packed token's place in the (B * width) rows
+        self.batch, self.width = batch, width
+        self.attention = attention
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor, first_key_copies: torch.Tensor, width: int,
+           device: torch.device) -> "PackedClips":
+        """lengths (B,): the leading tokens of each `width`-token row that take part, on the CPU."""
+        starts = F.pad(lengths.cumsum(0), (1, 0))[:-1]  # (B,)
+        clip = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (total,)
+        rows = clip * width + torch.arange(len(clip)) - starts[clip]  # (total,)
+        return cls(masking.to_device(rows, device), len(lengths), width,
+                   Packed.of(lengths, first_key_copies, device))
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, width, D) -> (1, total, D)."""
+        return x.flatten(0, 1).index_select(0, self.rows)[None]
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, total, D) -> (B, width, D), zeros where no token was packed from."""
+        D = x.shape[-1]
+        return x.new_zeros(self.batch * self.width, D).index_copy(0, self.rows, x[0]).view(self.batch, self.width, D)
 
 
 def weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
