@@ -57,27 +57,39 @@ CLIP_FRAMES = 64
 
 # ---------------------------------------------------------------------------- data
 
-def prepare(out: Path, videos: int, seed: int) -> dict:
-    """Synthetic benchmark -> shards -> tokenizer (the demo's own preparation)."""
+def prepare(out: Path, videos: int, seed: int, frames: int = CLIP_FRAMES, long_range: bool = False) -> dict:
+    """Synthetic benchmark -> shards (the demo's own preparation, no stills) -> the
+    tokenizer demo.yaml reads, trained on the training captions; returns the data.*
+    overrides. Reused when present."""
+    from longvivit.data import train_tokenizer
     from longvivit.train.demo import prepare_data
 
-    if (out / "shards" / "val" / "index.json").is_file() and (out / "tokenizer" / "spm.model").is_file():
-        return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val",
-                "data.tokenizer": out / "tokenizer" / "spm.model"}
-    return prepare_data(out, videos=videos, images=0, frames=CLIP_FRAMES, seed=seed)
+    data = {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val",
+            "data.tokenizer": out / "tokenizer" / "spm.model"}
+    if not ((out / "shards" / "val" / "index.json").is_file() and data["data.tokenizer"].is_file()):
+        prepare_data(out, videos=videos, images=0, frames=frames, seed=seed, long_range=long_range)
+        train_tokenizer([out / "synth" / "train.jsonl"], out / "tokenizer" / "spm")
+    return data
 
 
-def decode_split(cfg, split: str) -> dict:
+def decode_split(cfg, split: str, items: bool = False) -> dict:
     """Every clip of a split, all frames, centred crop: video (N, 64, H, W, C) uint8,
-    text_ids, text_mask, index."""
+    text_ids, text_mask, index; items: also each clip's multiple-choice items ("mc", a
+    list per clip) and the loader's tokenizer."""
     from longvivit.data import build_loader
+    from longvivit.eval.multichoice import items_of
+    from longvivit.train.sources import source_data
 
-    loader = build_loader(cfg.data, split, torch.device("cpu"), 0, 1, training=False)
+    data = source_data(cfg.data, 0, cfg.data.sources[0]) if split == "train" else cfg.data
+    loader = build_loader(data, split, torch.device("cpu"), 0, 1, training=False)
     try:
         batches = list(loader)
+        out = {k: torch.cat([b[k] for b in batches]) for k in ("video", "text_ids", "text_mask", "index")}
+        if items:
+            out.update(mc=items_of(loader.dataset, out["index"].tolist()), tokenizer=loader.tokenizer)
     finally:
         loader.close()
-    return {k: torch.cat([b[k] for b in batches]) for k in ("video", "text_ids", "text_mask", "index")}
+    return out
 
 
 def pick_frames(video: torch.Tensor, frames: int, sampling: str, rng: np.random.Generator | None,
