@@ -208,6 +208,28 @@ def tradeoff_seeds_section(r: dict) -> list[str]:
     return lines
 
 
+def claims_section(r: dict) -> list[str]:
+    lines = ["### The paper's claims in miniature (tiny model, synthetic benchmarks)", ""] + provenance(r)
+    runs = r["runs"]
+    pairs = sorted({x["val_pairs"] for x in runs})
+    lines += [f"{r['steps']} steps x batch {runs[0]['batch']} for every run, {r['videos']} videos per benchmark "
+              f"({' and '.join(map(str, pairs))} held out), training seeds {', '.join(map(str, r['seeds']))}; "
+              f"unmasked evaluation. The call took {r['wall_s'] / 60:.1f} min (1-min load average "
+              f"{r['load_avg_1m_start']} at the start). One held-out pair is "
+              + " / ".join(f"{100 / n:.2f}" for n in pairs) + " points of one seed's R@1.", ""]
+    rows = [[x["run"], x["tokens_per_clip"], x["mask_scheme"] if x["mask_ratio"] else "",
+             f"**{x['t2v_r1']:.2f}**", " / ".join(f"{s['t2v_r1']:.2f}" for s in x["per_seed"]),
+             f"{x['v2t_r1']:.2f}", " / ".join(f"{s['v2t_r1']:.2f}" for s in x["per_seed"]),
+             f"{x['mc_top1']:.2f} (chance {x['mc_chance']:.2f})" if "mc_top1" in x else "",
+             f"{x['step_s']:.3f}", f"{x['saved_bytes'] / MiB:.1f}"] for x in runs]
+    lines += table(["run", "tokens/clip", "masking", "t2v R@1 % (mean)", "t2v R@1 per seed", "v2t R@1 % (mean)",
+                    "v2t R@1 per seed", "MC top-1 % (mean)", "step s (median)",
+                    f"saved MiB (batch {runs[0]['batch']})"], rows)
+    lines += table(["claim", "the paper says", "here"],
+                   [[c["claim"], c["statement"], f"**{c['verdict']}**"] for c in r["claims"]])
+    return lines
+
+
 def offload_section(r: dict) -> list[str]:
     lines = ["### ZeRO-3 offload: the trainer's fused torch AdamW vs DeepSpeedCPUAdam", ""] + provenance(r)
     b = r["cpu_adam_build"]
@@ -447,7 +469,7 @@ def search_section(r: dict) -> list[str]:
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
-            ("tradeoff_seeds", tradeoff_seeds_section), ("offload", offload_section), ("padding", padding_section),
+            ("tradeoff_seeds", tradeoff_seeds_section), ("claims", claims_section), ("offload", offload_section), ("padding", padding_section),
             ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section),
             ("search", search_section)]
 
