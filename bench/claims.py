@@ -107,7 +107,8 @@ def claim_c(short: dict, long: dict) -> dict:
     seeds = len(long["per_seed"])
     holds = diff > 0 and wins == seeds
     text = (f"128 frames at 75% {'beat' if diff > 0 else 'do not beat'} 16 uniform frames on mean t2v R@1 "
-            f"({mean(long):.2f} vs {mean(short):.2f}, {diff:+.2f} pts) and are ahead on {wins} of {seeds} seeds")
+            f"({mean(long):.2f} vs {mean(short):.2f}, {diff:+.2f} pts; chance {long['chance_r1']:.2f}) "
+            f"and are ahead on {wins} of {seeds} seeds")
     if "mc_top1" in long["per_seed"][0]:
         text += (f"; multiple choice {mean(long, 'mc_top1'):.2f}% vs {mean(short, 'mc_top1'):.2f}% "
                  f"(chance {long['mc_chance']:.2f}%, not part of the verdict)")
@@ -152,11 +153,12 @@ def benchmarks(out: Path, wanted: set, args) -> list[dict]:
 
 
 def run_seed(name: str, spec, bench: dict, seed: int) -> dict:
-    """tradeoff.train_and_eval of one run and seed, kept in the benchmark's cache folder."""
+    """tradeoff.train_and_eval of one run and seed, kept in the benchmark's cache folder
+    ("reused": True when an earlier call ran it)."""
     path = bench["cache"] / f"{name.replace(' ', '_').replace(':', '').replace('%', 'pct')}_seed{seed}.json"
     if path.is_file():
         common.log(f"run {name}, seed {seed}: kept from {path}")
-        return json.loads(path.read_text())
+        return json.loads(path.read_text()) | {"reused": True}
     common.log(f"run {name}, seed {seed}")
     result = tradeoff.train_and_eval(tradeoff.run_config(bench["base"], spec), bench["train"], bench["val"], seed)
     path.write_text(json.dumps(result))
@@ -178,6 +180,7 @@ def seed_row(results: list[dict], seeds: list[int]) -> dict:
     keys = ("t2v_r1", "v2t_r1", "t2v_r5", "final_loss", "mc_top1")
     row = dict(tradeoff.over_seeds(results, seeds)) if len(results) > 1 else dict(results[0], seeds=seeds)
     row["per_seed"] = [{"seed": s, **{k: r[k] for k in keys if k in r}} for s, r in zip(seeds, results)]
+    row["reused"] = sum(r.get("reused", False) for r in results)
     if "mc_top1" in results[0]:
         row["mc_top1"] = round(statistics.fmean(r["mc_top1"] for r in results), 4)
     return row

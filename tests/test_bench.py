@@ -51,7 +51,7 @@ def test_tradeoff_runs_by_letter_and_seed_means():
 
 def seeds_row(t2v: list[float], saved: int = 100, **extra) -> dict:
     return {"per_seed": [{"seed": i, "t2v_r1": r, **extra} for i, r in enumerate(t2v)], "saved_bytes": saved,
-            "val_pairs": 80}
+            "val_pairs": 80, "chance_r1": 1.25}
 
 
 def test_claims_verdicts_follow_the_numbers():
@@ -77,7 +77,8 @@ def test_claims_verdicts_follow_the_numbers():
     # (c): ahead on the mean is not enough: every seed
     short = seeds_row([5.0, 5.0, 5.0], mc_top1=40.0) | {"mc_chance": 33.33}
     c = claims.claim_c(short, seeds_row([10.0, 10.0, 10.0], mc_top1=50.0) | {"mc_chance": 33.33})
-    assert c["holds"] and "ahead on 3 of 3 seeds" in c["verdict"] and "50.00% vs 40.00% (chance 33.33%" in c["verdict"]
+    assert c["holds"] and "(10.00 vs 5.00, +5.00 pts; chance 1.25) and are ahead on 3 of 3 seeds" in c["verdict"]
+    assert "50.00% vs 40.00% (chance 33.33%" in c["verdict"]
     c = claims.claim_c(short, seeds_row([20.0, 5.0, 10.0], mc_top1=50.0) | {"mc_chance": 33.33})
     assert not c["holds"] and c["verdict"].startswith("does not reproduce here: 128 frames at 75% beat")
     assert "ahead on 2 of 3 seeds" in c["verdict"]
