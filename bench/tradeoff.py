@@ -33,6 +33,7 @@ seeds and `per_seed` keeps each. One JSON object on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -57,27 +58,40 @@ CLIP_FRAMES = 64
 
 # ---------------------------------------------------------------------------- data
 
-def prepare(out: Path, videos: int, seed: int) -> dict:
-    """Synthetic benchmark -> shards -> tokenizer (the demo's own preparation)."""
+def prepare(out: Path, videos: int, seed: int, frames: int = CLIP_FRAMES, long_range: bool = False) -> dict:
+    """Synthetic benchmark -> shards (the demo's own preparation, no stills) -> the
+    tokenizer demo.yaml reads, trained on the training captions; returns the data.*
+    overrides. Reused when present."""
+    from longvivit.data import train_tokenizer
     from longvivit.train.demo import prepare_data
 
-    if (out / "shards" / "val" / "index.json").is_file() and (out / "tokenizer" / "spm.model").is_file():
-        return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val",
-                "data.tokenizer": out / "tokenizer" / "spm.model"}
-    return prepare_data(out, videos=videos, images=0, frames=CLIP_FRAMES, seed=seed)
+    data = {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val",
+            "data.tokenizer": out / "tokenizer" / "spm.model"}
+    if not ((out / "shards" / "val" / "index.json").is_file() and data["data.tokenizer"].is_file()):
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is the JSON's
+            prepare_data(out, videos=videos, images=0, frames=frames, seed=seed, long_range=long_range)
+        train_tokenizer([out / "synth" / "train.jsonl"], out / "tokenizer" / "spm")
+    return data
 
 
-def decode_split(cfg, split: str) -> dict:
-    """Every clip of a split, all frames, centred crop: video (N, 64, H, W, C) uint8,
-    text_ids, text_mask, index."""
+def decode_split(cfg, split: str, items: bool = False) -> dict:
+    """Every clip of a split, all frames, centred crop: video (N, T, H, W, C) uint8,
+    text_ids, text_mask, index; items: also each clip's multiple-choice items ("mc", a
+    list per clip) and the loader's tokenizer."""
     from longvivit.data import build_loader
+    from longvivit.eval.multichoice import items_of
+    from longvivit.train.sources import source_data
 
-    loader = build_loader(cfg.data, split, torch.device("cpu"), 0, 1, training=False)
+    data = source_data(cfg.data, 0, cfg.data.sources[0]) if split == "train" else cfg.data
+    loader = build_loader(data, split, torch.device("cpu"), 0, 1, training=False)
     try:
         batches = list(loader)
+        out = {k: torch.cat([b[k] for b in batches]) for k in ("video", "text_ids", "text_mask", "index")}
+        if items:
+            out.update(mc=items_of(loader.dataset, out["index"].tolist()), tokenizer=loader.tokenizer)
     finally:
         loader.close()
-    return {k: torch.cat([b[k] for b in batches]) for k in ("video", "text_ids", "text_mask", "index")}
+    return out
 
 
 def pick_frames(video: torch.Tensor, frames: int, sampling: str, rng: np.random.Generator | None,
@@ -137,6 +151,7 @@ def train_and_eval(cfg, train: dict, val: dict, seed: int) -> dict:
 
 @torch.no_grad()
 def evaluate(model, cfg, val: dict) -> dict:
+    """Held-out retrieval, unmasked; multiple choice too where val holds items (decode_split)."""
     from longvivit.eval.evaluate import retrieval_metrics
 
     model.eval()
@@ -148,7 +163,22 @@ def evaluate(model, cfg, val: dict) -> dict:
         videos.append(model.encode_video(clip, mask_ratio=0.0, normalize=True))
         texts.append(model.encode_text(val["text_ids"][part], val["text_mask"][part], normalize=True))
     m = retrieval_metrics(torch.cat(texts) @ torch.cat(videos).t())
-    return {k: round(m[k], 2) for k in ("t2v_r1", "v2t_r1", "t2v_r5", "chance_r1")} | {"val_pairs": m["pairs"]}
+    out = {k: round(m[k], 2) for k in ("t2v_r1", "v2t_r1", "t2v_r5", "chance_r1")} | {"val_pairs": m["pairs"]}
+    if any(val.get("mc", [])):
+        out |= multiple_choice(model, torch.cat(videos), val)
+    return out
+
+
+def multiple_choice(model, video: torch.Tensor, val: dict) -> dict:
+    """Top-1 accuracy (%) of val's items (answers alone) against the clips' embeddings."""
+    from longvivit.eval.multichoice import embed_items, mc_metrics
+    from longvivit.eval.zeroshot import text_embedder
+
+    items = [it for clip in val["mc"] for it in clip]
+    rows = [row for row, clip in enumerate(val["mc"]) for _ in clip]
+    embed_texts = text_embedder(model, val["tokenizer"], model.cfg.text.context_length)
+    m = mc_metrics(video, embed_items(items, rows, embed_texts))
+    return {"mc_top1": round(m["top1"], 2), "mc_chance": round(m["chance_top1"], 2), "mc_items": m["items"]}
 
 
 def run_name(arg: str) -> str:
@@ -174,6 +204,20 @@ def over_seeds(results: list[dict], seeds: list[int]) -> dict:
     return out
 
 
+def load_benchmark(out: Path, videos: int, seed: int, steps: int, clip_frames: int = CLIP_FRAMES,
+                   long_range: bool = False) -> tuple[list[str], object, dict, dict]:
+    """The benchmark in `out` (written when absent), decoded: the overrides every run
+    shares, the config of the whole clip, the train split and the val split (with its
+    multiple-choice items on the long-range benchmark)."""
+    data = prepare(out, videos, seed, clip_frames, long_range)
+    base = [f"{k}={v}" for k, v in data.items()] + [f"steps={steps}", "data.num_workers=0",
+                                                   f"model.video.frames={clip_frames}"]
+    full = run_config(base, (clip_frames, "fps", 0.0, "joint", "random"))
+    train, val = decode_split(full, "train"), decode_split(full, "val", items=long_range)
+    common.log(f"decoded {len(train['index'])} train and {len(val['index'])} val clips of {out}")
+    return base, full, train, val
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/tradeoff", help="benchmark data (reused when present)")
@@ -188,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     common.set_threads(args.threads)
     seeds = args.seeds or [args.seed]
-    data = prepare(Path(args.out).resolve(), args.videos, args.seed)
-    base = [f"{k}={v}" for k, v in data.items()] + [f"steps={args.steps}", "data.num_workers=0",
-                                                   f"model.video.frames={CLIP_FRAMES}"]
-    full = run_config(base, (CLIP_FRAMES, "fps", 0.0, "joint", "random"))
-    train, val = decode_split(full, "train"), decode_split(full, "val")
-    common.log(f"decoded {len(train['index'])} train and {len(val['index'])} val clips")
+    base, full, train, val = load_benchmark(Path(args.out).resolve(), args.videos, args.seed, args.steps)
     rows = []
     for name in args.runs:
         cfg = run_config(base, RUNS[name])

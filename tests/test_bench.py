@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import claims  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
 import search  # noqa: E402
@@ -46,6 +47,44 @@ def test_tradeoff_runs_by_letter_and_seed_means():
     assert row["t2v_r1"] == 10.0 and row["v2t_r1"] == 5.0 and row["step_s"] == 0.4 and row["train_s"] == 30.0
     assert [s["t2v_r1"] for s in row["per_seed"]] == [10.0, 20.0, 0.0] and row["seeds"] == [0, 1, 2]
     assert tradeoff.over_seeds(runs[:1], [0]) is runs[0]
+
+
+def seeds_row(t2v: list[float], saved: int = 100, **extra) -> dict:
+    return {"per_seed": [{"seed": i, "t2v_r1": r, **extra} for i, r in enumerate(t2v)], "saved_bytes": saved,
+            "val_pairs": 80, "chance_r1": 1.25}
+
+
+def test_claims_verdicts_follow_the_numbers():
+    assert claims.tolerance(80) == 1.25 and claims.tolerance(400) == 1.0  # one pair, never below 1 point
+    full = seeds_row([10.0, 12.5, 7.5], saved=400)
+    # (a): 1.25 points lost (one pair of 80) holds, outside a strict point; 2.5 lost or 2x memory does not
+    a = claims.claim_a(full, seeds_row([8.75, 11.25, 6.25]), 1.25)
+    assert a["holds"] and a["verdict"].startswith("holds: 75% masking costs 1.25 pts")
+    assert "outside a strict 1.0" in a["verdict"] and "4.00x less memory" in a["verdict"]
+    assert "within a strict 1.0" in claims.claim_a(full, seeds_row([10.0, 11.25, 7.5]), 1.25)["verdict"]
+    lost = claims.claim_a(full, seeds_row([7.5, 10.0, 5.0]), 1.25)
+    assert not lost["holds"] and lost["verdict"].startswith("does not reproduce here: 75% masking costs 2.50 pts")
+    heavy = claims.claim_a(full, seeds_row([10.0, 12.5, 7.5], saved=200), 1.25)
+    assert not heavy["holds"] and "2.00x less memory" in heavy["verdict"] and "(< 2.5x)" in heavy["verdict"]
+    # (b): both parts must hold
+    kept, dropped = seeds_row([10.0, 10.0, 10.0]), seeds_row([5.0, 5.0, 5.0])
+    assert claims.claim_b(full, kept, full, dropped, 1.25)["holds"]
+    b = claims.claim_b(full, kept, full, kept, 1.25)
+    assert not b["holds"] and b["joint_holds_up"] and not b["factorized_degrades"]
+    assert "factorized 10.00 -> 10.00 (+0.00 pts: stays within the tolerance)" in b["verdict"]
+    b = claims.claim_b(full, dropped, full, dropped, 1.25)
+    assert not b["holds"] and "joint 10.00 -> 5.00 at 75% (-5.00 pts: loses more than" in b["verdict"]
+    # (c): ahead on the mean is not enough: every seed
+    short = seeds_row([5.0, 5.0, 5.0], mc_top1=40.0) | {"mc_chance": 33.33}
+    c = claims.claim_c(short, seeds_row([10.0, 10.0, 10.0], mc_top1=50.0) | {"mc_chance": 33.33})
+    assert c["holds"] and "(10.00 vs 5.00, +5.00 pts; chance 1.25) and are ahead on 3 of 3 seeds" in c["verdict"]
+    assert "50.00% vs 40.00% (chance 33.33%" in c["verdict"]
+    c = claims.claim_c(short, seeds_row([20.0, 5.0, 10.0], mc_top1=50.0) | {"mc_chance": 33.33})
+    assert not c["holds"] and c["verdict"].startswith("does not reproduce here: 128 frames at 75% beat")
+    assert "ahead on 2 of 3 seeds" in c["verdict"]
+    # only the claims whose runs were measured
+    rows = {"64f joint 0%": full, "64f joint 75%": kept}
+    assert [v["claim"] for v in claims.verdicts(rows, ["a", "b", "c"])] == ["a"]
 
 
 def test_search_crossover():

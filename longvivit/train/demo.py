@@ -70,7 +70,8 @@ def prepare_data(out: Path, videos: int, images: int, frames: int, seed: int, lo
     variant = {"long_range": True, "hard_negatives": 1.0, "objects": objects} if long_range else {}
     timed("synth", write_benchmark, out / "synth", videos=videos, frames=frames, seed=seed, size=32,
           images=images, overwrite=True, **variant)
-    for split, still in (("train", False), ("val", False), ("images", True)):
+    stills = [("images", True)] if images else []  # synth writes images.jsonl only then
+    for split, still in [("train", False), ("val", False), *stills]:
         manifest = out / "synth" / f"{split}.jsonl"
         timed(f"shards {split}", write_shards, manifest, out / "shards" / split,
               ShardOptions(size=32, still_images=still), workers=2, overwrite=True, progress=False)
