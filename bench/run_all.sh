@@ -22,6 +22,7 @@ $PY bench/peers.py --frames 16 --ratios 0 --rounds 1 --profile > bench/results/p
 $PY bench/tradeoff.py > bench/results/tradeoff.json
 $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.json   # (a) vs (b) over seeds, ~13 min
 $PY bench/claims.py > bench/results/claims.json   # ~48 min (load 4-6): the paper's three claims, 3 seeds, a verdict each
+$PY bench/claims.py --claims c --steps 300 > bench/results/claims_c300.json   # ~17 min: (c) with twice the steps
 $PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped vs encoded
 $PY bench/padding.py --rounds 7 --real 16 > bench/results/padding_short.json
 $PY bench/hour.py > bench/results/hour.json   # ~2 min: an hour at 1 FPS, the tiny step on CPU and the plans for g and L
