@@ -24,6 +24,7 @@ $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.js
 $PY bench/demo_seeds.py > bench/results/demo_seeds.json   # ~20 min: `longvivit demo --long-range` on 3 seeds, stage 2 vs stage 1
 $PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped (masked rows, packed) vs encoded
 $PY bench/claims.py > bench/results/claims.json   # ~48 min (load 4-6): the paper's three claims, 3 seeds, a verdict each
+$PY bench/claims.py --claims c --steps 300 > bench/results/claims_c300.json   # ~17 min: (c) with twice the steps
 $PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped vs encoded
 $PY bench/padding.py --rounds 7 --real 16 > bench/results/padding_short.json
 $PY bench/hour.py > bench/results/hour.json   # ~2 min: an hour at 1 FPS, the tiny step on CPU and the plans for g and L
