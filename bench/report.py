@@ -221,7 +221,7 @@ def demo_seeds_section(r: dict) -> list[str]:
             for x in r["runs"]]
     first = r["runs"][0]["chance"]
     lines += table(["seed", *(f"{names[k]} (chance {first[k]:.1f})" if k in first else names[k] for k in keys),
-                    "demo s"], rows)
+                    "demo s (all stages)"], rows)
     n = len(r["runs"])
     for k in keys:
         wins = sum(x["long"][k] > x["short"][k] for x in r["runs"])

@@ -21,7 +21,7 @@ $PY bench/peers.py --frames 16 64 --rounds 9 > bench/results/peers.json   # ~25 
 $PY bench/peers.py --frames 16 --ratios 0 --rounds 1 --profile > bench/results/peers_profile.json   # where a step's time goes
 $PY bench/tradeoff.py > bench/results/tradeoff.json
 $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.json   # (a) vs (b) over seeds, ~13 min
-$PY bench/demo_seeds.py > bench/results/demo_seeds.json   # ~20 min: `longvivit demo --long-range` on 3 seeds, stage 2 vs stage 1
+$PY bench/demo_seeds.py --tune > bench/results/demo_seeds.json   # ~35 min: `longvivit demo --long-range --tune` on 3 seeds, stage 2 vs stage 1 (and stage 3)
 $PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped (masked rows, packed) vs encoded
 $PY bench/claims.py > bench/results/claims.json   # ~48 min (load 4-6): the paper's three claims, 3 seeds, a verdict each
 $PY bench/claims.py --claims c --steps 300 > bench/results/claims_c300.json   # ~17 min: (c) with twice the steps
