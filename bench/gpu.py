@@ -1288,16 +1288,23 @@ def check_shipped_model(work: Path, device: torch.device | None = None, configs:
     host syncs of its forward + backward when real_frames comes as None, on the host or on
     the GPU."""
     device = device or torch.device("cuda")
+    rows = config_rows(shipped_model_row, configs or shipped_configs(), device)
+    return {"control": counter_control(device), "sync_repeats": SYNC_REPEATS, "configs": rows}
+
+
+def config_rows(row, configs: list[Path], device: torch.device) -> dict:
+    """{config stem: row(config, device)}; a config whose row raises gets its error and
+    traceback instead, and the other configs still run."""
     rows = {}
-    for config in configs or shipped_configs():
+    for config in configs:
         try:
-            rows[config.stem] = shipped_model_row(config, device)
+            rows[config.stem] = row(config, device)
         except Exception as err:  # noqa: BLE001 -- recorded; the other configs still run
             rows[config.stem] = {"config": str(config.relative_to(ROOT)), "error": f"{type(err).__name__}: {err}",
                                  "traceback": traceback.format_exc()[-ERROR_TAIL:]}
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return {"control": counter_control(device), "sync_repeats": SYNC_REPEATS, "configs": rows}
+    return rows
 
 
 # ---------------------------------------------------------------------------- i. flash
@@ -1362,15 +1369,7 @@ def check_flash(work: Path, device: torch.device | None = None, configs: list[Pa
     the two must take every call; a tower that runs only on the memory-efficient or math
     kernel fails."""
     device = device or torch.device("cuda")
-    rows = {}
-    for config in configs or every_config():
-        try:
-            rows[config.stem] = flash_row(config, device)
-        except Exception as err:  # noqa: BLE001 -- recorded; the other configs still run
-            rows[config.stem] = {"config": str(config.relative_to(ROOT)), "error": f"{type(err).__name__}: {err}",
-                                 "traceback": traceback.format_exc()[-ERROR_TAIL:]}
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    rows = config_rows(flash_row, configs or every_config(), device)
     return {"torch": torch.__version__, "blocks": FLASH_BLOCKS, "sets": {k: list(v) for k, v in FLASH_SETS.items()},
             "configs": rows}
 
