@@ -72,9 +72,15 @@ def test_the_unmasked_tuning_stage_is_stage_2_without_masking_at_a_lower_rate():
     assert tune.steps < long.steps
 
 
-def test_objects_without_long_range_exits_2_before_writing(tmp_path, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--objects", "4"], "--objects applies to --long-range only"),
+    (["--long-range", "--objects", "2"], "objects: 2: need 0 (all) or max_events=4..24"),
+    (["--videos", "1"], "videos: 1 must be >= 2"),
+])
+def test_bad_demo_arguments_exit_2_in_one_line_before_writing(tmp_path, capsys, argv, message):
     from longvivit.cli.demo import main
 
-    assert main(["--out", str(tmp_path / "demo"), "--objects", "4"]) == 2
-    assert "--objects applies to --long-range only" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "demo"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "demo").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longvivit.config import ConfigError
 from longvivit.train.demo import StageFailed, run_demo
 
 
@@ -43,4 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as err:
         print(f"longvivit demo: {err}", file=sys.stderr)
         return err.status
+    except ConfigError as err:  # the benchmark's counts or variant, refused before anything is written
+        print(f"longvivit demo: {err}", file=sys.stderr)
+        return 2
     return 0

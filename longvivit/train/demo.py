@@ -35,8 +35,9 @@ from typing import Sequence
 
 import torch
 
+from longvivit.config import validated
 from longvivit.data.prepare.shards import ShardOptions, write_shards
-from longvivit.data.prepare.synth import write_benchmark
+from longvivit.data.prepare.synth import SynthConfig, write_benchmark
 from longvivit.distributed import collectives as dist
 from longvivit.train.config import CONFIG_DIR, load_run_config
 from longvivit.train.local import make_open_clip
@@ -63,13 +64,19 @@ def timed(name: str, fn, *args, **kwargs):
     return result
 
 
+def synth_options(videos: int, images: int, frames: int, seed: int, long_range: bool = False,
+                  objects: int = 0) -> dict:
+    """write_benchmark's options for the demo: 32 px frames; the long-range variant with all
+    videos in hard-negative families, drawing on `objects` objects (0: all)."""
+    variant = {"long_range": True, "hard_negatives": 1.0, "objects": objects} if long_range else {}
+    return dict(videos=videos, frames=frames, seed=seed, size=32, images=images, **variant)
+
+
 def prepare_data(out: Path, videos: int, images: int, frames: int, seed: int, long_range: bool = False,
                  objects: int = 0) -> dict:
-    """Synthetic benchmark (its long-range variant, all videos in hard-negative families,
-    drawing on `objects` objects, 0: all) -> shards; returns the data.* overrides."""
-    variant = {"long_range": True, "hard_negatives": 1.0, "objects": objects} if long_range else {}
-    timed("synth", write_benchmark, out / "synth", videos=videos, frames=frames, seed=seed, size=32,
-          images=images, overwrite=True, **variant)
+    """Synthetic benchmark -> shards; returns the data.* overrides."""
+    timed("synth", write_benchmark, out / "synth", overwrite=True,
+          **synth_options(videos, images, frames, seed, long_range, objects))
     stills = [("images", True)] if images else []  # synth writes images.jsonl only then
     for split, still in [("train", False), ("val", False), *stills]:
         manifest = out / "synth" / f"{split}.jsonl"
@@ -222,6 +229,8 @@ def run_demo(out: str | Path = "runs/demo", videos: int = 400, images: int = 800
     long-range benchmark (module docstring); tune: then stage 3, demo_tune.yaml (ViCLIP's
     unmasked fine-tune at a tenth of the rate) from stage 2."""
     t0, out = time.time(), Path(out).resolve()
+    # A bad count or variant fails here (ConfigError), before anything is removed or written.
+    validated(SynthConfig(**synth_options(videos, images, frames, seed, long_range, objects)))
     for name in STAGES:  # the demo always trains from scratch
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
