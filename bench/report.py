@@ -223,21 +223,23 @@ def demo_seeds_section(r: dict) -> list[str]:
     lines += table(["seed", *(f"{names[k]} (chance {first[k]:.1f})" if k in first else names[k] for k in keys),
                     "demo s (all stages)"], rows)
     n = len(r["runs"])
+
+    def change(k: str, before: str, after: str) -> str:
+        """'stage B > stage A in W of n seeds (mean change ...)' for measure k."""
+        wins = sum(x[after][k] > x[before][k] for x in r["runs"])
+        gain = sum(x[after][k] - x[before][k] for x in r["runs"]) / n
+        stage = {"short": 1, "long": 2, "tune": 3}
+        return (f"- {names[k]}: stage {stage[after]} > stage {stage[before]} in **{wins} of {n}** seeds "
+                f"(mean change {gain:+.1f} points)")
+
     for k in keys:
-        wins = sum(x["long"][k] > x["short"][k] for x in r["runs"])
         above = sum(x["long"][k] > x["chance"][k] for x in r["runs"]) if k in first else None
-        gain = sum(x["long"][k] - x["short"][k] for x in r["runs"]) / n
-        lines += [f"- {names[k]}: stage 2 > stage 1 in **{wins} of {n}** seeds (mean change {gain:+.1f} points)"
-                  + (f"; stage 2 above chance in {above} of {n}." if above is not None else ".")]
+        lines += [change(k, "short", "long") + (f"; stage 2 above chance in {above} of {n}." if above is not None else ".")]
     if all("tune" in x for x in r["runs"]):
         lines += ["", "Stage 3 (unmasked tuning, demo_tune.yaml) after stage 2, per seed:", ""]
         lines += table(["seed", *(names[k] for k in keys)],
                        [[x["seed"], *(f"{x['long'][k]:.1f} -> **{x['tune'][k]:.1f}**" for k in keys)] for x in r["runs"]])
-        for k in keys:
-            better = sum(x["tune"][k] > x["long"][k] for x in r["runs"])
-            gain = sum(x["tune"][k] - x["long"][k] for x in r["runs"]) / n
-            lines += [f"- {names[k]}: stage 3 > stage 2 in **{better} of {n}** seeds (mean change {gain:+.1f} points)."]
-        lines += [""]
+        lines += [change(k, "long", "tune") + "." for k in keys] + [""]
     return lines + [""]
 
 
