@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune", action="store_true", help="also the optional third stage (demo --tune)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of both stages (the demo's)")
     args = p.parse_args(argv)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     if args.objects and args.short_range:
         p.error("--objects applies to the long-range benchmark only")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     runs = [run_seed(out, s, not args.short_range, args.objects, args.tune, args.overrides)
             for s in args.seeds]
     benchmark = "synth" if args.short_range else "synth --long-range" + (f" --objects {args.objects}" if args.objects else "")
