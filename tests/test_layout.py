@@ -29,7 +29,7 @@ LAZY_API = (PACKAGE / "__init__.py", "longvivit.use")
 ALLOWED = {
     "config": set(), "events": set(), "configs": set(),
     "distributed": {"config", "events"},
-    "model": {"config"},
+    "model": {"config", "distributed"},  # the loss's data group, sequence parallelism's collectives
     "data": {"config", "configs", "distributed"},
     "eval": {"config", "distributed", "model", "data"},
     "train": {"config", "events", "configs", "distributed", "model", "data", "eval"},

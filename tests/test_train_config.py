@@ -183,6 +183,14 @@ CASES = [
     (["timeouts.data_s=-1"], "timeouts.data_s"),
     (["timeouts.collective_s=0"], "timeouts.collective_s"),
     (["timeouts.checkpoint_s=soon"], "timeouts.checkpoint_s"),
+    (["parallel.sequence=0"], "parallel.sequence", "must be >= 1"),
+    (["parallel.sequence=3"], "parallel.sequence", "does not divide model.video.heads=4"),
+    (["parallel.sequence=4"], "parallel.sequence", "does not divide the world size 2"),  # WORLD_SIZE=2
+    (["parallel.sequence=2", "model.video.packing=packed"], "parallel.sequence", "packing=packed"),
+    (["parallel.sequence=2", "model.video.attention=factorized", "model.video.mask_scheme=tube"],
+     "parallel.sequence", "model.video.attention is factorized"),
+    (["parallel.sequence=2", "model.video.frames=2", "model.video.image_size=8"], "parallel.sequence",
+     "a clip keeps 1 token (model.video.mask_ratio=0.75)"),
     (["global_batch=-8"], "global_batch"),
     (["global_batch_by=steps"], "global_batch_by"),
     (["global_batch=40"], "global_batch"),  # WORLD_SIZE=2 x data.batch_size=16 does not divide it

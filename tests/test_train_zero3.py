@@ -22,7 +22,7 @@ import torch
 
 from longvivit.distributed.collectives import free_port
 
-from train_support import communicate, events, export, listing, step_lines, train_program
+from train_support import benchmark_shards, communicate, events, export, listing, step_lines, train_program
 
 pytestmark = pytest.mark.multiproc
 
@@ -39,15 +39,7 @@ EVAL_KEYS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "t2v_
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from longvivit.data import train_tokenizer, write_benchmark, write_shards
-    from longvivit.data.prepare.shards import ShardOptions
-
-    root = tmp_path_factory.mktemp("zero3data")
-    write_benchmark(root / "synth", videos=40, frames=16, seed=1, size=32, min_events=2, max_events=2)
-    for split in ("train", "val"):
-        write_shards(root / "synth" / f"{split}.jsonl", root / split, ShardOptions(size=32), progress=False)
-    tok = train_tokenizer([root / "train"], root / "spm")
-    return [f"data.train={root / 'train'}", f"data.val={root / 'val'}", f"data.tokenizer={tok}"]
+    return benchmark_shards(tmp_path_factory.mktemp("zero3data"), videos=40, seed=1)
 
 
 def launch(out: Path, data: list[str], *extra: str, fault: str = "", eval_embeddings: Path | None = None,

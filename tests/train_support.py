@@ -149,6 +149,19 @@ def export(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def benchmark_shards(root: Path, videos: int, seed: int) -> list[str]:
+    """The synthetic benchmark's `videos` 16-frame clips at 32 px (2 events each) as train and
+    val shards under `root`, and a tokenizer: the data overrides of a run on them."""
+    from longvivit.data import train_tokenizer, write_benchmark, write_shards
+    from longvivit.data.prepare.shards import ShardOptions
+
+    write_benchmark(root / "synth", videos=videos, frames=16, seed=seed, size=32, min_events=2, max_events=2)
+    for split in ("train", "val"):
+        write_shards(root / "synth" / f"{split}.jsonl", root / split, ShardOptions(size=32), progress=False)
+    tok = train_tokenizer([root / "train"], root / "spm")
+    return [f"data.train={root / 'train'}", f"data.val={root / 'val'}", f"data.tokenizer={tok}"]
+
+
 def tiny_run(root: Path, source: str = "shards") -> dict:
     """A real tiny checkpoint and its export, for tests that make broken copies of them:
     the demo's local form trained one step in one plain process (about 20 s on a CPU;

@@ -276,6 +276,21 @@ def world_size() -> int:
     return g.get_world_size() if g is not None else 1
 
 
+def rank() -> int:
+    g = _group()
+    return g.get_rank() if g is not None else 0
+
+
+def new_group(ranks: list[int]):
+    """A subgroup of `ranks` on the process group's backend. Every rank of the job must
+    make every group, in the same order (torch.distributed's rule)."""
+    g = _group()
+    if g is None:
+        raise RuntimeError("new_group needs a process group")
+    _require_bound("new_group")
+    return g.new_group(ranks)
+
+
 def dist_mean(values: list[float]) -> list[float]:
     """Mean over ranks of a few floats (one all-reduce, float64)."""
     return (all_reduce(values) / world_size()).tolist()
@@ -358,3 +373,51 @@ def broadcast_object(obj, src: int = 0):
     with watchdog.waiting("broadcast_object"):
         g.broadcast_object_list(box, src=src, device=collective_device(g.get_backend(), "broadcast_object"))
     return box[0]
+
+
+# ---------------------------------------------------------------------------- tensor collectives of the model
+#
+# The forward pass's own collectives (sequence parallelism: sequence.py). Unlike the ones
+# above they run inside autograd functions on activations, over a subgroup, and hand back
+# tensors on the device they came from; like them, each runs on the device the backend
+# takes and refuses to run before bind_device.
+
+
+def exchange(inputs: list[torch.Tensor], shapes: list[torch.Size], group) -> list[torch.Tensor]:
+    """all_to_all over `group`: inputs[j] goes to the group's j-th rank, and the j-th
+    returned tensor, of shapes[j], is what that rank sent here (gloo wants one shape for
+    all pieces). Contiguous copies on the collective's device; the results on the inputs'
+    device."""
+    g = _group()
+    if g is None:
+        raise RuntimeError("exchange needs a process group (sequence parallelism runs under a launcher)")
+    device = collective_device(g.get_backend(), "all_to_all")
+    home = inputs[0].device
+    send = [t.to(device).contiguous() for t in inputs]
+    recv = [torch.empty(shape, dtype=inputs[0].dtype, device=device) for shape in shapes]
+    with watchdog.waiting("all_to_all"):
+        g.all_to_all(recv, send, group=group)
+    return [t.to(home) for t in recv]
+
+
+def all_reduce_tensor(t: torch.Tensor, group) -> torch.Tensor:
+    """The sum of `t` over `group`, a new tensor on t's device."""
+    g = _group()
+    if g is None:
+        return t.clone()
+    work = t.to(collective_device(g.get_backend(), "all_reduce"), copy=True).contiguous()
+    with watchdog.waiting("all_reduce"):
+        g.all_reduce(work, group=group)
+    return work.to(t.device)
+
+
+def all_gather_tensor(t: torch.Tensor, group) -> list[torch.Tensor]:
+    """[t of the group's rank 0, of rank 1, ...]; t has the same shape on every rank."""
+    g = _group()
+    if g is None:
+        return [t]
+    device = collective_device(g.get_backend(), "all_gather")
+    parts = [torch.empty(t.shape, dtype=t.dtype, device=device) for _ in range(g.get_world_size(group))]
+    with watchdog.waiting("all_gather"):
+        g.all_gather(parts, t.to(device).contiguous(), group=group)
+    return [p.to(t.device) for p in parts]

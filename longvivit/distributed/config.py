@@ -30,3 +30,18 @@ class TimeoutConfig:
     def limits(self) -> dict[str, float]:
         """The watchdog's limit of each phase, by phase name."""
         return {name: getattr(self, f"{name}_s") for name in ("setup", "data", "step", "checkpoint", "eval")}
+
+
+@dataclass
+class ParallelConfig:
+    """How a run splits its work besides data parallelism (a run config's `parallel`).
+
+    sequence: N ranks share each clip (DeepSpeed-Ulysses over the video tower's tokens,
+    longvivit/distributed/sequence.py): each holds 1/N of a clip's tokens between blocks and
+    1/N of the heads inside attention, so the tokens one GPU must hold fall N-fold. The world
+    size must be a multiple of N (W / N clip batches per step) and model.video.heads too;
+    joint attention only. 1: every rank its own clips."""
+    sequence: int = 1
+
+    def validate(self) -> None:
+        check(self.sequence >= 1, "sequence", f"{self.sequence} must be >= 1 (1: no sequence parallelism)")

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longvivit.distributed.sequence import SequenceShard
 from longvivit.model.config import ModelConfig
 from longvivit.model.loss import ContrastiveLoss, SigLipLoss
 from longvivit.model.text import build_text_tower
@@ -55,14 +56,17 @@ class DualEncoder(nn.Module):
 
     def encode_video(self, video: torch.Tensor, mask_ratio: Optional[float] = None,
                      mask_scheme: Optional[str] = None, generator: Optional[torch.Generator] = None,
-                     normalize: bool = False, real_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     normalize: bool = False, real_frames: Optional[torch.Tensor] = None,
+                     sequence: Optional[SequenceShard] = None) -> torch.Tensor:
         """video (B, T, H, W, C), uint8 or normalised float -> (B, E).
         mask_ratio None: the config's ratio while training, 0 in eval mode. real_frames (B,):
         the leading frames of each clip that are content (the rest is padding: dropped); on
-        the CPU it costs no host sync, on a GPU one (VideoEncoder.forward)."""
+        the CPU it costs no host sync, on a GPU one (VideoEncoder.forward). sequence: this
+        rank's place in its sequence group (parallel.sequence; VideoEncoder.forward)."""
         if mask_ratio is None:
             mask_ratio = self.cfg.video.mask_ratio if self.training else 0.0
-        x = self.video(video, mask_ratio, mask_scheme or self.cfg.video.mask_scheme, generator, real_frames)
+        x = self.video(video, mask_ratio, mask_scheme or self.cfg.video.mask_scheme, generator, real_frames,
+                       sequence)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -72,21 +76,26 @@ class DualEncoder(nn.Module):
 
     def embed(self, video: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
               mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
-              real_frames: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+              real_frames: Optional[torch.Tensor] = None,
+              sequence: Optional[SequenceShard] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair's L2-normalised embeddings in float32: (video (B, E), text (B, E))."""
-        v = self.encode_video(video, mask_ratio, generator=generator, normalize=True, real_frames=real_frames)
+        v = self.encode_video(video, mask_ratio, generator=generator, normalize=True, real_frames=real_frames,
+                              sequence=sequence)
         t = self.encode_text(text_ids, text_mask, normalize=True)
         # logits and softmax/sigmoid in float32 even when the towers run in bf16/fp16
         return v.float(), t.float()
 
     def forward(self, video: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 mask_ratio: Optional[float] = None, generator: Optional[torch.Generator] = None,
-                real_frames: Optional[torch.Tensor] = None, negatives: Optional[Negatives] = None):
+                real_frames: Optional[torch.Tensor] = None, negatives: Optional[Negatives] = None,
+                sequence: Optional[SequenceShard] = None):
         """-> (loss, metrics). The loss is over the global batch when a process group is
         initialised (see loss.py). negatives: this batch's embeddings go in at
         negatives.start among the other micro-batches' (the growing-negatives
-        accumulation, longvivit/train/accumulate.py), and the loss is over all of them."""
-        v, t = self.embed(video, text_ids, text_mask, mask_ratio, generator, real_frames)  # (B, E) twice
+        accumulation, longvivit/train/accumulate.py), and the loss is over all of them.
+        sequence: the video tower splits each clip over this rank's sequence group
+        (parallel.sequence); the loss then gathers over its data group (loss.world)."""
+        v, t = self.embed(video, text_ids, text_mask, mask_ratio, generator, real_frames, sequence)  # (B, E) twice
         temperature = self.logit_scale, getattr(self, "logit_bias", None)
         if negatives is not None:
             v, t = negatives.around(v, t)

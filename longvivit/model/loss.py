@@ -28,15 +28,18 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longvivit.distributed import sequence
+
 MODES = ("gather_with_grad", "local_loss")
 LOSSES = ("infonce", "siglip")
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """(rank, size) of the group the loss gathers over: the default process group, or under
+    sequence parallelism this rank's data group (longvivit/distributed/sequence.py: the N
+    ranks of a sequence group hold the same embeddings, gathered once per data group);
+    (0, 1) without a process group."""
+    return sequence.data_rank_world()
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -48,15 +51,15 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         rank, size = world()
-        ctx.rank, ctx.size = rank, size
+        ctx.rank, ctx.size, ctx.group = rank, size, sequence.data_group()
         parts = [torch.empty_like(x) for _ in range(size)]
-        dist.all_gather(parts, x.contiguous())
+        dist.all_gather(parts, x.contiguous(), group=ctx.group)
         return torch.cat(parts)  # (W*B, E)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
+        dist.all_reduce(grad, group=ctx.group)
         return grad.chunk(ctx.size)[ctx.rank]  # (B, E)
 
 

@@ -10,7 +10,7 @@ image-to-video mapping in init.py a rename.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from longvivit.model.masking import to_device
+
+if TYPE_CHECKING:
+    from longvivit.distributed.sequence import SequenceShard
 
 try:  # FlashAttention's (or cuDNN's) varlen kernel behind torch's own API (torch >= 2.10)
     from torch.nn.attention.varlen import varlen_attn
@@ -103,15 +106,21 @@ class Attention(nn.Module):
         self.proj = Linear(width, width, generator=generator)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, first_key_copies: int = 1,
-                is_causal: bool = False, packed: Optional["Packed"] = None) -> torch.Tensor:
+                is_causal: bool = False, packed: Optional["Packed"] = None,
+                sequence: Optional["SequenceShard"] = None) -> torch.Tensor:
         """x (B, N, D) -> (B, N, D). attn_mask: SDPA's (bool or additive), None for none.
         first_key_copies c: the first token's key and value enter every softmax c times
         (the same softmax as a +ln(c) bias on that key's logits, without a mask, so SDPA
         may pick FlashAttention; VideoEncoder.cls_key_copies says why). is_causal: query i
         sees keys <= i (SDPA takes no attn_mask with it). packed: x is (1, total, D), the
-        sequences `packed` describes one after another, each attending only to itself."""
+        sequences `packed` describes one after another, each attending only to itself.
+        sequence: x is this rank's chunk of the tokens (longvivit/distributed/sequence.py,
+        Ulysses): q, k, v of the whole sequence for H/N heads are exchanged in, attended to
+        as above (the mask and copies are the whole sequence's), and exchanged back."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
+        if sequence is not None:
+            qkv = sequence.heads_to_sequence(qkv)  # (B, S, 3, H/N, D/H)
         if packed is not None:
             return self.proj(packed.attention(qkv[0]).reshape(B, N, D))  # (1, total, D)
         extra = first_key_copies - 1
@@ -121,9 +130,12 @@ class Attention(nn.Module):
             # pass keeps what it keeps without copies, plus c-1 tokens.
             qkv = torch.cat([qkv[:, :1].expand(-1, extra, -1, -1, -1), qkv], dim=1)  # (B, c-1+N, 3, H, D/H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, c-1+N, D/H)
-        q = q[:, :, extra:]  # (B, H, N, D/H): the queries stay N
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, H, N, D/H)
-        return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+        q = q[:, :, extra:]  # (B, h, S, D/H): the queries stay S (h heads: H, or H/N split)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, h, S, D/H)
+        y = y.transpose(1, 2)  # (B, S, h, D/H)
+        if sequence is not None:
+            y = sequence.sequence_to_heads(y)  # (B, N, H, D/H)
+        return self.proj(y.reshape(B, N, D))  # (B, N, D)
 
 
 @dataclass(frozen=True)

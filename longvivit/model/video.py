@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longvivit.distributed.sequence import SequenceShard
 from longvivit.model import masking
 from longvivit.model.config import VideoConfig
 from longvivit.model.transformer import (
@@ -250,12 +251,18 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor, mask_ratio: float = 0.0, mask_scheme: str = "random",
                 generator: Optional[torch.Generator] = None,
-                real_frames: Optional[torch.Tensor | int] = None) -> torch.Tensor:
+                real_frames: Optional[torch.Tensor | int] = None,
+                sequence: Optional[SequenceShard] = None) -> torch.Tensor:
         """video (B, T, H, W, C) -> (B, E) unnormalised embedding. real_frames (B,): how many
         leading frames of each clip are content; the rest (the loader's padding, the last
         frame repeated) is dropped before the encoder like masked tokens and never pooled.
         A tubelet that straddles the end of a clip counts as content. An int: every clip's;
         None: every clip is whole.
+
+        sequence: this rank's place in a sequence group (parallel.sequence, Ulysses:
+        longvivit/distributed/sequence.py), whose ranks get the same video and generator.
+        The blocks then run on this rank's chunk of the tokens, and the embedding is the
+        same on every rank of the group (joint attention, masked padding: packs() is False).
 
         Host syncs: none when real_frames is None, an int or a CPU tensor; one when it is a
         GPU tensor (its values are read back once: which tokens exist is a shape, decided on
@@ -277,7 +284,7 @@ class VideoEncoder(nn.Module):
             scheme = "tube" if self.cfg.attention == "factorized" else mask_scheme
             index, valid = masking.sample_visible_padded(slices, grid * grid, mask_ratio, scheme, real,
                                                          generator, x.device)  # (B, n) twice
-            if self.packs(x.device):
+            if self.packs(x.device) and sequence is None:
                 clips = self.packed_clips(masking.padded_counts(grid * grid, mask_ratio, scheme, real), real,
                                           index.shape[1], x.device)
         rows = slices if real is None else int(real.max())  # temporal slices in the token rows (host: no sync)
@@ -289,12 +296,20 @@ class VideoEncoder(nn.Module):
                 x, attention = clips.pack(x), {"packed": clips.attention}  # (1, total, D)
             else:
                 attention = self.attention_keywords(x, slices, real, valid, rows)
+            if sequence is not None:
+                if self.cfg.attention != "joint":
+                    raise ValueError("sequence parallelism splits joint attention's one sequence; "
+                                     f"this tower's attention is {self.cfg.attention}")
+                attention["sequence"] = sequence = sequence.for_length(x.shape[1])
+                x = sequence.split(x)  # (B, S_place, D): this rank's chunk
             x = run_blocks(self.blocks[: self.frozen_prefix], x, **attention)
         x = run_blocks(self.blocks[self.frozen_prefix:], x, max(0, self.checkpointed - self.frozen_prefix),
                        **attention)
         x = self.norm(x)
         if clips is not None:
             x = clips.unpack(x)  # (B, 1+n, D), zeros on the fillers
+        if sequence is not None:
+            x = sequence.gather(x)  # (B, 1+n, D), the whole sequence on every rank of the group
         return self.head(self.pool(x, valid))  # (B, E)
 
     def as_tubelet(self, image: torch.Tensor) -> torch.Tensor:

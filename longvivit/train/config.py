@@ -6,6 +6,7 @@
                             batch size per device)
       optim: OptimConfig   (AdamW + warmup/cosine + clipping)
       timeouts: TimeoutConfig  (the process group's timeout, the watchdog's limit per phase)
+      parallel: ParallelConfig (sequence: ranks that share each clip, Ulysses)
       ... steps, grad_accum, global_batch, ds_config, precision, intervals, out, seed, init, resume
 
 `load_run_config(path, overrides)` returns it validated, or raises ConfigError naming the
@@ -36,9 +37,10 @@ from longvivit import configs
 from longvivit.config import ConfigError, check, choice, load_config, load_yaml, to_dict, validated
 from longvivit.data.config import DataConfig, shard_streams, with_sources
 from longvivit.data.load.tokenizer import make_tokenizer
-from longvivit.distributed.config import TimeoutConfig
+from longvivit.distributed.config import ParallelConfig, TimeoutConfig
 from longvivit.model import model_config
 from longvivit.model.config import ModelConfig
+from longvivit.model.masking import visible_count
 from longvivit.train.local import finish_local_form, local_changes
 
 CONFIG_DIR = configs.HERE  # the shipped run configs
@@ -79,6 +81,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # micro-batches per optimizer step
     # per_micro_batch: each micro-batch its own loss (its samples the only negatives), the
@@ -131,10 +134,48 @@ class RunConfig:
               f"{self.data.image_size} differs from model.video.image_size={self.model.video.image_size}")
         check(self.data.text_length <= self.model.text.context_length, "data.text_length",
               f"{self.data.text_length} exceeds model.text.context_length={self.model.text.context_length}")
+        self.check_sequence()
         t = self.model.video.tubelet[0]
         for i, src in enumerate(self.data.sources):  # empty until with_sources (load_run_config)
             check(src.frames is None or src.frames % t == 0, f"data.sources.{i}.frames",
                   f"{src.frames} is not a multiple of the tubelet's {t} frames (model.video.tubelet)")
+
+
+    def check_sequence(self) -> None:
+        """parallel.sequence against the model (the world size is checked at launch:
+        check_world): heads divisible, joint attention, a padded batch masked (packing
+        packs a batch into one sequence per rank), at least one token of a whole clip per rank."""
+        n, video = self.parallel.sequence, self.model.video
+        if n == 1:
+            return
+        check(video.heads % n == 0, "parallel.sequence",
+              f"{n} does not divide model.video.heads={video.heads}: each rank of a sequence group attends "
+              "with heads / parallel.sequence of them")
+        check(video.attention == "joint", "parallel.sequence",
+              f"{n} splits joint attention's one sequence per clip; model.video.attention is {video.attention}")
+        check(video.packing != "packed", "parallel.sequence",
+              f"{n} runs padded batches masked; model.video.packing=packed packs them instead (use auto or masked)")
+        t, p, _ = video.tubelet
+        tokens = int(video.cls_token) + visible_count(video.frames // t, (video.image_size // p) ** 2,
+                                                      video.mask_ratio, video.mask_scheme)
+        check(tokens >= n, "parallel.sequence",
+              f"{n} ranks per clip but a clip keeps {tokens} token{'s' * (tokens != 1)} "
+              f"(model.video.mask_ratio={video.mask_ratio}): "
+              "every rank needs one")
+
+
+def check_world(cfg: RunConfig, world_size: int) -> None:
+    """What the run config asks of the world size, before any process group: parallel.sequence
+    divides it."""
+    n = cfg.parallel.sequence
+    check(world_size % n == 0, "parallel.sequence",
+          f"{n} does not divide the world size {world_size}: the ranks form world size / "
+          "parallel.sequence groups of parallel.sequence")
+
+
+def data_world(cfg: RunConfig, world_size: int) -> int:
+    """Ranks with clip batches of their own: the world size over parallel.sequence."""
+    return world_size // cfg.parallel.sequence
 
 
 def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
@@ -507,7 +548,7 @@ def zero_stage(ds: dict) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-__all__ = ["RunConfig", "OptimConfig", "TimeoutConfig", "load_run_config", "keep_global_batch", "resolve_ds_config",
+__all__ = ["RunConfig", "OptimConfig", "TimeoutConfig", "ParallelConfig", "check_world", "data_world", "load_run_config", "keep_global_batch", "resolve_ds_config",
            "check_data", "check_shards", "check_tokenizer_file", "check_writable_dir", "check_writable_file",
            "check_ds_keys", "keys_deepspeed_reads", "one_line", "check_precision", "ds_config_accelerator",
            "repo_path", "zero_stage", "ConfigError"]

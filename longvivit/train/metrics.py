@@ -228,7 +228,7 @@ def log_step(trainer: Trainer, out: dict, timer: StepTimer) -> float:
     out["params_nonfinite"] = broken > 0  # on any rank (nonfinite_since)
     seconds, _ = timer.lap()
     source = trainer.sources[out["source"]]
-    samples = source.batch_size * trainer.cfg.grad_accum * trainer.d.world_size
+    samples = source.batch_size * trainer.cfg.grad_accum * trainer.layout.data_world  # distinct clips
     trainer.window.add(Throughput(samples, seconds, data_wait, samples * source.tokens, samples * source.flops))
     trainer.source_losses.setdefault(source.name, []).append(loss)
     step = trainer.state.step
@@ -237,7 +237,7 @@ def log_step(trainer: Trainer, out: dict, timer: StepTimer) -> float:
     trainer.log.progress(step, loss, trainer.window.per_second(trainer.window.samples))
     due = step % max(1, trainer.cfg.log_every) == 0 or step == trainer.cfg.steps
     if due or out["skipped"] or not math.isfinite(loss):
-        log_scalars(trainer, out, loss, failures * trainer.d.world_size)
+        log_scalars(trainer, out, loss, failures * trainer.layout.data_world)
     return loss
 
 

@@ -7,7 +7,10 @@ and world size; activations are MEASURED by one forward of the real model on Fak
 precision, the same count as longvivit.model.saved_bytes; inputs, DeepSpeed's buffers (upper
 bounds from the ds_config) and a reserve for the CUDA context and fragmentation complete it.
 Activations are affine in the micro-batch (measured at 1 and 2); the largest frame count and
-the fewest checkpointed blocks that fit are searched, each candidate measured.
+the fewest checkpointed blocks that fit are searched, each candidate measured. With
+parallel.sequence = N the forward runs as the first rank of a sequence group (PlannedShard:
+its chunk of each clip's tokens, the whole sequence for 1/N of the heads in attention), so
+the frames that fit grow with N.
 """
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from longvivit.config import ConfigError, load_config, to_dict
+from longvivit.distributed.sequence import SequenceShard
 from longvivit.model import build_model, saved_bytes
 from longvivit.model.config import ModelConfig
 from longvivit.train.config import (
     RunConfig,
+    check_world,
+    data_world,
     keep_global_batch,
     load_run_config,
     repo_path,
@@ -55,7 +61,7 @@ DS_DEFAULTS = {"reduce_bucket_size": int(5e8), "allgather_bucket_size": int(5e8)
 # reported in the plan's `ignored`. global_batch, global_batch_by and grad_accum set the
 # micro-batch under global_batch_by=batch_size (keep_global_batch).
 PLAN_KEYS = ("model", "precision", "ds_config", "data.batch_size", "data.text_length", "data.frames",
-             "data.image_size", "local", "global_batch", "global_batch_by", "grad_accum")
+             "data.image_size", "local", "global_batch", "global_batch_by", "grad_accum", "parallel")
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20,
@@ -192,12 +198,51 @@ def measure_activations(cfg: RunConfig, batch: int, frames: int | None = None) -
             video = torch.empty((batch, frames, v.image_size, v.image_size, 3), dtype=torch.uint8)
             ids = torch.ones((batch, cfg.data.text_length), dtype=torch.int64)
             mask = torch.ones((batch, cfg.data.text_length), dtype=torch.bool)
-            saved = saved_bytes(lambda: model(video, ids, mask), ignore=params)
+            shard = PlannedShard(cfg.parallel.sequence) if cfg.parallel.sequence > 1 else None
+            saved = saved_bytes(lambda: model(video, ids, mask, sequence=shard), ignore=params)
             recompute = _block_bytes(first, *captured["call"], params) if first else 0
     finally:
         if hook is not None:
             hook.remove()
     return Activations(saved, recompute)
+
+
+class PlannedShard(SequenceShard):
+    """The first place of a sequence group of `size` ranks (parallel.sequence), for the
+    fake model: each exchange hands back a tensor of the shape the real one would (the
+    whole sequence for 1/size of the heads, or the place's chunk of it for all of them) and,
+    like the real ones (longvivit/distributed/sequence.py), saves nothing for backward. The
+    first place holds the largest chunk, so its count bounds every rank's."""
+
+    def __init__(self, size: int, length: int = 0):
+        super().__init__(None, 0, size, length)
+
+    def for_length(self, length: int) -> "PlannedShard":
+        return PlannedShard(self.size, length)
+
+    def heads_to_sequence(self, qkv: torch.Tensor) -> torch.Tensor:
+        B, _, three, H, d = qkv.shape
+        return _Shaped.apply(qkv, (B, self.length, three, H // self.size, d))
+
+    def sequence_to_heads(self, y: torch.Tensor) -> torch.Tensor:
+        B, _, h, d = y.shape
+        return _Shaped.apply(y, (B, self.sizes()[self.place], h * self.size, d))
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return _Shaped.apply(x, (x.shape[0], self.length, *x.shape[2:]))
+
+
+class _Shaped(torch.autograd.Function):
+    """A new tensor of `shape` (a collective's output, for counting); saves nothing."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.shape
+        return x.new_zeros(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.new_zeros(ctx.shape), None
 
 
 def _first_checkpointed_block(model):
@@ -226,6 +271,7 @@ class Plan:
     trainable_params: int
     gpus: int
     gpu_mem: int
+    sequence: int  # parallel.sequence: GPUs that share each clip's tokens
     zero_stage: int
     offload_optimizer: bool
     offload_param: bool
@@ -351,7 +397,10 @@ def ignored_overrides(overrides: list[str]) -> list[str]:
 def make_plan(config: str, overrides: list[str], gpus: int, gpu_mem: int,
               search: bool = True) -> Plan:
     # the micro-batch training would run on `gpus` (global_batch_by=batch_size derives it)
-    cfg = keep_global_batch(load_run_config(repo_path(config), overrides=overrides), gpus)
+    # parallel.sequence: ZeRO shards over all `gpus`, each clip batch spans `sequence` of them
+    cfg = load_run_config(repo_path(config), overrides=overrides)
+    check_world(cfg, gpus)
+    cfg = keep_global_batch(cfg, data_world(cfg, gpus))
     zero = zero_settings(resolve_ds_config(cfg, gpus))
     counts = count_params(cfg.model, zero["stage3_param_persistence_threshold"])
     states = state_bytes(counts, cfg.precision, zero, gpus)
@@ -361,7 +410,7 @@ def make_plan(config: str, overrides: list[str], gpus: int, gpu_mem: int,
     total = int(sum(parts.values()))
     plan = Plan(config=config, preset=cfg.model.preset, params=counts.total,
                 trainable_params=counts.trainable, gpus=gpus, gpu_mem=gpu_mem,
-                zero_stage=zero["stage"], offload_optimizer=zero["offload_optimizer"],
+                sequence=cfg.parallel.sequence, zero_stage=zero["stage"], offload_optimizer=zero["offload_optimizer"],
                 offload_param=zero["offload_param"], precision=cfg.precision, micro_batch=batch,
                 frames=v.frames, mask_ratio=v.mask_ratio, grad_checkpointing=v.grad_checkpointing,
                 bytes={k: int(round(b)) for k, b in parts.items()}, host_bytes=int(states["host"]),
@@ -383,6 +432,7 @@ def table(plan: Plan) -> str:
         f"({plan.trainable_params / 1e6:.1f}M trainable), {plan.precision}",
         f"ZeRO-{plan.zero_stage} over {plan.gpus} GPU(s)"
         + (f", offload: {', '.join(offload)}" if offload else "")
+        + (f", each clip over {plan.sequence} of them (parallel.sequence)" if plan.sequence > 1 else "")
         + f"; micro-batch {plan.micro_batch} x {plan.frames} frames at {plan.mask_ratio:.0%} masking, "
         f"checkpointing {plan.grad_checkpointing} video blocks",
         "",

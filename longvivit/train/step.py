@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
+from longvivit.distributed import sequence
 from longvivit.train.accumulate import whole_batch_step
 
 if TYPE_CHECKING:
@@ -17,8 +18,10 @@ if TYPE_CHECKING:
 
 
 def mask_generator(trainer: Trainer, micro: int) -> torch.Generator:
-    """Masks are a function of (seed, rank, step, micro-batch): resume replays them exactly."""
-    key = ((trainer.cfg.seed * 1_000_003 + trainer.d.rank) * 1_000_003 + trainer.state.step) * 131 + micro
+    """Masks are a function of (seed, data rank, step, micro-batch): resume replays them
+    exactly, and the ranks of a sequence group (parallel.sequence), which share a clip,
+    keep the same tokens of it."""
+    key = ((trainer.cfg.seed * 1_000_003 + trainer.layout.data_rank) * 1_000_003 + trainer.state.step) * 131 + micro
     return torch.Generator().manual_seed(key % (2**63 - 1))
 
 
@@ -31,7 +34,8 @@ def train_step(trainer: Trainer, stream: Iterator[dict], mask_ratio: float | Non
     for micro in range(trainer.cfg.grad_accum):
         batch = next(stream)
         loss, metrics = engine(batch["video"], batch["text_ids"], batch["text_mask"], mask_ratio=mask_ratio,
-                               generator=mask_generator(trainer, micro), real_frames=batch["real_frames"])
+                               generator=mask_generator(trainer, micro), real_frames=batch["real_frames"],
+                               sequence=sequence.shard())
         loss = trainer.hooks.on_before_backward(trainer, trainer.state.step + 1, micro, loss)
         engine.backward(nan_grads_if_nonfinite(loss))
         engine.step()
@@ -53,11 +57,11 @@ def whole_batch_train_step(trainer: Trainer, stream: Iterator[dict], mask_ratio:
 
     def embed(b: dict, g: torch.Generator):
         return engine.module.embed(b["video"], b["text_ids"], b["text_mask"], mask_ratio, generator=g,
-                                   real_frames=b["real_frames"])
+                                   real_frames=b["real_frames"], sequence=sequence.shard())
 
     def forward(b: dict, g: torch.Generator, negatives):
         loss, metrics = engine(b["video"], b["text_ids"], b["text_mask"], mask_ratio=mask_ratio, generator=g,
-                               real_frames=b["real_frames"], negatives=negatives)
+                               real_frames=b["real_frames"], negatives=negatives, sequence=sequence.shard())
         return trainer.hooks.on_before_backward(trainer, trainer.state.step + 1, next(micros), loss), metrics
 
     def backward(loss: torch.Tensor) -> None:  # the k passes sum to the whole batch's gradient: no division by k

@@ -30,7 +30,7 @@ from longvivit.data.load import Loader, clean_shared_memory
 from longvivit.data.load import open_loader as data_loader
 from longvivit.data.load.tokenizer import make_tokenizer
 from longvivit.distributed import collectives as dist
-from longvivit.distributed import watchdog
+from longvivit.distributed import sequence, watchdog
 from longvivit.distributed.preemption import EXIT_REQUEUE, StopRequest, write_stop_note
 from longvivit.eval.evaluate import evaluate
 from longvivit.eval.gallery import render
@@ -41,7 +41,9 @@ from longvivit.train.config import (
     check_data,
     check_precision,
     check_tokenizer_file,
+    check_world,
     check_writable_dir,
+    data_world,
     ds_config_accelerator,
     keep_global_batch,
     load_run_config,
@@ -144,16 +146,25 @@ def check_out(cfg: RunConfig) -> None:
     check_writable_dir("out", cfg.out)
 
 
-def check_resume(cfg: RunConfig, tag: Path) -> None:
+def check_resume(cfg: RunConfig, tag: Path, world_size: int) -> None:
     """The checkpoint to resume from is whole (every shard and part file there and
     readable: checkpoint.check_files) and fits this run: same architecture (any world
-    size: see rescale), and not past `steps`."""
+    size: see rescale, but the same ranks and parallel.sequence where either run splits
+    clips), and not past `steps`."""
     try:
         checkpoint.check_files(tag, "resume", parts=True)
     except ConfigError as err:
         hint = "" if cfg.resume != "auto" else " (move that tag aside to resume from an older one, or resume=never)"
         raise ConfigError(f"{err}{hint}") from None
     checkpoint.check_compatible(tag, to_dict(cfg.model))
+    saved = (checkpoint.saved_world_size(tag),
+             int(checkpoint.stored_config(tag).get("parallel", {}).get("sequence", 1)))
+    if saved != (world_size, cfg.parallel.sequence) and max(saved[1], cfg.parallel.sequence) > 1:
+        # the loaders' positions are per data rank; converting them across layouts is not written
+        raise ConfigError(f"parallel.sequence: the checkpoint {tag} was written by {saved[0]} ranks with "
+                          f"parallel.sequence={saved[1]}, this run has {world_size} with {cfg.parallel.sequence}: "
+                          "a run that splits clips resumes on the same ranks and parallel.sequence (changing "
+                          "them is not supported yet)")
     step = checkpoint.tag_step(tag)
     check(step <= cfg.steps, "steps", f"{cfg.steps} is below step {step} of the checkpoint {tag} "
           "this run would resume from (raise steps=, or start over with resume=never and another out=)")
@@ -164,7 +175,9 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     path, overrides = split_argv(argv)
     # a fixed global_batch derives grad_accum or data.batch_size for this world size: the
     # stored run_config.yaml and the ds_config hold what runs
-    cfg = keep_global_batch(load_run_config(repo_path(path), overrides=overrides), d.world_size)
+    cfg = load_run_config(repo_path(path), overrides=overrides)
+    check_world(cfg, d.world_size)
+    cfg = keep_global_batch(cfg, data_world(cfg, d.world_size))
     device = dist.device_for(d)
     check_precision(cfg.precision, device.type)
     ds_config = resolve_ds_config(cfg, d.world_size)
@@ -177,7 +190,7 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     check_tokenizer(cfg)
     tag = checkpoint.resume_tag(cfg.out, cfg.resume)
     if tag is not None:
-        check_resume(cfg, tag)
+        check_resume(cfg, tag, d.world_size)
     else:  # init weights load only when not resuming
         check_init(cfg)
     return cfg, ds_config, tag
@@ -261,6 +274,8 @@ class Trainer:
         self.optimizer_state: dict | None = None  # after a resume: the tensors checked and moved
         self.redo_eval = False  # the eval due at the resumed step did not finish (eval_left_undone)
         self.t_start = time.time()
+        # where this rank sits with parallel.sequence (its data rank: loaders, masks); set in start()
+        self.layout = sequence.Layout(self.d.rank, self.d.world_size, cfg.parallel.sequence)
 
     @classmethod
     def from_argv(cls, argv: list[str], d: dist.DistEnv | None = None, hooks: TrainerHooks | None = None) -> Trainer:
@@ -289,6 +304,7 @@ class Trainer:
         dist.bind_device(d)
         dist.init_process_group(timedelta(seconds=cfg.timeouts.collective_s))
         dist.check_distinct_gpus()
+        self.layout = sequence.setup(cfg.parallel.sequence)
         self.tag = checkpoint.rank0_choice(self.tag)
         self.redo_eval = dist.broadcast_object(eval_left_undone(cfg, self.tag) if d.is_main else None)
 
@@ -356,15 +372,19 @@ class Trainer:
         self.sources.close()
         if self.stop is not None:
             self.stop.restore()
+        sequence.teardown()
         dist.shutdown(self.d, failed=failed)
 
 
 def open_loader(cfg: RunConfig, split: str, device: torch.device, d: dist.DistEnv, training: bool,
                 data: DataConfig | None = None) -> Loader:
     """This rank's loader of `split` (longvivit.data.load.open_loader) for the model's text
-    tower; `data` in place of cfg.data (a source's: sources.source_data)."""
+    tower; `data` in place of cfg.data (a source's: sources.source_data). The training split
+    hands each sequence group (parallel.sequence) one clip batch; evaluation runs every
+    clip whole on one rank, so the val split is dealt over all ranks."""
+    replication = cfg.parallel.sequence if split == "train" else 1
     return data_loader(data or cfg.data, split, device, d.rank, d.world_size, training, cfg.model.text.tokenizer,
-                       cfg.model.text.vocab_size)
+                       cfg.model.text.vocab_size, replication=replication)
 
 
 def rescale(trainer: Trainer, tag: Path) -> Path | None:

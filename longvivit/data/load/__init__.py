@@ -37,15 +37,17 @@ class Loader(Protocol):
 
 
 def open_loader(data: DataConfig, split: str, device: torch.device, rank: int, world_size: int, training: bool,
-                tokenizer: str = "sentencepiece", vocab_size: int = 0) -> Loader:
+                tokenizer: str = "sentencepiece", vocab_size: int = 0, replication: int = 1) -> Loader:
     """This rank's loader of `split` ("train" or "val") from `data.source`. tokenizer: the
     text tower's kind (model.text.tokenizer: its ids); vocab_size: the text tower's, for the
-    ids synthetic batches draw. Shard loaders are built with clean_shm=False: call
-    clean_shared_memory first, on every rank."""
+    ids synthetic batches draw. replication: how many consecutive ranks get the same batches
+    (a sequence group, parallel.sequence). Shard loaders are built with clean_shm=False:
+    call clean_shared_memory first, on every rank."""
     if data.source == "synthetic":
-        return SyntheticBatches(data, split, device, rank, world_size, training, vocab_size, tokenizer)
+        return SyntheticBatches(data, split, device, rank // replication, world_size // replication, training,
+                                vocab_size, tokenizer)
     return build_loader(data, split, device=device, rank=rank, world_size=world_size, training=training,
-                        clean_shm=False, tokenizer=make_tokenizer(tokenizer, data.tokenizer))
+                        clean_shm=False, tokenizer=make_tokenizer(tokenizer, data.tokenizer), replication=replication)
 
 
 def clean_shared_memory(data: DataConfig) -> None:

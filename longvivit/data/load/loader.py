@@ -49,7 +49,7 @@ _END = object()
 
 def build_loader(cfg: DataConfig, split: str, device: torch.device, rank: int,
                  world_size: int, training: bool, clean_shm: bool = True,
-                 tokenizer: Tokenizer | ClipTokenizer | None = None) -> "VideoLoader":
+                 tokenizer: Tokenizer | ClipTokenizer | None = None, replication: int = 1) -> "VideoLoader":
     """One rank's loader over `cfg.train` or `cfg.val`. training=False: no shuffle, the
     first caption, centred window and crop, no flip.
 
@@ -58,10 +58,14 @@ def build_loader(cfg: DataConfig, split: str, device: torch.device, rank: int,
     barrier before any loader exists and pass False: a rank cleaning while another rank
     creates its segments can remove them (what the trainer does).
     tokenizer: the one the model reads (tokenizer.make_tokenizer of model.text.tokenizer);
-    None: the sentencepiece model at cfg.tokenizer."""
+    None: the sentencepiece model at cfg.tokenizer.
+    replication: how many consecutive ranks get the same samples (streaming's `replication`:
+    a sequence group, parallel.sequence); positions then count the world_size / replication
+    distinct rank groups."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    return VideoLoader(cfg, split, torch.device(device), rank, world_size, training, clean_shm, tokenizer)
+    return VideoLoader(cfg, split, torch.device(device), rank, world_size, training, clean_shm, tokenizer,
+                       replication)
 
 
 def collate_samples(samples: list[dict]) -> dict[str, list]:
@@ -72,15 +76,16 @@ def collate_samples(samples: list[dict]) -> dict[str, list]:
 class VideoLoader:
     def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
                  world_size: int, training: bool, clean_shm: bool = True,
-                 tokenizer: Tokenizer | ClipTokenizer | None = None):
-        self.cfg, self.device, self.training, self.world_size = cfg, device, training, world_size
+                 tokenizer: Tokenizer | ClipTokenizer | None = None, replication: int = 1):
+        # world_size: the rank groups that read distinct samples (each of `replication` ranks)
+        self.cfg, self.device, self.training, self.world_size = cfg, device, training, world_size // replication
         if clean_shm:
             clean_stale_shared_memory()
         source = cfg.train if split == "train" else cfg.val
         with launcher_env(rank, world_size):
             self.dataset = open_split(source, cfg.batch_size, cfg.shuffle and training and
                                       split == "train", cfg.seed, cfg.local_cache,
-                                      cfg.canonical_nodes)
+                                      cfg.canonical_nodes, replication)
         self.tokenizer = tokenizer or Tokenizer(cfg.tokenizer)  # the model's (make_tokenizer)
         self.decoder = VideoDecoder(cfg.batch_size, cfg.image_size, device)
         self.samples = StreamingDataLoader(

@@ -150,7 +150,7 @@ class ClipDataset(StreamingDataset):
 
 
 def open_split(source: str | list, batch_size: int, shuffle: bool, seed: int,
-               local_cache: str = "", canonical_nodes: int = 0) -> ClipDataset:
+               local_cache: str = "", canonical_nodes: int = 0, replication: int = 1) -> ClipDataset:
     """A StreamingDataset over a shard folder, or over a remote (or, with `local_cache`,
     any folder, e.g. on a network file system) copied shard by shard into a local cache;
     or, for a list of {path, weight} (data.config.shard_streams), over one streaming Stream
@@ -158,11 +158,12 @@ def open_split(source: str | list, batch_size: int, shuffle: bool, seed: int,
     each (streaming's `proportion`: a stream is up- or down-sampled, the epoch keeps the
     streams' total size), in an order that is a function of the seed and the epoch, so
     state_dict/load_state_dict resume it as they do one folder. Sample indices run over the
-    streams in list order."""
+    streams in list order. replication: consecutive ranks that read the same samples
+    (streaming's own, for sequence parallelism), 1: every rank its own."""
     if not source:
         raise ValueError("no shard location given (data.train / data.val)")
     common = dict(batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
-                  num_canonical_nodes=canonical_nodes or None)
+                  num_canonical_nodes=canonical_nodes or None, replication=replication if replication > 1 else None)
     if isinstance(source, str):
         return ClipDataset(**stream_location(source, local_cache), **common)
     streams = [Stream(**stream_location(path, local_cache), proportion=weight) for path, weight in shard_streams(source)]
