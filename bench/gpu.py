@@ -40,6 +40,8 @@ gpu_turn):
   packed         ~30 s   a padded batch of the B tower in bf16 (8 clips of 64 and 16 frames):
                          packed (varlen attention) against masked rows, kernels, agreement
                          with fp32, host syncs and step time (an estimate: not run yet)
+  ulysses        ~0 s    skipped below 2 GPUs; ~60 s with 2: a sequence group of 2 GPUs
+                         (parallel.sequence=2) against one GPU alone, losses step by step
 
 Child processes run in the check's scratch folder (deleted afterwards, checkpoints and all),
 with their output in a log file there; a failed one's last lines go into the record.
@@ -1428,6 +1430,46 @@ def two_gpu_record(overrides: list[str], runs: dict[str, Finished], steps: list[
     return record
 
 
+# ---------------------------------------------------------------------------- k. sequence parallelism
+
+# the B preset's heads (12) divide by 2; 64 frames at 224 px, 75% masking: 1 + 1568 tokens a clip
+ULYSSES_MODEL = ["model.preset=B", "model.video.frames=64", "model.video.mask_ratio=0.75",
+                 "model.video.cls_token=true", "data.batch_size=2"]
+ULYSSES_STEPS = 4
+ULYSSES_RTOL = 2e-2  # first-step loss, 2 split ranks vs 1 GPU, bf16 (reduction order differs)
+
+
+def check_ulysses(work: Path, gpus: int | None = None, base: list[str] | None = None, env: dict | None = None) -> dict:
+    """k. Sequence parallelism over NCCL: two GPUs as one sequence group (parallel.sequence=2,
+    torchrun: each holds half of every clip's tokens, all-to-all around attention) against
+    one GPU alone on the same batches and masks, ULYSSES_STEPS steps of ZeRO-3 bf16 each,
+    the two at once: the losses step by step and the runs' exit codes. What gloo cannot
+    show: NCCL's all-to-all on uneven chunks, and bf16 activations through it. Skipped below
+    2 GPUs. base/env: the CPU twin for tests (gloo)."""
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus < 2:
+        return skipped(f"{gpus} GPU here: a sequence group of 2 ranks needs 2 GPUs")
+    require(TRAINER_NEEDS)
+    overrides = [*(BASE if base is None else base), *ULYSSES_MODEL, "checkpoint_every=0", f"steps={ULYSSES_STEPS}"]
+    runs = launch({"split": torchrun_command(2, work / "split", [*overrides, "parallel.sequence=2"]),
+                   "one_gpu": trainer_command(work / "one_gpu", overrides)}, work, env=env)
+    steps = {name: metrics(work / name, "step") for name in runs}
+    record = {"steps": ULYSSES_STEPS, "overrides": overrides, "rtol": ULYSSES_RTOL,
+              "exit_codes": {n: r.returncode for n, r in runs.items()},
+              "starts": {n: sorted(({k: e.get(k) for k in ("rank", "world_size", "backend", "device")}
+                                    for e in events(r.output, "start")), key=lambda e: e["rank"])
+                         for n, r in runs.items()},
+              "losses": {n: [x["loss"] for x in v] for n, v in steps.items()},
+              "same_batches": [x["indices"] for x in steps["split"]] == [x["indices"] for x in steps["one_gpu"]]}
+    if steps["split"] and steps["one_gpu"]:
+        a, b = steps["split"][0]["loss"], steps["one_gpu"][0]["loss"]
+        record["first_step_rel_diff"] = abs(a - b) / max(abs(b), 1e-12)
+    failed = {n: r.tail() for n, r in runs.items() if r.returncode != 0}
+    if failed:
+        record["failed_output"] = failed
+    return record
+
+
 # ---------------------------------------------------------------------------- main
 
 # ---------------------------------------------------------------------------- j. packed
@@ -1499,7 +1541,7 @@ def check_packed(work: Path, device: torch.device | None = None, cell: dict | No
 CHECKS: dict[str, Callable[[Path], dict]] = {
     "attention": check_attention, "trainer": check_trainer, "plan_memory": check_plan_memory,
     "mfu": check_mfu, "decode": check_decode, "shipped": check_shipped, "shipped_model": check_shipped_model,
-    "flash": check_flash, "two_gpu": check_two_gpu, "packed": check_packed,
+    "flash": check_flash, "two_gpu": check_two_gpu, "packed": check_packed, "ulysses": check_ulysses,
 }
 
 

@@ -382,6 +382,47 @@ def padding_section(parts: list[dict]) -> list[str]:
     return lines
 
 
+def sequence_section(r: dict) -> list[str]:
+    lines = ["### Sequence parallelism (parallel.sequence, Ulysses): one clip over 2 ranks", ""] + provenance(r)
+    saved, steps = r["saved_bytes"], r["step_s"]
+    lines += [f"The tiny dual encoder (both towers, InfoNCE, backward; CLS token), {r['batch']} clips of "
+              f"{r['frames']} frames at {r['mask_ratio']:.0%} masking, 2 processes over gloo with "
+              f"{r['threads_per_rank']} thread(s) each. `one_rank`: rank 0 runs the batch alone; `split`: the two "
+              "ranks run it as one sequence group (each half of every clip's tokens, an all-to-all before and "
+              "after each attention). Step time is rank 0's between barriers, median over interleaved rounds; "
+              "saved bytes are exact.", ""]
+    lines += table(["case", "step s", "per round", "saved MiB per rank", "loss"],
+                   [["one_rank", f"{steps['one_rank']:.4f}", " ".join(f"{v:.3f}" for v in r["step_s_samples"]["one_rank"]),
+                     f"{saved['one_rank'] / MiB:.2f}", f"{r['loss']['one_rank']:.6f}"],
+                    ["split", f"{steps['split']:.4f}", " ".join(f"{v:.3f}" for v in r["step_s_samples"]["split"]),
+                     " / ".join(f"{b / MiB:.2f}" for b in saved["split_per_rank"]), f"{r['loss']['split']:.6f}"]])
+    sent = r["all_to_all_bytes_sent_per_rank"][0]
+    lines += [f"**Split over 2 ranks, a rank saves {r['saved_split_vs_one_rank']:.2f}x the bytes one rank saves for "
+              f"the whole batch, and the step takes {r['split_vs_one_rank']:.2f}x its time here** (each rank sent "
+              f"{sent / MiB:.1f} MiB through all-to-all per step; the text tower runs on both ranks).", ""]
+    pl = r["plans"]
+    lines += [f"`longvivit plan {pl['config']} parallel.sequence=N --gpus {pl['gpus']} --gpu-mem {pl['gpu_mem']}` "
+              f"(predictions, not GPU measurements):", ""]
+    ratios = sorted({k.split("_at_")[1] for n in pl if n.startswith("sequence_") for k in pl[n] if "_at_" in k},
+                    key=float, reverse=True)
+    rows = []
+    for name in sorted((n for n in pl if n.startswith("sequence_")), key=lambda n: int(n.split("_")[1])):
+        x = pl[name]
+        hours = [f"{'fits' if x[f'hour_at_{q}']['fits'] else 'does not fit'} "
+                 f"({x[f'hour_at_{q}']['total_bytes'] / GiB:.1f} GiB)" for q in ratios]
+        rows.append([name.split("_")[1], f"{x['activations_bytes'] / GiB:.2f}", f"{x['total_bytes'] / GiB:.2f}",
+                     f"**{x['max_frames']:,}**", *hours])
+    lines += table(["parallel.sequence", "activations GiB", "total GiB", "max frames",
+                    *[f"{pl['hour_frames']:,} frames at {float(q):.0%}" for q in ratios]], rows)
+    first, last = pl["sequence_1"], pl[f"sequence_{pl['gpus']}"]
+    fits = lambda x: [f"{float(q):.0%}" for q in ratios if x[f"hour_at_{q}"]["fits"]]  # noqa: E731
+    lines += [f"**At parallel.sequence={pl['gpus']} the plan fits {last['max_frames'] / first['max_frames']:.1f}x the "
+              f"frames ({first['max_frames']:,} -> {last['max_frames']:,}); an hour fits at "
+              f"{' / '.join(fits(first)) or 'none of these'} masking alone and at "
+              f"{' / '.join(fits(last)) or 'none of these'} split.**", ""]
+    return lines
+
+
 def hour_section(r: dict) -> list[str]:
     s, fps = r["step"], r["fps"]
     minutes = lambda frames: f"{frames / fps / 60:.0f} min"  # noqa: E731
@@ -524,7 +565,7 @@ SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", mask
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
             ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_section), ("claims", claims_section),
-            ("offload", offload_section), ("padding", padding_section),
+            ("offload", offload_section), ("padding", padding_section), ("sequence", sequence_section),
             ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section),
             ("search", search_section)]
 
@@ -755,6 +796,19 @@ def gpu_two_gpu(r: dict) -> list[str]:
             f"{'all finite' if r['finite'] else 'NOT all finite'}.", ""]
 
 
+def gpu_ulysses(r: dict) -> list[str]:
+    codes = ", ".join(f"{n} {c}" for n, c in r["exit_codes"].items())
+    starts = "; ".join(f"{n}: " + ", ".join(f"rank {s['rank']}/{s['world_size']} {s['backend']} {s['device']}"
+                                            for s in st) for n, st in r["starts"].items())
+    rows = [[i + 1, *(f"{r['losses'][n][i]:.5f}" if i < len(r["losses"][n]) else "" for n in ("split", "one_gpu"))]
+            for i in range(r["steps"])]
+    diff = r.get("first_step_rel_diff")
+    return [f"{r['steps']} steps at parallel.sequence=2 on two GPUs and the same run on one. Exit status: {codes}; "
+            f"{starts}; {'the same' if r['same_batches'] else 'NOT the same'} batches.", ""] + \
+        table(["step", "loss, 2 GPUs per clip", "loss, 1 GPU"], rows) + \
+        ([f"First step: relative difference {diff:.2e} (bound {r['rtol']:g}).", ""] if diff is not None else [])
+
+
 GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume", gpu_trainer),
               ("attention", "Attention kernels and bf16 against fp32", gpu_attention),
               ("plan_memory", "Memory planner against the allocator's peak", gpu_plan_memory),
@@ -764,7 +818,8 @@ GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume",
               ("shipped_model", "The shipped configs' models: attention kernels and host syncs", gpu_shipped_model),
               ("flash", "Every config's video tower on FlashAttention or cuDNN", gpu_flash),
               ("two_gpu", "Two GPUs: NCCL ranks, then the resume on one", gpu_two_gpu),
-              ("packed", "Padded batches: packed (varlen attention) against masked rows", gpu_packed)]
+              ("packed", "Padded batches: packed (varlen attention) against masked rows", gpu_packed),
+              ("ulysses", "Sequence parallelism: a clip over two GPUs against one", gpu_ulysses)]
 
 
 def gpu_section(folder: Path) -> list[str]:

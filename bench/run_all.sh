@@ -22,11 +22,11 @@ $PY bench/peers.py --frames 16 --ratios 0 --rounds 1 --profile > bench/results/p
 $PY bench/tradeoff.py > bench/results/tradeoff.json
 $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.json   # (a) vs (b) over seeds, ~13 min
 $PY bench/demo_seeds.py --tune > bench/results/demo_seeds.json   # ~35 min: `longvivit demo --long-range --tune` on 3 seeds, stage 2 vs stage 1 (and stage 3)
-$PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped (masked rows, packed) vs encoded
 $PY bench/claims.py > bench/results/claims.json   # ~48 min (load 4-6): the paper's three claims, 3 seeds, a verdict each
 $PY bench/claims.py --claims c --steps 300 > bench/results/claims_c300.json   # ~17 min: (c) with twice the steps
 $PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped vs encoded
 $PY bench/padding.py --rounds 7 --real 16 > bench/results/padding_short.json
+$PY bench/sequence.py --rounds 7 > bench/results/sequence.json   # ~3 min: a clip over 2 ranks (Ulysses) vs one, and the plans at N = 1 and 8
 $PY bench/hour.py > bench/results/hour.json   # ~2 min: an hour at 1 FPS, the tiny step on CPU and the plans for g and L
 $PY bench/offload.py > bench/results/offload.json   # ~5 min: ZeRO-3 offload, torch AdamW vs DeepSpeedCPUAdam (incl. its cold JIT build)
 $PY bench/zero_init.py --preset B --check > bench/results/zero_init_B.json   # ~1 min: building under ZeRO-3, whole vs deepspeed.zero.Init, weights compared

@@ -516,6 +516,28 @@ def test_two_gpu_skips_below_two_gpus_and_its_runs_are_valid_configs(tmp_path):
     assert rec["starts"]["two_ranks"] == [expected] and rec["rescale"]["world_size"] == [2, 1]  # the cut line left out
 
 
+def test_the_ulysses_check_skips_below_two_gpus_and_runs_on_its_cpu_twin(monkeypatch, tmp_path):
+    """check_ulysses for real on CPU: a sequence group of two gloo ranks under torchrun against
+    one rank alone, the tiny model in fp32: the same batches, the same losses."""
+    r = gpu.check_ulysses(tmp_path, gpus=1)
+    assert r == {"skipped": r["skipped"]} and "needs 2 GPUs" in r["skipped"]
+    cpu_base = [o for o in gpu.BASE if not o.startswith(("ds_config=", "precision=", "model.video.image_size="))]
+    cpu_base += [f"ds_config={ROOT / 'longvivit' / 'configs' / 'ds' / 'zero3_cpu.json'}", "precision=fp32",
+                 "model.video.image_size=32"]
+    monkeypatch.setattr(gpu, "ULYSSES_MODEL", ["model.preset=tiny", "model.video.frames=8", "model.video.cls_token=true",
+                                               "data.batch_size=2"])
+    monkeypatch.setattr(gpu, "ULYSSES_STEPS", 2)
+    r = gpu.check_ulysses(tmp_path, gpus=2, base=cpu_base, env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    assert r["exit_codes"] == {"split": 0, "one_gpu": 0}, r.get("failed_output")
+    assert [(s["rank"], s["world_size"], s["backend"]) for s in r["starts"]["split"]] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert r["same_batches"] and len(r["losses"]["split"]) == 2
+    assert r["losses"]["split"] == pytest.approx(r["losses"]["one_gpu"], abs=1e-5)
+    assert r["first_step_rel_diff"] <= 1e-6
+    import report
+
+    assert "| step | loss, 2 GPUs per clip | loss, 1 GPU |" in report.gpu_ulysses(r)
+
+
 def test_the_two_gpu_section_on_its_cpu_twin(monkeypatch, tmp_path):
     """check_two_gpu for real on CPU: two gloo ranks under torchrun, then the resume on one."""
     cpu_base = [o for o in gpu.BASE if not o.startswith(("ds_config=", "precision=", "model.video.image_size="))]
