@@ -134,6 +134,7 @@ CASES = [
     (["model.video.width=0"], "model.video.width"),
     (["model.video.depth=-1"], "model.video.depth"),
     (["model.text.heads=0"], "model.text.heads"),
+    (["model.compile=maybe"], "model.compile", "not a valid bool"),
     (["model.video=5"], "model.video", "5 is not a mapping"),
     (["model.video=[1,2]"], "model.video", "[1, 2] is not a mapping"),
     (["model=5"], "model", "is not a mapping"),

@@ -217,7 +217,9 @@ class ActivationLinear(Linear):
     def forward(self, h: torch.Tensor, act: Optional[nn.Module] = None) -> torch.Tensor:
         if act is None:
             return super().forward(h)
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            # compiled: AOTAutograd's partitioner picks what to save (it recomputes elementwise
+            # ops such as act), and dynamo cannot trace the Function's torch.autograd.grad
             return super().forward(act(h))
         return _ActivationLinear.apply(h, self.weight, self.bias, act)
 
