@@ -1,7 +1,8 @@
 """Compiled blocks (model.compile=true) against eager: the train step under ZeRO-3 with
 activation checkpointing, side by side.
 
-    .venv/bin/python bench/compile.py [--dims tiny B] [--frames 16] [--rounds 6] [--threads 1]
+    .venv/bin/python bench/compile.py [--dims tiny B] [--frames 16] [--rounds 6] [--threads 1] \
+        [--warm-cache]
 
 Each dims gets two engines from the trainer's own build_engine, built from the same run
 config (demo.yaml, zero3_cpu.json, fp32, 1 CPU process over gloo, every block of both towers

@@ -217,10 +217,11 @@ class ActivationLinear(Linear):
     def forward(self, h: torch.Tensor, act: Optional[nn.Module] = None) -> torch.Tensor:
         if act is None:
             return super().forward(h)
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-            # compiled: AOTAutograd's partitioner picks what to save (it recomputes elementwise
-            # ops such as act), and dynamo cannot trace the Function's torch.autograd.grad
+        if not torch.is_grad_enabled():
             return super().forward(act(h))
+        if torch.compiler.is_compiling():  # dynamo cannot trace the Function's torch.autograd.grad;
+            # a checkpoint tells the compiled backward the same: keep h, recompute act(h)
+            return checkpoint(lambda h: F.linear(act(h), self.weight, self.bias), h, use_reentrant=False)
         return _ActivationLinear.apply(h, self.weight, self.bias, act)
 
 
