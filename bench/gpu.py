@@ -42,6 +42,9 @@ gpu_turn):
                          with fp32, host syncs and step time (an estimate: not run yet)
   ulysses        ~0 s    skipped below 2 GPUs; ~60 s with 2: a sequence group of 2 GPUs
                          (parallel.sequence=2) against one GPU alone, losses step by step
+  compile        ~90 s   the MFU check's B cell again with model.compile=true (compiled
+                         blocks): MFU and step time against eager, per-step losses (an
+                         estimate: not run yet; ~45 s when the mfu check ran first)
 
 Child processes run in the check's scratch folder (deleted afterwards, checkpoints and all),
 with their output in a log file there; a failed one's last lines go into the record.
@@ -64,7 +67,7 @@ import tempfile
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -85,6 +88,8 @@ GRAD_COSINE_MIN = 0.99  # bf16 vs fp32 gradient of all parameters, flattened
 GRAD_NORM_RTOL = 0.02  # bf16 vs fp32 gradient norm
 PLAN_RTOL = 0.10  # plan's allocated parts vs max_memory_allocated, relative to the measured
 MFU_FLOOR = 0.05  # below this the step cannot have run on bf16 tensor cores (see check_mfu)
+COMPILE_MFU_MIN = 0.95  # compiled blocks' MFU over eager's, at least (see check_compile)
+COMPILE_LOSS_RTOL = 2e-2  # compiled vs eager per-step loss in bf16, relative (see check_compile)
 
 # Every trainer process: synthetic data on the device, ZeRO-3 in bf16, 224 px, a learning
 # rate that is flat after 5 warm-up steps (min_lr_ratio 1), so the schedule does not depend
@@ -107,15 +112,16 @@ class Cell:
     batch: int
     steps: int
     timed: bool = False  # its step times feed the MFU check (every cell steps alone on the GPU: gpu_turn)
+    compiled: bool = False  # model.compile=true: each transformer block compiled (longvivit/train/compile.py)
 
     @property
     def name(self) -> str:
-        return f"{self.preset}{self.frames}f{round(self.mask_ratio * 100)}"
+        return f"{self.preset}{self.frames}f{round(self.mask_ratio * 100)}" + ("c" if self.compiled else "")
 
     def overrides(self) -> list[str]:
         return [*BASE, f"model.preset={self.preset}", f"model.video.frames={self.frames}",
                 f"model.video.mask_ratio={self.mask_ratio}", f"data.batch_size={self.batch}",
-                f"steps={self.steps}"]
+                f"steps={self.steps}", *(["model.compile=true"] if self.compiled else [])]
 
 
 TIMED_STEPS = WARMUP_STEPS + 10
@@ -124,6 +130,7 @@ MEMORY_CELLS = [Cell("B", 16, 0.0, 8, TIMED_STEPS, timed=True), Cell("B", 16, 0.
                 Cell("B", 64, 0.0, 4, 3), Cell("B", 64, 0.75, 4, 3),
                 Cell("L", 256, 0.75, 2, TIMED_STEPS, timed=True)]
 MFU_CELLS = [c for c in MEMORY_CELLS if c.timed]
+COMPILE_CELLS = [MFU_CELLS[0], replace(MFU_CELLS[0], compiled=True)]  # eager (the MFU cell itself), compiled
 
 
 # ---------------------------------------------------------------------------- records
@@ -1538,10 +1545,57 @@ def check_packed(work: Path, device: torch.device | None = None, cell: dict | No
             "packed_vs_masked_time": out["packed"]["step_s"] / out["masked"]["step_s"], **out}
 
 
+# ---------------------------------------------------------------------------- k. compiled blocks
+
+def check_compile(work: Path, cells: list[Cell] | None = None) -> dict:
+    """k. model.compile=true (each transformer block's forward under torch.compile, inductor,
+    each block a ZeRO-3 leaf: longvivit/train/compile.py) against eager: the MFU cell (B,
+    ZeRO-3 bf16, 8 clips of 16 frames) trained by the trainer's own loop both ways, each in
+    its own process, taking turns on the GPU (the eager one is the MFU check's, run once when
+    both checks run). The compiled cell compiles in its first step, which the warm-up steps
+    leave out. Recorded: each cell's MFU row, the MFU and step-time ratios compiled / eager,
+    and the per-step losses of both (same weights, batches and rates).
+
+    Thresholds: COMPILE_MFU_MIN, compiled must not lose more than 5% MFU to eager (a graph
+    break per block or a recompile storm, which the CPU test rules out at the tiny size,
+    would); COMPILE_LOSS_RTOL, the losses agree per step within 2% relative: inductor fuses
+    and reorders bf16 arithmetic (fp32 on CPU agrees within 3e-7 over 3 steps,
+    tests/test_train_compile.py), and over 13 steps the two runs drift apart as any two bf16
+    runs with different kernels do. Not run on a GPU yet: the first run confirms or corrects
+    both."""
+    eager, compiled = cells or COMPILE_CELLS
+    cells = {"eager": eager, "compiled": compiled}
+    results = cell_results(list(cells.values()), work)
+    rows = {name: compile_row(cell, results[cell]) for name, cell in cells.items()}
+    record = {"rows": rows, "mfu_min_ratio": COMPILE_MFU_MIN, "loss_rtol": COMPILE_LOSS_RTOL,
+              "warmup_steps": WARMUP_STEPS}
+    if any("error" in row or not row["steps_measured"] for row in rows.values()):
+        return record
+    e, c = rows["eager"], rows["compiled"]
+    losses = {name: [x["loss"] for x in results[cell]["step"]] for name, cell in cells.items()}
+    rel = [abs(b - a) / max(abs(a), 1e-12) for a, b in zip(losses["eager"], losses["compiled"])]
+    return {**record, "mfu_ratio": c["mfu_median"] / e["mfu_median"],
+            "step_ratio": c["step_s_median"] / e["step_s_median"], "losses": losses,
+            "loss_max_rel_diff": max(rel, default=math.nan)}
+
+
+def compile_row(cell: Cell, result: dict) -> dict:
+    """A cell's MFU and step-time medians after warm-up, and its first step's seconds (the
+    compiled cell compiles in it, from its logged samples/s)."""
+    row = {"cell": cell.name, "preset": cell.preset, "frames": cell.frames, "batch": cell.batch,
+           "compiled": cell.compiled}
+    if "error" in result:
+        return {**row, "error": result["error"], "output": result["output"]}
+    first = [cell.batch / x["samples_per_s"] for x in result["train"] if x["step"] == 1]
+    return {**row, **median_after_warmup(result["train"], WARMUP_STEPS, cell.batch),
+            "peak_tflops": result["peak_tflops"], "first_step_s": first[0] if first else None}
+
+
 CHECKS: dict[str, Callable[[Path], dict]] = {
     "attention": check_attention, "trainer": check_trainer, "plan_memory": check_plan_memory,
     "mfu": check_mfu, "decode": check_decode, "shipped": check_shipped, "shipped_model": check_shipped_model,
     "flash": check_flash, "two_gpu": check_two_gpu, "packed": check_packed, "ulysses": check_ulysses,
+    "compile": check_compile,
 }
 
 

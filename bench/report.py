@@ -302,6 +302,29 @@ def offload_section(r: dict) -> list[str]:
     return lines
 
 
+def compile_section(r: dict) -> list[str]:
+    lines = ["### Compiled blocks (model.compile=true) against eager: ZeRO-3 with activation checkpointing", ""]
+    lines += provenance(r)
+    lines += [f"`{r['ds_config']}`, {r['precision']}, {r['world_size']} process over gloo, every block of both towers "
+              f"checkpointed. Two engines from the trainer's build_engine with the same initial weights and batch, "
+              f"one with each block's forward under torch.compile ({r['backend']}); their steps (forward, backward, "
+              "engine.step) take turns, every other round in the other order; medians over rounds. The first step "
+              f"(the compiled engine compiles in it, {r['inductor_cache']} inductor cache) is timed apart. Ratio: "
+              "compiled over eager (< 1: compiled faster). Loss diff: the largest difference between the two "
+              "engines' losses, step by step.", ""]
+    rows = [[x["dims"], f"{x['params'] / 1e6:.1f}M", f"{x['frames']}f @ 75%", x["batch"],
+             f"{x['eager']['step_s']:.3f}", f"{x['compiled']['step_s']:.3f}", f"**{x['ratio']:.3f}**",
+             " ".join(f"{v:.2f}" for v in x["ratio_per_round"]),
+             f"{x['first_step_s']['eager']:.1f} / {x['first_step_s']['compiled']:.1f}", x["graphs"],
+             f"{x['max_loss_diff']:.1e} over {x['steps']} steps"] for x in r["results"]]
+    lines += table(["dims", "params", "clip", "batch", "step s, eager", "step s, compiled", "ratio",
+                    "per round", "first step s, eager / compiled", "graphs compiled", "loss diff"], rows)
+    faster = lambda x: sum(v < 1 for v in x["ratio_per_round"])  # noqa: E731
+    return lines + ["**" + "; ".join(f"{x['dims']}: compiled {x['ratio']:.2f}x eager's step time, faster in "
+                                     f"{faster(x)} of {len(x['ratio_per_round'])} rounds" for x in r["results"])
+                    + ".**", ""]
+
+
 def decode_section(r: dict) -> list[str]:
     lines = ["### Decoding on CPU: DALI's decoder, PyAV, and the loader's pick of the two", ""] + provenance(r)
     v, k = r["versions"], r["seek"]
@@ -565,7 +588,8 @@ SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", mask
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
             ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_section), ("claims", claims_section),
-            ("offload", offload_section), ("padding", padding_section), ("sequence", sequence_section),
+            ("offload", offload_section), ("compile", compile_section), ("padding", padding_section),
+            ("sequence", sequence_section),
             ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section),
             ("search", search_section)]
 
@@ -809,6 +833,18 @@ def gpu_ulysses(r: dict) -> list[str]:
         ([f"First step: relative difference {diff:.2e} (bound {r['rtol']:g}).", ""] if diff is not None else [])
 
 
+def gpu_compile(r: dict) -> list[str]:
+    rows = [[name, x["cell"], f"{x['mfu_median']:.3f}", f"{x['step_s_median']:.3f}", f"{x['first_step_s']:.1f}"]
+            for name, x in r["rows"].items() if "error" not in x and x["steps_measured"]]
+    if "mfu_ratio" not in r:
+        return [f"A cell failed: {', '.join(n for n, x in r['rows'].items() if 'error' in x)}.", ""]
+    return ([f"The MFU cell trained by the trainer's loop with model.compile=false and true (each block's forward "
+             f"under torch.compile): medians after {r['warmup_steps']} warm-up steps. **Compiled / eager: MFU "
+             f"{r['mfu_ratio']:.3f}x, step time {r['step_ratio']:.3f}x** (MFU floor {r['mfu_min_ratio']}x); largest "
+             f"per-step loss difference {r['loss_max_rel_diff']:.2e} relative (bound {r['loss_rtol']}).", ""]
+            + table(["blocks", "cell", "MFU", "step s", "first step s"], rows))
+
+
 GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume", gpu_trainer),
               ("attention", "Attention kernels and bf16 against fp32", gpu_attention),
               ("plan_memory", "Memory planner against the allocator's peak", gpu_plan_memory),
@@ -819,7 +855,8 @@ GPU_CHECKS = [("trainer", "Trainer on one GPU: NCCL, ZeRO-3 bf16, exact resume",
               ("flash", "Every config's video tower on FlashAttention or cuDNN", gpu_flash),
               ("two_gpu", "Two GPUs: NCCL ranks, then the resume on one", gpu_two_gpu),
               ("packed", "Padded batches: packed (varlen attention) against masked rows", gpu_packed),
-              ("ulysses", "Sequence parallelism: a clip over two GPUs against one", gpu_ulysses)]
+              ("ulysses", "Sequence parallelism: a clip over two GPUs against one", gpu_ulysses),
+              ("compile", "Compiled blocks against eager: MFU and losses", gpu_compile)]
 
 
 def gpu_section(folder: Path) -> list[str]:

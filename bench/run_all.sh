@@ -29,6 +29,7 @@ $PY bench/padding.py --rounds 7 --real 16 > bench/results/padding_short.json
 $PY bench/sequence.py --rounds 7 > bench/results/sequence.json   # ~3 min: a clip over 2 ranks (Ulysses) vs one, and the plans at N = 1 and 8
 $PY bench/hour.py > bench/results/hour.json   # ~2 min: an hour at 1 FPS, the tiny step on CPU and the plans for g and L
 $PY bench/offload.py > bench/results/offload.json   # ~5 min: ZeRO-3 offload, torch AdamW vs DeepSpeedCPUAdam (incl. its cold JIT build)
+$PY bench/compile.py > bench/results/compile.json   # ~6 min: compiled blocks vs eager under ZeRO-3 + checkpointing, tiny and B
 $PY bench/zero_init.py --preset B --check > bench/results/zero_init_B.json   # ~1 min: building under ZeRO-3, whole vs deepspeed.zero.Init, weights compared
 $PY bench/zero_init.py --preset B --mmap-threshold 0 > bench/results/zero_init_B_glibc.json   # the same with glibc's default malloc
 $PY bench/zero_init.py --preset g > bench/results/zero_init_g.json   # ~3 min, ~10 GB of RAM: the ~1B preset both ways

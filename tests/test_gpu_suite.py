@@ -9,6 +9,7 @@ train/configs and their one-GPU runs valid real forms; cells taking turns; the s
 counter's attribution (with a stand-in for set_sync_debug_mode, which needs CUDA); the
 shipped, shipped-model, data-wait and two-GPU checks end to end on their CPU twins (gloo,
 DALI's CPU decoder), and their rendering."""
+import dataclasses
 import json
 import math
 import subprocess
@@ -128,9 +129,10 @@ def test_every_cell_is_a_valid_run_config():
     """The overrides the GPU processes get pass the trainer's own config checks here."""
     from longvivit.train.config import load_run_config, resolve_ds_config
 
-    for cell in [gpu.TRAINER_CELL, *gpu.MEMORY_CELLS]:
+    for cell in [gpu.TRAINER_CELL, *gpu.MEMORY_CELLS, *gpu.COMPILE_CELLS]:
         cfg = load_run_config(gpu.DEMO, overrides=cell.overrides())
         assert (cfg.model.preset, cfg.data.frames, cfg.data.image_size) == (cell.preset, cell.frames, 224)
+        assert cfg.model.compile == cell.compiled
         assert resolve_ds_config(cfg, 1)["bf16"]["enabled"]
 
 
@@ -180,12 +182,7 @@ def test_bf16_against_fp32_and_the_profiler_on_the_tiny_tower_on_cpu(monkeypatch
 def test_a_training_cell_runs_the_trainers_own_loop_in_a_child_process(monkeypatch, tmp_path):
     """The cell runner (validate, setup, loop of longvivit.train.trainer) on its CPU twin: tiny
     model, ZeRO-3 over gloo, fp32; it logs what the MFU and memory rows read."""
-    cpu_base = [o for o in gpu.BASE if not o.startswith(("ds_config=", "precision=", "model.video.image_size="))]
-    monkeypatch.setattr(gpu, "BASE", [*cpu_base, f"ds_config={ROOT / 'longvivit' / 'configs' / 'ds' / 'zero3_cpu.json'}",
-                                      "precision=fp32", "model.video.image_size=32"])
-    monkeypatch.setattr(gpu, "_CELL_RESULTS", {})
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cpu_cells(monkeypatch)
     cell = gpu.Cell("tiny", 8, 0.5, 2, steps=gpu.WARMUP_STEPS + 1, timed=True)
     result = gpu.cell_results([cell], tmp_path)[cell]
     assert "error" not in result, result.get("output")
@@ -194,6 +191,34 @@ def test_a_training_cell_runs_the_trainers_own_loop_in_a_child_process(monkeypat
     row = gpu.mfu_row(cell, result, measured_peak=1.0)
     assert row["steps_measured"] == 1 and row["mfu_median"] > 0
     assert gpu.memory_row(cell, {"params": 1, "reserve": 1}, result)["measured_peak"] == result["peak_bytes"]
+
+
+def cpu_cells(monkeypatch) -> None:
+    """The training cells' CPU twin: tiny model at 32 px, ZeRO-3 over gloo, fp32."""
+    cpu_base = [o for o in gpu.BASE if not o.startswith(("ds_config=", "precision=", "model.video.image_size="))]
+    monkeypatch.setattr(gpu, "BASE", [*cpu_base, f"ds_config={ROOT / 'longvivit' / 'configs' / 'ds' / 'zero3_cpu.json'}",
+                                      "precision=fp32", "model.video.image_size=32"])
+    monkeypatch.setattr(gpu, "_CELL_RESULTS", {})
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_the_compile_check_on_its_cpu_twin(monkeypatch, tmp_path):
+    """check_compile on tiny cells in fp32: both cells train through the trainer's loop, the
+    compiled one with model.compile=true, and their losses agree as tests/test_train_compile.py
+    requires on 2 ranks; the ratios and the rendering come from the record."""
+    import report
+
+    cpu_cells(monkeypatch)
+    eager = gpu.Cell("tiny", 8, 0.5, 2, steps=gpu.WARMUP_STEPS + 2, timed=True)
+    r = gpu.check_compile(tmp_path, [eager, dataclasses.replace(eager, compiled=True)])
+    for name, row in r["rows"].items():
+        assert "error" not in row, (name, row.get("output"))
+        assert row["steps_measured"] == 2 and row["mfu_median"] > 0 and row["first_step_s"] > 0
+    assert r["losses"]["compiled"] == pytest.approx(r["losses"]["eager"], abs=1e-5, rel=0)
+    assert r["mfu_ratio"] == r["rows"]["compiled"]["mfu_median"] / r["rows"]["eager"]["mfu_median"]
+    text = "\n".join(report.gpu_compile(r))
+    assert f"MFU {r['mfu_ratio']:.3f}x" in text and "tiny8f50c" in text, text
 
 
 @CPU_ONLY

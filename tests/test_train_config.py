@@ -134,6 +134,7 @@ CASES = [
     (["model.video.width=0"], "model.video.width"),
     (["model.video.depth=-1"], "model.video.depth"),
     (["model.text.heads=0"], "model.text.heads"),
+    (["model.compile=maybe"], "model.compile", "not a valid bool"),
     (["model.video=5"], "model.video", "5 is not a mapping"),
     (["model.video=[1,2]"], "model.video", "[1, 2] is not a mapping"),
     (["model=5"], "model", "is not a mapping"),
@@ -187,6 +188,7 @@ CASES = [
     (["parallel.sequence=3"], "parallel.sequence", "does not divide model.video.heads=4"),
     (["parallel.sequence=4"], "parallel.sequence", "does not divide the world size 2"),  # WORLD_SIZE=2
     (["parallel.sequence=2", "model.video.packing=packed"], "parallel.sequence", "packing=packed"),
+    (["parallel.sequence=2", "model.compile=true"], "parallel.sequence", "model.compile=true"),
     (["parallel.sequence=2", "model.video.attention=factorized", "model.video.mask_scheme=tube"],
      "parallel.sequence", "model.video.attention is factorized"),
     (["parallel.sequence=2", "model.video.frames=2", "model.video.image_size=8"], "parallel.sequence",

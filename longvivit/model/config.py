@@ -131,6 +131,9 @@ class ModelConfig:
     # learnable logit bias (SigLIP; start it at init_logit_scale=2.3026, ln 10, as the paper)
     loss: str = choice("infonce", "siglip")
     init_logit_bias: float = -10.0  # siglip only
+    # torch.compile each transformer block's forward in training (longvivit/train/compile.py);
+    # the model is built the same either way
+    compile: bool = False
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
 

@@ -231,6 +231,9 @@ class ActivationLinear(Linear):
             return super().forward(h)
         if not torch.is_grad_enabled():
             return super().forward(act(h))
+        if torch.compiler.is_compiling():  # dynamo cannot trace the Function's torch.autograd.grad;
+            # a checkpoint tells the compiled backward the same: keep h, recompute act(h)
+            return checkpoint(lambda h: F.linear(act(h), self.weight, self.bias), h, use_reentrant=False)
         return _ActivationLinear.apply(h, self.weight, self.bias, act)
 
 

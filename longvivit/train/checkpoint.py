@@ -53,7 +53,7 @@ MARKER = "complete"
 CONFIG_FILE = "run_config.yaml"
 # Model config keys that training may change between runs without changing the weights' shapes.
 NOT_ARCHITECTURE = {"preset", "gather", "init_logit_scale", "max_logit_scale", "video.mask_ratio",
-                    "video.mask_scheme", "video.grad_checkpointing", "video.packing"}
+                    "video.mask_scheme", "video.grad_checkpointing", "video.packing", "compile"}
 
 
 def tag_for(step: int) -> str:

@@ -155,6 +155,9 @@ class RunConfig:
               f"{n} splits joint attention's one sequence per clip; model.video.attention is {video.attention}")
         check(video.packing != "packed", "parallel.sequence",
               f"{n} runs padded batches masked; model.video.packing=packed packs them instead (use auto or masked)")
+        check(not self.model.compile, "parallel.sequence",
+              f"{n} with model.compile=true: the compiled blocks do not trace the all-to-all inside each attention "
+              "(not supported yet; set one of them off)")
         t, p, _ = video.tubelet
         tokens = int(video.cls_token) + visible_count(video.frames // t, (video.image_size // p) ** 2,
                                                       video.mask_ratio, video.mask_scheme)

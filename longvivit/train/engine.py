@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from longvivit.train.compile import compile_blocks
+
 if TYPE_CHECKING:
     from longvivit.train.config import RunConfig
 
@@ -54,9 +56,12 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optim
 
 def build_engine(model: nn.Module, cfg: RunConfig, ds_config: dict):
     """deepspeed.initialize on (model, AdamW, warmup-cosine); DeepSpeed steps the schedule
-    once per optimizer step (after gradient accumulation)."""
+    once per optimizer step (after gradient accumulation). model.compile: the blocks are
+    compiled first (compile.py: before initialize, which reads their ZeRO-3 leaf flag)."""
     import deepspeed  # slow to import and logs on import: only when an engine is built
 
+    if cfg.model.compile:
+        compile_blocks(model)
     optimizer, scheduler = build_optimizer(model, cfg)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
