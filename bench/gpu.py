@@ -1423,9 +1423,14 @@ def check_two_gpu(work: Path, gpus: int | None = None, base: list[str] | None = 
     return two_gpu_record(overrides, runs, metrics(out, "step"))
 
 
+def run_starts(runs: dict[str, Finished], keys: tuple[str, ...]) -> dict[str, list[dict]]:
+    """Each run's {"event": "start"} lines (`keys` of them), by rank."""
+    return {n: sorted(({k: e.get(k) for k in keys} for e in events(r.output, "start")), key=lambda e: e["rank"])
+            for n, r in runs.items()}
+
+
 def two_gpu_record(overrides: list[str], runs: dict[str, Finished], steps: list[dict]) -> dict:
-    starts = {n: sorted(({k: e.get(k) for k in ("rank", "world_size", "backend", "device", "step")}
-                         for e in events(r.output, "start")), key=lambda e: e["rank"]) for n, r in runs.items()}
+    starts = run_starts(runs, ("rank", "world_size", "backend", "device", "step"))
     rescale = events(runs["one_rank"].output, "rescale") if "one_rank" in runs else []
     record = {"steps": list(TWO_GPU_STEPS), "overrides": overrides,
               "exit_codes": {n: r.returncode for n, r in runs.items()},
@@ -1463,9 +1468,7 @@ def check_ulysses(work: Path, gpus: int | None = None, base: list[str] | None = 
     steps = {name: metrics(work / name, "step") for name in runs}
     record = {"steps": ULYSSES_STEPS, "overrides": overrides, "rtol": ULYSSES_RTOL,
               "exit_codes": {n: r.returncode for n, r in runs.items()},
-              "starts": {n: sorted(({k: e.get(k) for k in ("rank", "world_size", "backend", "device")}
-                                    for e in events(r.output, "start")), key=lambda e: e["rank"])
-                         for n, r in runs.items()},
+              "starts": run_starts(runs, ("rank", "world_size", "backend", "device")),
               "losses": {n: [x["loss"] for x in v] for n, v in steps.items()},
               "same_batches": [x["indices"] for x in steps["split"]] == [x["indices"] for x in steps["one_gpu"]]}
     if steps["split"] and steps["one_gpu"]:

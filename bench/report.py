@@ -808,10 +808,16 @@ def gpu_packed(r: dict) -> list[str]:
                      "gradient cosine"], rows))
 
 
-def gpu_two_gpu(r: dict) -> list[str]:
+def runs_words(r: dict) -> tuple[str, str]:
+    """A multi-run check's exit codes and its runs' start lines, in words."""
     codes = ", ".join(f"{n} {c}" for n, c in r["exit_codes"].items())
     starts = "; ".join(f"{n}: " + ", ".join(f"rank {s['rank']}/{s['world_size']} {s['backend']} {s['device']}"
                                             for s in st) for n, st in r["starts"].items())
+    return codes, starts
+
+
+def gpu_two_gpu(r: dict) -> list[str]:
+    codes, starts = runs_words(r)
     first, last = r["steps"]
     rescale = (f"the resume converted the {r['rescale']['world_size'][0]}-rank checkpoint "
                f"({r['rescale']['message']})" if r["rescale"] else "no rescale line")
@@ -821,9 +827,7 @@ def gpu_two_gpu(r: dict) -> list[str]:
 
 
 def gpu_ulysses(r: dict) -> list[str]:
-    codes = ", ".join(f"{n} {c}" for n, c in r["exit_codes"].items())
-    starts = "; ".join(f"{n}: " + ", ".join(f"rank {s['rank']}/{s['world_size']} {s['backend']} {s['device']}"
-                                            for s in st) for n, st in r["starts"].items())
+    codes, starts = runs_words(r)
     rows = [[i + 1, *(f"{r['losses'][n][i]:.5f}" if i < len(r["losses"][n]) else "" for n in ("split", "one_gpu"))]
             for i in range(r["steps"])]
     diff = r.get("first_step_rel_diff")

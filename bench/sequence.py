@@ -49,12 +49,13 @@ def inputs(m, frames: int, batch: int):
     return video, ids, torch.ones_like(ids, dtype=torch.bool)
 
 
-def _rank(rank: int, port: int, args, out: dict) -> None:
+def _rank(rank: int, port: int, args) -> dict:
+    """This rank's saved bytes, step times, losses and all-to-all traffic."""
     common.set_threads(args.threads)
     collectives.bind_device(collectives.DistEnv(rank, 2, rank, 2, "127.0.0.1", port))
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        sequence.setup(2)
+        sequence.setup(sequence.Layout(rank, 2, 2))
         m = model(args.frames)
         video, ids, mask = inputs(m, args.frames, args.batch)
         shard = sequence.shard()
@@ -83,16 +84,14 @@ def _rank(rank: int, port: int, args, out: dict) -> None:
         samples = common.interleaved({"one_rank": step(False), "split": step(True)}, args.rounds, alternate=True)
         saved = {"one_rank": saved_bytes(lambda: forward(False), ignore=list(m.parameters())),
                  "split": saved_bytes(lambda: forward(True), ignore=list(m.parameters()))}
-        out[rank] = {"saved_bytes": saved, "step_s_samples": samples, "loss": losses, "all_to_all_bytes_sent": sent}
+        return {"saved_bytes": saved, "step_s_samples": samples, "loss": losses, "all_to_all_bytes_sent": sent}
     finally:
         sequence.teardown()
         tdist.destroy_process_group()
 
 
 def _spawned(rank: int, port: int, args, path: str) -> None:
-    out: dict = {}
-    _rank(rank, port, args, out)
-    torch.save(out[rank], f"{path}.{rank}")
+    torch.save(_rank(rank, port, args), f"{path}.{rank}")
 
 
 def plans(args) -> dict:

@@ -65,8 +65,10 @@ def _worker(rank, world, port, out_dir):
     dist.bind_device(d)
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        layout = sequence.setup(world)
+        layout = sequence.Layout(rank, world, world)
+        sequence.setup(layout)
         assert (layout.data_rank, layout.data_world, layout.place) == (0, 1, rank)
+        assert sequence.data_rank_world() == (0, 1)
         exchanges = []  # each all-to-all's piece shapes: the split path runs, one pair per block and pass
         exchange = dist.exchange
         dist.exchange = lambda pieces, *args: exchanges.append(pieces[0].shape) or exchange(pieces, *args)

@@ -254,10 +254,10 @@ def backend() -> str | None:
     return g.get_backend() if g is not None else None
 
 
-def all_reduce(values, op: str = "sum") -> torch.Tensor:
-    """Sum / max / min of `values` (a tensor or a list of numbers) over ranks, returned on
-    the device `values` came from (CPU for a list). Called by every rank, the same number
-    of times."""
+def all_reduce(values, op: str = "sum", group=None) -> torch.Tensor:
+    """Sum / max / min of `values` (a tensor or a list of numbers) over ranks (of `group`,
+    a torch.distributed subgroup; None: all), a new tensor on the device `values` came from
+    (CPU for a list). Called by every rank of the group, the same number of times."""
     t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64)
     g = _group()
     if g is None:
@@ -265,9 +265,9 @@ def all_reduce(values, op: str = "sum") -> torch.Tensor:
     ops = {"sum": g.ReduceOp.SUM, "max": g.ReduceOp.MAX, "min": g.ReduceOp.MIN}
     if op not in ops:
         raise ValueError(f"all_reduce: op {op!r} is not one of {', '.join(ops)}")
-    work = t.to(collective_device(g.get_backend(), "all_reduce"), copy=True)
+    work = t.to(collective_device(g.get_backend(), "all_reduce"), copy=True).contiguous()
     with watchdog.waiting("all_reduce"):
-        g.all_reduce(work, op=ops[op])
+        g.all_reduce(work, op=ops[op], group=group)
     return work.to(t.device)
 
 
@@ -398,17 +398,6 @@ def exchange(inputs: list[torch.Tensor], shapes: list[torch.Size], group) -> lis
     with watchdog.waiting("all_to_all"):
         g.all_to_all(recv, send, group=group)
     return [t.to(home) for t in recv]
-
-
-def all_reduce_tensor(t: torch.Tensor, group) -> torch.Tensor:
-    """The sum of `t` over `group`, a new tensor on t's device."""
-    g = _group()
-    if g is None:
-        return t.clone()
-    work = t.to(collective_device(g.get_backend(), "all_reduce"), copy=True).contiguous()
-    with watchdog.waiting("all_reduce"):
-        g.all_reduce(work, group=group)
-    return work.to(t.device)
 
 
 def all_gather_tensor(t: torch.Tensor, group) -> list[torch.Tensor]:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.distributed as tdist
 
 from longvivit.distributed import collectives
 
@@ -154,7 +153,7 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        total = collectives.all_reduce_tensor(grad, ctx.shard.group)
+        total = collectives.all_reduce(grad, group=ctx.shard.group)
         start = sum(ctx.sizes[: ctx.shard.place])
         return total.narrow(1, start, ctx.sizes[ctx.shard.place]).contiguous(), None, None
 
@@ -171,25 +170,26 @@ class _Groups:
 _current: Optional[_Groups] = None
 
 
-def setup(sequence: int) -> Layout:
-    """Make this job's sequence and data groups (every rank calls it, after the process
-    group starts); with sequence 1 there are none, and nothing changes. Returns the layout."""
+def setup(layout: Layout) -> None:
+    """Make this job's sequence and data groups for this rank's `layout` (every rank calls
+    it, after the process group starts); with sequence 1 there are none, and nothing changes."""
     global _current
-    layout = Layout(collectives.rank(), collectives.world_size(), sequence)
-    if sequence == 1:
+    if (layout.rank, layout.world) != (collectives.rank(), collectives.world_size()):
+        raise ValueError(f"{layout} is not this process's place: rank {collectives.rank()} of "
+                         f"{collectives.world_size()}")
+    if layout.sequence == 1:
         _current = _Groups(layout, None, None)
-        return layout
+        return
     shard = data = None
     for ranks in layout.sequence_groups():  # every rank makes every group, in one order
         group = collectives.new_group(ranks)
         if layout.rank in ranks:
-            shard = SequenceShard(group, layout.place, sequence)
+            shard = SequenceShard(group, layout.place, layout.sequence)
     for ranks in layout.data_groups():
         group = collectives.new_group(ranks)
         if layout.rank in ranks:
             data = group
     _current = _Groups(layout, shard, data)
-    return layout
 
 
 def teardown() -> None:
@@ -214,6 +214,4 @@ def data_rank_world() -> tuple[int, int]:
     rank and size without sequence parallelism, (0, 1) without a process group."""
     if _current is not None:
         return _current.layout.data_rank, _current.layout.data_world
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
+    return collectives.rank(), collectives.world_size()

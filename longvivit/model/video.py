@@ -284,7 +284,7 @@ class VideoEncoder(nn.Module):
             scheme = "tube" if self.cfg.attention == "factorized" else mask_scheme
             index, valid = masking.sample_visible_padded(slices, grid * grid, mask_ratio, scheme, real,
                                                          generator, x.device)  # (B, n) twice
-            if self.packs(x.device) and sequence is None:
+            if self.packs(x.device, split=sequence is not None):
                 clips = self.packed_clips(masking.padded_counts(grid * grid, mask_ratio, scheme, real), real,
                                           index.shape[1], x.device)
         rows = slices if real is None else int(real.max())  # temporal slices in the token rows (host: no sync)
@@ -380,11 +380,13 @@ class VideoEncoder(nn.Module):
         copies = self.cls_key_copies(slices)
         return {"first_key_copies": copies} if copies > 1 else {}
 
-    def packs(self, device: torch.device) -> bool:
+    def packs(self, device: torch.device, split: bool = False) -> bool:
         """Whether a padded batch runs packed (PackedClips) rather than masked (padding_bias):
         video.packing packed, or auto on CUDA. Joint attention only: factorized attention
-        keeps its key mask over the padding slices (its spatial attention has no padding)."""
-        if self.cfg.attention != "joint" or self.cfg.packing == "masked":
+        keeps its key mask over the padding slices (its spatial attention has no padding).
+        split: the clips are split over a sequence group (parallel.sequence), whose
+        all-to-all takes rows of clips: masked (the config refuses packing=packed with it)."""
+        if self.cfg.attention != "joint" or self.cfg.packing == "masked" or split:
             return False
         return self.cfg.packing == "packed" or torch.device(device).type == "cuda"
 

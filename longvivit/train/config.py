@@ -143,7 +143,7 @@ class RunConfig:
 
     def check_sequence(self) -> None:
         """parallel.sequence against the model (the world size is checked at launch:
-        check_world): heads divisible, joint attention, a padded batch masked (packing
+        data_world): heads divisible, joint attention, a padded batch masked (packing
         packs a batch into one sequence per rank), at least one token of a whole clip per rank."""
         n, video = self.parallel.sequence, self.model.video
         if n == 1:
@@ -167,18 +167,14 @@ class RunConfig:
               "every rank needs one")
 
 
-def check_world(cfg: RunConfig, world_size: int) -> None:
-    """What the run config asks of the world size, before any process group: parallel.sequence
-    divides it."""
+def data_world(cfg: RunConfig, world_size: int) -> int:
+    """Ranks with clip batches of their own: the world size over parallel.sequence, which
+    must divide it (ConfigError before any process group otherwise)."""
     n = cfg.parallel.sequence
     check(world_size % n == 0, "parallel.sequence",
           f"{n} does not divide the world size {world_size}: the ranks form world size / "
           "parallel.sequence groups of parallel.sequence")
-
-
-def data_world(cfg: RunConfig, world_size: int) -> int:
-    """Ranks with clip batches of their own: the world size over parallel.sequence."""
-    return world_size // cfg.parallel.sequence
+    return world_size // n
 
 
 def _preset_name(sources: Sequence[Any], overrides: Sequence[str]) -> str:
@@ -551,7 +547,7 @@ def zero_stage(ds: dict) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-__all__ = ["RunConfig", "OptimConfig", "TimeoutConfig", "ParallelConfig", "check_world", "data_world", "load_run_config", "keep_global_batch", "resolve_ds_config",
+__all__ = ["RunConfig", "OptimConfig", "TimeoutConfig", "ParallelConfig", "data_world", "load_run_config", "keep_global_batch", "resolve_ds_config",
            "check_data", "check_shards", "check_tokenizer_file", "check_writable_dir", "check_writable_file",
            "check_ds_keys", "keys_deepspeed_reads", "one_line", "check_precision", "ds_config_accelerator",
            "repo_path", "zero_stage", "ConfigError"]

@@ -28,7 +28,6 @@ from longvivit.model import build_model, saved_bytes
 from longvivit.model.config import ModelConfig
 from longvivit.train.config import (
     RunConfig,
-    check_world,
     data_world,
     keep_global_batch,
     load_run_config,
@@ -399,7 +398,6 @@ def make_plan(config: str, overrides: list[str], gpus: int, gpu_mem: int,
     # the micro-batch training would run on `gpus` (global_batch_by=batch_size derives it)
     # parallel.sequence: ZeRO shards over all `gpus`, each clip batch spans `sequence` of them
     cfg = load_run_config(repo_path(config), overrides=overrides)
-    check_world(cfg, gpus)
     cfg = keep_global_batch(cfg, data_world(cfg, gpus))
     zero = zero_settings(resolve_ds_config(cfg, gpus))
     counts = count_params(cfg.model, zero["stage3_param_persistence_threshold"])

@@ -41,7 +41,6 @@ from longvivit.train.config import (
     check_data,
     check_precision,
     check_tokenizer_file,
-    check_world,
     check_writable_dir,
     data_world,
     ds_config_accelerator,
@@ -176,7 +175,6 @@ def validate(argv: list[str], d: dist.DistEnv) -> tuple[RunConfig, dict, Path | 
     # a fixed global_batch derives grad_accum or data.batch_size for this world size: the
     # stored run_config.yaml and the ds_config hold what runs
     cfg = load_run_config(repo_path(path), overrides=overrides)
-    check_world(cfg, d.world_size)
     cfg = keep_global_batch(cfg, data_world(cfg, d.world_size))
     device = dist.device_for(d)
     check_precision(cfg.precision, device.type)
@@ -274,7 +272,7 @@ class Trainer:
         self.optimizer_state: dict | None = None  # after a resume: the tensors checked and moved
         self.redo_eval = False  # the eval due at the resumed step did not finish (eval_left_undone)
         self.t_start = time.time()
-        # where this rank sits with parallel.sequence (its data rank: loaders, masks); set in start()
+        # where this rank sits with parallel.sequence (its data rank: loaders, masks; its groups: start())
         self.layout = sequence.Layout(self.d.rank, self.d.world_size, cfg.parallel.sequence)
 
     @classmethod
@@ -304,7 +302,7 @@ class Trainer:
         dist.bind_device(d)
         dist.init_process_group(timedelta(seconds=cfg.timeouts.collective_s))
         dist.check_distinct_gpus()
-        self.layout = sequence.setup(cfg.parallel.sequence)
+        sequence.setup(self.layout)
         self.tag = checkpoint.rank0_choice(self.tag)
         self.redo_eval = dist.broadcast_object(eval_left_undone(cfg, self.tag) if d.is_main else None)
 
