@@ -60,13 +60,20 @@ def emit(name: str, **fields) -> dict:
 
 
 def parse(output: str) -> Iterator[dict]:
-    """Every event line in a run's output, in order (other lines skipped)."""
+    """Every event line in a run's output, in order (other lines skipped). The ranks of a
+    launch share one pipe: an event is written whole (one flushed write, under PIPE_BUF), but it
+    can land after another process's unfinished line, such as a C++ warning that stderr writes
+    piece by piece, so an event is looked for anywhere in a line."""
+    decoder = json.JSONDecoder()
     for line in output.splitlines():
-        if line.startswith('{"event": '):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
+        at = line.find('{"event": ')
+        if at < 0:
+            continue
+        try:
+            event, _ = decoder.raw_decode(line, at)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        yield event
 
 
 def read(output: str, name: str) -> list[dict]:

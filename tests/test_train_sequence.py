@@ -55,7 +55,7 @@ def test_two_by_two_trains_like_two_ranks_and_resumes_exactly(data, tmp_path):
     out = tmp_path / "split"
     rc, output = launch(out, data, 4, "parallel.sequence=2", fault=f"kill_during_save:{STEPS}")
     assert rc != 0, output[-3000:]
-    assert sorted(s["rank"] for s in events(output, "start")) == [0, 1, 2, 3]
+    assert sorted(s["rank"] for s in events(output, "start")) == [0, 1, 2, 3], output[-6000:]
     first = step_lines(out)
     assert [x["step"] for x in first] == list(range(1, STEPS + 1))
     for a, b in zip(first, plain):
@@ -66,7 +66,9 @@ def test_two_by_two_trains_like_two_ranks_and_resumes_exactly(data, tmp_path):
     rc, output = launch(out, data, 4, "parallel.sequence=2")  # resume: auto, from step 2
     assert rc == 0, output[-4000:]
     half = out / "checkpoints" / f"step{STEPS // 2:08d}"
-    assert all(s["resumed_from"] == str(half) for s in events(output, "start"))
+    starts = events(output, "start")
+    assert sorted(s["rank"] for s in starts) == [0, 1, 2, 3], output[-6000:]
+    assert all(s["resumed_from"] == str(half) for s in starts)
     again = step_lines(out)[STEPS:]
     assert [x["step"] for x in again] == list(range(STEPS // 2 + 1, STEPS + 1))
     for x in again:
