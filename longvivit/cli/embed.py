@@ -18,8 +18,8 @@ import argparse
 import json
 import sys
 
-from longvivit.config import ArgumentParser, ConfigError
 from longvivit.cli.eval import start_process_group
+from longvivit.config import ArgumentParser, ConfigError
 from longvivit.distributed import collectives as dist
 from longvivit.distributed.config import TimeoutConfig
 from longvivit.use.embed import EmbedOptions, check_embed_args, embed

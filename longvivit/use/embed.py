@@ -36,7 +36,7 @@ from longvivit.config import ConfigError, check
 from longvivit.data.load.decode import ClipPlan, VideoDecoder, crop_box, plan_clip, select_frames
 from longvivit.data.load.reader import launcher_env, open_split
 from longvivit.data.load.tokenizer import read_captions
-from longvivit.data.prepare.manifest import Reject, Row, read_manifest
+from longvivit.data.prepare.manifest import Reject, read_manifest
 from longvivit.data.prepare.remote import is_remote
 from longvivit.data.prepare.video import VideoError
 from longvivit.distributed import collectives as dist

@@ -22,11 +22,11 @@ import torch.nn as nn
 
 from longvivit.config import ConfigError, load_config
 from longvivit.data.load.tokenizer import make_tokenizer
-from longvivit.model.dual import DualEncoder
+from longvivit.data.preprocessing import PREPROCESS_FILE, PreprocessConfig, config_for, read_preprocess_json
 from longvivit.model.config import ModelConfig
+from longvivit.model.dual import DualEncoder
 from longvivit.train import checkpoint, export
 from longvivit.train.config import RunConfig, check_tokenizer_file
-from longvivit.data.preprocessing import PREPROCESS_FILE, PreprocessConfig, config_for, read_preprocess_json
 from longvivit.use.preprocess import Clip, Preprocess, Source
 
 
