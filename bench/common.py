@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -53,7 +54,8 @@ def _version(name: str) -> str:
 
 
 def command() -> str:
-    return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    """The command line that ran, quoted as a shell needs it to run again."""
+    return shlex.join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
 
 def emit(result: dict) -> None:

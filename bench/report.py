@@ -584,17 +584,46 @@ def search_section(r: dict) -> list[str]:
     return lines
 
 
+def mc_probe_section(r: dict) -> list[str]:
+    """Whole-caption direction (flip) and order (swap) tests per run and split, and which of
+    them are beyond chance (outside the 95% interval of a fair coin over their pairs)."""
+    lines = ["### Why multiple choice stays at chance: caption vs its flipped or swapped self", ""]
+    lines += provenance(r)
+    lines += [f"On the benchmark in `{r['synth']}`: the share of (clip, variant) pairs where the clip's caption "
+              "outscores the same caption with one event flipped (`flip`) or two neighbouring events swapped "
+              "(`swap`), chance 50%; then the multiple-choice items as `longvivit eval` scores them.", ""]
+
+    def beyond(x: dict, k: str) -> bool:
+        return abs(x[k] - 50.0) > 100.0 / x[f"{k}_pairs"] ** 0.5
+
+    def cell(x: dict, k: str) -> str:
+        return f"{x[k]:.1f}{' *' if beyond(x, k) else ''} ({x[f'{k}_pairs']})"
+
+    rows = [[x["run"], x["split"], x["clips"], cell(x, "flip"), cell(x, "swap"),
+             *(f"{x[k]:.1f}" if k in x else "-" for k in ("mc_top1", "mc_top1_action", "mc_top1_order"))]
+            for x in r["results"]]
+    lines += table(["run", "split", "clips", "flip % (pairs)", "swap % (pairs)", "MC %", "MC action %",
+                    "MC order %"], rows)
+    val = [x for x in r["results"] if x["split"] == "val"]
+    sig = [f"{x['run']} ({k} {x[k]:.1f})" for x in val for k in ("flip", "swap") if beyond(x, k)]
+    lines += ["", "`*`: outside the 95% interval of chance (50 +- 100/sqrt(pairs) points). On held-out clips, "
+              + (f"beyond chance: {', '.join(sig)}." if sig else
+                 f"none of the {len(val)} runs tells a caption from its flipped or swapped self beyond chance.")]
+    return lines + [""]
+
+
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
-            ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_section), ("claims", claims_section),
+            ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_section), ("mc_probe", mc_probe_section),
+            ("claims", claims_section),
             ("offload", offload_section), ("compile", compile_section), ("padding", padding_section),
             ("sequence", sequence_section),
             ("hour", hour_section), ("zero_init", zero_init_section), ("embed", embed_section),
             ("search", search_section)]
 
 
-OPTIONAL = {"tradeoff_seeds", "peers_profile", "demo_seeds"}
+OPTIONAL = {"tradeoff_seeds", "peers_profile", "demo_seeds", "mc_probe"}
 
 
 # ---------------------------------------------------------------------------- GPU acceptance suite

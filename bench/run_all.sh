@@ -22,6 +22,8 @@ $PY bench/peers.py --frames 16 --ratios 0 --rounds 1 --profile > bench/results/p
 $PY bench/tradeoff.py > bench/results/tradeoff.json
 $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.json   # (a) vs (b) over seeds, ~13 min
 $PY bench/demo_seeds.py --tune > bench/results/demo_seeds.json   # ~35 min: `longvivit demo --long-range --tune` on 3 seeds, stage 2 vs stage 1 (and stage 3)
+$PY bench/mc_probe.py --synth runs/demo-seeds/seed-0/synth --run stage1=runs/demo-seeds/seed-0/short \
+    --run stage2=runs/demo-seeds/seed-0/long > bench/results/mc_probe.json   # ~2 min: seed 0's stages, caption vs flipped/swapped caption
 $PY bench/claims.py > bench/results/claims.json   # ~48 min (load 4-6): the paper's three claims, 3 seeds, a verdict each
 $PY bench/claims.py --claims c --steps 300 > bench/results/claims_c300.json   # ~17 min: (c) with twice the steps
 $PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped vs encoded

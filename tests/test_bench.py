@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import claims  # noqa: E402
+import mc_probe  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
 import search  # noqa: E402
@@ -206,6 +207,29 @@ def test_hour_statements_follow_the_numbers():
     text = "\n".join(report.hour_section(r))
     assert "2.000x what 360 frames unmasked save" in text and "not measured" in text
     assert f"1 of {len(r['plans'])} configs fit" in text and "**does not fit**" in text and "90.0 GiB per GPU" in text
+
+
+def test_mc_probe_variants_flip_each_event_and_swap_each_neighbour():
+    events = [("red", "circle", "moves up"), ("blue", "square", "grows"), ("white", "cross", "shrinks")]
+    v = mc_probe.variants(events)
+    assert v["flip"] == ["a red circle moves down, then a blue square grows, then a white cross shrinks",
+                         "a red circle moves up, then a blue square shrinks, then a white cross shrinks",
+                         "a red circle moves up, then a blue square grows, then a white cross grows"]
+    assert v["swap"] == ["a blue square grows, then a red circle moves up, then a white cross shrinks",
+                         "a red circle moves up, then a white cross shrinks, then a blue square grows"]
+
+
+def test_mc_probe_marks_what_is_beyond_chance():
+    machine = {"date": "d", "nproc": 2, "cpu": "c", "torch_threads": 1, "load_avg_1m": 0.0, "python": "3",
+               "torch": "t", "deepspeed": "d", "transformers": "x"}
+    row = {"run": "stage2", "split": "val", "clips": 82, "flip": 48.0, "flip_pairs": 100, "swap": 61.0,
+           "swap_pairs": 100, "mc_top1": 40.0}  # 95%: 50 +- 10 points at 100 pairs
+    r = {"command": "c", "machine": machine, "synth": "s", "results": [row]}
+    text = "\n".join(report.mc_probe_section(r))
+    assert "| stage2 | val | 82 | 48.0 (100) | 61.0 * (100) | 40.0 | - | - |" in text
+    assert "beyond chance: stage2 (swap 61.0)." in text
+    text = "\n".join(report.mc_probe_section(dict(r, results=[dict(row, swap=59.0)])))
+    assert "none of the 1 runs tells a caption from its flipped or swapped self beyond chance" in text
 
 
 def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
