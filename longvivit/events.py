@@ -16,6 +16,7 @@ beyond the schema are refused, so a reader can rely on the schema as documented 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Iterator
 
 OPT_STR, OPT_INT, OPT_DICT = (str, type(None)), (int, type(None)), (dict, type(None))
@@ -52,28 +53,33 @@ def check(name: str, fields: dict) -> None:
 
 
 def emit(name: str, **fields) -> dict:
-    """Print event `name` as one JSON line (checked against SCHEMA); returns it."""
+    """Print event `name` as one JSON line (checked against SCHEMA); returns it. The line and
+    its newline go out in one write: under the deepspeed launcher's `python -u`, print would
+    write them separately, and another rank's event could land between the two."""
     check(name, fields)
     line = {"event": name, **fields}
-    print(json.dumps(line), flush=True)
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
     return line
 
 
 def parse(output: str) -> Iterator[dict]:
-    """Every event line in a run's output, in order (other lines skipped). The ranks of a
-    launch share one pipe: an event is written whole (one flushed write, under PIPE_BUF), but it
-    can land after another process's unfinished line, such as a C++ warning that stderr writes
-    piece by piece, so an event is looked for anywhere in a line."""
+    """Every event in a run's output, in order (other text skipped). The ranks of a launch
+    share one pipe, and a process that writes a line in pieces (print under `python -u`, as
+    emit did before it wrote once; a warning) lets another's text into it, so events are
+    looked for anywhere in a line, several to a line."""
     decoder = json.JSONDecoder()
     for line in output.splitlines():
         at = line.find('{"event": ')
-        if at < 0:
-            continue
-        try:
-            event, _ = decoder.raw_decode(line, at)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-        yield event
+        while at >= 0:
+            try:
+                event, end = decoder.raw_decode(line, at)
+            except json.JSONDecodeError:  # cut short by a kill, or by another process's text
+                at = line.find('{"event": ', at + 1)
+                continue
+            if isinstance(event, dict):
+                yield event
+            at = line.find('{"event": ', end)
 
 
 def read(output: str, name: str) -> list[dict]:
