@@ -50,10 +50,10 @@ def probe(encoder, rows: list[dict], videos: list[str]) -> dict:
     wins = {"flip": [], "swap": []}
     for i, row in enumerate(rows):
         events = [tuple(e) for e in row["events"]]
-        for kind, texts in variants(events).items():
-            t = encoder.encode_text([captions(events)[0], *texts])  # (1 + n, E)
-            scores = t @ v[i]
-            wins[kind] += (scores[0] > scores[1:]).tolist()
+        kinds = variants(events)
+        scores = encoder.encode_text([captions(events)[0], *(t for texts in kinds.values() for t in texts)]) @ v[i]
+        for kind, rest in zip(kinds, scores[1:].split([len(texts) for texts in kinds.values()])):
+            wins[kind] += (scores[0] > rest).tolist()
     items = [it for row in rows for it in row.get("mc") or []]
     item_video = [i for i, row in enumerate(rows) for _ in row.get("mc") or []]
     out = {f"{k}_pairs": len(w) for k, w in wins.items()}
