@@ -22,19 +22,65 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "longvivit" / "configs" / "demo.yaml"
 
 
-def _train(args, tmp_path, config=DEMO, out_given=False):
-    """`longvivit train CONFIG out=TMP/run ARGS` as rank 0 of 2 with no peer: a run that
-    passed validation would wait for its peer until the timeout."""
-    port = free_port()
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "longvivit.cli", "train", str(config), *([] if out_given else [f"out={out}"]),
-           *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert not out.exists(), "validation must fail before the output directory is made"
+def _command(args, tmp_path, config, out_given: bool) -> list[str]:
+    return ["train", str(config), *([] if out_given else [f"out={tmp_path / 'run'}"]), *args]
+
+
+def _env(port: int) -> dict:
+    """Rank 0 of 2 with no peer: a run that passed validation would wait for its peer."""
+    return {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
+
+
+def _after(tmp_path: Path, port: int) -> None:
+    assert not (tmp_path / "run").exists(), "validation must fail before the output directory is made"
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+
+
+def _train(args, tmp_path, config=DEMO, out_given=False):
+    """`python -m longvivit.cli train CONFIG out=TMP/run ARGS` as rank 0 of 2 with no peer."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "longvivit.cli", *_command(args, tmp_path, config, out_given)]
+    proc = subprocess.run(cmd, env={**os.environ, **_env(port)}, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    _after(tmp_path, port)
     return proc
+
+
+class PassedValidation(AssertionError):
+    pass
+
+
+@pytest.fixture
+def train_in_process(monkeypatch, capfd):
+    """The same command through longvivit.cli.main in this process (a fresh interpreter costs
+    seconds of imports a case; the few cases run by _train check what only a real process
+    shows). A run that passed validation fails the test at once instead of waiting for its
+    peer."""
+    from longvivit.cli import main
+    from longvivit.train.trainer import Trainer
+
+    def passed(self):
+        raise PassedValidation("validation passed: the run would have started")
+
+    monkeypatch.setattr(Trainer, "__enter__", passed)
+
+    def run(args, tmp_path, config=DEMO, out_given=False) -> subprocess.CompletedProcess:
+        port = free_port()
+        for key, value in _env(port).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.chdir(tmp_path)
+        capfd.readouterr()
+        try:
+            status = main(_command(args, tmp_path, config, out_given))
+        except SystemExit as exit_:
+            status = exit_.code
+        out, err = capfd.readouterr()
+        _after(tmp_path, port)
+        # DeepSpeed's first import in this process may log to stdout; a real process's is checked by _train
+        out = "\n".join(line for line in out.splitlines() if "[WARNING]" not in line)
+        return subprocess.CompletedProcess(["longvivit", "train"], status, out, err)
+    return run
 
 
 def _shard_index(*shards: dict) -> str:
@@ -219,14 +265,27 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, key, words", [(*case, "")[:3] for case in CASES])
-def test_invalid_config_exits_2_naming_the_key(args, key, words, tmp_path):
+def _invalid_config(train, args, key, words, tmp_path):
     before = write_bad_files(tmp_path)
     args = [a.format(tmp=tmp_path) for a in args]
     config = next((a.split("=", 1)[1] for a in args if a.startswith("CONFIG=")), DEMO)
-    proc = _train([a for a in args if not a.startswith("CONFIG=")], tmp_path, config)
+    proc = train([a for a in args if not a.startswith("CONFIG=")], tmp_path, config)
     assert_one_line(proc, key, words)
     assert listing(tmp_path) == before, "nothing created or changed"
+
+
+@pytest.mark.parametrize("args, key, words", [(*case, "")[:3] for case in CASES])
+def test_invalid_config_exits_2_naming_the_key(args, key, words, tmp_path, train_in_process):
+    _invalid_config(train_in_process, args, key, words, tmp_path)
+
+
+@pytest.mark.parametrize("args, key, words", [(*case, "")[:3] for case in CASES
+                                              if case[0][0] in ("bogus_key=1", "CONFIG={tmp}/latin1.yaml",
+                                                                "global_batch=40")])
+def test_the_command_line_refuses_an_invalid_config_in_one_line(args, key, words, tmp_path):
+    """A few of the cases above through a fresh `python -m longvivit.cli`: its exit status,
+    and nothing else on stdout or stderr (imports included)."""
+    _invalid_config(_train, args, key, words, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +326,7 @@ BROKEN = {  # how each broken copy of the tiny run differs
 STORED = "CONFIG={tag}/run_config.yaml"  # the run's own config: the same model, so only the files differ
 
 
-@pytest.mark.parametrize("args, key, words", [
+BROKEN_CASES = [
     ([STORED, "resume={broken}/optim_truncated"], "resume", "optim_states.pt: truncated"),
     ([STORED, "resume={broken}/optim_missing"], "resume", "optim_states.pt is missing"),
     ([STORED, "resume={broken}/model_truncated"], "resume", "model_states.pt: truncated"),
@@ -292,8 +351,10 @@ STORED = "CONFIG={tag}/run_config.yaml"  # the run's own config: the same model,
     ([STORED, SYNTHETIC, "resume=never", "init=checkpoint:{broken}/export_truncated"], "init",
      "not a whole safetensors file"),
     ([STORED, "resume={run}", "model.video.width=64"], "model.video.width", "refusing to resume"),
-])
-def test_a_broken_or_foreign_checkpoint_exits_2_naming_it(args, key, words, tiny, tmp_path):
+]
+
+
+def _broken_checkpoint(train, args, key, words, tiny, tmp_path):
     """resume= and init=checkpoint: read every file a load would read, up front (a
     truncated optimizer shard used to fail inside DeepSpeed after the out folder existed)."""
     broken = tmp_path / "broken"
@@ -307,9 +368,20 @@ def test_a_broken_or_foreign_checkpoint_exits_2_naming_it(args, key, words, tiny
     args = [a.format(broken=broken, tag=tiny["tag"], run=tiny["run"], export=tiny["export"]) for a in args]
     config = next(a.split("=", 1)[1] for a in args if a.startswith("CONFIG="))
     args = [a for a in args if not a.startswith("CONFIG=")]
-    proc = _train(args, tmp_path, config, out_given=any(a.startswith("out=") for a in args))
+    proc = train(args, tmp_path, config, out_given=any(a.startswith("out=") for a in args))
     assert_one_line(proc, key, words)
     assert listing(tmp_path) == before, "nothing created or changed"
+
+
+@pytest.mark.parametrize("args, key, words", BROKEN_CASES)
+def test_a_broken_or_foreign_checkpoint_exits_2_naming_it(args, key, words, tiny, tmp_path, train_in_process):
+    _broken_checkpoint(train_in_process, args, key, words, tiny, tmp_path)
+
+
+@pytest.mark.parametrize("args, key, words", BROKEN_CASES[:1])
+def test_the_command_line_refuses_a_broken_checkpoint_in_one_line(args, key, words, tiny, tmp_path):
+    """The first case above through a fresh `python -m longvivit.cli`."""
+    _broken_checkpoint(_train, args, key, words, tiny, tmp_path)
 
 
 def test_ds_config_disagreement_names_the_key(tmp_path):
