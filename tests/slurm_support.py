@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -67,6 +68,12 @@ class Cluster:
 
     def state(self, job_id: int) -> str:
         return self.job(job_id)["JobState"]
+
+    def controller_log(self, job_id: int) -> str:
+        """slurmctld's log lines about a job (JobId=N), for a failing test's message."""
+        log = self.state_dir / "log" / "slurmctld.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        return "\n".join(l for l in lines if re.search(rf"\bJobId={job_id}\b", l))
 
     def wait_state(self, job_id: int, states: set[str], timeout: float) -> str:
         deadline = time.time() + timeout

@@ -119,7 +119,7 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, synth_data, tmp_pa
         cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 600)
     text = batch_log(tmp_path, job)
-    assert state == "COMPLETED", text
+    assert state == "COMPLETED", f"{text}\nslurmctld:\n{cluster.controller_log(job)}"
     assert "stop signal received" in text and "requeueing job" in text
 
     starts = events(logs / "rank-0.log", "start")  # appended across the restart
