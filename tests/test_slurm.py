@@ -206,6 +206,9 @@ def rank_pid(job: int, rank: int) -> int | None:
     return None
 
 
+# ~75 s; by default test_train_watchdog ends both ranks when one fails, and the preemption test
+# resumes a requeued job
+@pytest.mark.slow
 def test_killed_rank_ends_the_job_and_resubmission_resumes(cluster, synth_data, tmp_path,  # noqa: F811
                                                            shm_clean):
     out = tmp_path / "run"
@@ -286,6 +289,9 @@ def run_ranks(commands: list[list[str]], envs: list[dict], logs: list[Path]) -> 
                 p.wait()
 
 
+# ~85 s; by default the two-node SLURM job (test_two_node_job_trains_as_one_zero3_group) trains across
+# two network namespaces
+@pytest.mark.slow
 def test_two_hosts_train_like_one_host(two_hosts, synth_data, tmp_path, shm_clean):  # noqa: F811
     from longvivit.distributed.collectives import free_port
 

@@ -114,6 +114,8 @@ def test_the_proportion_of_image_steps_is_honoured_and_both_losses_fall(straight
         assert logged == pytest.approx({x["step"]: x["loss"] for x in rows}), source  # log_every=1
 
 
+# ~45 s (with its straight run); by default test_train_sources resumes runs of several sources exactly
+@pytest.mark.slow
 @pytest.mark.multiproc
 def test_resume_with_two_sources_equals_the_straight_run(straight, data, tmp_path):
     out = tmp_path / "run"

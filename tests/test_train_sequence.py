@@ -47,6 +47,9 @@ def launch(out: Path, data: list[str], ranks: int, *extra: str, fault: str = "",
     return communicate(cmd, port, timeout, env)
 
 
+# ~110 s, the suite's slowest (make test-all runs it); by default tests/test_sequence.py checks a clip
+# split over two ranks against the unsplit model, and test_train_zero3 a kill during a save
+@pytest.mark.slow
 def test_two_by_two_trains_like_two_ranks_and_resumes_exactly(data, tmp_path):
     rc, output = launch(tmp_path / "plain", data, 2)
     assert rc == 0, output[-4000:]

@@ -147,6 +147,7 @@ def test_a_rank_stalled_in_data_loading_ends_the_job_naming_rank_and_phase(tmp_p
     assert not [name for name in left if name.endswith("_1")], left  # the watchdog removed rank 1's buffer
 
 
+@pytest.mark.slow  # ~50 s; the stall in data loading checks the same watchdog by default
 @pytest.mark.multiproc
 def test_a_rank_stalled_writing_a_checkpoint_ends_the_job_naming_rank_and_phase(tmp_path):
     rc, output, _ = stalled_run(tmp_path, "stall_checkpoint:1:1", "checkpoint_every=1",
