@@ -14,7 +14,17 @@ strictly higher (chance 50%): the multiple-choice items' action and order kinds,
 with whole captions instead of the items' two-event answers. `mc_*` are the items as
 `longvivit eval` scores them (answers alone; longvivit/eval/multichoice.py). Each clip
 pair is one Bernoulli trial, so the half-width of a 95% interval is about 100/sqrt(pairs)
-points. One JSON object on stdout; bench/report.py renders the table.
+points.
+
+--linear asks what the video embedding holds, whatever the text tower makes of it: for each
+of a clip's first three events, a logistic regression on the frozen embeddings of every
+training clip (standardised; its L2 weight picked by 4-fold cross-validation on the
+training clips alone) predicts the event's direction (up or grows vs down or shrinks) and
+its colour, scored on the held-out clips next to the majority class. The same probe on the
+clip's frames average-pooled to 4x4 pixels (`pixels`) shows what a linear read of the input
+finds: on the default benchmark, whose events sit in fixed quarters of the clip, it is a
+ceiling; on the long-range one, whose events start at random times, it is not.
+One JSON object on stdout; bench/report.py renders the tables.
 """
 from __future__ import annotations
 
@@ -27,8 +37,8 @@ import torch
 
 import common
 from longvivit.data.prepare.synth import FLIPPED, captions
-from longvivit.eval.multichoice import embed_items, mc_metrics
 from longvivit.use.encoder import load
+from longvivit.eval.multichoice import embed_items, mc_metrics
 
 
 def variants(events: list[tuple]) -> dict[str, list[str]]:
@@ -64,6 +74,77 @@ def probe(encoder, rows: list[dict], videos: list[str]) -> dict:
     return out
 
 
+RISING = {"moves up", "grows"}  # direction 1; its FLIPPED partner 0
+PROBE_EVENTS = 3
+WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, weight_decay: float) -> torch.nn.Linear:
+    """Multinomial logistic regression by L-BFGS from zero weights (deterministic)."""
+    lin = torch.nn.Linear(x.shape[1], classes)
+    torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(x), y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return lin
+
+
+def accuracy(lin: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return 100.0 * (lin(x).argmax(1) == y).float().mean().item()
+
+
+def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                 classes: int, folds: int = 4) -> dict:
+    """Held-out accuracy (%) of a logistic regression whose L2 weight 4-fold cross-validation
+    on the training rows picked, and the held-out majority class's share."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    fold = torch.arange(len(y_train)) % folds
+
+    def cv(wd: float) -> float:
+        return sum(accuracy(fit_linear(x_train[fold != k], y_train[fold != k], classes, wd),
+                            x_train[fold == k], y_train[fold == k]) for k in range(folds)) / folds
+    wd = max(WEIGHT_DECAYS, key=cv)  # the first of equals: the weakest
+    majority = max((y_val == c).float().mean().item() for c in range(classes)) * 100.0
+    return {"acc": accuracy(fit_linear(x_train, y_train, classes, wd), x_val, y_val), "majority": majority,
+            "weight_decay": wd, "clips": len(y_val)}
+
+
+def probe_targets(rows: list[dict], colours: list[str]) -> dict[str, torch.Tensor]:
+    """event{j}_direction (1: up or grows) and event{j}_colour (index in `colours`) of each
+    row, -1 where a clip has no event j."""
+    out = {}
+    for j in range(PROBE_EVENTS):
+        events = [r["events"][j] if len(r["events"]) > j else None for r in rows]
+        out[f"event{j}_direction"] = torch.tensor([-1 if e is None else int(e[2] in RISING) for e in events])
+        out[f"event{j}_colour"] = torch.tensor([-1 if e is None else colours.index(e[0]) for e in events])
+    return out
+
+
+def linear_section(train: tuple[torch.Tensor, list[dict]], val: tuple[torch.Tensor, list[dict]]) -> dict:
+    """{target: linear_probe(...)} from (features, rows) of the training and held-out clips."""
+    colours = sorted({e[0] for _, rows in (train, val) for r in rows for e in r["events"]})
+    t_train, t_val = probe_targets(train[1], colours), probe_targets(val[1], colours)
+    out = {}
+    for target, y_train in t_train.items():
+        a, b = y_train >= 0, t_val[target] >= 0
+        classes = 2 if target.endswith("direction") else len(colours)
+        out[target] = linear_probe(train[0][a], y_train[a], val[0][b], t_val[target][b], classes)
+    return out
+
+
+def pixels(preprocess, videos: list[str]) -> torch.Tensor:
+    """(N, T * 3 * 16): each clip's frames (the run's preprocessing) average-pooled to 4x4."""
+    return torch.stack([torch.nn.functional.adaptive_avg_pool2d(
+        preprocess(v).video.float().permute(0, 3, 1, 2), 4).flatten() for v in videos])
+
+
 def read_rows(synth: Path, split: str, limit: int | None) -> tuple[list[dict], list[str]]:
     rows = [json.loads(line) for line in (synth / f"{split}.jsonl").read_text().splitlines() if line.strip()]
     rows = rows[:limit] if limit else rows
@@ -81,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a trained run, checkpoint or export (longvivit.load), named; repeatable")
     p.add_argument("--limit", type=int, default=100, help="training clips probed (default 100; val: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--linear", action="store_true", help="also the linear probes of the video embeddings "
+                   "(every training clip) and of pooled pixels (the module docstring)")
     args = p.parse_args(argv)
     runs = []
     for spec in args.run:
@@ -93,14 +176,29 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--synth {args.synth}: no {split}.jsonl (a `longvivit synth --long-range` folder holds one)")
     splits = {"val": read_rows(args.synth, "val", None), "train": read_rows(args.synth, "train", args.limit)}
     torch.manual_seed(args.seed)
-    results = []
+    every_train = read_rows(args.synth, "train", None) if args.linear else None
+    results, linear, first = [], [], None
     for name, path in runs:
-        encoder, _, _ = load(path, device="cpu")
+        encoder, preprocess, _ = load(path, device="cpu")
         for split, (rows, videos) in splits.items():
             common.log(f"[mc_probe] {name} on {split}: {len(rows)} clips")
             results.append({"run": name, "path": path, "split": split, "clips": len(rows),
                             **probe(encoder, rows, videos)})
-    common.emit({"synth": str(args.synth), "results": results})
+        if args.linear:
+            common.log(f"[mc_probe] {name}: linear probes on {len(every_train[0])} training clips")
+            with torch.no_grad():
+                feats = {s: encoder.encode_video(v).float().cpu() for s, (_, v) in
+                         (("train", every_train), ("val", splits["val"]))}
+            linear.append({"run": name, **linear_section((feats["train"], every_train[0]),
+                                                          (feats["val"], splits["val"][0]))})
+            first = preprocess if first is None else first
+    if args.linear:  # the input, through the first run's preprocessing (its frames)
+        linear.append({"run": f"pixels ({first.cfg.frames} frames)", **linear_section(
+            (pixels(first, every_train[1]), every_train[0]), (pixels(first, splits["val"][1]), splits["val"][0]))})
+    benchmark = args.synth / "benchmark.json"
+    long_range = benchmark.is_file() and json.loads(benchmark.read_text()).get("long_range", False)
+    common.emit({"synth": str(args.synth), "long_range": long_range, "results": results,
+                 **({"linear": linear} if linear else {})})
     return 0
 
 

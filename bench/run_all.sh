@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-mkdir -p bench/results
+mkdir -p bench/results runs
 
 $PY bench/decode.py > bench/results/decode.json   # ~10 min: CPU decoding, seeking, loader vs step
 $PY bench/plan_verdicts.py --configs g_1b long_L256 --gpus 8 --gpu-mem 80GiB > bench/results/plan.json
@@ -23,7 +23,10 @@ $PY bench/tradeoff.py > bench/results/tradeoff.json
 $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.json   # (a) vs (b) over seeds, ~13 min
 $PY bench/demo_seeds.py --tune > bench/results/demo_seeds.json   # ~35 min: `longvivit demo --long-range --tune` on 3 seeds, stage 2 vs stage 1 (and stage 3)
 $PY bench/mc_probe.py --synth runs/demo-seeds/seed-0/synth --run stage1=runs/demo-seeds/seed-0/short \
-    --run stage2=runs/demo-seeds/seed-0/long > bench/results/mc_probe.json   # ~2 min: seed 0's stages, caption vs flipped/swapped caption
+    --run stage2=runs/demo-seeds/seed-0/long --linear > bench/results/mc_probe.json   # ~6 min: seed 0's stages, caption vs flipped/swapped caption, linear probes
+.venv/bin/longvivit demo --out runs/demo-probe > runs/demo-probe.log   # ~4-7 min: the default benchmark's two stages, for the same probes
+$PY bench/mc_probe.py --synth runs/demo-probe/synth --run stage1=runs/demo-probe/short --run stage2=runs/demo-probe/long \
+    --linear > bench/results/mc_probe_default.json   # ~4 min
 $PY bench/claims.py > bench/results/claims.json   # ~48 min (load 4-6): the paper's three claims, 3 seeds, a verdict each
 $PY bench/claims.py --claims c --steps 300 > bench/results/claims_c300.json   # ~17 min: (c) with twice the steps
 $PY bench/padding.py --rounds 7 --real 64 16 > bench/results/padding_mixed.json   # padded clips: dropped vs encoded

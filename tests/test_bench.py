@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -248,3 +249,37 @@ def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
                                                 "overrides": [], "runs": tuned}))
     assert "- t2v R@1 %: stage 3 > stage 2 in **2 of 2** seeds (mean change +1.0 points)." in text
     assert "- multiple choice %: stage 3 > stage 2 in **0 of 2** seeds (mean change -10.0 points)." in text
+
+
+def test_mc_probe_linear_probe_reads_a_linear_label_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g)
+    y = (x[:, 3] > 0).long()  # a linear function of the features
+    held = mc_probe.linear_probe(x[:150], y[:150], x[150:], y[150:], 2)
+    assert held["acc"] > 95.0 and held["clips"] == 50
+    assert held["majority"] == 100.0 * max(y[150:].float().mean().item(), 1 - y[150:].float().mean().item())
+    noise = torch.randint(0, 2, (200,), generator=g)
+    assert abs(mc_probe.linear_probe(x[:150], noise[:150], x[150:], noise[150:], 2)["acc"] - 50.0) < 20.0
+    again = mc_probe.linear_probe(x[:150], y[:150], x[150:], y[150:], 2)
+    assert again == held  # deterministic: zero init, L-BFGS
+
+
+def test_mc_probe_targets_are_each_events_direction_and_colour():
+    rows = [{"events": [["red", "circle", "moves up"], ["blue", "square", "shrinks"], ["red", "cross", "grows"]]},
+            {"events": [["blue", "cross", "moves down"], ["red", "circle", "grows"]]}]
+    t = mc_probe.probe_targets(rows, ["blue", "red"])
+    assert t["event0_direction"].tolist() == [1, 0] and t["event1_direction"].tolist() == [0, 1]
+    assert t["event2_direction"].tolist() == [1, -1]  # the second clip has no third event
+    assert t["event0_colour"].tolist() == [1, 0] and t["event2_colour"].tolist() == [1, -1]
+
+
+def test_mc_probe_linear_table_marks_direction_beyond_the_majority():
+    def probe(acc):
+        return {"acc": acc, "majority": 50.0, "weight_decay": 0.01, "clips": 100}  # 95%: +9.8 points
+    rows = [{"run": "stage2", "event0_direction": probe(61.0), "event0_colour": probe(90.0)},
+            {"run": "pixels (16 frames)", "event0_direction": probe(59.0), "event0_colour": probe(90.0)}]
+    text = "\n".join(report.linear_probe_lines(rows))
+    assert "| stage2 | 61.0 (50.0) | 90.0 (50.0) |" in text
+    assert "Direction beyond the majority class (95% interval over the held-out clips): stage2 (event0), of 2 rows" in text
+    assert "none, of 1 rows" in "\n".join(report.linear_probe_lines(rows[1:]))
+    assert report.linear_probe_lines([]) == []
