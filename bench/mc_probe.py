@@ -37,8 +37,8 @@ import torch
 
 import common
 from longvivit.data.prepare.synth import FLIPPED, captions
-from longvivit.use.encoder import load
 from longvivit.eval.multichoice import embed_items, mc_metrics
+from longvivit.use.encoder import load
 
 
 def variants(events: list[tuple]) -> dict[str, list[str]]:

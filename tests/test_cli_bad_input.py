@@ -18,7 +18,7 @@ from longvivit.cli.eval import main as eval_main
 from longvivit.cli.export import main as export_main
 from longvivit.cli.search import main as search_main
 from longvivit.train import export as export_module
-from train_support import broken_copy, replace_file, tiny_run
+from train_support import broken_copy, replace_file, run_in_process, tiny_run
 
 
 def truncate(name: str):
@@ -104,16 +104,6 @@ def fill(args: list[str], world: dict, tmp: Path) -> list[str]:
 def listing(*roots: Path) -> dict:
     return {str(p): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
             for root in roots for p in [root, *root.rglob("*")]}
-
-
-def run_in_process(main, argv: list[str], capfd) -> tuple[int, str, str]:
-    capfd.readouterr()
-    try:
-        status = main(argv)
-    except SystemExit as exit_:  # argparse's errors (one line: longvivit.config.ArgumentParser)
-        status = exit_.code
-    out, err = capfd.readouterr()
-    return status, out, err
 
 
 def assert_refused(status: int, out: str, err: str, command: str, key: str, words: str) -> None:

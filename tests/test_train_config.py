@@ -16,7 +16,7 @@ import torch
 from longvivit.config import ConfigError
 from longvivit.distributed.collectives import free_port, read_env
 from longvivit.train.config import keep_global_batch, load_run_config, resolve_ds_config
-from train_support import broken_copy, replace_file, tiny_run
+from train_support import broken_copy, replace_file, run_in_process, tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "longvivit" / "configs" / "demo.yaml"
@@ -70,12 +70,7 @@ def train_in_process(monkeypatch, capfd):
         for key, value in _env(port).items():
             monkeypatch.setenv(key, value)
         monkeypatch.chdir(tmp_path)
-        capfd.readouterr()
-        try:
-            status = main(_command(args, tmp_path, config, out_given))
-        except SystemExit as exit_:
-            status = exit_.code
-        out, err = capfd.readouterr()
+        status, out, err = run_in_process(main, _command(args, tmp_path, config, out_given), capfd)
         _after(tmp_path, port)
         # DeepSpeed's first import in this process may log to stdout; a real process's is checked by _train
         out = "\n".join(line for line in out.splitlines() if "[WARNING]" not in line)

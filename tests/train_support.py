@@ -198,3 +198,15 @@ def replace_file(path: Path, data: bytes | None) -> None:
     path.unlink()
     if data is not None:
         path.write_bytes(data)
+
+
+def run_in_process(main, argv: list[str], capfd) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a command's main(argv) called in this process, what
+    capfd caught of it (the cheap form of a CLI test; a fresh interpreter costs seconds)."""
+    capfd.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's errors (one line: longvivit.config.ArgumentParser)
+        status = exit_.code
+    out, err = capfd.readouterr()
+    return status, out, err
