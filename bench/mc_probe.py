@@ -28,7 +28,6 @@ One JSON object on stdout; bench/report.py renders the tables.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 import common
+from longvivit.config import ArgumentParser
 from longvivit.data.prepare.synth import FLIPPED, captions
 from longvivit.eval.multichoice import embed_items, mc_metrics
 from longvivit.use.encoder import load
@@ -156,7 +156,7 @@ def read_rows(synth: Path, split: str, limit: int | None) -> tuple[list[dict], l
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="bench/mc_probe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--synth", required=True, type=Path, help="the `longvivit synth --long-range` folder")
     p.add_argument("--run", action="append", required=True, metavar="NAME=PATH",
                    help="a trained run, checkpoint or export (longvivit.load), named; repeatable")

@@ -283,3 +283,16 @@ def test_mc_probe_linear_table_marks_direction_beyond_the_majority():
     assert "Direction beyond the majority class (95% interval over the held-out clips): stage2 (event0), of 2 rows" in text
     assert "none, of 1 rows" in "\n".join(report.linear_probe_lines(rows[1:]))
     assert report.linear_probe_lines([]) == []
+
+
+def test_mc_probe_refuses_a_bad_command_line_in_one_line(tmp_path, capsys):
+    for argv, words in [(["--run", "a=b"], "the following arguments are required: --synth"),
+                        (["--synth", str(tmp_path), "--run", "nosep"], "--run 'nosep': expected NAME=PATH"),
+                        (["--synth", str(tmp_path), "--run", "a=b", "--linear"], "no val.jsonl")]:
+        with pytest.raises(SystemExit) as exit_:
+            mc_probe.main(argv)
+        out, err = capsys.readouterr()
+        assert exit_.value.code == 2 and out == ""
+        [line] = err.strip().splitlines()
+        assert line.startswith("bench/mc_probe.py: ") and words in line, line
+    assert list(tmp_path.iterdir()) == []
