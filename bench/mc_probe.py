@@ -16,6 +16,14 @@ with whole captions instead of the items' two-event answers. `mc_*` are the item
 pair is one Bernoulli trial, so the half-width of a 95% interval is about 100/sqrt(pairs)
 points.
 
+Time reversal asks the same of the video tower alone: each clip's frames (the run's
+preprocessing) played backwards, which runs every event the other way and every pair in the
+other order, are embedded beside the clip. `reversal_cos` is the mean cosine of a clip with
+its reversal, `other_cos` the mean cosine of two different clips of the split, and
+`reversal_share` = (1 - reversal_cos) / (1 - other_cos): how far reversing a clip moves its
+embedding, as a share of the distance to another clip. 0: the embedding ignores the order of
+the frames, so no text can tell a clip from its reversal.
+
 --linear asks what the video embedding holds, whatever the text tower makes of it: for each
 of a clip's first three events, a logistic regression on the frozen embeddings of every
 training clip (standardised; its L2 weight picked by 4-fold cross-validation on the
@@ -28,6 +36,7 @@ One JSON object on stdout; bench/report.py renders the tables.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -39,6 +48,7 @@ from longvivit.config import ArgumentParser
 from longvivit.data.prepare.synth import FLIPPED, captions
 from longvivit.eval.multichoice import embed_items, mc_metrics
 from longvivit.use.encoder import load
+from longvivit.use.preprocess import Clip
 
 
 def variants(events: list[tuple]) -> dict[str, list[str]]:
@@ -53,10 +63,30 @@ def variants(events: list[tuple]) -> dict[str, list[str]]:
     return {"flip": flips, "swap": swaps}
 
 
+def reversed_clip(clip: Clip) -> Clip:
+    """The clip played backwards: its own frames in reverse order, the padding left after them."""
+    video = clip.video.clone()
+    video[: clip.real_frames] = clip.video[: clip.real_frames].flip(0)
+    return clip._replace(video=video)
+
+
+def reversal(v: torch.Tensor, backwards: torch.Tensor) -> dict:
+    """reversal_cos, other_cos, reversal_share (the module docstring) of L2-normalised
+    embeddings v (N, E) of N >= 2 clips and `backwards` (N, E) of the same clips reversed."""
+    n = len(v)
+    other = ((v @ v.t()).sum() - v.pow(2).sum()) / (n * (n - 1))  # off-diagonal mean
+    same = (v * backwards).sum(1).mean()
+    return {"reversal_cos": same.item(), "other_cos": other.item(),
+            "reversal_share": ((1 - same) / (1 - other)).item()}
+
+
 @torch.no_grad()
 def probe(encoder, rows: list[dict], videos: list[str]) -> dict:
-    """flip/swap shares (%) and pair counts, and the items' mc metrics, of one run on rows."""
-    v = encoder.encode_video(videos)  # (N, E), L2-normalised
+    """flip/swap shares (%) and pair counts, the items' mc metrics and the time reversal
+    measures, of one run on rows."""
+    clips = [encoder.preprocess(path) for path in videos]
+    v = encoder.encode_video(clips)  # (N, E), L2-normalised
+    out = reversal(v, encoder.encode_video([reversed_clip(c) for c in clips])) if len(clips) > 1 else {}
     wins = {"flip": [], "swap": []}
     for i, row in enumerate(rows):
         events = [tuple(e) for e in row["events"]]
@@ -66,7 +96,7 @@ def probe(encoder, rows: list[dict], videos: list[str]) -> dict:
             wins[kind] += (scores[0] > rest).tolist()
     items = [it for row in rows for it in row.get("mc") or []]
     item_video = [i for i, row in enumerate(rows) for _ in row.get("mc") or []]
-    out = {f"{k}_pairs": len(w) for k, w in wins.items()}
+    out |= {f"{k}_pairs": len(w) for k, w in wins.items()}
     out |= {k: 100.0 * sum(w) / len(w) for k, w in wins.items() if w}
     if items:
         mc = mc_metrics(v.float().cpu(), embed_items(items, item_video, lambda x: encoder.encode_text(x).cpu()))
@@ -145,9 +175,8 @@ def pixels(preprocess, videos: list[str]) -> torch.Tensor:
         preprocess(v).video.float().permute(0, 3, 1, 2), 4).flatten() for v in videos])
 
 
-def read_rows(synth: Path, split: str, limit: int | None) -> tuple[list[dict], list[str]]:
+def read_rows(synth: Path, split: str) -> tuple[list[dict], list[str]]:
     rows = [json.loads(line) for line in (synth / f"{split}.jsonl").read_text().splitlines() if line.strip()]
-    rows = rows[:limit] if limit else rows
     missing = [r["id"] for r in rows if "events" not in r]
     if missing:
         raise SystemExit(f"mc_probe: {synth / split}.jsonl: clip {missing[0]} has no 'events' "
@@ -174,12 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("val", "train"):
         if not (args.synth / f"{split}.jsonl").is_file():
             p.error(f"--synth {args.synth}: no {split}.jsonl (a `longvivit synth --long-range` folder holds one)")
-    splits = {"val": read_rows(args.synth, "val", None), "train": read_rows(args.synth, "train", args.limit)}
+    every_train = read_rows(args.synth, "train")
+    splits = {"val": read_rows(args.synth, "val"),
+              "train": tuple(part[: args.limit] if args.limit else part for part in every_train)}
     torch.manual_seed(args.seed)
-    every_train = read_rows(args.synth, "train", None) if args.linear else None
     results, linear, first = [], [], None
     for name, path in runs:
-        encoder, preprocess, _ = load(path, device="cpu")
+        with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's zero_to_fp32 prints as it loads
+            encoder, preprocess, _ = load(path, device="cpu")
         for split, (rows, videos) in splits.items():
             common.log(f"[mc_probe] {name} on {split}: {len(rows)} clips")
             results.append({"run": name, "path": path, "split": split, "clips": len(rows),

@@ -603,15 +603,23 @@ def mc_probe_section(r: dict) -> list[str]:
         return f"{x[k]:.1f}{' *' if beyond(x, k) else ''} ({x[f'{k}_pairs']})"
 
     rows = [[x["run"], x["split"], x["clips"], cell(x, "flip"), cell(x, "swap"),
-             *(f"{x[k]:.1f}" if k in x else "-" for k in ("mc_top1", "mc_top1_action", "mc_top1_order"))]
+             *(f"{x[k]:.1f}" if k in x else "-" for k in ("mc_top1", "mc_top1_action", "mc_top1_order")),
+             f"{100 * x['reversal_share']:.1f}" if "reversal_share" in x else "-"]
             for x in r["results"]]
     lines += table(["run", "split", "clips", "flip % (pairs)", "swap % (pairs)", "MC %", "MC action %",
-                    "MC order %"], rows)
+                    "MC order %", "reversal share %"], rows)
     val = [x for x in r["results"] if x["split"] == "val"]
     sig = [f"{x['run']} ({k} {x[k]:.1f})" for x in val for k in ("flip", "swap") if beyond(x, k)]
     lines += ["", "`*`: outside the 95% interval of chance (50 +- 100/sqrt(pairs) points). On held-out clips, "
               + (f"beyond chance: {', '.join(sig)}." if sig else
                  f"none of the {len(val)} runs tells a caption from its flipped or swapped self beyond chance.")]
+    reversed_val = [x for x in val if "reversal_share" in x]
+    if reversed_val:
+        lines += ["", "`reversal share`: how far playing a clip backwards moves its video embedding, as a share of the "
+                  "distance between two different clips of the split (1 - cos(clip, reversed) over 1 - mean cos of two "
+                  "clips; 0: the embedding ignores frame order). Held-out clips: "
+                  + ", ".join(f"{x['run']} {100 * x['reversal_share']:.1f}% (cos {x['reversal_cos']:.3f} with its "
+                              f"reversal, {x['other_cos']:.3f} with another clip)" for x in reversed_val) + "."]
     return lines + linear_probe_lines(r.get("linear", [])) + [""]
 
 

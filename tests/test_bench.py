@@ -227,10 +227,33 @@ def test_mc_probe_marks_what_is_beyond_chance():
            "swap_pairs": 100, "mc_top1": 40.0}  # 95%: 50 +- 10 points at 100 pairs
     r = {"command": "c", "machine": machine, "synth": "s", "results": [row]}
     text = "\n".join(report.mc_probe_section(r))
-    assert "| stage2 | val | 82 | 48.0 (100) | 61.0 * (100) | 40.0 | - | - |" in text
-    assert "beyond chance: stage2 (swap 61.0)." in text
+    assert "| stage2 | val | 82 | 48.0 (100) | 61.0 * (100) | 40.0 | - | - | - |" in text
+    assert "beyond chance: stage2 (swap 61.0)." in text and "playing a clip backwards" not in text
+    reversed_row = dict(row, reversal_cos=0.99, other_cos=0.6, reversal_share=0.025)
+    text = "\n".join(report.mc_probe_section(dict(r, results=[reversed_row])))
+    assert "| 40.0 | - | - | 2.5 |" in text
+    assert "Held-out clips: stage2 2.5% (cos 0.990 with its reversal, 0.600 with another clip)." in text
     text = "\n".join(report.mc_probe_section(dict(r, results=[dict(row, swap=59.0)])))
     assert "none of the 1 runs tells a caption from its flipped or swapped self beyond chance" in text
+
+
+def test_mc_probe_reversal_plays_only_the_clips_own_frames_backwards():
+    video = torch.arange(5, dtype=torch.uint8)[:, None, None, None].expand(5, 2, 2, 3).clone()
+    video[4] = video[3]  # padding: the last frame repeated (longvivit/use/preprocess.py)
+    clip = mc_probe.Clip(video, real_frames=4, duration_s=4.0)
+    back = mc_probe.reversed_clip(clip)
+    assert back.video[:, 0, 0, 0].tolist() == [3, 2, 1, 0, 3] and back.real_frames == 4
+    assert clip.video[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 3]  # the clip itself is left as it was
+
+
+def test_mc_probe_reversal_share_is_zero_for_an_order_blind_embedding_and_one_for_a_stranger():
+    v = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    blind = mc_probe.reversal(v, v)
+    assert blind["reversal_cos"] == pytest.approx(1.0) and blind["reversal_share"] == pytest.approx(0.0, abs=1e-6)
+    other = ((v @ v.t()).sum() - 6) / 30
+    assert blind["other_cos"] == pytest.approx(other.item())
+    stranger = mc_probe.reversal(v, v.roll(1, 0))  # each clip's "reversal" is another clip
+    assert stranger["reversal_share"] == pytest.approx((1 - (v * v.roll(1, 0)).sum(1).mean().item()) / (1 - other.item()))
 
 
 def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
@@ -296,3 +319,25 @@ def test_mc_probe_refuses_a_bad_command_line_in_one_line(tmp_path, capsys):
         [line] = err.strip().splitlines()
         assert line.startswith("bench/mc_probe.py: ") and words in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mc_probe_measures_a_model_end_to_end(tmp_path, capsys):
+    """bench/mc_probe.py on a random tiny export and a small long-range benchmark: one JSON
+    line on stdout whose counts follow from the clips, reversal measures in range."""
+    from longvivit.data.prepare.synth import write_benchmark
+    from use_support import random_export
+
+    model = random_export(tmp_path / "model")
+    synth = tmp_path / "long"
+    write_benchmark(synth, videos=9, frames=64, size=32, seed=3, long_range=True, event_frames=2, hard_negatives=1.0)
+    assert mc_probe.main(["--synth", str(synth), "--run", f"random={model['export']}"]) == 0
+    out, _ = capsys.readouterr()
+    [line] = out.strip().splitlines()
+    r = json.loads(line)
+    assert r["long_range"] is True and [x["split"] for x in r["results"]] == ["val", "train"]
+    for x in r["results"]:
+        rows = [json.loads(s) for s in (synth / f"{x['split']}.jsonl").read_text().splitlines()]
+        assert x["clips"] == len(rows) and x["flip_pairs"] == sum(len(row["events"]) for row in rows)
+        assert x["swap_pairs"] == sum(len(row["events"]) - 1 for row in rows)
+        assert x["mc_items"] == 2 * len(rows)
+        assert -1.0 <= x["other_cos"] < x["reversal_cos"] <= 1.0 + 1e-6 and x["reversal_share"] >= 0.0
