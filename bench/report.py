@@ -609,9 +609,12 @@ def mc_probe_section(r: dict) -> list[str]:
     lines += table(["run", "split", "clips", "flip % (pairs)", "swap % (pairs)", "MC %", "MC action %",
                     "MC order %", "reversal share %"], rows)
     val = [x for x in r["results"] if x["split"] == "val"]
-    sig = [f"{x['run']} ({k} {x[k]:.1f})" for x in val for k in ("flip", "swap") if beyond(x, k)]
+    above = [f"{x['run']} ({k} {x[k]:.1f})" for x in val for k in ("flip", "swap") if beyond(x, k) and x[k] > 50.0]
+    below = [f"{x['run']} ({k} {x[k]:.1f})" for x in val for k in ("flip", "swap") if beyond(x, k) and x[k] < 50.0]
+    said = ([f"above chance: {', '.join(above)}."] if above else []) + (
+        [f"below chance (the variant outscores the clip's own caption): {', '.join(below)}."] if below else [])
     lines += ["", "`*`: outside the 95% interval of chance (50 +- 100/sqrt(pairs) points). On held-out clips, "
-              + (f"beyond chance: {', '.join(sig)}." if sig else
+              + (" ".join(said) if said else
                  f"none of the {len(val)} runs tells a caption from its flipped or swapped self beyond chance.")]
     reversed_val = [x for x in val if "reversal_share" in x]
     if reversed_val:

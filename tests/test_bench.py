@@ -228,7 +228,11 @@ def test_mc_probe_marks_what_is_beyond_chance():
     r = {"command": "c", "machine": machine, "synth": "s", "results": [row]}
     text = "\n".join(report.mc_probe_section(r))
     assert "| stage2 | val | 82 | 48.0 (100) | 61.0 * (100) | 40.0 | - | - | - |" in text
-    assert "beyond chance: stage2 (swap 61.0)." in text and "playing a clip backwards" not in text
+    assert "above chance: stage2 (swap 61.0)." in text and "below" not in text
+    assert "playing a clip backwards" not in text
+    text = "\n".join(report.mc_probe_section(dict(r, results=[dict(row, flip=39.0)])))
+    assert ("above chance: stage2 (swap 61.0). below chance (the variant outscores the clip's own caption): "
+            "stage2 (flip 39.0).") in text
     reversed_row = dict(row, reversal_cos=0.99, other_cos=0.6, reversal_share=0.025)
     text = "\n".join(report.mc_probe_section(dict(r, results=[reversed_row])))
     assert "| 40.0 | - | - | 2.5 |" in text
