@@ -251,13 +251,15 @@ def test_mc_probe_reversal_plays_only_the_clips_own_frames_backwards():
 
 
 def test_mc_probe_reversal_share_is_zero_for_an_order_blind_embedding_and_one_for_a_stranger():
-    v = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    v = torch.eye(6)  # six orthogonal clips: cos 0 between any two
     blind = mc_probe.reversal(v, v)
-    assert blind["reversal_cos"] == pytest.approx(1.0) and blind["reversal_share"] == pytest.approx(0.0, abs=1e-6)
-    other = ((v @ v.t()).sum() - 6) / 30
-    assert blind["other_cos"] == pytest.approx(other.item())
+    assert blind == pytest.approx({"reversal_cos": 1.0, "other_cos": 0.0, "reversal_share": 0.0})
     stranger = mc_probe.reversal(v, v.roll(1, 0))  # each clip's "reversal" is another clip
-    assert stranger["reversal_share"] == pytest.approx((1 - (v * v.roll(1, 0)).sum(1).mean().item()) / (1 - other.item()))
+    assert stranger == pytest.approx({"reversal_cos": 0.0, "other_cos": 0.0, "reversal_share": 1.0})
+    halfway = mc_probe.reversal(v, torch.nn.functional.normalize(v + v.roll(1, 0), dim=1))  # 45 degrees away
+    assert halfway["reversal_share"] == pytest.approx(1 - 0.5 ** 0.5)
+    same = torch.nn.functional.normalize(torch.eye(6) + 1.0, dim=1)  # clips alike: cos 8/9 between any two
+    assert mc_probe.reversal(same, same.roll(1, 0))["reversal_share"] == pytest.approx(1.0, rel=1e-4)
 
 
 def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
