@@ -81,11 +81,10 @@ def reversal(v: torch.Tensor, backwards: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def probe(encoder, rows: list[dict], videos: list[str]) -> dict:
+def probe(encoder, rows: list[dict], clips: list[Clip], v: torch.Tensor) -> dict:
     """flip/swap shares (%) and pair counts, the items' mc metrics and the time reversal
-    measures, of one run on rows."""
-    clips = [encoder.preprocess(path) for path in videos]
-    v = encoder.encode_video(clips)  # (N, E), L2-normalised
+    measures, of one run on rows: their clips as the run preprocesses them and v (N, E)
+    their L2-normalised video embeddings."""
     out = reversal(v, encoder.encode_video([reversed_clip(c) for c in clips])) if len(clips) > 1 else {}
     wins = {"flip": [], "swap": []}
     for i, row in enumerate(rows):
@@ -169,10 +168,10 @@ def linear_section(train: tuple[torch.Tensor, list[dict]], val: tuple[torch.Tens
     return out
 
 
-def pixels(preprocess, videos: list[str]) -> torch.Tensor:
-    """(N, T * 3 * 16): each clip's frames (the run's preprocessing) average-pooled to 4x4."""
+def pixels(clips: list[Clip]) -> torch.Tensor:
+    """(N, T * 3 * 16): each clip's frames (a run's preprocessing) average-pooled to 4x4."""
     return torch.stack([torch.nn.functional.adaptive_avg_pool2d(
-        preprocess(v).video.float().permute(0, 3, 1, 2), 4).flatten() for v in videos])
+        c.video.float().permute(0, 3, 1, 2), 4).flatten() for c in clips])
 
 
 def read_rows(synth: Path, split: str) -> tuple[list[dict], list[str]]:
@@ -207,25 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     splits = {"val": read_rows(args.synth, "val"),
               "train": tuple(part[: args.limit] if args.limit else part for part in every_train)}
     torch.manual_seed(args.seed)
+    decoded = {"val": splits["val"][1], "train": (every_train if args.linear else splits["train"])[1]}
     results, linear, first = [], [], None
     for name, path in runs:
         with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's zero_to_fp32 prints as it loads
-            encoder, preprocess, _ = load(path, device="cpu")
-        for split, (rows, videos) in splits.items():
+            encoder, _, _ = load(path, device="cpu")
+        # each clip decoded and embedded once per run (its frames and size); the probes take the rows they need
+        clips = {split: [encoder.preprocess(video) for video in videos] for split, videos in decoded.items()}
+        with torch.no_grad():
+            v = {split: encoder.encode_video(split_clips) for split, split_clips in clips.items()}  # L2-normalised
+        for split, (rows, _) in splits.items():
             common.log(f"[mc_probe] {name} on {split}: {len(rows)} clips")
-            results.append({"run": name, "path": path, "split": split, "clips": len(rows),
-                            **probe(encoder, rows, videos)})
+            n = len(rows)
+            results.append({"run": name, "path": path, "split": split, "clips": n,
+                            **probe(encoder, rows, clips[split][:n], v[split][:n])})
         if args.linear:
             common.log(f"[mc_probe] {name}: linear probes on {len(every_train[0])} training clips")
-            with torch.no_grad():
-                feats = {s: encoder.encode_video(v).float().cpu() for s, (_, v) in
-                         (("train", every_train), ("val", splits["val"]))}
-            linear.append({"run": name, **linear_section((feats["train"], every_train[0]),
-                                                          (feats["val"], splits["val"][0]))})
-            first = preprocess if first is None else first
+            linear.append({"run": name, **linear_section((v["train"].float().cpu(), every_train[0]),
+                                                          (v["val"].float().cpu(), splits["val"][0]))})
+            first = first or (encoder.preprocess.cfg.frames, clips)
     if args.linear:  # the input, through the first run's preprocessing (its frames)
-        linear.append({"run": f"pixels ({first.cfg.frames} frames)", **linear_section(
-            (pixels(first, every_train[1]), every_train[0]), (pixels(first, splits["val"][1]), splits["val"][0]))})
+        frames, clips = first
+        linear.append({"run": f"pixels ({frames} frames)", **linear_section(
+            (pixels(clips["train"]), every_train[0]), (pixels(clips["val"]), splits["val"][0]))})
     benchmark = args.synth / "benchmark.json"
     long_range = benchmark.is_file() and json.loads(benchmark.read_text()).get("long_range", False)
     common.emit({"synth": str(args.synth), "long_range": long_range, "results": results,

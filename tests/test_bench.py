@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from longvivit.data.prepare.synth import write_benchmark
+from use_support import random_export
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -330,9 +333,6 @@ def test_mc_probe_refuses_a_bad_command_line_in_one_line(tmp_path, capsys):
 def test_mc_probe_measures_a_model_end_to_end(tmp_path, capsys):
     """bench/mc_probe.py on a random tiny export and a small long-range benchmark: one JSON
     line on stdout whose counts follow from the clips, reversal measures in range."""
-    from longvivit.data.prepare.synth import write_benchmark
-    from use_support import random_export
-
     model = random_export(tmp_path / "model")
     synth = tmp_path / "long"
     write_benchmark(synth, videos=9, frames=64, size=32, seed=3, long_range=True, event_frames=2, hard_negatives=1.0)
@@ -347,3 +347,9 @@ def test_mc_probe_measures_a_model_end_to_end(tmp_path, capsys):
         assert x["swap_pairs"] == sum(len(row["events"]) - 1 for row in rows)
         assert x["mc_items"] == 2 * len(rows)
         assert -1.0 <= x["other_cos"] < x["reversal_cos"] <= 1.0 + 1e-6 and x["reversal_share"] >= 0.0
+    assert mc_probe.main(["--synth", str(synth), "--run", f"random={model['export']}", "--limit", "2", "--linear"]) == 0
+    with_linear = json.loads(capsys.readouterr()[0])
+    assert [x["clips"] for x in with_linear["results"]] == [r["results"][0]["clips"], 2]
+    assert [x["run"] for x in with_linear["linear"]] == ["random", "pixels (8 frames)"]  # the export's 8 frames
+    for row in with_linear["linear"]:
+        assert row["event0_direction"]["clips"] == r["results"][0]["clips"]
