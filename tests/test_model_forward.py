@@ -125,3 +125,18 @@ def test_smoke_command_prints_one_json_line(capsys):
     assert main(["--batch", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip())
     assert out["params"] < 5_000_000 and out["grads_finite"] and out["loss"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "nope"], "longvivit smoke: argument --preset: invalid choice: 'nope' (choose from"),
+    (["--mask-ratio", "1.5"], "longvivit smoke: video.mask_ratio: 1.5 is outside [0, 1)"),
+    (["--batch", "0"], "longvivit smoke: argument --batch: 0 must be >= 1"),
+])
+def test_smoke_command_refuses_bad_input_in_one_line(argv, message, tmp_path, monkeypatch, capfd):
+    from longvivit.cli.smoke import main
+    from train_support import run_in_process
+
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_in_process(main, argv, capfd)
+    assert status == 2 and out == "" and err.startswith(message) and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

@@ -76,11 +76,13 @@ def test_the_unmasked_tuning_stage_is_stage_2_without_masking_at_a_lower_rate():
     (["--objects", "4"], "--objects applies to --long-range only"),
     (["--long-range", "--objects", "2"], "objects: 2: need 0 (all) or max_events=4..24"),
     (["--videos", "1"], "videos: 1 must be >= 2"),
+    (["--videos", "x"], "longvivit demo: argument --videos: invalid int value: 'x'"),  # argparse's, one line too
 ])
-def test_bad_demo_arguments_exit_2_in_one_line_before_writing(tmp_path, capsys, argv, message):
+def test_bad_demo_arguments_exit_2_in_one_line_before_writing(tmp_path, capfd, argv, message):
     from longvivit.cli.demo import main
+    from train_support import run_in_process
 
-    assert main(["--out", str(tmp_path / "demo"), *argv]) == 2
-    err = capsys.readouterr().err
+    status, _, err = run_in_process(main, ["--out", str(tmp_path / "demo"), *argv], capfd)
+    assert status == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "demo").exists()

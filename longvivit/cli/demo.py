@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from longvivit.config import ConfigError
+from longvivit.config import ArgumentParser, ConfigError
 from longvivit.train.demo import StageFailed, run_demo
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="longvivit demo", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="longvivit demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="everything the demo writes (default runs/demo)")
     p.add_argument("--videos", type=int, default=400, help="synthetic videos (80%% train, 20%% val)")
     p.add_argument("--images", type=int, default=800, help="synthetic image-caption pairs (stage 1)")
