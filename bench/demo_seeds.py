@@ -22,9 +22,10 @@ from pathlib import Path
 
 import common
 
-KEYS = ("t2v_r1", "v2t_r1", "mc_top1", "mc_top1_action", "mc_top1_order", "multilabel_map")
+KEYS = ("t2v_r1", "v2t_r1", "mc_top1", "mc_top1_action", "mc_top1_order", "mc_top1_event", "multilabel_map")
 CHANCE = {"t2v_r1": "chance", "mc_top1": "mc_chance_top1", "mc_top1_action": "mc_chance_top1_action",
-          "mc_top1_order": "mc_chance_top1_order", "multilabel_map": "multilabel_chance_map"}
+          "mc_top1_order": "mc_chance_top1_order", "mc_top1_event": "mc_chance_top1_event",
+          "multilabel_map": "multilabel_chance_map"}
 
 
 def run_seed(out: Path, seed: int, long_range: bool, objects: int | None, tune: bool, overrides: list[str]) -> dict:

@@ -12,9 +12,11 @@ shrinks; FLIPPED of longvivit/data/prepare/synth.py), and every two neighbouring
 swapped. `flip` and `swap` are the shares of these pairs where the true caption scores
 strictly higher (chance 50%): the multiple-choice items' action and order kinds, asked
 with whole captions instead of the items' two-event answers. `mc_*` are the items as
-`longvivit eval` scores them (answers alone; longvivit/eval/multichoice.py). Each clip
-pair is one Bernoulli trial, so the half-width of a 95% interval is about 100/sqrt(pairs)
-points.
+`longvivit eval` scores them (answers alone; longvivit/eval/multichoice.py), the event
+items also split by whether ShortViViT's 16 uniform frames of the clip fall in the asked
+event (`mc_top1_event_seen`, `mc_top1_event_missed`): what a 16-frame model can and cannot
+know. Each clip pair is one Bernoulli trial, so the half-width of a 95% interval is about
+100/sqrt(pairs) points.
 
 Time reversal asks the same of the video tower alone: each clip's frames (the run's
 preprocessing) played backwards, which runs every event the other way and every pair in the
@@ -45,7 +47,9 @@ import torch
 
 import common
 from longvivit.config import ArgumentParser
-from longvivit.data.prepare.synth import FLIPPED, captions
+from longvivit.data.load.decode import select_frames
+from longvivit.data.prepare.synth import FLIPPED, SHORT_VIEW, captions, phrase
+from longvivit.data.prepare.video import probe as probe_video
 from longvivit.eval.multichoice import embed_items, mc_metrics
 from longvivit.use.encoder import load
 from longvivit.use.preprocess import Clip
@@ -98,9 +102,26 @@ def probe(encoder, rows: list[dict], clips: list[Clip], v: torch.Tensor) -> dict
     out |= {f"{k}_pairs": len(w) for k, w in wins.items()}
     out |= {k: 100.0 * sum(w) / len(w) for k, w in wins.items() if w}
     if items:
-        mc = mc_metrics(v.float().cpu(), embed_items(items, item_video, lambda x: encoder.encode_text(x).cpu()))
-        out |= {f"mc_{k}": m for k, m in mc.items()}
+        embedded = embed_items(items, item_video, lambda x: encoder.encode_text(x).cpu())
+        out |= {f"mc_{k}": m for k, m in mc_metrics(v.float().cpu(), embedded).items()}
+        embedded.kinds = [short_view_kind(rows[i], it) for i, it in zip(item_video, items)]
+        out |= {f"mc_{k}": m for k, m in mc_metrics(v.float().cpu(), embedded).items() if k.endswith(SPLIT)}
     return out
+
+
+SPLIT = ("_seen", "_missed")  # event items, by whether ShortViViT's view holds the event
+
+
+def short_view_kind(row: dict, item: dict) -> str:
+    """An event item's kind split by whether SHORT_VIEW uniform frames of the clip (stage 1's
+    view, the loader's select_frames) fall in the asked event's span: "event_seen" or
+    "event_missed"; other items keep their kind."""
+    if item.get("kind") != "event":
+        return item.get("kind", "")
+    phrases = [phrase(tuple(e)) for e in row["events"]]
+    start, end = row["spans"][phrases.index(item["answers"][item["answer"]])]
+    idx, _ = select_frames(row["num_frames"], SHORT_VIEW, "uniform", None)
+    return "event_seen" if ((idx >= start) & (idx < end)).any() else "event_missed"
 
 
 RISING = {"moves up", "grows"}  # direction 1; its FLIPPED partner 0
@@ -180,6 +201,8 @@ def read_rows(synth: Path, split: str) -> tuple[list[dict], list[str]]:
     if missing:
         raise SystemExit(f"mc_probe: {synth / split}.jsonl: clip {missing[0]} has no 'events' "
                          "(not a `longvivit synth` benchmark)")
+    for r in rows:  # what the event items' split needs (short_view_kind)
+        r["num_frames"] = probe_video(str(synth / r["video"])).num_frames
     return rows, [str(synth / r["video"]) for r in rows]
 
 

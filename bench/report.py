@@ -215,7 +215,7 @@ def demo_seeds_section(r: dict) -> list[str]:
     if r["overrides"]:
         lines += [f"Overrides of both stages: `{' '.join(r['overrides'])}`.", ""]
     names = {"t2v_r1": "t2v R@1 %", "mc_top1": "multiple choice %", "mc_top1_action": "MC action %",
-             "mc_top1_order": "MC order %", "multilabel_map": "multi-label mAP %"}
+             "mc_top1_order": "MC order %", "mc_top1_event": "MC event %", "multilabel_map": "multi-label mAP %"}
     keys = [k for k in names if all(k in x["long"] for x in r["runs"])]
     rows = [[x["seed"], *(f"{x['short'][k]:.1f} -> **{x['long'][k]:.1f}**" for k in keys), f"{x['seconds']:.0f}"]
             for x in r["runs"]]
@@ -603,11 +603,13 @@ def mc_probe_section(r: dict) -> list[str]:
         return f"{x[k]:.1f}{' *' if beyond(x, k) else ''} ({x[f'{k}_pairs']})"
 
     rows = [[x["run"], x["split"], x["clips"], cell(x, "flip"), cell(x, "swap"),
-             *(f"{x[k]:.1f}" if k in x else "-" for k in ("mc_top1", "mc_top1_action", "mc_top1_order")),
+             *(f"{x[k]:.1f}" if k in x else "-" for k in ("mc_top1", "mc_top1_action", "mc_top1_order",
+                                                            "mc_top1_event_seen", "mc_top1_event_missed")),
              f"{100 * x['reversal_share']:.1f}" if "reversal_share" in x else "-"]
             for x in r["results"]]
     lines += table(["run", "split", "clips", "flip % (pairs)", "swap % (pairs)", "MC %", "MC action %",
-                    "MC order %", "reversal share %"], rows)
+                    "MC order %", "MC event % (16 frames see it)", "MC event % (16 frames miss it)",
+                    "reversal share %"], rows)
     val = [x for x in r["results"] if x["split"] == "val"]
     above = [f"{x['run']} ({k} {x[k]:.1f})" for x in val for k in ("flip", "swap") if beyond(x, k) and x[k] > 50.0]
     below = [f"{x['run']} ({k} {x[k]:.1f})" for x in val for k in ("flip", "swap") if beyond(x, k) and x[k] < 50.0]

@@ -230,7 +230,7 @@ def test_mc_probe_marks_what_is_beyond_chance():
            "swap_pairs": 100, "mc_top1": 40.0}  # 95%: 50 +- 10 points at 100 pairs
     r = {"command": "c", "machine": machine, "synth": "s", "results": [row]}
     text = "\n".join(report.mc_probe_section(r))
-    assert "| stage2 | val | 82 | 48.0 (100) | 61.0 * (100) | 40.0 | - | - | - |" in text
+    assert "| stage2 | val | 82 | 48.0 (100) | 61.0 * (100) | 40.0 | - | - | - | - | - |" in text
     assert "above chance: stage2 (swap 61.0)." in text and "below" not in text
     assert "playing a clip backwards" not in text
     text = "\n".join(report.mc_probe_section(dict(r, results=[dict(row, flip=39.0)])))
@@ -238,10 +238,23 @@ def test_mc_probe_marks_what_is_beyond_chance():
             "stage2 (flip 39.0).") in text
     reversed_row = dict(row, reversal_cos=0.99, other_cos=0.6, reversal_share=0.025)
     text = "\n".join(report.mc_probe_section(dict(r, results=[reversed_row])))
-    assert "| 40.0 | - | - | 2.5 |" in text
+    assert "| 40.0 | - | - | - | - | 2.5 |" in text
     assert "Held-out clips: stage2 2.5% (cos 0.990 with its reversal, 0.600 with another clip)." in text
     text = "\n".join(report.mc_probe_section(dict(r, results=[dict(row, swap=59.0)])))
     assert "none of the 1 runs tells a caption from its flipped or swapped self beyond chance" in text
+
+
+def test_mc_probe_splits_event_items_by_what_16_uniform_frames_see():
+    """16 uniform frames of 128 are 4, 12, ..., 124 (the loader's select_frames): an event in
+    frames [10, 14) holds one of them, one in [13, 17) none."""
+    row = {"events": [["red", "circle", "grows"], ["blue", "square", "moves up"]], "spans": [[10, 14], [13, 17]],
+           "num_frames": 128}
+    item = {"kind": "event", "question": "q", "answers": ["a green cross grows", "a red circle grows"], "answer": 1}
+    assert mc_probe.short_view_kind(row, item) == "event_seen"
+    item = dict(item, answers=["a blue square moves up", "a green cross moves up"], answer=0)
+    assert mc_probe.short_view_kind(row, item) == "event_missed"
+    assert mc_probe.short_view_kind(row, {"kind": "order", "answers": ["x", "y"], "answer": 0}) == "order"
+    assert mc_probe.short_view_kind(dict(row, num_frames=64), item) == "event_seen"  # 64 frames: 2, 6, 10, 14, ...
 
 
 def test_mc_probe_reversal_plays_only_the_clips_own_frames_backwards():
@@ -345,7 +358,8 @@ def test_mc_probe_measures_a_model_end_to_end(tmp_path, capsys):
         rows = [json.loads(s) for s in (synth / f"{x['split']}.jsonl").read_text().splitlines()]
         assert x["clips"] == len(rows) and x["flip_pairs"] == sum(len(row["events"]) for row in rows)
         assert x["swap_pairs"] == sum(len(row["events"]) - 1 for row in rows)
-        assert x["mc_items"] == 2 * len(rows)
+        assert x["mc_items"] == 3 * len(rows)
+        assert x.get("mc_items_event_seen", 0) + x.get("mc_items_event_missed", 0) == x["mc_items_event"] == len(rows)
         assert -1.0 <= x["other_cos"] < x["reversal_cos"] <= 1.0 + 1e-6 and x["reversal_share"] >= 0.0
     assert mc_probe.main(["--synth", str(synth), "--run", f"random={model['export']}", "--limit", "2", "--linear"]) == 0
     with_linear = json.loads(capsys.readouterr()[0])

@@ -46,6 +46,7 @@ def test_the_result_line_compares_stage_2_with_stage_1(capsys):
             line["multilabel_map_ratio"]) == (2.0, 1.5, 0.0, 0.8)
     assert "held-out text->video R@1 10.0% vs 5.0% (2.00x; chance 1.25%)" in out
     assert "multiple choice 60.0% vs 40.0% (1.50x; chance 37.5%)" in out
+    assert "      action: 0.0% vs 30.0% (chance 25.0%)" in out
     assert "stage 2, 128 frames at 75% masking" in out
 
     tuned = print_result({"short": stage(5.0, 40.0, 30.0, 50.0), "long": stage(10.0, 60.0, 0.0, 40.0),

@@ -24,8 +24,10 @@ is, not where it goes (up or down, grows or shrinks), and at most one of the bac
 pair, so not their order. Hard negatives (all videos, unless --hard-negatives) flip one
 event's direction or swap the back-to-back pair; captions name 3-4 events and fit the
 CLIP text tower's 32 tokens. Rows add "spans" (each event's frames [start, end)) and "mc":
-two multiple-choice items a clip, what one event did after the one before it (4 answers)
-and which of the pair came first (2 answers), scored by `longvivit eval --tasks mc`.
+three multiple-choice items a clip, what one event did after the one before it (4 answers),
+which of the pair came first (2 answers), and which of 4 events happens in the clip (the
+others done by objects it never shows; 16 frames miss about half of the events outright),
+scored by `longvivit eval --tasks mc`.
 --objects K: every clip draws its objects from the same K (of 24), so that captions differ
 in what the objects do and in what order, not in which objects appear."""
 

@@ -7,7 +7,7 @@ embedding, and the best-scoring answer is the model's choice.
             "kind": str (optional: a category the metrics are also split by)}
 
 A clip may hold several items (the shards' "mc" column, checked when the manifest is read:
-manifest.py; the synthetic long-range benchmark writes two a clip, `longvivit import
+manifest.py; the synthetic long-range benchmark writes three a clip, `longvivit import
 egoschema` one). Metrics: top-1 accuracy (%) with the
 answers alone and after the question, next to chance (the mean over items of 1/K), and per
 kind. Ties and non-finite scores count against the model, as in retrieval

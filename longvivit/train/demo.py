@@ -186,6 +186,10 @@ def print_comparison(short: dict, long: dict, ratios: dict, frames: int) -> None
     if "mc_top1_ratio" in ratios:
         print(f"    multiple choice {long['mc_top1']:.1f}% vs {short['mc_top1']:.1f}% "
               f"({ratios['mc_top1_ratio']:.2f}x; chance {long['mc_chance_top1']:.1f}%)")
+        kinds = [k.removeprefix("mc_top1_") for k in ratios if k.startswith("mc_top1_") and k != "mc_top1_ratio"]
+        for kind in (k.removesuffix("_ratio") for k in kinds):
+            print(f"      {kind}: {long[f'mc_top1_{kind}']:.1f}% vs {short[f'mc_top1_{kind}']:.1f}% "
+                  f"(chance {long[f'mc_chance_top1_{kind}']:.1f}%)")
 
 
 def print_result(stages: dict[str, dict], total_s: float, frames: int = 64) -> dict:

@@ -18,7 +18,8 @@ is but not where it goes (a clip's tracks cover the same heights or sizes whiche
 they run), and at most one event of the close pair. Its hard negatives flip one event's
 direction (up <-> down, grows <-> shrinks) or swap the close pair; every clip writes its
 multiple-choice items ("mc": what one event did, 4 answers; which of the close pair came
-first, 2 answers) and its event spans (frames [start, end)).
+first, 2 answers; which of 4 events happens in it, the others done by objects it never
+shows) and its event spans (frames [start, end)).
 
 Writes DIR/videos/*.webm (VP9 at 1 FPS), DIR/train.jsonl and DIR/val.jsonl (whole
 families to one split; "label", the first object, for zero-shot classification; "labels",
@@ -274,7 +275,7 @@ def long_range_spans(k: int, pair: int, frames: int, event_frames: int,
     return spans
 
 
-def _phrase(event: Event) -> str:
+def phrase(event: Event) -> str:
     colour, shape, action = event
     return f"a {colour} {shape} {action}"
 
@@ -287,15 +288,34 @@ def mc_items(events: list[Event], pair: int, rng: np.random.Generator) -> list[d
     i = int(rng.integers(1, len(events)))
     (pc, ps, pa), (c, s, a) = events[i - 1], events[i]
     action = {"kind": "action", "question": f"what does the {c} {s} do after the {pc} {ps} {pa}?",
-              "answers": [f"{_phrase(events[i - 1])}, then {_phrase((c, s, x))}" for x in ACTIONS],
+              "answers": [f"{phrase(events[i - 1])}, then {phrase((c, s, x))}" for x in ACTIONS],
               "answer": ACTIONS.index(a)}
     first, second = events[pair], events[pair + 1]
-    orders = [f"{_phrase(first)}, then {_phrase(second)}", f"{_phrase(second)}, then {_phrase(first)}"]
+    orders = [f"{phrase(first)}, then {phrase(second)}", f"{phrase(second)}, then {phrase(first)}"]
     right = int(rng.integers(2))
     named = sorted(f"{c} {s}" for c, s, _ in (first, second))  # in no order the clip gives away
     order = {"kind": "order", "question": f"which comes first, the {named[0]} or the {named[1]}?",
              "answers": orders if right == 0 else orders[::-1], "answer": right}
     return [action, order]
+
+
+def presence_item(events: list[Event], objects: list[tuple[str, str]], rng: np.random.Generator) -> list[dict]:
+    """The clip's "event" item: which of up to 4 events happens in it, one of its own
+    events (any, at random) against the same action done by objects it never shows, drawn
+    from `objects` (those of the benchmark). A model answers it from the frames where the
+    event is on screen, which 16 uniform frames miss for about half of the events (none,
+    where fewer than one other object is left to ask about)."""
+    own = {(c, s) for c, s, _ in events}
+    absent = [o for o in objects if o not in own]
+    if not absent:
+        return []
+    c, s, a = events[int(rng.integers(len(events)))]
+    others = [absent[j] for j in rng.choice(len(absent), min(3, len(absent)), replace=False)]
+    answers = [phrase((oc, os, a)) for oc, os in others]
+    right = int(rng.integers(len(answers) + 1))
+    answers.insert(right, phrase((c, s, a)))
+    return [{"kind": "event", "question": "which of these happens in the clip?", "answers": answers,
+             "answer": right}]
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -398,8 +418,9 @@ def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: 
     listing = long_range_lists(cfg, rng) if cfg.long_range else [(f, e, None) for f, e in event_lists(cfg, rng)]
     n_val = _val_count(listing, cfg.val_fraction)
     rows = {"train": [], "val": []}
+    objects = list(dict.fromkeys((c, s) for _, events, _ in listing for c, s, _ in events))  # the event items' pool
     for i, (family, events, pair) in enumerate(listing):
-        pixels, extra = _video(cfg, i, events, pair)
+        pixels, extra = _video(cfg, i, events, pair, objects)
         name = f"videos/{i:06d}.webm"
         (out / name).write_bytes(encode(pixels, fps=1.0, codec="vp9")[0])
         split = "val" if i >= len(listing) - n_val else "train"
@@ -416,15 +437,18 @@ def write_benchmark(out: str | Path, videos: int = 200, frames: int = 64, seed: 
             "long_range": cfg.long_range}
 
 
-def _video(cfg: SynthConfig, i: int, events: list[Event], pair: int | None) -> tuple[np.ndarray, dict]:
+def _video(cfg: SynthConfig, i: int, events: list[Event], pair: int | None,
+           objects: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
     """Video i's frames and what its row adds for the long-range variant (its event spans
-    and multiple-choice items), from its own random stream."""
+    and multiple-choice items), from its own random stream; the event item from a stream
+    of its own, so that it left every clip's frames and other items as they were."""
     video_rng = np.random.default_rng([cfg.seed, i])
     n = int(video_rng.integers(cfg.min_frames or cfg.frames, cfg.frames + 1))
     if pair is None:
         return render(events, n, cfg.size, video_rng), {}
     spans = long_range_spans(len(events), pair, n, cfg.event_frames, video_rng)
-    extra = {"spans": [list(s) for s in spans], "mc": mc_items(events, pair, video_rng)}
+    items = mc_items(events, pair, video_rng) + presence_item(events, objects, np.random.default_rng([cfg.seed, i, 2]))
+    extra = {"spans": [list(s) for s in spans], "mc": items}
     return render(events, n, cfg.size, video_rng, spans), extra
 
 
