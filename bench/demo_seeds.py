@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 import common
 
 KEYS = ("t2v_r1", "v2t_r1", "mc_top1", "mc_top1_action", "mc_top1_order", "mc_top1_event", "multilabel_map")
@@ -39,11 +41,27 @@ def run_seed(out: Path, seed: int, long_range: bool, objects: int | None, tune: 
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=common.REPO).returncode
     if rc != 0:
         raise SystemExit(f"demo_seeds: seed {seed}'s demo exited {rc}; see {log}")
-    line = json.loads(log.read_text().strip().splitlines()[-1])
+    return seed_result(out, seed)
+
+
+def seed_result(out: Path, seed: int) -> dict:
+    """A finished demo's numbers (its log's last line) and each stage's steps and learning
+    rate (its run_config.yaml)."""
+    log = out / f"seed-{seed}.log"
+    try:
+        line = json.loads(log.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError) as e:
+        raise SystemExit(f"demo_seeds: {log}: no finished demo's result line ({e})")
     pick = lambda d: {k: d[k] for k in KEYS if k in d}  # noqa: E731
+    stages = {}
+    for stage in ("short", "long", "tune"):
+        config = out / f"seed-{seed}" / stage / "run_config.yaml"
+        if stage in ("short", "long") or "tune" in line:
+            run = OmegaConf.load(config)
+            stages[stage] = {"steps": int(run.steps), "lr": float(run.optim.lr)}
     return {"seed": seed, "seconds": line["seconds"], "short": pick(line["short"]), "long": pick(line),
             **({"tune": pick(line["tune"])} if "tune" in line else {}),
-            "chance": {k: line[c] for k, c in CHANCE.items() if c in line}}
+            "chance": {k: line[c] for k, c in CHANCE.items() if c in line}, "stages": stages}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,14 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-range", action="store_true", help="the default benchmark, not --long-range")
     p.add_argument("--objects", type=int, help="the long-range clips share this many objects (demo --objects)")
     p.add_argument("--tune", action="store_true", help="also the optional third stage (demo --tune)")
+    p.add_argument("--collect", action="store_true", help="train nothing: the results of the demos already "
+                   "run in --out (seed-S.log and its stages' run_config.yaml), with the options they ran with")
     p.add_argument("overrides", nargs="*", help="key=value overrides of both stages (the demo's)")
     args = p.parse_args(argv)
     if args.objects and args.short_range:
         p.error("--objects applies to the long-range benchmark only")
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    runs = [run_seed(out, s, not args.short_range, args.objects, args.tune, args.overrides)
-            for s in args.seeds]
+    if args.collect:
+        runs = [seed_result(out, s) for s in args.seeds]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        runs = [run_seed(out, s, not args.short_range, args.objects, args.tune, args.overrides)
+                for s in args.seeds]
     benchmark = "synth" if args.short_range else "synth --long-range" + (f" --objects {args.objects}" if args.objects else "")
     common.emit({"benchmark": benchmark,
                  "overrides": args.overrides, "runs": runs})

@@ -208,12 +208,24 @@ def tradeoff_seeds_section(r: dict) -> list[str]:
     return lines
 
 
+def demo_seeds_sections(parts: list[dict]) -> list[str]:
+    """demo_seeds.json, then any other demo_seeds_*.json (the same comparison, other settings)."""
+    return [line for r in parts for line in demo_seeds_section(r)]
+
+
 def demo_seeds_section(r: dict) -> list[str]:
     """The demo's two stages per seed, and in how many seeds stage 2 wins on each measure."""
-    lines = [f"### The demo over seeds: LongViViT (stage 2) vs ShortViViT at 16 frames (stage 1), {r['benchmark']}", ""]
+    settings = {f"{s['steps']} steps at lr {s['lr']:g}" for x in r["runs"] for s in [x.get("stages", {}).get("long")] if s}
+    title = f", stage 2 {settings.pop()}" if len(settings) == 1 else ""
+    lines = [f"### The demo over seeds: LongViViT (stage 2) vs ShortViViT at 16 frames (stage 1), {r['benchmark']}{title}",
+             ""]
     lines += provenance(r)
     if r["overrides"]:
         lines += [f"Overrides of both stages: `{' '.join(r['overrides'])}`.", ""]
+    stages = r["runs"][0].get("stages")
+    if stages:
+        lines += ["Each stage as its run_config.yaml says (seed " + str(r["runs"][0]["seed"]) + "): " + "; ".join(
+            f"stage {n} {s['steps']} steps at lr {s['lr']:g}" for n, s in zip((1, 2, 3), stages.values())) + ".", ""]
     names = {"t2v_r1": "t2v R@1 %", "mc_top1": "multiple choice %", "mc_top1_action": "MC action %",
              "mc_top1_order": "MC order %", "mc_top1_event": "MC event %", "multilabel_map": "multi-label mAP %"}
     keys = [k for k in names if all(k in x["long"] for x in r["runs"])]
@@ -618,6 +630,12 @@ def mc_probe_section(r: dict) -> list[str]:
     lines += ["", "`*`: outside the 95% interval of chance (50 +- 100/sqrt(pairs) points). On held-out clips, "
               + (" ".join(said) if said else
                  f"none of the {len(val)} runs tells a caption from its flipped or swapped self beyond chance.")]
+    split_val = [x for x in val if "mc_items_event" in x]
+    if split_val:
+        lines += ["", "`MC event`: the event items (chance 25%), split by whether ShortViViT's 16 uniform frames of "
+                  "the clip fall inside the asked event. Held-out items 16 frames see / miss: "
+                  + ", ".join(f"{x['run']} {x.get('mc_items_event_seen', 0)} / {x.get('mc_items_event_missed', 0)}"
+                              for x in split_val) + "."]
     reversed_val = [x for x in val if "reversal_share" in x]
     if reversed_val:
         lines += ["", "`reversal share`: how far playing a clip backwards moves its video embedding, as a share of the "
@@ -655,7 +673,7 @@ def linear_probe_lines(rows: list[dict]) -> list[str]:
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
-            ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_section), ("mc_probe", mc_probe_section),
+            ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_sections), ("mc_probe", mc_probe_section),
             ("mc_probe_default", mc_probe_section),
             ("claims", claims_section),
             ("offload", offload_section), ("compile", compile_section), ("padding", padding_section),
@@ -959,8 +977,8 @@ def render(results: Path) -> str:
     for name, section in SECTIONS:
         if name in ("padding", "zero_init"):
             r = [load(results, p.stem) for p in sorted(results.glob(f"{name}_*.json"))]
-        elif name == "claims":  # claims.json, then any further calls (claims_*.json)
-            r = [load(results, p.stem) for p in sorted(results.glob("claims*.json"), key=lambda p: p.stem != name)]
+        elif name in ("claims", "demo_seeds"):  # NAME.json, then any further calls (NAME_*.json)
+            r = [load(results, p.stem) for p in sorted(results.glob(f"{name}*.json"), key=lambda p: p.stem != name)]
         else:
             r = merged(results, name) if name == "masking" else load(results, name)
         if r:

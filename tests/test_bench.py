@@ -294,6 +294,11 @@ def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
                                                 "overrides": [], "runs": tuned}))
     assert "- t2v R@1 %: stage 3 > stage 2 in **2 of 2** seeds (mean change +1.0 points)." in text
     assert "- multiple choice %: stage 3 > stage 2 in **0 of 2** seeds (mean change -10.0 points)." in text
+    staged = [dict(x, stages={"short": {"steps": 200, "lr": 2e-3}, "long": {"steps": 100, "lr": 1e-3}}) for x in runs]
+    parts = [{"command": "c", "machine": machine, "benchmark": "b", "overrides": [], "runs": rs} for rs in (runs, staged)]
+    text = "\n".join(report.demo_seeds_sections(parts))
+    assert text.count("### The demo over seeds") == 2 and "16 frames (stage 1), b, stage 2 100 steps at lr 0.001\n" in text
+    assert "Each stage as its run_config.yaml says (seed 0): stage 1 200 steps at lr 0.002; stage 2 100 steps at lr 0.001." in text
 
 
 def test_mc_probe_linear_probe_reads_a_linear_label_and_not_noise():
