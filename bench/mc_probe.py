@@ -1,6 +1,6 @@
-"""Why multiple choice stays at chance on the long-range benchmark: does a trained encoder
-tell a clip's caption from the same caption with one event's direction flipped, or with two
-neighbouring events swapped?
+"""Multiple choice on the long-range benchmark, probed: does a trained encoder tell a clip's
+caption from the same caption with one event's direction flipped, or with two neighbouring
+events swapped, and does it answer about events 16 frames never see?
 
     .venv/bin/python bench/mc_probe.py --synth runs/demo-long-range/synth \
         --run stage1=runs/demo-long-range/short --run stage2=runs/demo-long-range/long [--limit 100]

@@ -596,11 +596,15 @@ def search_section(r: dict) -> list[str]:
     return lines
 
 
+def mc_probe_sections(parts: list[dict]) -> list[str]:
+    return [line for r in parts for line in mc_probe_section(r)]
+
+
 def mc_probe_section(r: dict) -> list[str]:
     """Whole-caption direction (flip) and order (swap) tests per run and split, and which of
     them are beyond chance (outside the 95% interval of a fair coin over their pairs); then
     the linear probes where the run made them."""
-    title = ("Why multiple choice stays at chance: caption vs its flipped or swapped self"
+    title = ("Multiple choice probed: caption vs its flipped or swapped self, events 16 frames see or miss"
              if r.get("long_range", True) else "The same probes on the default benchmark (`longvivit demo`)")
     lines = [f"### {title}", ""]
     lines += provenance(r)
@@ -673,7 +677,7 @@ def linear_probe_lines(rows: list[dict]) -> list[str]:
 SECTIONS = [("decode", decode_section), ("plan", plan_section), ("masking", masking_section), ("mfu", mfu_section),
             ("peers", peers_section), ("peers_profile", peers_profile_section),
             ("tradeoff", tradeoff_section),
-            ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_sections), ("mc_probe", mc_probe_section),
+            ("tradeoff_seeds", tradeoff_seeds_section), ("demo_seeds", demo_seeds_sections), ("mc_probe", mc_probe_sections),
             ("mc_probe_default", mc_probe_section),
             ("claims", claims_section),
             ("offload", offload_section), ("compile", compile_section), ("padding", padding_section),
@@ -979,6 +983,9 @@ def render(results: Path) -> str:
             r = [load(results, p.stem) for p in sorted(results.glob(f"{name}_*.json"))]
         elif name in ("claims", "demo_seeds"):  # NAME.json, then any further calls (NAME_*.json)
             r = [load(results, p.stem) for p in sorted(results.glob(f"{name}*.json"), key=lambda p: p.stem != name)]
+        elif name == "mc_probe":  # seed 0's runs, then other seeds' (mc_probe_seed*.json)
+            r = [load(results, p.stem) for p in [results / "mc_probe.json", *sorted(results.glob("mc_probe_seed*.json"))]
+                 if p.is_file()]
         else:
             r = merged(results, name) if name == "masking" else load(results, name)
         if r:

@@ -24,6 +24,10 @@ $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.js
 $PY bench/demo_seeds.py --tune > bench/results/demo_seeds.json   # ~35 min: `longvivit demo --long-range --tune` on 3 seeds, stage 2 vs stage 1 (and stage 3)
 $PY bench/mc_probe.py --synth runs/demo-seeds/seed-0/synth --run stage1=runs/demo-seeds/seed-0/short \
     --run stage2=runs/demo-seeds/seed-0/long --linear > bench/results/mc_probe.json   # ~6 min: seed 0's stages, caption vs flipped/swapped caption, linear probes
+for s in 1 2; do   # ~3 min each: the other seeds' stages, without the linear probes
+    $PY bench/mc_probe.py --synth runs/demo-seeds/seed-$s/synth --run stage1=runs/demo-seeds/seed-$s/short \
+        --run stage2=runs/demo-seeds/seed-$s/long > bench/results/mc_probe_seed$s.json
+done
 .venv/bin/longvivit demo --out runs/demo-probe > runs/demo-probe.log   # ~4-7 min: the default benchmark's two stages, for the same probes
 $PY bench/mc_probe.py --synth runs/demo-probe/synth --run stage1=runs/demo-probe/short --run stage2=runs/demo-probe/long \
     --linear > bench/results/mc_probe_default.json   # ~4 min

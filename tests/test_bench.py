@@ -242,6 +242,11 @@ def test_mc_probe_marks_what_is_beyond_chance():
     assert "Held-out clips: stage2 2.5% (cos 0.990 with its reversal, 0.600 with another clip)." in text
     text = "\n".join(report.mc_probe_section(dict(r, results=[dict(row, swap=59.0)])))
     assert "none of the 1 runs tells a caption from its flipped or swapped self beyond chance" in text
+    split = dict(row, mc_items_event=82, mc_items_event_seen=47, mc_items_event_missed=35, mc_top1_event_seen=51.1,
+                 mc_top1_event_missed=62.9)
+    text = "\n".join(report.mc_probe_sections([r, dict(r, results=[split])]))
+    assert text.count("### Multiple choice probed") == 2 and "| 40.0 | - | - | 51.1 | 62.9 | - |" in text
+    assert "Held-out items 16 frames see / miss: stage2 47 / 35." in text
 
 
 def test_mc_probe_splits_event_items_by_what_16_uniform_frames_see():
