@@ -57,6 +57,8 @@ def seed_result(out: Path, seed: int) -> dict:
     for stage in ("short", "long", "tune"):
         config = out / f"seed-{seed}" / stage / "run_config.yaml"
         if stage in ("short", "long") or "tune" in line:
+            if not config.is_file():
+                raise SystemExit(f"demo_seeds: {config}: missing (seed {seed}'s demo ran its stage {stage} elsewhere)")
             run = OmegaConf.load(config)
             stages[stage] = {"steps": int(run.steps), "lr": float(run.optim.lr)}
     return {"seed": seed, "seconds": line["seconds"], "short": pick(line["short"]), "long": pick(line),

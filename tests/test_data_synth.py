@@ -13,6 +13,7 @@ from longvivit.data.prepare.synth import (
     event_lists,
     long_range_lists,
     long_range_spans,
+    presence_item,
     write_benchmark,
 )
 from longvivit.data.prepare.video import frames_at, probe
@@ -264,6 +265,17 @@ def test_long_range_benchmark_draws_its_events_in_their_spans_and_nothing_betwee
     tokenizer = pytest.importorskip("longvivit.data.load.tokenizer").make_tokenizer("open_clip")
     _, mask = tokenizer.encode([c for r in rows for c in r["caption"]], 64)
     assert int(mask.sum(1).max()) <= 32
+
+
+def test_event_item_asks_with_absent_objects_only_and_skips_a_clip_that_shows_them_all():
+    events = [("red", "circle", "grows"), ("blue", "square", "moves up")]
+    pool = [("red", "circle"), ("blue", "square"), ("green", "cross")]
+    [item] = presence_item(events, pool, np.random.default_rng(0))
+    assert len(item["answers"]) == 2 and "a green cross" in " ".join(item["answers"])
+    right = item["answers"][item["answer"]]
+    assert right in ("a red circle grows", "a blue square moves up")
+    assert item["answers"][1 - item["answer"]] == "a green cross " + " ".join(right.split()[3:])
+    assert presence_item(events, pool[:2], np.random.default_rng(0)) == []
 
 
 @pytest.mark.parametrize("argv, message", [

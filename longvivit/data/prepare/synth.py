@@ -303,8 +303,9 @@ def presence_item(events: list[Event], objects: list[tuple[str, str]], rng: np.r
     """The clip's "event" item: which of up to 4 events happens in it, one of its own
     events (any, at random) against the same action done by objects it never shows, drawn
     from `objects` (those of the benchmark). A model answers it from the frames where the
-    event is on screen, which 16 uniform frames miss for about half of the events (none,
-    where fewer than one other object is left to ask about)."""
+    event is on screen, which 16 uniform frames miss for about half of the events. No item
+    where the clip shows every object of the benchmark; fewer answers where it shows all
+    but one or two."""
     own = {(c, s) for c, s, _ in events}
     absent = [o for o in objects if o not in own]
     if not absent:
