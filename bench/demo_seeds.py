@@ -45,8 +45,9 @@ def run_seed(out: Path, seed: int, long_range: bool, objects: int | None, tune: 
 
 
 def seed_result(out: Path, seed: int) -> dict:
-    """A finished demo's numbers (its log's last line) and each stage's steps and learning
-    rate (its run_config.yaml)."""
+    """A finished demo's numbers (its log's last line) and each stage's steps, learning
+    rate and video shards folder (its run_config.yaml: "short_clips" for the long-range
+    demo's stage 1, "train" for the long clips)."""
     log = out / f"seed-{seed}.log"
     try:
         line = json.loads(log.read_text().strip().splitlines()[-1])
@@ -60,7 +61,8 @@ def seed_result(out: Path, seed: int) -> dict:
             if not config.is_file():
                 raise SystemExit(f"demo_seeds: {config}: missing (seed {seed}'s demo ran its stage {stage} elsewhere)")
             run = OmegaConf.load(config)
-            stages[stage] = {"steps": int(run.steps), "lr": float(run.optim.lr)}
+            video = next(src for src in run.data.sources if src.kind == "video")  # what its clips were
+            stages[stage] = {"steps": int(run.steps), "lr": float(run.optim.lr), "clips": Path(video.shards).name}
     return {"seed": seed, "seconds": line["seconds"], "short": pick(line["short"]), "long": pick(line),
             **({"tune": pick(line["tune"])} if "tune" in line else {}),
             "chance": {k: line[c] for k, c in CHANCE.items() if c in line}, "stages": stages}

@@ -217,6 +217,8 @@ def demo_seeds_section(r: dict) -> list[str]:
     """The demo's two stages per seed, and in how many seeds stage 2 wins on each measure."""
     settings = {f"{s['steps']} steps at lr {s['lr']:g}" for x in r["runs"] for s in [x.get("stages", {}).get("long")] if s}
     title = f", stage 2 {settings.pop()}" if len(settings) == 1 else ""
+    short = {s.get("clips") for x in r["runs"] for s in [x.get("stages", {}).get("short")] if s}
+    title = (", stage 1 on short clips" if short == {"short_clips"} else "") + title
     lines = [f"### The demo over seeds: LongViViT (stage 2) vs ShortViViT at 16 frames (stage 1), {r['benchmark']}{title}",
              ""]
     lines += provenance(r)
@@ -224,8 +226,10 @@ def demo_seeds_section(r: dict) -> list[str]:
         lines += [f"Overrides of both stages: `{' '.join(r['overrides'])}`.", ""]
     stages = r["runs"][0].get("stages")
     if stages:
+        clips = {"short_clips": " on the 64-frame short clips", "train": " on the long clips"}  # demo_seeds' "clips"
         lines += ["Each stage as its run_config.yaml says (seed " + str(r["runs"][0]["seed"]) + "): " + "; ".join(
-            f"stage {n} {s['steps']} steps at lr {s['lr']:g}" for n, s in zip((1, 2, 3), stages.values())) + ".", ""]
+            f"stage {n} {s['steps']} steps at lr {s['lr']:g}{clips.get(s.get('clips'), '')}"
+            for n, s in zip((1, 2, 3), stages.values())) + ".", ""]
     names = {"t2v_r1": "t2v R@1 %", "mc_top1": "multiple choice %", "mc_top1_action": "MC action %",
              "mc_top1_order": "MC order %", "mc_top1_event": "MC event %", "multilabel_map": "multi-label mAP %"}
     keys = [k for k in names if all(k in x["long"] for x in r["runs"])]

@@ -21,7 +21,7 @@ $PY bench/peers.py --frames 16 64 --rounds 9 > bench/results/peers.json   # ~25 
 $PY bench/peers.py --frames 16 --ratios 0 --rounds 1 --profile > bench/results/peers_profile.json   # where a step's time goes
 $PY bench/tradeoff.py > bench/results/tradeoff.json
 $PY bench/tradeoff.py --runs a b --seeds 0 1 2 > bench/results/tradeoff_seeds.json   # (a) vs (b) over seeds, ~13 min
-$PY bench/demo_seeds.py --tune > bench/results/demo_seeds.json   # ~35 min: `longvivit demo --long-range --tune` on 3 seeds, stage 2 vs stage 1 (and stage 3)
+$PY bench/demo_seeds.py --tune > bench/results/demo_seeds.json   # ~25 min: `longvivit demo --long-range --tune` on 3 seeds, stage 2 vs stage 1 (and stage 3)
 $PY bench/mc_probe.py --synth runs/demo-seeds/seed-0/synth --run stage1=runs/demo-seeds/seed-0/short \
     --run stage2=runs/demo-seeds/seed-0/long --linear > bench/results/mc_probe.json   # ~6 min: seed 0's stages, caption vs flipped/swapped caption, linear probes
 for s in 1 2; do   # ~3 min each: the other seeds' stages, without the linear probes

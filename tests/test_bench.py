@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import claims  # noqa: E402
+import demo_seeds  # noqa: E402
 import mc_probe  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
@@ -304,6 +305,34 @@ def test_demo_seeds_counts_the_seeds_where_stage_2_wins():
     text = "\n".join(report.demo_seeds_sections(parts))
     assert text.count("### The demo over seeds") == 2 and "16 frames (stage 1), b, stage 2 100 steps at lr 0.001\n" in text
     assert "Each stage as its run_config.yaml says (seed 0): stage 1 200 steps at lr 0.002; stage 2 100 steps at lr 0.001." in text
+    clips = [dict(x, stages={"short": {"steps": 200, "lr": 2e-3, "clips": "short_clips"},
+                             "long": {"steps": 200, "lr": 2e-3, "clips": "train"}}) for x in runs]
+    text = "\n".join(report.demo_seeds_section({**parts[0], "runs": clips}))
+    assert ("(seed 0): stage 1 200 steps at lr 0.002 on the 64-frame short clips; stage 2 200 steps at lr 0.002 "
+            "on the long clips.") in text
+
+
+def test_demo_seeds_reads_each_stages_steps_rate_and_clips_from_its_run_config(tmp_path):
+    """--collect: a finished demo's last line, and what each stage trained on (the long-range
+    demo's stage 1: its short clips); a stage without its run_config.yaml is one line."""
+    from longvivit.train.config import CONFIG_DIR, load_run_config
+    from longvivit.train.trainer import resolved_yaml
+
+    line = {"t2v_r1": 20.0, "chance": 1.2, "mc_top1": 40.0, "mc_chance_top1": 33.3, "seconds": 300.0,
+            "short": {"t2v_r1": 5.0, "mc_top1": 35.0}}
+    (tmp_path / "seed-3.log").write_text("[demo] ...\n" + json.dumps(line) + "\n")
+    for stage, config, clips in (("short", "demo_short.yaml", "short_clips"), ("long", "demo_long.yaml", "train")):
+        (tmp_path / "seed-3" / stage).mkdir(parents=True)
+        run = load_run_config(CONFIG_DIR / config, overrides=[f"data.train=/d/shards/{clips}"])
+        (tmp_path / "seed-3" / stage / "run_config.yaml").write_text(resolved_yaml(run))  # as the trainer writes it
+    r = demo_seeds.seed_result(tmp_path, 3)
+    assert r["stages"] == {"short": {"steps": 200, "lr": 2e-3, "clips": "short_clips"},
+                           "long": {"steps": 200, "lr": 2e-3, "clips": "train"}}
+    assert (r["long"], r["short"], r["chance"]) == ({"t2v_r1": 20.0, "mc_top1": 40.0}, line["short"],
+                                                    {"t2v_r1": 1.2, "mc_top1": 33.3})
+    (tmp_path / "seed-3" / "long" / "run_config.yaml").unlink()
+    with pytest.raises(SystemExit, match="seed-3/long/run_config.yaml: missing"):
+        demo_seeds.seed_result(tmp_path, 3)
 
 
 def test_mc_probe_linear_probe_reads_a_linear_label_and_not_noise():

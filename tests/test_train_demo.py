@@ -26,17 +26,56 @@ def test_demo_beats_chance_tenfold(tmp_path):
     assert "checkpoint:" in (tmp_path / "demo" / "long" / "run_config.yaml").read_text()
 
 
+def stage(r1, mc, mc_action, ml):
+    """A stage's summary line as train_stage returns it."""
+    return {"t2v_r1": r1, "chance": 1.25, "v2t_r1": r1, "t2v_r5": 3 * r1, "pairs": 80, "steps": 100,
+            "train_seconds": 1.0, "samples_per_s": 1.0, "checkpoints": "c", "tensorboard": "t",
+            "mc_items": 160, "mc_top1": mc, "mc_top1_with_question": mc, "mc_chance_top1": 37.5,
+            "mc_top1_action": mc_action, "mc_chance_top1_action": 25.0, "multilabel_map": ml,
+            "multilabel_chance_map": 20.0}
+
+
+@pytest.mark.parametrize("long_range", [False, True])
+def test_the_long_range_demo_trains_stage_1_on_short_clips(tmp_path, monkeypatch, capsys, long_range):
+    """--long-range: stage 1 (ShortViViT) trains on the default benchmark's 64-frame clips,
+    as the paper trains it on short clips, and is evaluated with stage 2 on the long clips'
+    held-out split; stage 2 trains on the long clips. The default demo: both on its clips."""
+    from longvivit.train import demo
+
+    paths = {}
+
+    def train_stage(name, out, frames, procs, overrides, data):
+        paths[name] = data
+        return stage(5.0, 40.0, 30.0, 50.0)
+
+    monkeypatch.setattr(demo, "train_stage", train_stage)
+    monkeypatch.setattr(demo, "starting_clip", lambda out, overrides: out / "clip.pt")
+    out = tmp_path / "demo"
+    demo.run_demo(out, videos=6, images=0, frames=128 if long_range else 64, long_range=long_range)
+    shards = out / "shards"
+    assert paths["short"]["data.val"] == paths["long"]["data.val"] == shards / "val"
+    assert paths["long"]["data.train"] == shards / "train"
+    assert paths["short"]["init"] == f"open_clip:{out / 'clip.pt'}"
+    assert paths["long"]["init"] == f"checkpoint:{out / 'short'}"
+    title = capsys.readouterr().out
+    if not long_range:
+        assert paths["short"]["data.train"] == shards / "train" and not (out / "synth_short").exists()
+        assert "stage 1, 16 frames + images" in title
+        return
+    assert paths["short"]["data.train"] == shards / "short_clips"
+    assert "stage 1, 16 frames of 64-frame short clips + images" in title
+    short = json.loads((out / "synth_short" / "benchmark.json").read_text())
+    assert (short["long_range"], short["frames"], short["seed"]) == (False, 64, 0)
+    assert json.loads((out / "synth" / "benchmark.json").read_text())["long_range"] is True
+    rows = [json.loads(x) for x in (out / "synth_short" / "train.jsonl").read_text().splitlines()]
+    index = json.loads((shards / "short_clips" / "index.json").read_text())
+    assert sum(shard["samples"] for shard in index["shards"]) == len(rows) > 0
+
+
 def test_the_result_line_compares_stage_2_with_stage_1(capsys):
     """The last line holds stage 2's numbers, stage 1's under "short", and stage 2 over
     stage 1 for each accuracy both report; the text says both next to chance."""
     from longvivit.train.demo import print_result
-
-    def stage(r1, mc, mc_action, ml):
-        return {"t2v_r1": r1, "chance": 1.25, "v2t_r1": r1, "t2v_r5": 3 * r1, "pairs": 80, "steps": 100,
-                "train_seconds": 1.0, "samples_per_s": 1.0, "checkpoints": "c", "tensorboard": "t",
-                "mc_items": 160, "mc_top1": mc, "mc_top1_with_question": mc, "mc_chance_top1": 37.5,
-                "mc_top1_action": mc_action, "mc_chance_top1_action": 25.0, "multilabel_map": ml,
-                "multilabel_chance_map": 20.0}
 
     line = print_result({"short": stage(5.0, 40.0, 30.0, 50.0), "long": stage(10.0, 60.0, 0.0, 40.0)}, 12.0, 128)
     out = capsys.readouterr().out

@@ -20,8 +20,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=800, help="synthetic image-caption pairs (stage 1)")
     p.add_argument("--frames", type=int, help="frames per clip at 1 FPS (stage 2's; default 64, "
                    "128 with --long-range)")
-    p.add_argument("--long-range", action="store_true", help="on `synth --long-range` data, whose "
-                   "clips hold multiple-choice items (5-10 minutes on 2 cores)")
+    p.add_argument("--long-range", action="store_true", help="stage 2 and both evaluations on "
+                   "`synth --long-range` data, whose clips hold multiple-choice items; stage 1 on the "
+                   "default benchmark's 64-frame short clips (5-10 minutes on 2 cores)")
     p.add_argument("--objects", type=int, help="with --long-range: the clips share this many objects "
                    "(`synth --objects`; default all 24)")
     p.add_argument("--tune", action="store_true", help="then stage 3: demo_tune.yaml, a short unmasked "
