@@ -84,10 +84,14 @@ def prepare_data(out: Path, videos: int, images: int, frames: int, seed: int, lo
           **synth_options(videos, images, frames, seed, long_range, objects))
     stills = [("images", True)] if images else []  # synth writes images.jsonl only then
     for split, still in [("train", False), ("val", False), *stills]:
-        manifest = out / "synth" / f"{split}.jsonl"
-        timed(f"shards {split}", write_shards, manifest, out / "shards" / split,
-              ShardOptions(size=32, still_images=still), workers=2, overwrite=True, progress=False)
+        demo_shards(f"shards {split}", out / "synth" / f"{split}.jsonl", out / "shards" / split, still)
     return {"data.train": out / "shards" / "train", "data.val": out / "shards" / "val"}
+
+
+def demo_shards(name: str, manifest: Path, dest: Path, still: bool = False) -> None:
+    """A demo manifest -> MDS shards at the demo's 32 px (stills with still=True), timed."""
+    timed(name, write_shards, manifest, dest, ShardOptions(size=32, still_images=still), workers=2,
+          overwrite=True, progress=False)
 
 
 def prepare_short_clips(out: Path, videos: int, seed: int) -> dict:
@@ -97,8 +101,7 @@ def prepare_short_clips(out: Path, videos: int, seed: int) -> dict:
     of stage 2. Only its training split is sharded; returns stage 1's data.train."""
     timed("synth short clips", write_benchmark, out / "synth_short", overwrite=True,
           **synth_options(videos, 0, SHORT_CLIP_FRAMES, seed))
-    timed("shards short clips", write_shards, out / "synth_short" / "train.jsonl", out / "shards" / "short_clips",
-          ShardOptions(size=32), workers=2, overwrite=True, progress=False)
+    demo_shards("shards short clips", out / "synth_short" / "train.jsonl", out / "shards" / "short_clips")
     return {"data.train": out / "shards" / "short_clips"}
 
 
